@@ -1,0 +1,520 @@
+//! `tally`: the command-line program over the Tally library.
+//!
+//! Every input is validated into a typed value before anything is written; a bad one
+//! is reported on stderr naming the flag and the value, with exit code 2. Failures
+//! while running exit with 1. See `docs/cli.md`.
+
+use std::{io::IsTerminal, path::PathBuf, process::ExitCode, sync::Arc};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde_json::json;
+use tally::{
+    CustomerId, EventId, ImportFormat, ImportOptions, Metadata, Quantity, Tally, Usage, UsageEvent,
+    Zone,
+    chrono::{DateTime, Utc},
+    parse_instant, track,
+};
+
+#[derive(Parser)]
+#[command(
+    name = "tally",
+    version,
+    about = "Usage metering and billing on PostgreSQL"
+)]
+struct Cli {
+    /// PostgreSQL connection string (postgres://… or host=… dbname=…).
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    database_url: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Apply the schema migrations (idempotent, safe to run concurrently).
+    Migrate(OutputArg),
+    /// Record one usage event, exactly once.
+    Record(RecordArgs),
+    /// Record usage through one of the six tracking helpers.
+    Track(TrackArgs),
+    /// Import usage events from a CSV or NDJSON file (or - for stdin).
+    Import(ImportArgs),
+    /// Recompute the rollups from raw events and report differences.
+    Verify(OutputArg),
+    /// Show the events table's monthly partitions and the default partition's size.
+    Partitions(OutputArg),
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Args)]
+struct OutputArg {
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table")]
+    format: Output,
+}
+
+#[derive(Args)]
+struct EventArgs {
+    /// Customer id (1-255 of A-Z a-z 0-9 _ . : @ -).
+    #[arg(long)]
+    customer: String,
+    /// When the usage happened (RFC 3339 with offset, or YYYY-MM-DD); default now.
+    #[arg(long)]
+    at: Option<String>,
+    /// Idempotency key (UUID); default a new UUIDv7. Recording the same id twice counts once.
+    #[arg(long)]
+    event_id: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table")]
+    format: Output,
+}
+
+#[derive(Args)]
+struct RecordArgs {
+    #[command(flatten)]
+    event: EventArgs,
+    /// Service: api, storage, bandwidth, compute, database, functions or a defined meter.
+    #[arg(long)]
+    service: String,
+    /// Quantity in the service's unit (plain decimal, ≥ 0).
+    #[arg(long)]
+    quantity: String,
+    /// Metadata as a JSON object.
+    #[arg(long)]
+    metadata: Option<String>,
+}
+
+#[derive(Args)]
+struct TrackArgs {
+    #[command(subcommand)]
+    service: TrackService,
+}
+
+#[derive(Subcommand)]
+enum TrackService {
+    /// One API request.
+    Api {
+        #[command(flatten)]
+        event: EventArgs,
+        #[arg(long)]
+        endpoint: String,
+        #[arg(long, default_value = "GET")]
+        method: String,
+        #[arg(long, default_value_t = 200)]
+        status: u16,
+    },
+    /// Bytes stored for some hours (GiB-hours).
+    Storage {
+        #[command(flatten)]
+        event: EventArgs,
+        #[arg(long)]
+        bytes: u64,
+        #[arg(long)]
+        hours: String,
+    },
+    /// Bytes transferred (GiB).
+    Bandwidth {
+        #[command(flatten)]
+        event: EventArgs,
+        #[arg(long)]
+        bytes: u64,
+        #[arg(long, default_value = "egress")]
+        direction: String,
+    },
+    /// CPU seconds (CPU-hours).
+    Compute {
+        #[command(flatten)]
+        event: EventArgs,
+        #[arg(long)]
+        cpu_seconds: String,
+        /// Metadata as a JSON object.
+        #[arg(long)]
+        metadata: Option<String>,
+    },
+    /// One database query.
+    Database {
+        #[command(flatten)]
+        event: EventArgs,
+        #[arg(long, default_value = "select")]
+        kind: String,
+        #[arg(long, default_value_t = 0)]
+        duration_ms: u64,
+    },
+    /// One function invocation.
+    Functions {
+        #[command(flatten)]
+        event: EventArgs,
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value_t = 0)]
+        duration_ms: u64,
+        #[arg(long, default_value_t = 0)]
+        memory_mb: u64,
+    },
+}
+
+#[derive(Args)]
+struct ImportArgs {
+    /// File to import, or - for standard input.
+    file: String,
+    /// csv or ndjson selects the input format (default: from the file's extension);
+    /// table or json selects the summary format.
+    #[arg(long)]
+    format: Option<String>,
+    /// Input format, when --format is used for the summary.
+    #[arg(long, value_parser = ["csv", "ndjson"])]
+    input: Option<String>,
+    /// Reject the whole file if any line is bad.
+    #[arg(long)]
+    strict: bool,
+    /// Events per write transaction (non-strict mode).
+    #[arg(long, default_value_t = 10_000)]
+    batch_size: usize,
+}
+
+/// An error with the exit code it deserves.
+enum Failure {
+    /// Bad input: exit 2.
+    Usage(String),
+    /// Something failed while running: exit 1.
+    Runtime(String),
+}
+
+impl From<tally::Error> for Failure {
+    fn from(e: tally::Error) -> Failure {
+        match &e {
+            tally::Error::Invalid(_) => Failure::Usage(e.to_string()),
+            _ => {
+                let hint = match e.sqlstate().map(|s| s.code()) {
+                    Some("42P01" | "42883") => " (is the schema there? run `tally migrate` first)",
+                    _ => "",
+                };
+                Failure::Runtime(format!("{e}{hint}"))
+            }
+        }
+    }
+}
+
+/// Bad input from the command line.
+fn bad(e: tally::InvalidInput) -> Failure {
+    Failure::Usage(e.to_string())
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TALLY_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Usage(m)) => {
+            eprintln!("error: {m}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Runtime(m)) => {
+            eprintln!("error: {m}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn tally_for(url: Option<String>) -> Result<Tally, Failure> {
+    let url = url.ok_or_else(|| {
+        Failure::Usage("no database: pass --database-url URL or set DATABASE_URL".into())
+    })?;
+    Tally::connect(&url).map_err(Failure::from)
+}
+
+fn print_json(v: &serde_json::Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).expect("JSON values serialize")
+    );
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    match cli.command {
+        Command::Migrate(o) => {
+            let tally = tally_for(cli.database_url)?;
+            let report = tally.migrate().await?;
+            match o.format {
+                Output::Json => print_json(
+                    &json!({"applied": report.applied, "already_applied": report.already}),
+                ),
+                Output::Table => {
+                    if report.applied.is_empty() {
+                        println!(
+                            "schema up to date ({} migration(s) applied before)",
+                            report.already.len()
+                        );
+                    } else {
+                        println!("applied migration(s) {:?}", report.applied);
+                    }
+                }
+            }
+        }
+        Command::Record(a) => {
+            // Validate everything before connecting: nothing is written on bad input.
+            let quantity: Quantity = a.quantity.parse().map_err(bad)?;
+            let metadata = match &a.metadata {
+                Some(m) => m.parse::<Metadata>().map_err(bad)?,
+                None => Metadata::empty(),
+            };
+            let tally = tally_for(cli.database_url)?;
+            let service = tally.catalog().await?.service(&a.service).map_err(bad)?;
+            let usage = Usage {
+                service,
+                quantity,
+                metadata,
+            };
+            write_one(&tally, usage, &a.event).await?;
+        }
+        Command::Track(t) => {
+            let (usage, event) = match t.service {
+                TrackService::Api {
+                    event,
+                    endpoint,
+                    method,
+                    status,
+                } => (track::api_request(&endpoint, &method, status), event),
+                TrackService::Storage {
+                    event,
+                    bytes,
+                    hours,
+                } => {
+                    let hours: Quantity = hours.parse().map_err(bad)?;
+                    (track::storage(bytes, hours), event)
+                }
+                TrackService::Bandwidth {
+                    event,
+                    bytes,
+                    direction,
+                } => (track::bandwidth(bytes, &direction), event),
+                TrackService::Compute {
+                    event,
+                    cpu_seconds,
+                    metadata,
+                } => {
+                    let secs: Quantity = cpu_seconds.parse().map_err(bad)?;
+                    let meta = match metadata {
+                        Some(m) => m.parse::<Metadata>().map_err(bad)?,
+                        None => Metadata::empty(),
+                    };
+                    (track::compute(secs, meta), event)
+                }
+                TrackService::Database {
+                    event,
+                    kind,
+                    duration_ms,
+                } => (track::database_query(&kind, duration_ms), event),
+                TrackService::Functions {
+                    event,
+                    name,
+                    duration_ms,
+                    memory_mb,
+                } => (track::function(&name, duration_ms, memory_mb), event),
+            };
+            let usage = usage.map_err(bad)?;
+            let tally = tally_for(cli.database_url)?;
+            write_one(&tally, usage, &event).await?;
+        }
+        Command::Import(a) => import(cli.database_url, a).await?,
+        Command::Verify(o) => {
+            let tally = tally_for(cli.database_url)?;
+            let r = tally.verify().await?;
+            match o.format {
+                Output::Json => print_json(&json!({
+                    "events": r.events, "quantity": r.quantity.normalize().to_string(),
+                    "mismatches": r.mismatches, "key_mismatches": r.key_mismatches,
+                })),
+                Output::Table => {
+                    println!("events          {}", r.events);
+                    println!("quantity        {}", r.quantity.normalize());
+                    println!("mismatches      {}", r.mismatches);
+                    println!("key mismatches  {}", r.key_mismatches);
+                }
+            }
+            if r.mismatches != 0 || r.key_mismatches != 0 {
+                return Err(Failure::Runtime("rollups differ from raw events".into()));
+            }
+        }
+        Command::Partitions(o) => {
+            let tally = tally_for(cli.database_url)?;
+            let s = tally.partition_status().await?;
+            let months: Vec<String> = s
+                .months
+                .iter()
+                .map(|m| m.format("%Y-%m").to_string())
+                .collect();
+            match o.format {
+                Output::Json => {
+                    print_json(&json!({"months": months, "default_rows": s.default_rows}))
+                }
+                Output::Table => {
+                    println!("monthly partitions  {}", months.join(" "));
+                    println!("default partition   {} event(s)", s.default_rows);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn write_one(tally: &Tally, usage: Usage, a: &EventArgs) -> Result<(), Failure> {
+    let customer: CustomerId = a.customer.parse().map_err(bad)?;
+    let at: DateTime<Utc> = match &a.at {
+        Some(t) => parse_instant("at", t, Zone::UTC).map_err(bad)?,
+        None => Utc::now(),
+    };
+    let mut event = UsageEvent::new(customer, usage.service, usage.quantity)
+        .at(at)
+        .with_metadata(usage.metadata);
+    if let Some(id) = &a.event_id {
+        event = event.with_id(id.parse::<EventId>().map_err(bad)?);
+    }
+    let outcome = tally.write(std::slice::from_ref(&event)).await?;
+    let inserted = outcome.inserted == 1;
+    match a.format {
+        Output::Json => print_json(&json!({
+            "event_id": event.id.to_string(), "customer_id": event.customer.as_str(), "service": event.service.as_str(),
+            "quantity": event.quantity.to_string(), "recorded_at": rfc3339(event.recorded_at), "inserted": inserted,
+        })),
+        Output::Table => println!(
+            "{} {} {} {} for {} at {}",
+            if inserted {
+                "recorded"
+            } else {
+                "duplicate (already recorded)"
+            },
+            event.id,
+            event.quantity,
+            event.service,
+            event.customer,
+            rfc3339(event.recorded_at)
+        ),
+    }
+    Ok(())
+}
+
+fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(tally::chrono::SecondsFormat::AutoSi, true)
+}
+
+async fn import(url: Option<String>, a: ImportArgs) -> Result<(), Failure> {
+    let (mut input, mut output) = (a.input.clone(), Output::Table);
+    match a.format.as_deref() {
+        None => {}
+        Some(f @ ("csv" | "ndjson" | "jsonl")) => input = Some(f.to_owned()),
+        Some("json") => output = Output::Json,
+        Some("table") => output = Output::Table,
+        Some(other) => {
+            return Err(Failure::Usage(format!(
+                "invalid --format {other:?}: expected csv or ndjson (input) or table or json (summary)"
+            )));
+        }
+    }
+    let format = match input.as_deref() {
+        Some(f) => f.parse::<ImportFormat>().map_err(|e| Failure::Usage(e.to_string()))?,
+        None if a.file == "-" => {
+            return Err(Failure::Usage("reading stdin: say which format with --format csv|ndjson or --input".into()));
+        }
+        None => ImportFormat::from_path(std::path::Path::new(&a.file)).ok_or_else(|| {
+            Failure::Usage(format!(
+                "invalid file {:?}: cannot tell the format from its extension; pass --format csv|ndjson",
+                a.file
+            ))
+        })?,
+    };
+    if a.batch_size == 0 {
+        return Err(Failure::Usage(
+            "invalid --batch-size 0: must be at least 1".into(),
+        ));
+    }
+    let (reader, size): (Box<dyn std::io::Read + Send>, Option<u64>) = if a.file == "-" {
+        (Box::new(std::io::stdin()), None)
+    } else {
+        let path = PathBuf::from(&a.file);
+        let f = std::fs::File::open(&path)
+            .map_err(|e| Failure::Usage(format!("invalid file {:?}: {e}", a.file)))?;
+        let len = f.metadata().ok().map(|m| m.len());
+        (Box::new(f), len)
+    };
+    let tally = tally_for(url)?;
+    let bar = if std::io::stderr().is_terminal() {
+        let bar = match size {
+            Some(n) => indicatif::ProgressBar::new(n),
+            None => indicatif::ProgressBar::new_spinner(),
+        };
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {bar:40} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} eta {eta}")
+                .expect("valid template"),
+        );
+        Some(bar)
+    } else {
+        None
+    };
+    let progress = bar
+        .clone()
+        .map(|b| Arc::new(move |n: u64| b.set_position(n)) as tally::Progress);
+    let mut options = ImportOptions::new(format);
+    options.strict = a.strict;
+    options.batch_size = a.batch_size;
+    let result = tally.import(reader, options, progress).await;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    let report = match result {
+        Ok(r) => r,
+        Err(tally::Error::Store(e)) => return Err(import_failure(e, output)),
+        Err(e) => return Err(e.into()),
+    };
+    let errors: Vec<_> = report
+        .errors
+        .iter()
+        .map(|e| json!({"line": e.line, "message": e.message}))
+        .collect();
+    match output {
+        Output::Json => print_json(&json!({
+            "inserted": report.inserted, "duplicates": report.duplicates, "rejected": report.rejected, "errors": errors,
+        })),
+        Output::Table => {
+            println!("inserted    {}", report.inserted);
+            println!("duplicates  {}", report.duplicates);
+            println!("rejected    {}", report.rejected);
+            for e in &report.errors {
+                println!("  line {}: {}", e.line, e.message);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn import_failure(e: tally::StoreError, output: Output) -> Failure {
+    if let tally::StoreError::ImportRejected { errors } = &e {
+        if output == Output::Json {
+            let list: Vec<_> = errors
+                .iter()
+                .map(|e| json!({"line": e.line, "message": e.message}))
+                .collect();
+            print_json(
+                &json!({"inserted": 0, "duplicates": 0, "rejected": errors.len(), "errors": list}),
+            );
+        } else {
+            for l in errors {
+                eprintln!("line {}: {}", l.line, l.message);
+            }
+        }
+        return Failure::Usage(format!("{e}; nothing was imported (--strict)"));
+    }
+    Failure::from(tally::Error::Store(e))
+}

@@ -1,0 +1,55 @@
+use std::fmt;
+
+/// What went wrong in `tally-core`: always a value from outside that failed validation.
+///
+/// Every variant names the field and carries the offending value, so a caller can
+/// print it to a user unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A value from outside did not pass validation.
+    #[error("invalid {field} {value:?}: {reason}")]
+    Invalid {
+        /// The field that was being parsed (`"customer_id"`, `"quantity"`, ...).
+        field: &'static str,
+        /// The value as given (truncated to 300 characters).
+        value: String,
+        /// Why it was rejected.
+        reason: String,
+    },
+    /// Exact arithmetic would have overflowed the decimal range.
+    #[error("arithmetic overflow while computing {what}")]
+    Overflow {
+        /// The computation that overflowed.
+        what: &'static str,
+    },
+}
+
+impl Error {
+    pub(crate) fn invalid(
+        field: &'static str,
+        value: impl fmt::Display,
+        reason: impl Into<String>,
+    ) -> Self {
+        let mut value = value.to_string();
+        if value.chars().count() > 300 {
+            value = value.chars().take(300).collect::<String>() + "…";
+        }
+        Error::Invalid {
+            field,
+            value,
+            reason: reason.into(),
+        }
+    }
+
+    /// The field a validation error is about, if it is one.
+    pub fn field(&self) -> Option<&'static str> {
+        match self {
+            Error::Invalid { field, .. } => Some(field),
+            Error::Overflow { .. } => None,
+        }
+    }
+}
+
+/// `Result` with [`Error`] as the default error.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

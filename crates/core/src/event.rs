@@ -1,0 +1,332 @@
+use std::{fmt, str::FromStr};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use crate::{CustomerId, Error, Quantity, Result, Service};
+
+/// An event's id: a UUID, v7 (time-ordered) when Tally makes it.
+///
+/// Together with the customer it is the dedupe key: the same `(customer, id)` counts once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct EventId(Uuid);
+
+impl EventId {
+    /// A new time-ordered id (UUIDv7).
+    pub fn new() -> EventId {
+        EventId(Uuid::now_v7())
+    }
+
+    /// A deterministic id derived from `bytes` (UUIDv8 over SHA-256), for sources such
+    /// as import files whose rows carry no id but must dedupe when replayed.
+    pub fn derived(bytes: &[u8]) -> EventId {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::digest(bytes);
+        let mut b = [0u8; 16];
+        b.copy_from_slice(&digest[..16]);
+        EventId(uuid::Builder::from_custom_bytes(b).into_uuid())
+    }
+
+    /// The UUID.
+    pub fn uuid(&self) -> Uuid {
+        self.0
+    }
+}
+
+impl Default for EventId {
+    fn default() -> Self {
+        EventId::new()
+    }
+}
+
+impl From<Uuid> for EventId {
+    fn from(u: Uuid) -> EventId {
+        EventId(u)
+    }
+}
+
+impl FromStr for EventId {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<EventId> {
+        Uuid::parse_str(s.trim())
+            .map(EventId)
+            .map_err(|_| Error::invalid("event_id", s, "is not a UUID"))
+    }
+}
+
+impl fmt::Display for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+/// An event's metadata: a JSON object of at most [`Metadata::MAX_BYTES`] serialized.
+///
+/// Kept serialized: it is written to the database as is, so an event never pays for a
+/// second serialization.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Metadata(Box<str>);
+
+impl Metadata {
+    /// The largest serialized metadata accepted.
+    pub const MAX_BYTES: usize = 4096;
+
+    /// `{}`.
+    pub fn empty() -> Metadata {
+        Metadata(Box::from("{}"))
+    }
+
+    /// From a JSON object.
+    pub fn from_map(map: Map<String, Value>) -> Result<Metadata> {
+        let text = Value::Object(map).to_string();
+        Metadata::checked(text)
+    }
+
+    /// The serialized JSON object.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The object, parsed.
+    pub fn to_map(&self) -> Map<String, Value> {
+        match serde_json::from_str(&self.0) {
+            Ok(Value::Object(m)) => m,
+            _ => unreachable!("Metadata always holds a JSON object"),
+        }
+    }
+
+    fn checked(text: String) -> Result<Metadata> {
+        if text.len() > Self::MAX_BYTES {
+            return Err(Error::invalid(
+                "metadata",
+                &text,
+                format!(
+                    "is {} bytes serialized, at most {} are allowed",
+                    text.len(),
+                    Self::MAX_BYTES
+                ),
+            ));
+        }
+        Ok(Metadata(text.into_boxed_str()))
+    }
+}
+
+impl Default for Metadata {
+    fn default() -> Self {
+        Metadata::empty()
+    }
+}
+
+impl FromStr for Metadata {
+    type Err = Error;
+    /// Parses JSON text; anything but an object is rejected. The text is re-serialized
+    /// compactly, so equal objects are equal text.
+    fn from_str(s: &str) -> Result<Metadata> {
+        match serde_json::from_str::<Value>(s) {
+            Ok(Value::Object(m)) => Metadata::from_map(m),
+            Ok(_) => Err(Error::invalid("metadata", s, "must be a JSON object")),
+            Err(e) => Err(Error::invalid(
+                "metadata",
+                s,
+                format!("is not valid JSON: {e}"),
+            )),
+        }
+    }
+}
+
+impl Serialize for Metadata {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.to_map().serialize(s)
+    }
+}
+
+/// One usage event: who used how much of what, when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UsageEvent {
+    /// The dedupe id.
+    pub id: EventId,
+    /// Who.
+    pub customer: CustomerId,
+    /// What.
+    pub service: Service,
+    /// How much, in the service's unit.
+    pub quantity: Quantity,
+    /// When the usage happened (UTC).
+    pub recorded_at: DateTime<Utc>,
+    /// Free-form context.
+    pub metadata: Metadata,
+}
+
+impl UsageEvent {
+    /// An event happening now, with a fresh UUIDv7 id and no metadata.
+    pub fn new(customer: CustomerId, service: Service, quantity: Quantity) -> UsageEvent {
+        UsageEvent {
+            id: EventId::new(),
+            customer,
+            service,
+            quantity,
+            recorded_at: Utc::now(),
+            metadata: Metadata::empty(),
+        }
+    }
+
+    /// Sets when the usage happened.
+    pub fn at(mut self, t: DateTime<Utc>) -> UsageEvent {
+        self.recorded_at = t;
+        self
+    }
+
+    /// Sets the id (for callers that retry with their own idempotency key).
+    pub fn with_id(mut self, id: EventId) -> UsageEvent {
+        self.id = id;
+        self
+    }
+
+    /// Sets the metadata.
+    pub fn with_metadata(mut self, metadata: Metadata) -> UsageEvent {
+        self.metadata = metadata;
+        self
+    }
+}
+
+/// What a tracking helper measured: a service, a quantity and its metadata, not yet
+/// bound to a customer or a time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Usage {
+    /// The service.
+    pub service: Service,
+    /// The converted quantity.
+    pub quantity: Quantity,
+    /// The helper's metadata.
+    pub metadata: Metadata,
+}
+
+impl Usage {
+    /// Binds the usage to a customer, now, with a fresh id.
+    pub fn for_customer(self, customer: CustomerId) -> UsageEvent {
+        UsageEvent::new(customer, self.service, self.quantity).with_metadata(self.metadata)
+    }
+}
+
+/// The seed's six tracking helpers. Each converts raw input to the service's unit and
+/// builds its metadata as a JSON object, so any text (quotes, commas, newlines) is
+/// escaped by the JSON encoder, never by hand.
+pub mod track {
+    use serde_json::{Map, Value, json};
+
+    use super::{Metadata, Usage};
+    use crate::{Quantity, Result, Service, convert};
+
+    fn meta(pairs: Value) -> Result<Metadata> {
+        match pairs {
+            Value::Object(m) => Metadata::from_map(m),
+            _ => Metadata::from_map(Map::new()),
+        }
+    }
+
+    /// One API request.
+    pub fn api_request(endpoint: &str, method: &str, status: u16) -> Result<Usage> {
+        Ok(Usage {
+            service: Service::API,
+            quantity: Quantity::ONE,
+            metadata: meta(json!({"endpoint": endpoint, "method": method, "status": status}))?,
+        })
+    }
+
+    /// `bytes` held for `hours`, as GiB-hours.
+    pub fn storage(bytes: u64, hours: Quantity) -> Result<Usage> {
+        Ok(Usage {
+            service: Service::STORAGE,
+            quantity: convert::gib_hours(bytes, hours)?,
+            metadata: meta(json!({"bytes": bytes, "hours": hours.value().to_string()}))?,
+        })
+    }
+
+    /// `bytes` transferred in `direction` (e.g. `"egress"`), as GiB.
+    pub fn bandwidth(bytes: u64, direction: &str) -> Result<Usage> {
+        Ok(Usage {
+            service: Service::BANDWIDTH,
+            quantity: convert::bytes_to_gib(bytes)?,
+            metadata: meta(json!({"bytes": bytes, "direction": direction}))?,
+        })
+    }
+
+    /// `cpu_seconds` of CPU time, as CPU-hours, with the caller's metadata.
+    pub fn compute(cpu_seconds: Quantity, metadata: Metadata) -> Result<Usage> {
+        let mut m = metadata.to_map();
+        m.insert(
+            "cpu_seconds".into(),
+            Value::String(cpu_seconds.value().to_string()),
+        );
+        Ok(Usage {
+            service: Service::COMPUTE,
+            quantity: convert::cpu_hours(cpu_seconds)?,
+            metadata: Metadata::from_map(m)?,
+        })
+    }
+
+    /// One database query of `kind` (e.g. `"select"`) taking `duration_ms`.
+    pub fn database_query(kind: &str, duration_ms: u64) -> Result<Usage> {
+        Ok(Usage {
+            service: Service::DATABASE,
+            quantity: Quantity::ONE,
+            metadata: meta(json!({"kind": kind, "duration_ms": duration_ms}))?,
+        })
+    }
+
+    /// One invocation of function `name`.
+    pub fn function(name: &str, duration_ms: u64, memory_mb: u64) -> Result<Usage> {
+        Ok(Usage {
+            service: Service::FUNCTIONS,
+            quantity: Quantity::ONE,
+            metadata: meta(
+                json!({"function": name, "duration_ms": duration_ms, "memory_mb": memory_mb}),
+            )?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_must_be_an_object_and_capped() {
+        assert!("[1]".parse::<Metadata>().is_err());
+        assert!("{bad".parse::<Metadata>().is_err());
+        assert_eq!(
+            "{ \"a\" : 1 }".parse::<Metadata>().unwrap().as_str(),
+            r#"{"a":1}"#
+        );
+        let big = format!(r#"{{"x":"{}"}}"#, "y".repeat(5000));
+        assert_eq!(
+            big.parse::<Metadata>().unwrap_err().field(),
+            Some("metadata")
+        );
+    }
+
+    #[test]
+    fn helpers_escape_metadata() {
+        let u = track::api_request("/a,\"b\"\n→", "GET", 200).unwrap();
+        let m = u.metadata.to_map();
+        assert_eq!(m["endpoint"], "/a,\"b\"\n→");
+        assert_eq!(u.quantity, Quantity::ONE);
+        let b = track::bandwidth(100, "egress").unwrap();
+        assert!(!b.quantity.is_zero());
+        let c = track::compute("7200".parse().unwrap(), r#"{"job":"x"}"#.parse().unwrap()).unwrap();
+        assert_eq!(c.quantity.value(), 2.into());
+        assert_eq!(c.metadata.to_map()["job"], "x");
+    }
+
+    #[test]
+    fn derived_ids_are_stable_and_distinct() {
+        assert_eq!(EventId::derived(b"a"), EventId::derived(b"a"));
+        assert_ne!(EventId::derived(b"a"), EventId::derived(b"b"));
+        assert_eq!(
+            "not-a-uuid".parse::<EventId>().unwrap_err().field(),
+            Some("event_id")
+        );
+    }
+}

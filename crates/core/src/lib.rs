@@ -1,0 +1,59 @@
+//! Tally's domain: the types every other Tally crate speaks, and the pricing math.
+//!
+//! No I/O, no async, no database: customer ids, services and meters with their units,
+//! exact quantities and the seed's unit conversions, usage events with UUIDv7 ids,
+//! half-open time ranges and calendar buckets in any IANA zone, price books with
+//! per-unit, package, graduated and volume prices, alert levels and number formatting.
+//! Every constructor that takes text from outside validates it and names the field and
+//! the value when it refuses.
+//!
+//! ```
+//! use rust_decimal::Decimal;
+//! use tally_core::{CustomerId, Price, PriceModel, Quantity, Service, Tier, UsageEvent};
+//!
+//! let customer: CustomerId = "acme-42".parse()?;
+//! let event = UsageEvent::new(customer, Service::API, "3".parse::<Quantity>()?);
+//! assert_eq!(event.service.as_str(), "api");
+//!
+//! // SPEC §9: graduated tiers 0–100 @ 1.00, 100–200 @ 0.50, 200+ @ 0.10.
+//! let tiers = vec![
+//!     Tier::new(Some(Decimal::from(100)), "1.00".parse()?),
+//!     Tier::new(Some(Decimal::from(200)), "0.50".parse()?),
+//!     Tier::new(None, "0.10".parse()?),
+//! ];
+//! let price = Price::new(PriceModel::Graduated { tiers }, Decimal::ZERO)?;
+//! assert_eq!(price.line(Decimal::from(201))?.amount.to_string(), "150.10");
+//!
+//! // Bad input is a typed error naming the field and the value.
+//! let err = "a b".parse::<CustomerId>().unwrap_err();
+//! assert_eq!(err.field(), Some("customer_id"));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod alert;
+pub mod convert;
+mod customer;
+mod error;
+mod event;
+mod format;
+mod pricing;
+mod quantity;
+mod service;
+mod time;
+
+pub use alert::{Level, Thresholds};
+pub use customer::CustomerId;
+pub use error::{Error, Result};
+pub use event::{EventId, Metadata, Usage, UsageEvent, track};
+pub use format::format_compact;
+pub use pricing::{
+    Line, MONEY_SCALE, Price, PriceBook, PriceModel, PriceVersion, Tier, round_money,
+};
+pub use quantity::Quantity;
+pub use service::{BuiltIn, Catalog, Meter, Service};
+pub use time::{Granularity, TimeRange, Zone, parse_instant};
+
+/// Re-exported so users of Tally's types need not pin their own versions.
+pub use chrono;
+pub use rust_decimal;
+pub use uuid;

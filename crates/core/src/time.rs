@@ -1,0 +1,394 @@
+//! UTC instants, half-open ranges and calendar buckets in any IANA time zone.
+
+use std::{fmt, str::FromStr};
+
+use chrono::{
+    DateTime, Datelike, Duration, LocalResult, NaiveDate, NaiveDateTime, NaiveTime, Offset,
+    TimeZone, Timelike, Utc,
+};
+use chrono_tz::Tz;
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// Parses an instant from outside: RFC 3339 with an explicit offset
+/// (`2026-11-27T10:00:00Z`, `…+05:30`), or a bare date `YYYY-MM-DD`, which means
+/// midnight of that date in `tz`. A date-time without an offset is rejected: its
+/// meaning would depend on some server's clock setting.
+pub fn parse_instant(field: &'static str, s: &str, tz: Zone) -> Result<DateTime<Utc>> {
+    let t = s.trim();
+    if let Ok(dt) = DateTime::parse_from_rfc3339(t) {
+        return Ok(dt.with_timezone(&Utc));
+    }
+    if let Ok(date) = NaiveDate::parse_from_str(t, "%Y-%m-%d") {
+        return Ok(tz.start_of_day(date));
+    }
+    let reason = if NaiveDateTime::parse_from_str(t, "%Y-%m-%dT%H:%M:%S%.f").is_ok()
+        || NaiveDateTime::parse_from_str(t, "%Y-%m-%d %H:%M:%S%.f").is_ok()
+    {
+        "has no UTC offset; add one such as Z or +02:00"
+    } else {
+        "is not an RFC 3339 timestamp (2026-11-27T10:00:00Z) or a date (2026-11-27)"
+    };
+    Err(Error::invalid(field, s, reason))
+}
+
+/// A half-open range of instants `[from, to)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct TimeRange {
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+}
+
+impl TimeRange {
+    /// `[from, to)`; `from` must be before `to`.
+    pub fn new(from: DateTime<Utc>, to: DateTime<Utc>) -> Result<TimeRange> {
+        if from >= to {
+            return Err(Error::invalid(
+                "to",
+                to.to_rfc3339(),
+                format!("must be after from ({})", from.to_rfc3339()),
+            ));
+        }
+        Ok(TimeRange { from, to })
+    }
+
+    /// The first instant inside.
+    pub fn from(&self) -> DateTime<Utc> {
+        self.from
+    }
+
+    /// The first instant after.
+    pub fn to(&self) -> DateTime<Utc> {
+        self.to
+    }
+
+    /// Whether `t` lies in `[from, to)`.
+    pub fn contains(&self, t: DateTime<Utc>) -> bool {
+        self.from <= t && t < self.to
+    }
+}
+
+/// A bucket size for aggregation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Granularity {
+    /// Clock hours of the zone.
+    Hour,
+    /// Calendar days of the zone (23, 24 or 25 hours long).
+    Day,
+    /// Calendar months of the zone.
+    Month,
+}
+
+impl FromStr for Granularity {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Granularity> {
+        match s {
+            "hour" | "hourly" => Ok(Granularity::Hour),
+            "day" | "daily" => Ok(Granularity::Day),
+            "month" | "monthly" => Ok(Granularity::Month),
+            _ => Err(Error::invalid(
+                "period",
+                s,
+                "expected hourly, daily or monthly",
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Granularity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Granularity::Hour => "hourly",
+            Granularity::Day => "daily",
+            Granularity::Month => "monthly",
+        })
+    }
+}
+
+/// An IANA time zone (`UTC` by default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Zone(Tz);
+
+impl Zone {
+    /// UTC.
+    pub const UTC: Zone = Zone(Tz::UTC);
+
+    /// The zone's IANA name.
+    pub fn name(&self) -> &'static str {
+        self.0.name()
+    }
+
+    /// The chrono-tz zone.
+    pub fn tz(&self) -> Tz {
+        self.0
+    }
+
+    /// Whether every UTC offset the zone has ever used is a whole number of hours, so that
+    /// its hour buckets coincide with UTC hours. (Checked over 1900–2100 transitions.)
+    pub fn whole_hour_offsets(&self) -> bool {
+        // Offsets change only at transitions; sampling every 1st and 15th of each month
+        // catches every offset that lasted at least half a month, which covers all
+        // zones in the database (short offsets are DST, always in whole hours or 30 min).
+        let mut date = NaiveDate::from_ymd_opt(1970, 1, 1).expect("valid date");
+        let end = NaiveDate::from_ymd_opt(2100, 1, 1).expect("valid date");
+        while date < end {
+            for day in [1, 15] {
+                let d = date.with_day(day).expect("valid day");
+                let t = Utc.from_utc_datetime(&d.and_time(NaiveTime::MIN));
+                let off = self
+                    .0
+                    .offset_from_utc_datetime(&t.naive_utc())
+                    .fix()
+                    .local_minus_utc();
+                if off % 3600 != 0 {
+                    return false;
+                }
+            }
+            date = date
+                .checked_add_months(chrono::Months::new(1))
+                .expect("in range");
+        }
+        true
+    }
+
+    /// The instant the local calendar day `date` starts. Where midnight does not exist
+    /// (a DST gap at 00:00) the day starts at the first local time that does; where it
+    /// exists twice, at the first.
+    pub fn start_of_day(&self, date: NaiveDate) -> DateTime<Utc> {
+        let mut local = date.and_time(NaiveTime::MIN);
+        loop {
+            match self.0.from_local_datetime(&local) {
+                LocalResult::Single(t) => return t.with_timezone(&Utc),
+                LocalResult::Ambiguous(a, b) => return a.min(b).with_timezone(&Utc),
+                // Gaps are at most a few hours; step in minutes to the first valid time.
+                LocalResult::None => local += Duration::minutes(1),
+            }
+        }
+    }
+
+    /// The local calendar date of `t`.
+    pub fn date_of(&self, t: DateTime<Utc>) -> NaiveDate {
+        t.with_timezone(&self.0).date_naive()
+    }
+
+    /// The start of the bucket of `granularity` that holds `t`.
+    pub fn bucket_start(&self, t: DateTime<Utc>, granularity: Granularity) -> DateTime<Utc> {
+        let local = t.with_timezone(&self.0);
+        match granularity {
+            Granularity::Hour => {
+                // Keep the offset in force at `t`: in the repeated hour of a DST fall-back
+                // the two occurrences are two buckets.
+                let into_hour = Duration::seconds(i64::from(local.minute() * 60 + local.second()))
+                    + Duration::nanoseconds(i64::from(local.nanosecond()));
+                t - into_hour
+            }
+            Granularity::Day => self.start_of_day(local.date_naive()),
+            Granularity::Month => {
+                self.start_of_day(local.date_naive().with_day(1).expect("day 1 exists"))
+            }
+        }
+    }
+
+    /// The start of the bucket after the one starting at `start`.
+    pub fn next_bucket(&self, start: DateTime<Utc>, granularity: Granularity) -> DateTime<Utc> {
+        match granularity {
+            Granularity::Hour => start + Duration::hours(1),
+            Granularity::Day => {
+                self.start_of_day(self.date_of(start).succ_opt().expect("date in range"))
+            }
+            Granularity::Month => {
+                let d = self.date_of(start).with_day(1).expect("day 1 exists");
+                self.start_of_day(
+                    d.checked_add_months(chrono::Months::new(1))
+                        .expect("date in range"),
+                )
+            }
+        }
+    }
+
+    /// The buckets that cover `range`, each clipped to it: `(bucket start, [from, to))`.
+    pub fn buckets(
+        &self,
+        range: TimeRange,
+        granularity: Granularity,
+    ) -> Vec<(DateTime<Utc>, TimeRange)> {
+        let mut out = Vec::new();
+        let mut start = self.bucket_start(range.from(), granularity);
+        while start < range.to() {
+            let next = self.next_bucket(start, granularity);
+            let lo = start.max(range.from());
+            let hi = next.min(range.to());
+            out.push((start, TimeRange { from: lo, to: hi }));
+            start = next;
+        }
+        out
+    }
+}
+
+impl FromStr for Zone {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Zone> {
+        s.parse::<Tz>().map(Zone).map_err(|_| {
+            Error::invalid(
+                "tz",
+                s,
+                "not an IANA time zone name such as UTC or Europe/Berlin",
+            )
+        })
+    }
+}
+
+impl fmt::Display for Zone {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn utc(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn instants_need_an_offset() {
+        assert_eq!(
+            parse_instant("from", "2026-01-02T03:04:05+05:30", Zone::UTC).unwrap(),
+            utc("2026-01-01T21:34:05Z")
+        );
+        assert_eq!(
+            parse_instant("from", "2026-01-02", Zone::UTC).unwrap(),
+            utc("2026-01-02T00:00:00Z")
+        );
+        let kolkata: Zone = "Asia/Kolkata".parse().unwrap();
+        assert_eq!(
+            parse_instant("from", "2026-01-02", kolkata).unwrap(),
+            utc("2026-01-01T18:30:00Z")
+        );
+        for bad in [
+            "2026-01-02T03:04:05",
+            "2026-01-02 03:04:05",
+            "yesterday",
+            "",
+            "2026-13-01",
+        ] {
+            let e = parse_instant("from", bad, Zone::UTC).unwrap_err();
+            assert_eq!(e.field(), Some("from"));
+        }
+        assert!(
+            parse_instant("at", "2026-01-02T03:04:05", Zone::UTC)
+                .unwrap_err()
+                .to_string()
+                .contains("offset")
+        );
+    }
+
+    #[test]
+    fn ranges_are_half_open() {
+        let r = TimeRange::new(utc("2026-01-01T00:00:00Z"), utc("2026-01-02T00:00:00Z")).unwrap();
+        assert!(r.contains(utc("2026-01-01T00:00:00Z")));
+        assert!(!r.contains(utc("2026-01-02T00:00:00Z")));
+        assert!(TimeRange::new(r.to(), r.from()).is_err());
+        assert!(TimeRange::new(r.from(), r.from()).is_err());
+    }
+
+    #[test]
+    fn hour_buckets_follow_half_and_quarter_hour_offsets() {
+        let kolkata: Zone = "Asia/Kolkata".parse().unwrap();
+        let kathmandu: Zone = "Asia/Kathmandu".parse().unwrap();
+        let t = utc("2026-03-10T10:10:00Z");
+        assert_eq!(
+            kolkata.bucket_start(t, Granularity::Hour),
+            utc("2026-03-10T09:30:00Z")
+        );
+        assert_eq!(
+            kathmandu.bucket_start(t, Granularity::Hour),
+            utc("2026-03-10T09:15:00Z")
+        );
+        assert_eq!(
+            kolkata.bucket_start(t, Granularity::Day),
+            utc("2026-03-09T18:30:00Z")
+        );
+        assert_eq!(
+            kathmandu.bucket_start(t, Granularity::Day),
+            utc("2026-03-09T18:15:00Z")
+        );
+        assert_eq!(
+            kathmandu.bucket_start(t, Granularity::Month),
+            utc("2026-02-28T18:15:00Z")
+        );
+        assert!(!kolkata.whole_hour_offsets());
+        assert!(!kathmandu.whole_hour_offsets());
+        assert!(Zone::UTC.whole_hour_offsets());
+        assert!(
+            "Europe/Berlin"
+                .parse::<Zone>()
+                .unwrap()
+                .whole_hour_offsets()
+        );
+    }
+
+    #[test]
+    fn dst_days_are_23_and_25_hours() {
+        let berlin: Zone = "Europe/Berlin".parse().unwrap();
+        let ny: Zone = "America/New_York".parse().unwrap();
+        let spring = berlin.bucket_start(utc("2026-03-29T12:00:00Z"), Granularity::Day);
+        assert_eq!(spring, utc("2026-03-28T23:00:00Z"));
+        assert_eq!(
+            berlin.next_bucket(spring, Granularity::Day) - spring,
+            Duration::hours(23)
+        );
+        let fall = berlin.bucket_start(utc("2026-10-25T12:00:00Z"), Granularity::Day);
+        assert_eq!(
+            berlin.next_bucket(fall, Granularity::Day) - fall,
+            Duration::hours(25)
+        );
+        let ny_spring = ny.bucket_start(utc("2026-03-08T12:00:00Z"), Granularity::Day);
+        assert_eq!(ny_spring, utc("2026-03-08T05:00:00Z"));
+        assert_eq!(
+            ny.next_bucket(ny_spring, Granularity::Day) - ny_spring,
+            Duration::hours(23)
+        );
+        let ny_fall = ny.bucket_start(utc("2026-11-01T12:00:00Z"), Granularity::Day);
+        assert_eq!(
+            ny.next_bucket(ny_fall, Granularity::Day) - ny_fall,
+            Duration::hours(25)
+        );
+        // The repeated hour of a fall-back is two buckets.
+        let day = TimeRange::new(fall, berlin.next_bucket(fall, Granularity::Day)).unwrap();
+        assert_eq!(berlin.buckets(day, Granularity::Hour).len(), 25);
+        let a = berlin.bucket_start(utc("2026-10-25T00:30:00Z"), Granularity::Hour);
+        let b = berlin.bucket_start(utc("2026-10-25T01:30:00Z"), Granularity::Hour);
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn midnight_gap_starts_day_at_first_valid_time() {
+        // America/Santiago springs forward at 24:00 local: 2026-09-06 has no midnight.
+        let santiago: Zone = "America/Santiago".parse().unwrap();
+        let start = santiago.start_of_day(NaiveDate::from_ymd_opt(2026, 9, 6).unwrap());
+        assert_eq!(start.with_timezone(&santiago.tz()).hour(), 1);
+    }
+
+    #[test]
+    fn buckets_are_clipped_to_the_range() {
+        let r = TimeRange::new(utc("2026-01-01T10:30:00Z"), utc("2026-01-03T05:00:00Z")).unwrap();
+        let b = Zone::UTC.buckets(r, Granularity::Day);
+        assert_eq!(b.len(), 3);
+        assert_eq!(b[0].0, utc("2026-01-01T00:00:00Z"));
+        assert_eq!(b[0].1.from(), r.from());
+        assert_eq!(b[2].1.to(), r.to());
+    }
+
+    #[test]
+    fn unknown_zone_is_rejected() {
+        assert_eq!(
+            "Mars/Olympus".parse::<Zone>().unwrap_err().field(),
+            Some("tz")
+        );
+    }
+}

@@ -1,0 +1,138 @@
+use sha2::{Digest, Sha256};
+
+use crate::{Error, Result};
+
+/// One schema migration, embedded from `migrations/` at build time.
+#[derive(Debug, Clone, Copy)]
+pub struct Migration {
+    /// Its number (applied in increasing order).
+    pub version: i32,
+    /// Its file name.
+    pub name: &'static str,
+    /// Its SQL.
+    pub sql: &'static str,
+}
+
+impl Migration {
+    /// SHA-256 of the SQL, hex.
+    pub fn checksum(&self) -> String {
+        hex(&Sha256::digest(self.sql.as_bytes()))
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Every migration this build knows, in order.
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "0001_events.sql",
+    sql: include_str!("../../../migrations/0001_events.sql"),
+}];
+
+/// A fingerprint of the whole embedded schema (test harnesses key template databases
+/// on it, so a schema change makes a new template).
+pub fn schema_fingerprint() -> String {
+    let mut h = Sha256::new();
+    for m in MIGRATIONS {
+        h.update(m.name.as_bytes());
+        h.update(m.sql.as_bytes());
+    }
+    hex(&h.finalize())[..16].to_owned()
+}
+
+// Arbitrary constant key for pg_advisory_lock: "tally" in ASCII.
+const LOCK_KEY: i64 = 0x7461_6c6c_79;
+
+/// What [`migrate`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MigrateReport {
+    /// Migrations applied now.
+    pub applied: Vec<i32>,
+    /// Migrations found already applied.
+    pub already: Vec<i32>,
+}
+
+/// Applies the embedded migrations that are missing, each in its own transaction.
+///
+/// Safe to run from several processes at once (a session advisory lock serialises
+/// them) and a no-op when everything is applied. A migration whose file changed after
+/// it was applied is an error, as is a database migrated by a newer build.
+pub async fn migrate(client: &mut tokio_postgres::Client) -> Result<MigrateReport> {
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&LOCK_KEY])
+        .await
+        .map_err(Error::db("taking the migration lock"))?;
+    let result = migrate_locked(client).await;
+    // Unlock even after a failure; the session ends the lock anyway if this fails too.
+    let unlock = client
+        .execute("SELECT pg_advisory_unlock($1)", &[&LOCK_KEY])
+        .await;
+    let report = result?;
+    unlock.map_err(Error::db("releasing the migration lock"))?;
+    Ok(report)
+}
+
+async fn migrate_locked(client: &mut tokio_postgres::Client) -> Result<MigrateReport> {
+    client
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS tally_migrations (
+                version    integer PRIMARY KEY,
+                name       text NOT NULL,
+                checksum   text NOT NULL,
+                applied_at timestamptz NOT NULL DEFAULT now()
+            )",
+        )
+        .await
+        .map_err(Error::db("creating tally_migrations"))?;
+    let rows = client
+        .query(
+            "SELECT version, name, checksum FROM tally_migrations ORDER BY version",
+            &[],
+        )
+        .await
+        .map_err(Error::db("reading tally_migrations"))?;
+    let mut report = MigrateReport::default();
+    for row in &rows {
+        let version: i32 = row.get(0);
+        let applied: String = row.get(2);
+        let Some(m) = MIGRATIONS.iter().find(|m| m.version == version) else {
+            return Err(Error::UnknownMigration { version });
+        };
+        let embedded = m.checksum();
+        if applied != embedded {
+            return Err(Error::ChecksumMismatch {
+                version,
+                name: m.name.to_owned(),
+                applied,
+                embedded,
+            });
+        }
+        report.already.push(version);
+    }
+    for m in MIGRATIONS
+        .iter()
+        .filter(|m| !report.already.contains(&m.version))
+    {
+        let tx = client
+            .transaction()
+            .await
+            .map_err(Error::db("starting a migration"))?;
+        tx.batch_execute(m.sql)
+            .await
+            .map_err(Error::db("applying a migration"))?;
+        tx.execute(
+            "INSERT INTO tally_migrations (version, name, checksum) VALUES ($1, $2, $3)",
+            &[&m.version, &m.name, &m.checksum()],
+        )
+        .await
+        .map_err(Error::db("recording a migration"))?;
+        tx.commit()
+            .await
+            .map_err(Error::db("committing a migration"))?;
+        tracing::info!(version = m.version, name = m.name, "applied migration");
+        report.applied.push(m.version);
+    }
+    Ok(report)
+}

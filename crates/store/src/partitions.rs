@@ -1,0 +1,91 @@
+//! Monthly partitions of `usage_events`, created ahead and on demand.
+
+use std::{collections::HashSet, sync::Mutex};
+
+use chrono::{DateTime, Datelike, Months, NaiveDate, Utc};
+use deadpool_postgres::Pool;
+use tally_core::UsageEvent;
+
+use crate::{Error, Result};
+
+/// How far from now partitions are made on demand. Events outside the window still
+/// land, in the default partition, which [`crate::Store::partition_status`] reports.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Window {
+    pub(crate) past_months: u32,
+    pub(crate) future_months: u32,
+}
+
+impl Default for Window {
+    fn default() -> Self {
+        Window {
+            past_months: 36,
+            future_months: 3,
+        }
+    }
+}
+
+/// Remembers which months are known to have a partition, so the write path asks the
+/// database only the first time a month shows up.
+#[derive(Debug, Default)]
+pub(crate) struct Partitions {
+    known: Mutex<HashSet<NaiveDate>>,
+    window: Window,
+}
+
+fn month_of(t: DateTime<Utc>) -> NaiveDate {
+    t.date_naive().with_day(1).expect("day 1 exists")
+}
+
+impl Partitions {
+    /// Makes sure every month the events fall in has its partition, when inside the
+    /// window.
+    pub(crate) async fn ensure_for(&self, pool: &Pool, events: &[UsageEvent]) -> Result<()> {
+        let now = month_of(Utc::now());
+        let lo = now - Months::new(self.window.past_months);
+        let hi = now + Months::new(self.window.future_months);
+        let mut missing: Vec<NaiveDate> = {
+            let known = self.known.lock().expect("not poisoned");
+            let mut seen = HashSet::new();
+            events
+                .iter()
+                .map(|e| month_of(e.recorded_at))
+                .filter(|m| *m >= lo && *m <= hi && !known.contains(m) && seen.insert(*m))
+                .collect()
+        };
+        if missing.is_empty() {
+            return Ok(());
+        }
+        missing.sort();
+        self.create(pool, &missing).await
+    }
+
+    /// Creates the partitions for the current month and `future_months` ahead.
+    pub(crate) async fn ensure_ahead(&self, pool: &Pool) -> Result<Vec<NaiveDate>> {
+        let now = month_of(Utc::now());
+        let months: Vec<NaiveDate> = (0..=self.window.future_months)
+            .map(|i| now + Months::new(i))
+            .collect();
+        self.create(pool, &months).await?;
+        Ok(months)
+    }
+
+    async fn create(&self, pool: &Pool, months: &[NaiveDate]) -> Result<()> {
+        let client = pool
+            .get()
+            .await
+            .map_err(Error::pool("creating partitions"))?;
+        for m in months {
+            let created: bool = client
+                .query_one("SELECT tally_ensure_month_partition($1)", &[m])
+                .await
+                .map_err(Error::db("creating a partition"))?
+                .get(0);
+            if created {
+                tracing::info!(month = %m, "created events partition");
+            }
+            self.known.lock().expect("not poisoned").insert(*m);
+        }
+        Ok(())
+    }
+}

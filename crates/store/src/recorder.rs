@@ -1,0 +1,434 @@
+//! The batching recorder: a bounded in-memory queue drained by a background task that
+//! writes batches through the exactly-once path, retrying failures with backoff.
+
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use chrono::{DateTime, Utc};
+use futures_util::future::join_all;
+use tally_core::UsageEvent;
+use tokio::{
+    sync::{Semaphore, mpsc, oneshot},
+    task::JoinHandle,
+    time::Instant,
+};
+
+use crate::{Error, Result, Store};
+
+/// How the recorder batches and retries.
+#[derive(Debug, Clone)]
+pub struct RecorderConfig {
+    batch_size: usize,
+    batch_timeout: Duration,
+    queue_capacity: usize,
+    workers: usize,
+    retry_initial: Duration,
+    retry_max: Duration,
+}
+
+impl Default for RecorderConfig {
+    /// 10 000 events per batch, 5 s timeout, a queue of 4 batches, 2 writers.
+    fn default() -> Self {
+        RecorderConfig {
+            batch_size: 10_000,
+            batch_timeout: Duration::from_secs(5),
+            queue_capacity: 40_000,
+            workers: 2,
+            retry_initial: Duration::from_millis(100),
+            retry_max: Duration::from_secs(10),
+        }
+    }
+}
+
+fn number(lookup: &dyn Fn(&str) -> Option<String>, name: &'static str) -> Result<Option<f64>> {
+    match lookup(name) {
+        Some(v) => {
+            let n: f64 = v.trim().parse().map_err(|_| Error::Config {
+                field: name,
+                value: v.clone(),
+                reason: "is not a number".into(),
+            })?;
+            if !n.is_finite() || n <= 0.0 {
+                return Err(Error::Config {
+                    field: name,
+                    value: v,
+                    reason: "must be a positive number".into(),
+                });
+            }
+            Ok(Some(n))
+        }
+        None => Ok(None),
+    }
+}
+
+impl RecorderConfig {
+    /// The defaults, overridden by `USAGE_BATCH_SIZE` (events) and
+    /// `USAGE_BATCH_TIMEOUT` (seconds, fractions allowed) when set. A value that is not
+    /// a positive number is an error naming the variable.
+    pub fn from_env() -> Result<RecorderConfig> {
+        RecorderConfig::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// As [`RecorderConfig::from_env`], reading the variables through `lookup`.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<RecorderConfig> {
+        let mut c = RecorderConfig::default();
+        if let Some(n) = number(&lookup, "USAGE_BATCH_SIZE")? {
+            if n.fract() != 0.0 || n > 10_000_000.0 {
+                return Err(Error::Config {
+                    field: "USAGE_BATCH_SIZE",
+                    value: n.to_string(),
+                    reason: "must be a whole number up to 10000000".into(),
+                });
+            }
+            c = c.batch_size(n as usize);
+        }
+        if let Some(s) = number(&lookup, "USAGE_BATCH_TIMEOUT")? {
+            c = c.batch_timeout(Duration::from_secs_f64(s));
+        }
+        Ok(c)
+    }
+
+    /// Events per batch (at least 1). The queue grows to hold at least four batches.
+    pub fn batch_size(mut self, n: usize) -> Self {
+        self.batch_size = n.max(1);
+        self.queue_capacity = self.queue_capacity.max(4 * self.batch_size);
+        self
+    }
+
+    /// Longest time an event waits in the queue before its batch is written.
+    pub fn batch_timeout(mut self, d: Duration) -> Self {
+        self.batch_timeout = d.max(Duration::from_millis(1));
+        self
+    }
+
+    /// Events the queue holds before `record` waits (backpressure).
+    pub fn queue_capacity(mut self, n: usize) -> Self {
+        self.queue_capacity = n.max(1);
+        self
+    }
+
+    /// Batches written concurrently, each on its own connection.
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = n.max(1);
+        self
+    }
+
+    /// First and longest wait between retries of a failed batch.
+    pub fn retry_backoff(mut self, initial: Duration, max: Duration) -> Self {
+        self.retry_initial = initial.max(Duration::from_millis(1));
+        self.retry_max = max.max(self.retry_initial);
+        self
+    }
+}
+
+/// A snapshot of what a recorder has done, for metrics and health checks.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecorderStatus {
+    /// Events accepted by `record` and not yet committed.
+    pub pending: u64,
+    /// Events committed as new.
+    pub inserted: u64,
+    /// Events found already stored and counted once.
+    pub duplicates: u64,
+    /// Batches committed.
+    pub batches: u64,
+    /// Failed write attempts so far (each is retried).
+    pub failed_attempts: u64,
+    /// Failures since the last success; non-zero means writes are failing now.
+    pub consecutive_failures: u64,
+    /// The most recent failure, with when it happened.
+    pub last_error: Option<(DateTime<Utc>, String)>,
+}
+
+struct Shared {
+    pending: AtomicU64,
+    // One permit per event that may be queued or in flight; released on commit.
+    capacity: Semaphore,
+    status: Mutex<RecorderStatus>,
+}
+
+enum Msg {
+    Events(Vec<UsageEvent>),
+    Flush(oneshot::Sender<()>),
+    Close(oneshot::Sender<()>),
+}
+
+enum Job {
+    Batch(Vec<UsageEvent>),
+    Barrier(oneshot::Sender<()>),
+}
+
+/// Queues usage events and writes them in batches, exactly once.
+///
+/// Cheap to clone; every clone feeds the same queue. The queue is bounded in events:
+/// `record` waits while it is full, so memory stays bounded and nothing is dropped. A
+/// batch that fails to write stays queued and is retried with exponential backoff; the
+/// failure is logged and visible in [`Recorder::status`]. Call [`Recorder::close`]
+/// before exiting: events still queued when the runtime shuts down are lost with it.
+#[derive(Clone)]
+pub struct Recorder {
+    tx: mpsc::Sender<Msg>,
+    shared: Arc<Shared>,
+    capacity: usize,
+}
+
+impl std::fmt::Debug for Recorder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Recorder")
+            .field("status", &self.status())
+            .finish()
+    }
+}
+
+impl Recorder {
+    pub(crate) fn start(store: Store, config: RecorderConfig) -> Recorder {
+        let shared = Arc::new(Shared {
+            pending: AtomicU64::new(0),
+            capacity: Semaphore::new(config.queue_capacity),
+            status: Mutex::new(RecorderStatus::default()),
+        });
+        // Messages hold at least one event each, so the event permits bound them too.
+        let (tx, rx) = mpsc::channel(config.queue_capacity.min(65_536));
+        let mut workers = Vec::with_capacity(config.workers);
+        let mut handles = Vec::with_capacity(config.workers);
+        for _ in 0..config.workers {
+            // One batch waiting per writer on top of the one it writes.
+            let (wtx, wrx) = mpsc::channel(1);
+            workers.push(wtx);
+            handles.push(tokio::spawn(writer(
+                store.clone(),
+                wrx,
+                shared.clone(),
+                config.clone(),
+            )));
+        }
+        let capacity = config.queue_capacity;
+        tokio::spawn(dispatcher(rx, workers, handles, config));
+        Recorder {
+            tx,
+            shared,
+            capacity,
+        }
+    }
+
+    /// Queues one event; waits while the queue is full.
+    pub async fn record(&self, event: UsageEvent) -> Result<()> {
+        self.send_events(vec![event]).await
+    }
+
+    /// Queues many events (cheaper per event than [`Recorder::record`]); waits while
+    /// the queue is full.
+    pub async fn record_many(&self, mut events: Vec<UsageEvent>) -> Result<()> {
+        while events.len() > self.capacity {
+            let rest = events.split_off(self.capacity);
+            self.send_events(events).await?;
+            events = rest;
+        }
+        if events.is_empty() {
+            return Ok(());
+        }
+        self.send_events(events).await
+    }
+
+    async fn send_events(&self, events: Vec<UsageEvent>) -> Result<()> {
+        let n = events.len() as u32;
+        let permits = self
+            .shared
+            .capacity
+            .acquire_many(n)
+            .await
+            .map_err(|_| Error::Closed)?;
+        permits.forget();
+        self.shared
+            .pending
+            .fetch_add(u64::from(n), Ordering::Relaxed);
+        if self.tx.send(Msg::Events(events)).await.is_err() {
+            self.shared
+                .pending
+                .fetch_sub(u64::from(n), Ordering::Relaxed);
+            self.shared.capacity.add_permits(n as usize);
+            return Err(Error::Closed);
+        }
+        Ok(())
+    }
+
+    /// Returns once every event recorded before this call is committed. While the
+    /// database is unreachable this waits (the batch is being retried); wrap it in a
+    /// timeout to bound the wait.
+    pub async fn flush(&self) -> Result<()> {
+        let (reply, done) = oneshot::channel();
+        self.tx
+            .send(Msg::Flush(reply))
+            .await
+            .map_err(|_| Error::Closed)?;
+        done.await.map_err(|_| Error::Closed)
+    }
+
+    /// Writes everything queued (by any clone, including events racing with the close)
+    /// and stops the background tasks. Later `record` calls fail with
+    /// [`Error::Closed`] on every clone.
+    pub async fn close(&self) -> Result<()> {
+        let (reply, done) = oneshot::channel();
+        self.tx
+            .send(Msg::Close(reply))
+            .await
+            .map_err(|_| Error::Closed)?;
+        done.await.map_err(|_| Error::Closed)
+    }
+
+    /// What the recorder has done so far.
+    pub fn status(&self) -> RecorderStatus {
+        let mut s = self.shared.status.lock().expect("not poisoned").clone();
+        s.pending = self.shared.pending.load(Ordering::Relaxed);
+        s
+    }
+}
+
+// Aborts the writers if the dispatcher ends without joining them (runtime shutdown).
+struct AbortOnDrop(Vec<JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.iter().for_each(JoinHandle::abort);
+    }
+}
+
+async fn dispatcher(
+    mut rx: mpsc::Receiver<Msg>,
+    workers: Vec<mpsc::Sender<Job>>,
+    handles: Vec<JoinHandle<()>>,
+    config: RecorderConfig,
+) {
+    let mut guard = AbortOnDrop(handles);
+    let mut batch: Vec<UsageEvent> = Vec::with_capacity(config.batch_size);
+    let mut deadline: Option<Instant> = None;
+    let mut next = 0usize;
+    let mut close_replies = Vec::new();
+    loop {
+        let msg = match deadline {
+            Some(d) => tokio::select! {
+                m = rx.recv() => m,
+                _ = tokio::time::sleep_until(d) => {
+                    send_batch(&workers, &mut next, &mut batch, &config).await;
+                    deadline = None;
+                    continue;
+                }
+            },
+            None => rx.recv().await,
+        };
+        match msg {
+            Some(Msg::Events(events)) => {
+                for e in events {
+                    batch.push(e);
+                    if batch.len() >= config.batch_size {
+                        send_batch(&workers, &mut next, &mut batch, &config).await;
+                        deadline = None;
+                    }
+                }
+                if !batch.is_empty() && deadline.is_none() {
+                    deadline = Some(Instant::now() + config.batch_timeout);
+                }
+            }
+            Some(Msg::Flush(reply)) => {
+                send_batch(&workers, &mut next, &mut batch, &config).await;
+                deadline = None;
+                // Each writer handles its queue in order, so once every writer has
+                // passed the barrier, every earlier batch is committed.
+                let mut acks = Vec::with_capacity(workers.len());
+                for w in &workers {
+                    let (tx, rx) = oneshot::channel();
+                    if w.send(Job::Barrier(tx)).await.is_ok() {
+                        acks.push(rx);
+                    }
+                }
+                tokio::spawn(async move {
+                    join_all(acks).await;
+                    let _ = reply.send(());
+                });
+            }
+            Some(Msg::Close(reply)) => {
+                // Refuse new messages, then keep draining what was already sent.
+                close_replies.push(reply);
+                rx.close();
+                deadline = None;
+            }
+            None => break,
+        }
+    }
+    // Every handle is gone or close was asked: write what is left, let the writers
+    // finish their queues, then answer.
+    send_batch(&workers, &mut next, &mut batch, &config).await;
+    drop(workers);
+    for h in std::mem::take(&mut guard.0) {
+        let _ = h.await;
+    }
+    for reply in close_replies {
+        let _ = reply.send(());
+    }
+}
+async fn send_batch(
+    workers: &[mpsc::Sender<Job>],
+    next: &mut usize,
+    batch: &mut Vec<UsageEvent>,
+    config: &RecorderConfig,
+) {
+    if batch.is_empty() {
+        return;
+    }
+    let full = std::mem::replace(batch, Vec::with_capacity(config.batch_size));
+    let w = &workers[*next % workers.len()];
+    *next += 1;
+    // A writer only stops when the dispatcher drops its sender, so this cannot fail.
+    let _ = w.send(Job::Batch(full)).await;
+}
+
+async fn writer(
+    store: Store,
+    mut rx: mpsc::Receiver<Job>,
+    shared: Arc<Shared>,
+    config: RecorderConfig,
+) {
+    while let Some(job) = rx.recv().await {
+        let events = match job {
+            Job::Barrier(ack) => {
+                let _ = ack.send(());
+                continue;
+            }
+            Job::Batch(events) => events,
+        };
+        let mut backoff = config.retry_initial;
+        loop {
+            match store.write(&events).await {
+                Ok(outcome) => {
+                    shared
+                        .pending
+                        .fetch_sub(events.len() as u64, Ordering::Relaxed);
+                    shared.capacity.add_permits(events.len());
+                    let mut s = shared.status.lock().expect("not poisoned");
+                    s.inserted += outcome.inserted;
+                    s.duplicates += outcome.duplicates;
+                    s.batches += 1;
+                    s.consecutive_failures = 0;
+                    break;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, events = events.len(), retry_in_ms = backoff.as_millis() as u64,
+                        "writing a batch failed; it stays queued and will be retried");
+                    {
+                        let mut s = shared.status.lock().expect("not poisoned");
+                        s.failed_attempts += 1;
+                        s.consecutive_failures += 1;
+                        s.last_error = Some((Utc::now(), e.to_string()));
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(config.retry_max);
+                }
+            }
+        }
+    }
+}

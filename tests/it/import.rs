@@ -1,0 +1,190 @@
+use std::io::Cursor;
+
+use rust_decimal::Decimal;
+use tally::{ImportFormat, ImportOptions, StoreError};
+use tally_testdb::TestDb;
+
+fn csv_opts() -> ImportOptions {
+    ImportOptions::new(ImportFormat::Csv)
+}
+
+const CSV: &str = "customer_id,service,quantity,recorded_at,metadata
+acme,api,1,2026-11-01T10:00:00Z,
+acme,api,1,2026-11-01T10:00:00Z,
+acme,storage,2.5,2026-11-01T10:30:00+01:00,\"{\"\"path\"\":\"\"a,b\"\"}\"
+globex,compute,0.000000000093,2026-11-02T00:00:00Z,{}
+";
+
+#[tokio::test]
+async fn importing_the_same_file_twice_leaves_totals_unchanged() {
+    let db = TestDb::new().await.unwrap();
+    let first = db
+        .store()
+        .import(Cursor::new(CSV), csv_opts(), None)
+        .await
+        .unwrap();
+    // Two identical rows without ids are two events (occurrence counts in the id).
+    assert_eq!(
+        (first.inserted, first.duplicates, first.rejected),
+        (4, 0, 0)
+    );
+    let again = db
+        .store()
+        .import(Cursor::new(CSV), csv_opts(), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        (again.inserted, again.duplicates, again.rejected),
+        (0, 4, 0)
+    );
+    let v = db.store().verify().await.unwrap();
+    assert_eq!(
+        (v.events, v.quantity, v.mismatches),
+        (4, "4.500000000093".parse::<Decimal>().unwrap(), 0)
+    );
+    // A file that grew since: only the new line counts.
+    let grown = format!("{CSV}acme,api,1,2026-11-01T10:00:00Z,\n");
+    let third = db
+        .store()
+        .import(Cursor::new(grown), csv_opts(), None)
+        .await
+        .unwrap();
+    assert_eq!((third.inserted, third.duplicates), (1, 4));
+}
+
+#[tokio::test]
+async fn ndjson_keeps_exact_numbers_and_objects() {
+    let db = TestDb::new().await.unwrap();
+    let text = r#"{"event_id":"0195f000-0000-7000-8000-00000000000a","customer_id":"acme","service":"bandwidth","quantity":0.000000000093,"recorded_at":"2026-11-01T10:00:00Z","metadata":{"q":"he said \"hi\"\n","u":"ü"}}
+{"customer_id":"acme","service":"api","quantity":"12.5","recorded_at":"2026-11-01T11:00:00Z"}
+
+{"customer_id":"acme","service":"api","quantity":1e3,"recorded_at":"2026-11-01T11:00:00Z"}
+{"customer_id":"acme","service":"api","quantity":-1,"recorded_at":"2026-11-01T11:00:00Z"}
+not json
+{"customer_id":"acme","service":"api","quantity":"1","recorded_at":"2026-11-01T11:00:00"}
+"#;
+    let r = db
+        .store()
+        .import(
+            Cursor::new(text),
+            ImportOptions::new(ImportFormat::Ndjson),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!((r.inserted, r.rejected), (2, 4), "{r:?}");
+    let lines: Vec<u64> = r.errors.iter().map(|e| e.line).collect();
+    assert_eq!(lines, vec![4, 5, 6, 7]);
+    assert!(
+        r.errors[0].message.contains("quantity") && r.errors[0].message.contains("1e3"),
+        "{:?}",
+        r.errors[0]
+    );
+    assert!(r.errors[3].message.contains("offset"), "{:?}", r.errors[3]);
+    let client = db.store().pool().get().await.unwrap();
+    let row = client
+        .query_one(
+            "SELECT quantity, metadata->>'q' FROM usage_events WHERE service = 'bandwidth'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, Decimal>(0), Decimal::new(93, 12));
+    assert_eq!(row.get::<_, String>(1), "he said \"hi\"\n");
+}
+
+#[tokio::test]
+async fn bad_csv_lines_are_reported_by_line_and_good_ones_import() {
+    let db = TestDb::new().await.unwrap();
+    let text = "event_id,customer_id,service,quantity,recorded_at,metadata
+,acme,api,1,2026-11-01T10:00:00Z,\"{\"\"multi\"\":
+\"\"line\"\"}\"
+,a b,api,1,2026-11-01T10:00:00Z,
+,acme,apis,1,2026-11-01T10:00:00Z,
+not-a-uuid,acme,api,1,2026-11-01T10:00:00Z,
+,acme,api,NaN,2026-11-01T10:00:00Z,
+,acme,api,1,2026-11-01T10:00:00Z,[1]
+,acme,api,2,2026-11-01T10:00:00Z,
+";
+    let r = db
+        .store()
+        .import(Cursor::new(text), csv_opts(), None)
+        .await
+        .unwrap();
+    assert_eq!((r.inserted, r.rejected), (2, 5), "{r:?}");
+    let got: Vec<(u64, &str)> = r
+        .errors
+        .iter()
+        .map(|e| (e.line, e.message.as_str()))
+        .collect();
+    let fields = ["customer_id", "service", "event_id", "quantity", "metadata"];
+    for ((line, msg), (want_line, field)) in
+        got.iter().zip([4u64, 5, 6, 7, 8].into_iter().zip(fields))
+    {
+        assert_eq!(*line, want_line, "{msg}");
+        assert!(msg.contains(field), "line {line}: {msg}");
+    }
+}
+
+#[tokio::test]
+async fn strict_import_of_a_file_with_a_bad_line_leaves_nothing() {
+    let db = TestDb::new().await.unwrap();
+    // More lines than one batch, the bad one last, so batches were written before it.
+    let mut text = String::from("customer_id,service,quantity,recorded_at\n");
+    for i in 0..2500 {
+        text.push_str(&format!(
+            "c{},api,1,2026-11-01T10:{:02}:00Z\n",
+            i % 10,
+            i % 60
+        ));
+    }
+    text.push_str("c1,api,-5,2026-11-01T10:00:00Z\n");
+    let mut opts = csv_opts();
+    opts.strict = true;
+    opts.batch_size = 1000;
+    let err = db
+        .store()
+        .import(Cursor::new(text.clone()), opts.clone(), None)
+        .await
+        .unwrap_err();
+    match &err {
+        StoreError::ImportRejected { errors } => assert_eq!(errors[0].line, 2502),
+        other => panic!("{other}"),
+    }
+    let v = db.store().verify().await.unwrap();
+    assert_eq!((v.events, v.mismatches), (0, 0));
+    let client = db.store().pool().get().await.unwrap();
+    let rollups: i64 = client
+        .query_one("SELECT count(*) FROM usage_hourly", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rollups, 0);
+    // Without the bad line the same strict import commits everything at once.
+    let good = text.lines().take(2501).collect::<Vec<_>>().join("\n");
+    let r = db
+        .store()
+        .import(Cursor::new(good), opts, None)
+        .await
+        .unwrap();
+    assert_eq!(r.inserted, 2500);
+}
+
+#[tokio::test]
+async fn a_header_without_required_columns_is_an_error() {
+    let db = TestDb::new().await.unwrap();
+    let err = db
+        .store()
+        .import(
+            Cursor::new("customer,service\nacme,api\n"),
+            csv_opts(),
+            None,
+        )
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("quantity") && text.contains("recorded_at") && text.contains("customer_id"),
+        "{text}"
+    );
+}

@@ -1,0 +1,215 @@
+use std::collections::HashMap;
+
+use rust_decimal::Decimal;
+use tally::{Service, UsageEvent};
+use tally_testdb::TestDb;
+use tally_tests::{at, event, event_with};
+
+/// Reads every hourly rollup row: (customer, service, bucket) -> (events, quantity, min, max).
+async fn hourly(
+    db: &TestDb,
+) -> HashMap<(String, String, String), (i64, Decimal, Decimal, Decimal)> {
+    let client = db.store().pool().get().await.unwrap();
+    let rows = client
+        .query(
+            "SELECT customer_id, service, to_char(bucket AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI'), events, quantity, min_quantity, max_quantity FROM usage_hourly",
+            &[],
+        )
+        .await
+        .unwrap();
+    rows.iter()
+        .map(|r| {
+            (
+                (r.get(0), r.get(1), r.get(2)),
+                (r.get(3), r.get(4), r.get(5), r.get(6)),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_same_event_twice_counts_once() {
+    let db = TestDb::new().await.unwrap();
+    let e = event(1, "acme", Service::API, "2", "2026-11-01T10:15:00Z");
+    let first = db.store().write(std::slice::from_ref(&e)).await.unwrap();
+    assert_eq!((first.inserted, first.duplicates), (1, 0));
+    let again = db.store().write(&[e.clone(), e.clone()]).await.unwrap();
+    assert_eq!((again.inserted, again.duplicates), (0, 2));
+    // The same id with another timestamp is still the same event: the key is global.
+    let moved = e.clone().at(at("2025-01-01T00:00:00Z"));
+    assert_eq!(db.store().write(&[moved]).await.unwrap().inserted, 0);
+    // The same id for another customer is another event.
+    let other = event(1, "globex", Service::API, "2", "2026-11-01T10:15:00Z");
+    assert_eq!(db.store().write(&[other]).await.unwrap().inserted, 1);
+    let v = db.store().verify().await.unwrap();
+    assert_eq!(
+        (v.events, v.quantity, v.mismatches, v.key_mismatches),
+        (2, Decimal::from(4), 0, 0)
+    );
+}
+
+#[tokio::test]
+async fn rollups_equal_an_independent_sum_and_late_events_land_in_their_hour() {
+    let db = TestDb::new().await.unwrap();
+    let batch = vec![
+        event(1, "acme", Service::API, "1", "2026-11-01T10:00:00Z"),
+        event(2, "acme", Service::API, "4", "2026-11-01T10:59:59.999Z"),
+        event(3, "acme", Service::API, "2.5", "2026-11-01T11:00:00Z"),
+        event(4, "acme", Service::STORAGE, "7", "2026-11-01T10:30:00Z"),
+    ];
+    db.store().write(&batch).await.unwrap();
+    // A late event, three days after its hour was last written.
+    db.store()
+        .write(&[event(
+            5,
+            "acme",
+            Service::API,
+            "0.5",
+            "2026-10-29T23:59:00+01:00",
+        )])
+        .await
+        .unwrap();
+    db.store()
+        .write(&[event(6, "acme", Service::API, "10", "2026-11-01T10:20:00Z")])
+        .await
+        .unwrap();
+    let h = hourly(&db).await;
+    let key = |s: &str, b: &str| ("acme".to_owned(), s.to_owned(), b.to_owned());
+    assert_eq!(
+        h[&key("api", "2026-11-01 10:00")],
+        (3, Decimal::from(15), Decimal::from(1), Decimal::from(10))
+    );
+    assert_eq!(
+        h[&key("api", "2026-11-01 11:00")],
+        (
+            1,
+            Decimal::new(25, 1),
+            Decimal::new(25, 1),
+            Decimal::new(25, 1)
+        )
+    );
+    assert_eq!(h[&key("storage", "2026-11-01 10:00")].0, 1);
+    assert_eq!(
+        h[&key("api", "2026-10-29 22:00")],
+        (
+            1,
+            Decimal::new(5, 1),
+            Decimal::new(5, 1),
+            Decimal::new(5, 1)
+        )
+    );
+    assert_eq!(h.len(), 4);
+    let v = db.store().verify().await.unwrap();
+    assert_eq!(v.mismatches, 0);
+    assert_eq!(v.quantity, Decimal::new(250, 1));
+}
+
+#[tokio::test]
+async fn verify_detects_a_tampered_rollup() {
+    let db = TestDb::new().await.unwrap();
+    db.store()
+        .write(&[event(1, "acme", Service::API, "1", "2026-11-01T10:00:00Z")])
+        .await
+        .unwrap();
+    let client = db.store().pool().get().await.unwrap();
+    client
+        .execute("UPDATE usage_hourly SET quantity = quantity + 1", &[])
+        .await
+        .unwrap();
+    client
+        .execute("DELETE FROM usage_daily", &[])
+        .await
+        .unwrap();
+    assert_eq!(db.store().verify().await.unwrap().mismatches, 2);
+}
+
+#[tokio::test]
+async fn metadata_and_tiny_quantities_round_trip_exactly() {
+    let db = TestDb::new().await.unwrap();
+    let tricky = r#"{"note":"a,b \"quoted\"\nnew line\ttab","unicode":"Grüße 🚀 日本","nested":{"k":[1,2.5,null,true]},"sql":"'; DROP TABLE usage_events; --"}"#;
+    let e = event_with(7, "acme", "0.000000000093", "2026-11-01T10:00:00Z", tricky);
+    db.store().write(std::slice::from_ref(&e)).await.unwrap();
+    let client = db.store().pool().get().await.unwrap();
+    let row = client
+        .query_one("SELECT metadata, quantity FROM usage_events", &[])
+        .await
+        .unwrap();
+    let stored: serde_json::Value = row.get(0);
+    assert_eq!(
+        stored,
+        serde_json::from_str::<serde_json::Value>(tricky).unwrap()
+    );
+    let q: Decimal = row.get(1);
+    assert_eq!(q, Decimal::new(93, 12));
+    let v = db.store().verify().await.unwrap();
+    assert_eq!(v.quantity, Decimal::new(93, 12));
+    // The table is still there: the injection string was data.
+    assert_eq!(v.events, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_with_overlapping_events_do_not_deadlock_or_double_count() {
+    let db = TestDb::new().await.unwrap();
+    // Eight writers, each writing the same 2 000 events (same ids) in a different
+    // order, all into the same few rollup rows: every key and rollup row is contended.
+    let base: Vec<UsageEvent> = (0..2000u128)
+        .map(|i| {
+            let customer = format!("c{}", i % 3);
+            let minute = i % 120;
+            event(
+                i + 1,
+                &customer,
+                Service::API,
+                "1.5",
+                &format!("2026-11-01T{:02}:{:02}:00Z", 10 + minute / 60, minute % 60),
+            )
+        })
+        .collect();
+    let mut handles = Vec::new();
+    for w in 0..8usize {
+        let store = db.store().clone();
+        let mut events = base.clone();
+        events.rotate_left(w * 250);
+        if w % 2 == 1 {
+            events.reverse();
+        }
+        handles.push(tokio::spawn(async move {
+            let mut inserted = 0;
+            for chunk in events.chunks(300) {
+                inserted += store.write(chunk).await.unwrap().inserted;
+            }
+            inserted
+        }));
+    }
+    let mut total = 0;
+    for h in handles {
+        total += h.await.unwrap();
+    }
+    assert_eq!(total, 2000);
+    let v = db.store().verify().await.unwrap();
+    assert_eq!(
+        (v.events, v.quantity, v.mismatches, v.key_mismatches),
+        (2000, Decimal::from(3000), 0, 0)
+    );
+}
+
+#[tokio::test]
+async fn a_custom_meter_must_be_defined_before_use() {
+    let db = TestDb::new().await.unwrap();
+    assert!(db.store().service("gpu_seconds").await.is_err());
+    db.store()
+        .define_meter(&tally::Meter::new("gpu_seconds", "seconds").unwrap())
+        .await
+        .unwrap();
+    let gpu = db.store().service("gpu_seconds").await.unwrap();
+    let e = event(1, "acme", gpu, "12.5", "2026-11-01T10:00:00Z");
+    assert_eq!(db.store().write(&[e]).await.unwrap().inserted, 1);
+    assert_eq!(
+        db.store()
+            .catalog()
+            .await
+            .unwrap()
+            .unit(&db.store().service("gpu_seconds").await.unwrap()),
+        Some("seconds")
+    );
+}

@@ -1,0 +1,9 @@
+//! Integration tests: every test gets its own database on a real PostgreSQL (see
+//! `tally-testdb`), so they run in parallel and leave nothing behind.
+
+mod import;
+mod ingest;
+mod migrate;
+mod partitions;
+mod recorder;
+mod testdb;

@@ -1,0 +1,260 @@
+use std::time::Duration;
+
+use rust_decimal::Decimal;
+use tally::{RecorderConfig, Service, Store, UsageEvent};
+use tally_testdb::TestDb;
+use tally_tests::{Proxy, event};
+
+fn events(n: u128, offset: u128) -> Vec<UsageEvent> {
+    (0..n)
+        .map(|i| {
+            event(
+                offset + i + 1,
+                &format!("c{}", i % 7),
+                Service::API,
+                "1",
+                "2026-11-01T10:00:00Z",
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn flush_commits_everything_recorded_before_it() {
+    let db = TestDb::new().await.unwrap();
+    let rec = db.store().recorder(
+        RecorderConfig::default()
+            .batch_size(100)
+            .batch_timeout(Duration::from_secs(3600)),
+    );
+    for e in events(1050, 0) {
+        rec.record(e).await.unwrap();
+    }
+    rec.flush().await.unwrap();
+    assert_eq!(db.store().verify().await.unwrap().events, 1050);
+    let s = rec.status();
+    assert_eq!(
+        (s.inserted, s.pending, s.consecutive_failures),
+        (1050, 0, 0)
+    );
+    assert!(s.batches >= 11);
+    rec.close().await.unwrap();
+    let closed = rec
+        .record(event(
+            99_999,
+            "x",
+            Service::API,
+            "1",
+            "2026-11-01T10:00:00Z",
+        ))
+        .await;
+    assert!(matches!(closed, Err(tally::StoreError::Closed)));
+}
+
+#[tokio::test]
+async fn a_partial_batch_is_written_after_the_timeout() {
+    let db = TestDb::new().await.unwrap();
+    let rec = db.store().recorder(
+        RecorderConfig::default()
+            .batch_size(1000)
+            .batch_timeout(Duration::from_millis(200)),
+    );
+    rec.record_many(events(10, 0)).await.unwrap();
+    // No flush: the timeout alone must write the batch.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while db.store().verify().await.unwrap().events < 10 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "batch not written after its timeout"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(rec.status().batches, 1);
+    rec.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn batch_settings_come_from_the_environment() {
+    let vars = |pairs: &'static [(&'static str, &'static str)]| {
+        move |name: &str| {
+            pairs
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| (*v).to_owned())
+        }
+    };
+    for bad in [
+        &[("USAGE_BATCH_SIZE", "abc")][..],
+        &[("USAGE_BATCH_SIZE", "2.5")],
+        &[("USAGE_BATCH_TIMEOUT", "-1")],
+    ] {
+        let err = RecorderConfig::from_lookup(vars(bad)).unwrap_err();
+        assert!(
+            err.to_string().contains(bad[0].0) && err.to_string().contains(bad[0].1),
+            "{err}"
+        );
+    }
+    let cfg = RecorderConfig::from_lookup(vars(&[
+        ("USAGE_BATCH_SIZE", "3"),
+        ("USAGE_BATCH_TIMEOUT", "0.1"),
+    ]))
+    .unwrap();
+    let db = TestDb::new().await.unwrap();
+    let rec = db.store().recorder(cfg);
+    rec.record_many(events(7, 0)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // 3 + 3 by size, the last 1 by the 0.1 s timeout.
+    let s = rec.status();
+    assert_eq!((s.inserted, s.batches), (7, 3), "{s:?}");
+    rec.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn two_processes_recording_the_same_events_count_them_once() {
+    let db = TestDb::new().await.unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let children: Vec<_> = (0..2)
+        .map(|i| {
+            std::process::Command::new(&exe)
+                .args([
+                    "--exact",
+                    "recorder::child_records_events",
+                    "--nocapture",
+                    "--include-ignored",
+                ])
+                .env("TALLY_CHILD_URL", db.url())
+                .env("TALLY_CHILD_REVERSE", if i == 1 { "1" } else { "" })
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let v = db.store().verify().await.unwrap();
+    assert_eq!(
+        (v.events, v.quantity, v.mismatches, v.key_mismatches),
+        (3000, Decimal::from(3000), 0, 0)
+    );
+}
+
+#[test]
+#[ignore = "run by two_processes_recording_the_same_events_count_them_once in child processes"]
+fn child_records_events() {
+    let Ok(url) = std::env::var("TALLY_CHILD_URL") else {
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let store = Store::with_pool_size(&url, 4).unwrap();
+        let rec = store.recorder(RecorderConfig::default().batch_size(250));
+        let mut all = events(3000, 0);
+        if std::env::var("TALLY_CHILD_REVERSE").is_ok_and(|v| v == "1") {
+            all.reverse();
+        }
+        for e in all {
+            rec.record(e).await.unwrap();
+        }
+        rec.close().await.unwrap();
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_recorders_recording_the_same_events_count_them_once() {
+    let db = TestDb::new().await.unwrap();
+    let all = events(5000, 0);
+    let a = db
+        .store()
+        .recorder(RecorderConfig::default().batch_size(512));
+    let other = Store::with_pool_size(db.url(), 4).unwrap();
+    let b = other.recorder(RecorderConfig::default().batch_size(700).workers(3));
+    let (ea, mut eb) = (all.clone(), all.clone());
+    eb.reverse();
+    let ta = tokio::spawn(async move {
+        for e in ea {
+            a.record(e).await.unwrap();
+        }
+        a.close().await.unwrap();
+        a.status()
+    });
+    let tb = tokio::spawn(async move {
+        b.record_many(eb).await.unwrap();
+        b.close().await.unwrap();
+        b.status()
+    });
+    let (sa, sb) = (ta.await.unwrap(), tb.await.unwrap());
+    assert_eq!(sa.inserted + sb.inserted, 5000);
+    assert_eq!(sa.duplicates + sb.duplicates, 5000);
+    let v = db.store().verify().await.unwrap();
+    assert_eq!(
+        (v.events, v.quantity, v.mismatches, v.key_mismatches),
+        (5000, Decimal::from(5000), 0, 0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_queued_while_the_database_is_down_are_committed_when_it_returns() {
+    let db = TestDb::new().await.unwrap();
+    let proxy = Proxy::start(db.url()).await;
+    let store = Store::with_pool_size(&proxy.url(db.url()), 2).unwrap();
+    let rec = store.recorder(
+        RecorderConfig::default()
+            .batch_size(50)
+            .queue_capacity(200)
+            .batch_timeout(Duration::from_millis(50))
+            .retry_backoff(Duration::from_millis(20), Duration::from_millis(200)),
+    );
+    rec.record_many(events(100, 0)).await.unwrap();
+    rec.flush().await.unwrap();
+    proxy.down();
+    rec.record_many(events(150, 1000)).await.unwrap();
+    // The failure is visible while it lasts.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while rec.status().consecutive_failures == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "failure never reported"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let s = rec.status();
+    assert!(s.last_error.is_some() && s.pending == 150, "{s:?}");
+    // The queue is bounded: 200 events fit, the next record waits (backpressure).
+    rec.record_many(events(50, 2000)).await.unwrap();
+    let blocked = tokio::time::timeout(
+        Duration::from_millis(300),
+        rec.record(events(1, 3000).remove(0)),
+    )
+    .await;
+    assert!(
+        blocked.is_err(),
+        "record should wait while the queue is full"
+    );
+    proxy.up();
+    tokio::time::timeout(Duration::from_secs(30), rec.flush())
+        .await
+        .expect("flush after recovery")
+        .unwrap();
+    rec.record(events(1, 3000).remove(0)).await.unwrap();
+    rec.close().await.unwrap();
+    let v = db.store().verify().await.unwrap();
+    assert_eq!((v.events, v.mismatches), (301, 0));
+    let s = rec.status();
+    assert_eq!(
+        (s.inserted, s.duplicates, s.pending, s.consecutive_failures),
+        (301, 0, 0, 0),
+        "{s:?}"
+    );
+    assert!(s.failed_attempts > 0);
+}
