@@ -1,1 +1,201 @@
-fn main() {}
+//! `tally-load`: sustained ingest through the Recorder, measured against a raw binary
+//! COPY of the same rows into an unindexed table in the same run.
+//!
+//! ```text
+//! DATABASE_URL=postgres://postgres@127.0.0.1/postgres \
+//!   cargo run --release -p tally-benches --bin tally-load -- --events 10000000 --shape live
+//! ```
+//!
+//! It creates a fresh database (see `tally-testdb`), generates the workload in memory
+//! (not timed), then times: (1) one binary COPY of all rows into an unindexed table,
+//! (2) recording every event through a `Recorder` until `close()` returns, i.e. until
+//! everything is committed with its dedupe keys and rollups. It then verifies the
+//! rollups and prints one JSON line of results.
+
+use std::{pin::pin, time::Instant};
+
+use chrono::Utc;
+use tally::RecorderConfig;
+use tally_benches::{Shape, duplicates, generate};
+use tally_testdb::TestDb;
+use tokio_postgres::{NoTls, binary_copy::BinaryCopyInWriter, types::Type};
+
+struct Args {
+    events: usize,
+    shape: Shape,
+    batch_size: usize,
+    workers: usize,
+    baseline: bool,
+}
+
+fn args() -> Result<Args, String> {
+    let mut a = Args {
+        events: 1_000_000,
+        shape: Shape::Live,
+        batch_size: 10_000,
+        workers: 2,
+        baseline: true,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value"));
+        let number = |name: &str, v: String| {
+            v.parse::<usize>()
+                .map_err(|_| format!("invalid {name} {v:?}: not a whole number"))
+        };
+        match flag.as_str() {
+            "--events" => a.events = number("--events", value("--events")?)?,
+            "--batch-size" => a.batch_size = number("--batch-size", value("--batch-size")?)?,
+            "--workers" => a.workers = number("--workers", value("--workers")?)?,
+            "--shape" => {
+                a.shape = match value("--shape")?.as_str() {
+                    "live" => Shape::Live,
+                    "backfill" => Shape::Backfill,
+                    other => {
+                        return Err(format!(
+                            "invalid --shape {other:?}: expected live or backfill"
+                        ));
+                    }
+                }
+            }
+            "--no-baseline" => a.baseline = false,
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    Ok(a)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let a = match args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+    };
+    let db = TestDb::new().await.expect("a database to load into");
+    let t = Instant::now();
+    let events = generate(a.events, a.shape, Utc::now(), 42);
+    let dups = duplicates(&events);
+    eprintln!(
+        "generated {} events ({} duplicates) in {:.1}s",
+        events.len(),
+        dups,
+        t.elapsed().as_secs_f64()
+    );
+
+    let cfg: tokio_postgres::Config = db.url().parse().unwrap();
+    let (client, conn) = cfg.connect(NoTls).await.unwrap();
+    tokio::spawn(conn);
+    let settings: Vec<String> = client
+        .query("SELECT name || '=' || setting FROM pg_settings WHERE name IN ('shared_buffers','synchronous_commit','fsync','max_wal_size','server_version') ORDER BY name", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+
+    let mut baseline_rate = None;
+    if a.baseline {
+        client
+            .batch_execute(
+                "CREATE TABLE baseline_copy (event_id uuid, customer_id text, service text, quantity numeric(28,15), recorded_at timestamptz, metadata jsonb)",
+            )
+            .await
+            .unwrap();
+        let t = Instant::now();
+        let sink = client
+            .copy_in("COPY baseline_copy FROM STDIN BINARY")
+            .await
+            .unwrap();
+        let types = [
+            Type::UUID,
+            Type::TEXT,
+            Type::TEXT,
+            Type::NUMERIC,
+            Type::TIMESTAMPTZ,
+            Type::JSONB,
+        ];
+        let mut w = pin!(BinaryCopyInWriter::new(sink, &types));
+        for e in &events {
+            let meta: serde_json::Value = serde_json::from_str(e.metadata.as_str()).unwrap();
+            w.as_mut()
+                .write(&[
+                    &e.id.uuid(),
+                    &e.customer.as_str(),
+                    &e.service.as_str(),
+                    &e.quantity.value(),
+                    &e.recorded_at,
+                    &meta,
+                ])
+                .await
+                .unwrap();
+        }
+        w.as_mut().finish().await.unwrap();
+        let secs = t.elapsed().as_secs_f64();
+        baseline_rate = Some(events.len() as f64 / secs);
+        eprintln!(
+            "raw COPY into an unindexed table: {:.0} rows/s ({secs:.1}s)",
+            baseline_rate.unwrap()
+        );
+        client
+            .batch_execute("DROP TABLE baseline_copy")
+            .await
+            .unwrap();
+        client.batch_execute("CHECKPOINT").await.unwrap();
+    }
+
+    let n = events.len();
+    let mut chunks = Vec::with_capacity(n / 1000 + 1);
+    let mut it = events.into_iter();
+    loop {
+        let chunk: Vec<_> = it.by_ref().take(1000).collect();
+        if chunk.is_empty() {
+            break;
+        }
+        chunks.push(chunk);
+    }
+    let store = db.store().clone();
+    let recorder = store.recorder(
+        RecorderConfig::default()
+            .batch_size(a.batch_size)
+            .workers(a.workers),
+    );
+    let t = Instant::now();
+    for chunk in chunks {
+        recorder.record_many(chunk).await.unwrap();
+    }
+    recorder.close().await.unwrap();
+    let secs = t.elapsed().as_secs_f64();
+    let rate = n as f64 / secs;
+    let status = recorder.status();
+    eprintln!("recorder, exactly once with rollups: {rate:.0} events/s ({secs:.1}s)");
+    let v = store.verify().await.unwrap();
+    let out = serde_json::json!({
+        "shape": format!("{:?}", a.shape).to_lowercase(),
+        "events": n,
+        "duplicates_in_workload": dups,
+        "batch_size": a.batch_size,
+        "workers": a.workers,
+        "recorder_events_per_s": rate.round(),
+        "recorder_seconds": (secs * 10.0).round() / 10.0,
+        "raw_copy_rows_per_s": baseline_rate.map(f64::round),
+        "ratio_to_raw_copy": baseline_rate.map(|b| (rate / b * 1000.0).round() / 1000.0),
+        "inserted": status.inserted,
+        "duplicates_skipped": status.duplicates,
+        "verify": {"events": v.events, "mismatches": v.mismatches, "key_mismatches": v.key_mismatches},
+        "settings": settings,
+    });
+    println!("{out}");
+    assert_eq!(
+        status.inserted as usize,
+        n - dups,
+        "every distinct event stored once"
+    );
+    assert_eq!(
+        (v.mismatches, v.key_mismatches),
+        (0, 0),
+        "rollups equal raw events"
+    );
+}

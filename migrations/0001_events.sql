@@ -3,7 +3,7 @@
 
 -- The services an installation knows; user-defined meters are added as rows.
 CREATE TABLE tally_meters (
-    service   text PRIMARY KEY,
+    service   text COLLATE "C" PRIMARY KEY,
     unit      text NOT NULL,
     built_in  boolean NOT NULL DEFAULT false
 );
@@ -20,8 +20,8 @@ INSERT INTO tally_meters (service, unit, built_in) VALUES
 -- the default partition catches anything outside them and is monitored.
 CREATE TABLE usage_events (
     event_id     uuid NOT NULL,
-    customer_id  text NOT NULL,
-    service      text NOT NULL,
+    customer_id  text COLLATE "C" NOT NULL,
+    service      text COLLATE "C" NOT NULL,
     quantity     numeric(28,15) NOT NULL CHECK (quantity >= 0),
     recorded_at  timestamptz NOT NULL,
     metadata     jsonb NOT NULL
@@ -35,7 +35,7 @@ CREATE TABLE usage_events_default PARTITION OF usage_events DEFAULT;
 -- UUIDv7 (time-ordered) when Tally makes them, so inserts stay at the right edge.
 CREATE TABLE usage_event_keys (
     event_id     uuid NOT NULL,
-    customer_id  text NOT NULL,
+    customer_id  text COLLATE "C" NOT NULL,
     PRIMARY KEY (event_id, customer_id)
 );
 
@@ -43,8 +43,8 @@ CREATE TABLE usage_event_keys (
 -- UTC hours and UTC days. fillfactor leaves room on each page so the frequent updates
 -- are HOT (no index churn).
 CREATE TABLE usage_hourly (
-    customer_id   text NOT NULL,
-    service       text NOT NULL,
+    customer_id   text COLLATE "C" NOT NULL,
+    service       text COLLATE "C" NOT NULL,
     bucket        timestamptz NOT NULL,
     events        bigint NOT NULL,
     quantity      numeric NOT NULL,
@@ -54,8 +54,8 @@ CREATE TABLE usage_hourly (
 ) WITH (fillfactor = 70);
 
 CREATE TABLE usage_daily (
-    customer_id   text NOT NULL,
-    service       text NOT NULL,
+    customer_id   text COLLATE "C" NOT NULL,
+    service       text COLLATE "C" NOT NULL,
     bucket        timestamptz NOT NULL,
     events        bigint NOT NULL,
     quantity      numeric NOT NULL,

@@ -213,3 +213,49 @@ async fn a_custom_meter_must_be_defined_before_use() {
         Some("seconds")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_claimed_by_a_concurrent_writer_is_counted_once() {
+    let db = TestDb::new().await.unwrap();
+    let e = event(42, "acme", Service::API, "1", "2026-11-01T10:00:00Z");
+    let fresh = event(43, "acme", Service::API, "2", "2026-11-01T10:00:00Z");
+    // Another writer has stored the same event but not committed yet.
+    let mut other = db.store().pool().get().await.unwrap();
+    let tx = other.transaction().await.unwrap();
+    let id = e.id.uuid();
+    tx.batch_execute("SET LOCAL timezone = 'UTC'")
+        .await
+        .unwrap();
+    tx.execute("INSERT INTO usage_event_keys VALUES ($1, 'acme')", &[&id])
+        .await
+        .unwrap();
+    tx.execute(
+        "INSERT INTO usage_events VALUES ($1, 'acme', 'api', 1, '2026-11-01T10:00:00Z', '{}')",
+        &[&id],
+    )
+    .await
+    .unwrap();
+    tx.batch_execute(
+        "INSERT INTO usage_hourly VALUES ('acme', 'api', '2026-11-01T10:00:00Z', 1, 1, 1, 1);
+         INSERT INTO usage_daily VALUES ('acme', 'api', '2026-11-01T00:00:00Z', 1, 1, 1, 1);",
+    )
+    .await
+    .unwrap();
+    // Our write cannot see that key yet, so it takes the fast path and then waits on
+    // the other writer's key; when that commits, it must fall back and skip the event.
+    let store = db.store().clone();
+    let write = tokio::spawn(async move { store.write(&[e, fresh]).await });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(
+        !write.is_finished(),
+        "the write should wait for the concurrent key"
+    );
+    tx.commit().await.unwrap();
+    let outcome = write.await.unwrap().unwrap();
+    assert_eq!((outcome.inserted, outcome.duplicates), (1, 1));
+    let v = db.store().verify().await.unwrap();
+    assert_eq!(
+        (v.events, v.quantity, v.mismatches, v.key_mismatches),
+        (2, Decimal::from(3), 0, 0)
+    );
+}

@@ -57,7 +57,9 @@ async fn a_partial_batch_is_written_after_the_timeout() {
     let rec = db.store().recorder(
         RecorderConfig::default()
             .batch_size(1000)
-            .batch_timeout(Duration::from_millis(200)),
+            .batch_timeout(Duration::from_millis(200))
+            // One writer: with more, events are split between writers by customer.
+            .workers(1),
     );
     rec.record_many(events(10, 0)).await.unwrap();
     // No flush: the timeout alone must write the batch.
@@ -100,7 +102,7 @@ async fn batch_settings_come_from_the_environment() {
     ]))
     .unwrap();
     let db = TestDb::new().await.unwrap();
-    let rec = db.store().recorder(cfg);
+    let rec = db.store().recorder(cfg.workers(1));
     rec.record_many(events(7, 0)).await.unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     // 3 + 3 by size, the last 1 by the 0.1 s timeout.

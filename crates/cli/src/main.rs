@@ -82,7 +82,7 @@ struct RecordArgs {
     #[arg(long)]
     service: String,
     /// Quantity in the service's unit (plain decimal, ≥ 0).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     quantity: String,
     /// Metadata as a JSON object.
     #[arg(long)]
@@ -114,7 +114,7 @@ enum TrackService {
         event: EventArgs,
         #[arg(long)]
         bytes: u64,
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         hours: String,
     },
     /// Bytes transferred (GiB).
@@ -130,7 +130,7 @@ enum TrackService {
     Compute {
         #[command(flatten)]
         event: EventArgs,
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         cpu_seconds: String,
         /// Metadata as a JSON object.
         #[arg(long)]

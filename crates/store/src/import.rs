@@ -201,11 +201,11 @@ impl<R: Read> Read for Counting<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.read += n as u64;
-        if let Some(p) = &self.progress {
-            if self.read - self.reported >= 256 * 1024 || n == 0 {
-                self.reported = self.read;
-                p(self.read);
-            }
+        if let Some(p) = &self.progress
+            && (self.read - self.reported >= 256 * 1024 || n == 0)
+        {
+            self.reported = self.read;
+            p(self.read);
         }
         Ok(n)
     }

@@ -43,7 +43,7 @@ pub fn schema_fingerprint() -> String {
 }
 
 // Arbitrary constant key for pg_advisory_lock: "tally" in ASCII.
-const LOCK_KEY: i64 = 0x7461_6c6c_79;
+const LOCK_KEY: i64 = 0x0074_616c_6c79;
 
 /// What [`migrate`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -2,6 +2,7 @@
 //! writes batches through the exactly-once path, retrying failures with backoff.
 
 use std::{
+    hash::{BuildHasher, RandomState},
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
@@ -305,16 +306,22 @@ async fn dispatcher(
     config: RecorderConfig,
 ) {
     let mut guard = AbortOnDrop(handles);
-    let mut batch: Vec<UsageEvent> = Vec::with_capacity(config.batch_size);
+    // One partial batch per writer. A customer's events always go to the same writer,
+    // so one recorder's writers never contend for the same dedupe keys or rollup rows.
+    let route = RandomState::new();
+    let mut batches: Vec<Vec<UsageEvent>> = workers
+        .iter()
+        .map(|_| Vec::with_capacity(config.batch_size))
+        .collect();
+    // When the oldest event of any partial batch is due.
     let mut deadline: Option<Instant> = None;
-    let mut next = 0usize;
     let mut close_replies = Vec::new();
     loop {
         let msg = match deadline {
             Some(d) => tokio::select! {
                 m = rx.recv() => m,
                 _ = tokio::time::sleep_until(d) => {
-                    send_batch(&workers, &mut next, &mut batch, &config).await;
+                    send_all(&workers, &mut batches, &config).await;
                     deadline = None;
                     continue;
                 }
@@ -324,18 +331,24 @@ async fn dispatcher(
         match msg {
             Some(Msg::Events(events)) => {
                 for e in events {
-                    batch.push(e);
-                    if batch.len() >= config.batch_size {
-                        send_batch(&workers, &mut next, &mut batch, &config).await;
-                        deadline = None;
+                    let w = (route.hash_one(e.customer.as_str()) % workers.len() as u64) as usize;
+                    batches[w].push(e);
+                    if batches[w].len() >= config.batch_size {
+                        let full = std::mem::replace(
+                            &mut batches[w],
+                            Vec::with_capacity(config.batch_size),
+                        );
+                        send(&workers[w], full).await;
                     }
                 }
-                if !batch.is_empty() && deadline.is_none() {
+                if batches.iter().all(Vec::is_empty) {
+                    deadline = None;
+                } else if deadline.is_none() {
                     deadline = Some(Instant::now() + config.batch_timeout);
                 }
             }
             Some(Msg::Flush(reply)) => {
-                send_batch(&workers, &mut next, &mut batch, &config).await;
+                send_all(&workers, &mut batches, &config).await;
                 deadline = None;
                 // Each writer handles its queue in order, so once every writer has
                 // passed the barrier, every earlier batch is committed.
@@ -355,14 +368,13 @@ async fn dispatcher(
                 // Refuse new messages, then keep draining what was already sent.
                 close_replies.push(reply);
                 rx.close();
-                deadline = None;
             }
             None => break,
         }
     }
     // Every handle is gone or close was asked: write what is left, let the writers
     // finish their queues, then answer.
-    send_batch(&workers, &mut next, &mut batch, &config).await;
+    send_all(&workers, &mut batches, &config).await;
     drop(workers);
     for h in std::mem::take(&mut guard.0) {
         let _ = h.await;
@@ -371,20 +383,26 @@ async fn dispatcher(
         let _ = reply.send(());
     }
 }
-async fn send_batch(
+
+async fn send_all(
     workers: &[mpsc::Sender<Job>],
-    next: &mut usize,
-    batch: &mut Vec<UsageEvent>,
+    batches: &mut [Vec<UsageEvent>],
     config: &RecorderConfig,
 ) {
-    if batch.is_empty() {
-        return;
+    for (w, batch) in workers.iter().zip(batches.iter_mut()) {
+        if !batch.is_empty() {
+            send(
+                w,
+                std::mem::replace(batch, Vec::with_capacity(config.batch_size)),
+            )
+            .await;
+        }
     }
-    let full = std::mem::replace(batch, Vec::with_capacity(config.batch_size));
-    let w = &workers[*next % workers.len()];
-    *next += 1;
+}
+
+async fn send(worker: &mpsc::Sender<Job>, batch: Vec<UsageEvent>) {
     // A writer only stops when the dispatcher drops its sender, so this cannot fail.
-    let _ = w.send(Job::Batch(full)).await;
+    let _ = worker.send(Job::Batch(batch)).await;
 }
 
 async fn writer(
