@@ -1,13 +1,14 @@
 //! Ingest through the exactly-once write path (binary COPY → keys → events → rollups)
 //! against a real PostgreSQL: `DATABASE_URL` or a throwaway cluster (see
 //! `tally-testdb`). Sustained 10M-event runs are `tally-load`'s job
-//! (docs/performance.md); this bench measures batches of 50 000.
+//! (docs/performance.md); this bench measures one writer writing batches of 50 000, each
+//! a slice of a 10M-event workload (as dense in time as the load runs).
 
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use tally_benches::{Shape, generate, test_mode};
+use tally_benches::{Shape, generate_slice, test_mode};
 use tally_testdb::TestDb;
 
 fn ingest(c: &mut Criterion) {
@@ -24,7 +25,7 @@ fn ingest(c: &mut Criterion) {
     let mut group = c.benchmark_group("write_batch");
     group
         .sample_size(10)
-        .measurement_time(Duration::from_secs(20));
+        .measurement_time(Duration::from_secs(10));
     for shape in [Shape::Live, Shape::Backfill] {
         group.throughput(Throughput::Elements(batch as u64));
         let name = format!("{shape:?}").to_lowercase();
@@ -39,7 +40,8 @@ fn ingest(c: &mut Criterion) {
                     let mut total = Duration::ZERO;
                     for i in 0..iters {
                         // Fresh ids every iteration: generation is outside the timing.
-                        let events = generate(batch, shape, Utc::now(), s * 1000 + i);
+                        let events =
+                            generate_slice(batch, 10_000_000, shape, Utc::now(), s * 1000 + i);
                         let t = Instant::now();
                         store.write(&events).await.unwrap();
                         total += t.elapsed();

@@ -64,13 +64,24 @@ const SERVICES: [(Service, f64); 6] = [
 
 /// `n` events of `shape` ending at `end`, with 1 % duplicates and 1 % late events.
 pub fn generate(n: usize, shape: Shape, end: DateTime<Utc>, seed: u64) -> Vec<UsageEvent> {
+    generate_slice(n, n, shape, end, seed)
+}
+
+/// The last `n` events of a workload of `total` events of `shape` (same density in time).
+pub fn generate_slice(
+    n: usize,
+    total: usize,
+    shape: Shape,
+    end: DateTime<Utc>,
+    seed: u64,
+) -> Vec<UsageEvent> {
     let mut rng = Rng::new(seed);
     let customers: Vec<CustomerId> = (0..1000)
         .map(|i| CustomerId::new(format!("cust-{i:04}")).unwrap())
         .collect();
     let metadata: Metadata = r#"{"region":"eu-west-1","source":"sdk-rust/1.0"}"#.parse().unwrap();
-    let start = end - shape.span();
-    let step_ns = shape.span().num_nanoseconds().unwrap() / n.max(1) as i64;
+    let step_ns = shape.span().num_nanoseconds().unwrap() / total.max(1) as i64;
+    let start = end - Duration::nanoseconds(step_ns * n as i64);
     let mut out: Vec<UsageEvent> = Vec::with_capacity(n);
     for i in 0..n {
         let r = rng.unit();
