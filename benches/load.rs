@@ -10,7 +10,8 @@
 //! (not timed), then times: (1) one binary COPY of all rows into an unindexed table,
 //! (2) recording every event through a `Recorder` until `close()` returns, i.e. until
 //! everything is committed with its dedupe keys and rollups. It then verifies the
-//! rollups and prints one JSON line of results.
+//! rollups and prints one JSON line of results. With `--keep` the database is kept and
+//! its URL printed, for `TALLY_BENCH_URL=… cargo bench --bench analytics`.
 
 use std::{pin::pin, time::Instant};
 
@@ -26,6 +27,7 @@ struct Args {
     batch_size: usize,
     workers: usize,
     baseline: bool,
+    keep: bool,
 }
 
 fn args() -> Result<Args, String> {
@@ -35,6 +37,7 @@ fn args() -> Result<Args, String> {
         batch_size: 10_000,
         workers: 2,
         baseline: true,
+        keep: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -59,6 +62,7 @@ fn args() -> Result<Args, String> {
                 }
             }
             "--no-baseline" => a.baseline = false,
+            "--keep" => a.keep = true,
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
@@ -186,6 +190,7 @@ async fn main() {
         "duplicates_skipped": status.duplicates,
         "verify": {"events": v.events, "mismatches": v.mismatches, "key_mismatches": v.key_mismatches},
         "settings": settings,
+        "kept_database_url": a.keep.then(|| db.url().to_owned()),
     });
     println!("{out}");
     assert_eq!(
@@ -198,4 +203,8 @@ async fn main() {
         (0, 0),
         "rollups equal raw events"
     );
+    if a.keep {
+        // Left for the analytics bench (TALLY_BENCH_URL); drop it by hand afterwards.
+        std::mem::forget(db);
+    }
 }

@@ -64,9 +64,6 @@ CREATE TABLE usage_daily (
     PRIMARY KEY (customer_id, service, bucket)
 ) WITH (fillfactor = 70);
 
--- All-customer reports read a time range of the daily rollup.
-CREATE INDEX usage_daily_bucket ON usage_daily (bucket);
-
 -- Creates the monthly partition holding `month` (UTC) unless it exists. Rows already
 -- caught by the default partition for that month move into it, so creating a
 -- partition late never fails and never loses an event. Returns true if it created one.

@@ -6,6 +6,8 @@
 
 use std::{io::IsTerminal, path::PathBuf, process::ExitCode, sync::Arc};
 
+mod reads;
+
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::json;
 use tally::{
@@ -43,6 +45,18 @@ enum Command {
     Verify(OutputArg),
     /// Show the events table's monthly partitions and the default partition's size.
     Partitions(OutputArg),
+    /// A customer's usage and cost per service over a range.
+    Report(reads::ReportArgs),
+    /// Usage per hour, day or month in a time zone, for a customer or all customers.
+    Aggregate(reads::AggregateArgs),
+    /// Count, total, avg, min, max, median, p95, p99 over events or hourly/daily totals.
+    Stats(reads::StatsArgs),
+    /// Daily totals with the change against the previous calendar day.
+    Trends(reads::TrendsArgs),
+    /// The largest hours, days or months.
+    Peaks(reads::PeaksArgs),
+    /// An invoice preview for a billing period.
+    Invoice(reads::InvoiceArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -178,7 +192,7 @@ struct ImportArgs {
 }
 
 /// An error with the exit code it deserves.
-enum Failure {
+pub(crate) enum Failure {
     /// Bad input: exit 2.
     Usage(String),
     /// Something failed while running: exit 1.
@@ -201,7 +215,7 @@ impl From<tally::Error> for Failure {
 }
 
 /// Bad input from the command line.
-fn bad(e: tally::InvalidInput) -> Failure {
+pub(crate) fn bad(e: tally::InvalidInput) -> Failure {
     Failure::Usage(e.to_string())
 }
 
@@ -228,7 +242,7 @@ async fn main() -> ExitCode {
     }
 }
 
-fn tally_for(url: Option<String>) -> Result<Tally, Failure> {
+pub(crate) fn tally_for(url: Option<String>) -> Result<Tally, Failure> {
     let url = url.ok_or_else(|| {
         Failure::Usage("no database: pass --database-url URL or set DATABASE_URL".into())
     })?;
@@ -348,6 +362,12 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 return Err(Failure::Runtime("rollups differ from raw events".into()));
             }
         }
+        Command::Report(a) => reads::report(cli.database_url, a).await?,
+        Command::Aggregate(a) => reads::aggregate(cli.database_url, a).await?,
+        Command::Stats(a) => reads::stats(cli.database_url, a).await?,
+        Command::Trends(a) => reads::trends(cli.database_url, a).await?,
+        Command::Peaks(a) => reads::peaks(cli.database_url, a).await?,
+        Command::Invoice(a) => reads::invoice(cli.database_url, a).await?,
         Command::Partitions(o) => {
             let tally = tally_for(cli.database_url)?;
             let s = tally.partition_status().await?;
@@ -406,7 +426,7 @@ async fn write_one(tally: &Tally, usage: Usage, a: &EventArgs) -> Result<(), Fai
     Ok(())
 }
 
-fn rfc3339(t: DateTime<Utc>) -> String {
+pub(crate) fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(tally::chrono::SecondsFormat::AutoSi, true)
 }
 

@@ -181,3 +181,302 @@ async fn record_and_track_write_exactly_once() {
     assert_eq!(v["events"], 2);
     assert_eq!(v["quantity"], "2.000000093132257");
 }
+
+fn keys(v: &serde_json::Value) -> Vec<&str> {
+    let mut k: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+    k.sort();
+    k
+}
+
+fn assert_has(v: &serde_json::Value, want: &[&str]) {
+    let have = keys(v);
+    for k in want {
+        assert!(have.contains(k), "missing {k:?} in {v}");
+    }
+}
+
+fn is_decimal_string(v: &serde_json::Value) -> bool {
+    v.as_str().is_some_and(|s| s.parse::<Decimal>().is_ok())
+}
+
+fn is_utc_time(v: &serde_json::Value) -> bool {
+    v.as_str()
+        .is_some_and(|s| s.ends_with('Z') && tally::chrono::DateTime::parse_from_rfc3339(s).is_ok())
+}
+
+#[tokio::test]
+async fn read_commands_print_the_spec_json_shapes() {
+    let db = TestDb::new().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("u.ndjson");
+    let today = tally::chrono::Utc::now().date_naive();
+    let mut lines = String::new();
+    for (i, days_ago) in [1i64, 1, 2, 3].iter().enumerate() {
+        let day = today - tally::chrono::Duration::days(*days_ago);
+        lines.push_str(&format!(
+            "{{\"customer_id\":\"acme\",\"service\":\"api\",\"quantity\":\"{}\",\"recorded_at\":\"{day}T0{i}:30:00Z\"}}\n",
+            (i + 1) * 100
+        ));
+    }
+    std::fs::write(&path, lines).unwrap();
+    json(&tally(
+        &db,
+        &["import", path.to_str().unwrap(), "--format", "json"],
+    ));
+    let from = (today - tally::chrono::Duration::days(5)).to_string();
+    let to = (today + tally::chrono::Duration::days(1)).to_string();
+
+    let r = json(&tally(
+        &db,
+        &[
+            "report",
+            "--customer",
+            "acme",
+            "--from",
+            &from,
+            "--to",
+            &to,
+            "--format",
+            "json",
+        ],
+    ));
+    assert_has(
+        &r,
+        &["customer_id", "from", "to", "services", "total_amount"],
+    );
+    assert!(
+        is_utc_time(&r["from"]) && is_utc_time(&r["to"]) && is_decimal_string(&r["total_amount"])
+    );
+    let api = r["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["service"] == "api")
+        .unwrap();
+    assert_has(
+        api,
+        &[
+            "service",
+            "unit",
+            "quantity",
+            "events",
+            "unit_price",
+            "amount",
+        ],
+    );
+    assert_eq!(
+        (
+            api["quantity"].as_str(),
+            api["events"].as_i64(),
+            api["amount"].as_str()
+        ),
+        (Some("1000"), Some(4), Some("0.10"))
+    );
+
+    let a = json(&tally(
+        &db,
+        &[
+            "aggregate",
+            "--period",
+            "daily",
+            "--customer",
+            "acme",
+            "--from",
+            &from,
+            "--to",
+            &to,
+            "--format",
+            "json",
+        ],
+    ));
+    assert_has(&a, &["period", "tz", "buckets"]);
+    let b = &a["buckets"][0];
+    assert_has(
+        b,
+        &[
+            "bucket",
+            "customer_id",
+            "service",
+            "events",
+            "quantity",
+            "min",
+            "max",
+            "avg",
+        ],
+    );
+    assert!(
+        is_utc_time(&b["bucket"])
+            && ["quantity", "min", "max", "avg"]
+                .iter()
+                .all(|k| is_decimal_string(&b[*k]))
+    );
+
+    for over in ["events", "hour", "day"] {
+        let s = json(&tally(
+            &db,
+            &[
+                "stats",
+                "--customer",
+                "acme",
+                "--service",
+                "api",
+                "--days",
+                "7",
+                "--over",
+                over,
+                "--format",
+                "json",
+            ],
+        ));
+        assert_has(
+            &s,
+            &[
+                "customer_id",
+                "service",
+                "over",
+                "count",
+                "total",
+                "avg",
+                "min",
+                "max",
+                "median",
+                "p95",
+                "p99",
+            ],
+        );
+        assert_eq!(s["over"], over);
+        assert_eq!(s["total"], "1000", "{over}");
+        assert!(
+            ["total", "avg", "min", "max", "median", "p95", "p99"]
+                .iter()
+                .all(|k| is_decimal_string(&s[*k]))
+        );
+    }
+
+    let t = json(&tally(
+        &db,
+        &[
+            "trends",
+            "--customer",
+            "acme",
+            "--service",
+            "api",
+            "--days",
+            "4",
+            "--format",
+            "json",
+        ],
+    ));
+    let days = t["days"].as_array().unwrap();
+    assert_eq!(days.len(), 4);
+    assert_has(
+        &days[0],
+        &["date", "service", "total", "previous", "change_pct"],
+    );
+    assert_eq!(days[0]["change_pct"], serde_json::Value::Null);
+
+    let p = json(&tally(
+        &db,
+        &[
+            "peaks",
+            "--customer",
+            "acme",
+            "--service",
+            "api",
+            "--by",
+            "day",
+            "--limit",
+            "2",
+            "--format",
+            "json",
+        ],
+    ));
+    let peaks = p["peaks"].as_array().unwrap();
+    assert_eq!(peaks.len(), 2);
+    assert_has(&peaks[0], &["bucket", "service", "total", "events"]);
+    assert_eq!(peaks[0]["total"], "400"); // 3 days ago; the day before yesterday and yesterday have 300 each
+
+    let period = format!(
+        "{}",
+        (today - tally::chrono::Duration::days(1)).format("%Y-%m")
+    );
+    let i = json(&tally(
+        &db,
+        &[
+            "invoice",
+            "--customer",
+            "acme",
+            "--period",
+            &period,
+            "--format",
+            "json",
+        ],
+    ));
+    assert_has(
+        &i,
+        &[
+            "customer_id",
+            "period_start",
+            "period_end",
+            "lines",
+            "total",
+        ],
+    );
+    assert_has(
+        &i["lines"][0],
+        &["service", "quantity", "billable_quantity", "amount"],
+    );
+
+    let csv = tally(
+        &db,
+        &[
+            "report",
+            "--customer",
+            "acme",
+            "--from",
+            &from,
+            "--to",
+            &to,
+            "--format",
+            "csv",
+        ],
+    );
+    let text = String::from_utf8(csv.stdout).unwrap();
+    assert!(
+        text.starts_with("service,unit,quantity,events,unit_price,amount\n"),
+        "{text}"
+    );
+    assert_eq!(text.matches("service,unit").count(), 1, "one header row");
+}
+
+#[tokio::test]
+async fn a_price_book_file_is_validated_at_the_edge() {
+    let db = TestDb::new().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("prices.json");
+    std::fs::write(&path, r#"{"services":{"api":[{"effective_from":"2020-01-01T00:00:00Z","model":"graduated","tiers":[{"up_to":"100","unit_price":"1"},{"up_to":"50","unit_price":"1"},{"unit_price":"1"}]}]}}"#).unwrap();
+    let out = tally(
+        &db,
+        &[
+            "invoice",
+            "--customer",
+            "acme",
+            "--period",
+            "2026-11",
+            "--prices",
+            path.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("up_to"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = tally(
+        &db,
+        &["invoice", "--customer", "acme", "--period", "2026-13"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("period \"2026-13\""));
+}

@@ -51,7 +51,7 @@ pub use pricing::{
 };
 pub use quantity::Quantity;
 pub use service::{BuiltIn, Catalog, Meter, Service};
-pub use time::{Granularity, TimeRange, Zone, parse_instant};
+pub use time::{Granularity, TimeRange, Zone, parse_instant, parse_month};
 
 /// Re-exported so users of Tally's types need not pin their own versions.
 pub use chrono;

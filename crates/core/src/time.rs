@@ -33,6 +33,19 @@ pub fn parse_instant(field: &'static str, s: &str, tz: Zone) -> Result<DateTime<
     Err(Error::invalid(field, s, reason))
 }
 
+/// Parses a billing period `YYYY-MM` into the UTC calendar month `[first, next first)`.
+pub fn parse_month(field: &'static str, s: &str) -> Result<TimeRange> {
+    let t = s.trim();
+    let first = NaiveDate::parse_from_str(&format!("{t}-01"), "%Y-%m-%d")
+        .ok()
+        .filter(|_| t.len() == 7)
+        .ok_or_else(|| Error::invalid(field, s, "expected a month as YYYY-MM"))?;
+    let next = first
+        .checked_add_months(chrono::Months::new(1))
+        .ok_or_else(|| Error::invalid(field, s, "out of range"))?;
+    TimeRange::new(Zone::UTC.start_of_day(first), Zone::UTC.start_of_day(next))
+}
+
 /// A half-open range of instants `[from, to)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct TimeRange {
@@ -285,6 +298,24 @@ mod tests {
                 .to_string()
                 .contains("offset")
         );
+    }
+
+    #[test]
+    fn months_parse_to_utc_calendar_months() {
+        let m = parse_month("period", "2026-02").unwrap();
+        assert_eq!(
+            (m.from(), m.to()),
+            (utc("2026-02-01T00:00:00Z"), utc("2026-03-01T00:00:00Z"))
+        );
+        let d = parse_month("period", "2026-12").unwrap();
+        assert_eq!(d.to(), utc("2027-01-01T00:00:00Z"));
+        for bad in ["2026-13", "2026-1", "26-01", "2026-01-05", ""] {
+            assert_eq!(
+                parse_month("period", bad).unwrap_err().field(),
+                Some("period"),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -25,13 +25,17 @@
 
 use std::io::Read;
 
+pub use tally_analytics::{
+    Agg, Analytics, Bucket, DayLine, Invoice, InvoiceLine, Over, Peak, ServiceLine, Stats, Summary,
+    TrendDay, percentile_cont,
+};
 /// A value from outside that failed validation (names the field and the value).
 pub use tally_core::Error as InvalidInput;
 pub use tally_core::{
     BuiltIn, Catalog, CustomerId, EventId, Granularity, Level, Line, MONEY_SCALE, Metadata, Meter,
     Price, PriceBook, PriceModel, PriceVersion, Quantity, Service, Thresholds, Tier, TimeRange,
-    Usage, UsageEvent, Zone, chrono, convert, format_compact, parse_instant, round_money,
-    rust_decimal, track, uuid,
+    Usage, UsageEvent, Zone, chrono, convert, format_compact, parse_instant, parse_month,
+    round_money, rust_decimal, track, uuid,
 };
 /// An error of the storage layer (database, files, settings).
 pub use tally_store::Error as StoreError;
@@ -50,6 +54,19 @@ pub enum Error {
     /// The database, a file or a setting failed.
     #[error(transparent)]
     Store(#[from] tally_store::Error),
+    /// Any other failure of the read side.
+    #[error(transparent)]
+    Analytics(tally_analytics::Error),
+}
+
+impl From<tally_analytics::Error> for Error {
+    fn from(e: tally_analytics::Error) -> Error {
+        match e {
+            tally_analytics::Error::Invalid(e) => Error::Invalid(e),
+            tally_analytics::Error::Store(e) => Error::Store(e),
+            other => Error::Analytics(other),
+        }
+    }
 }
 
 impl Error {
@@ -57,10 +74,13 @@ impl Error {
     pub fn sqlstate(&self) -> Option<&tally_store::tokio_postgres::error::SqlState> {
         match self {
             Error::Store(e) => e.sqlstate(),
-            Error::Invalid(_) => None,
+            Error::Invalid(_) | Error::Analytics(_) => None,
         }
     }
 }
+
+/// How many schema migrations this build embeds.
+pub const MIGRATIONS_COUNT: usize = tally_store::MIGRATIONS.len();
 
 /// `Result` with [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -127,6 +147,11 @@ impl Tally {
     /// Defines a user meter.
     pub async fn define_meter(&self, meter: &Meter) -> Result<()> {
         Ok(self.store.define_meter(meter).await?)
+    }
+
+    /// Reports, aggregation, statistics, trends, peaks and invoices, priced with `prices`.
+    pub fn analytics(&self, prices: PriceBook) -> Analytics {
+        Analytics::new(self.store.clone()).with_prices(prices)
     }
 
     /// The events table's partitions and what the default partition holds.

@@ -80,15 +80,27 @@ macro_rules! rollup_upserts {
         min_quantity = least(r.min_quantity, excluded.min_quantity),
         max_quantity = greatest(r.max_quantity, excluded.max_quantity)
     RETURNING 1
+), totals AS (
+    INSERT INTO usage_hourly_total AS r (service, bucket, events, quantity, min_quantity, max_quantity)
+    SELECT service, date_bin('1 hour', recorded_at, timestamptz '2000-01-01 00:00:00+00'),
+           count(*), sum(quantity), min(quantity), max(quantity)
+    FROM ins GROUP BY 1, 2 ORDER BY 1, 2
+    ON CONFLICT (service, bucket) DO UPDATE SET
+        events = r.events + excluded.events,
+        quantity = r.quantity + excluded.quantity,
+        min_quantity = least(r.min_quantity, excluded.min_quantity),
+        max_quantity = greatest(r.max_quantity, excluded.max_quantity)
+    RETURNING 1
 )
--- Scalar subqueries run left to right: events, keys, hourly, daily (the lock order).
+-- Scalar subqueries run left to right: events, keys, hourly, daily, totals (the lock order).
 SELECT (SELECT count(*) FROM ins), (SELECT coalesce(sum(quantity), 0) FROM ins),
-       (SELECT count(*) FROM keys), (SELECT count(*) FROM hourly), (SELECT count(*) FROM daily)"
+       (SELECT count(*) FROM keys), (SELECT count(*) FROM hourly), (SELECT count(*) FROM daily),
+       (SELECT count(*) FROM totals)"
     };
 }
 
 // Lock order: keys in (event_id, customer_id) order, then hourly rows, then daily rows,
-// each in key order. Every writer takes row locks in this one global order, so
+// then all-customer hourly totals, each in key order. Every writer takes row locks in this one global order, so
 // concurrent flushes wait for each other but cannot deadlock.
 
 // Fast path, step 1: drop staged events whose key is already stored (a replay), and
@@ -130,8 +142,18 @@ const INSERT_NEW_SQL: &str = "WITH keys AS (
         min_quantity = least(r.min_quantity, excluded.min_quantity),
         max_quantity = greatest(r.max_quantity, excluded.max_quantity)
     RETURNING 1
+), totals AS (
+    INSERT INTO usage_hourly_total AS r (service, bucket, events, quantity, min_quantity, max_quantity)
+    SELECT * FROM unnest($15::text[], $16::timestamptz[], $17::int8[], $18::numeric[], $19::numeric[], $20::numeric[])
+    ON CONFLICT (service, bucket) DO UPDATE SET
+        events = r.events + excluded.events,
+        quantity = r.quantity + excluded.quantity,
+        min_quantity = least(r.min_quantity, excluded.min_quantity),
+        max_quantity = greatest(r.max_quantity, excluded.max_quantity)
+    RETURNING 1
 )
-SELECT (SELECT count(*) FROM keys), (SELECT count(*) FROM ins), (SELECT count(*) FROM hourly), (SELECT count(*) FROM daily)";
+SELECT (SELECT count(*) FROM keys), (SELECT count(*) FROM ins), (SELECT count(*) FROM hourly), (SELECT count(*) FROM daily),
+       (SELECT count(*) FROM totals)";
 
 // Slow path: claims keys with ON CONFLICT DO NOTHING, waiting for concurrent writers
 // of the same keys to commit, and inserts only the events whose keys it claimed.
@@ -297,6 +319,7 @@ async fn insert_new(
     let stored: HashSet<(Uuid, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
     let mut hourly = Deltas::new();
     let mut daily = Deltas::new();
+    let mut totals = Deltas::new();
     let mut total = Decimal::ZERO;
     let mut new = 0u64;
     for e in events {
@@ -309,11 +332,14 @@ async fn insert_new(
         let (c, s) = (e.customer.as_str(), e.service.as_str());
         add(&mut hourly, (c, s, utc_floor(e.recorded_at, 3600)), q);
         add(&mut daily, (c, s, utc_floor(e.recorded_at, 86_400)), q);
+        // All customers added up: the customer part of the key is empty.
+        add(&mut totals, ("", s, utc_floor(e.recorded_at, 3600)), q);
         total += q;
         new += 1;
     }
     let h = Columns::from(&hourly);
     let d = Columns::from(&daily);
+    let t = Columns::from(&totals);
     let insert = tx.prepare_cached(INSERT_NEW_SQL).await?;
     let row = tx
         .query_one(
@@ -333,6 +359,12 @@ async fn insert_new(
                 &d.quantity,
                 &d.min,
                 &d.max,
+                &t.service,
+                &t.bucket,
+                &t.events,
+                &t.quantity,
+                &t.min,
+                &t.max,
             ],
         )
         .await?;

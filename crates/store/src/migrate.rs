@@ -25,11 +25,18 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// Every migration this build knows, in order.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "0001_events.sql",
-    sql: include_str!("../../../migrations/0001_events.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "0001_events.sql",
+        sql: include_str!("../../../migrations/0001_events.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "0002_analytics.sql",
+        sql: include_str!("../../../migrations/0002_analytics.sql"),
+    },
+];
 
 /// A fingerprint of the whole embedded schema (test harnesses key template databases
 /// on it, so a schema change makes a new template).

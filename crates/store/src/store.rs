@@ -38,8 +38,8 @@ pub struct VerifyReport {
     pub events: i64,
     /// Their total quantity.
     pub quantity: Decimal,
-    /// Rollup rows (hourly and daily) that differ from a recomputation from raw events,
-    /// including rows missing on either side.
+    /// Rollup rows (hourly, daily and all-customer hourly) that differ from a
+    /// recomputation from raw events, including rows missing on either side.
     pub mismatches: i64,
     /// Dedupe keys without an event, or events without a key.
     pub key_mismatches: i64,
@@ -209,6 +209,21 @@ impl Store {
                 .get(0);
             mismatches += n;
         }
+        let total_rows: i64 = client
+            .query_one(
+                "WITH raw AS (
+                    SELECT service, date_trunc('hour', recorded_at, 'UTC') AS bucket,
+                           count(*) AS events, sum(quantity) AS quantity, min(quantity) AS lo, max(quantity) AS hi
+                    FROM usage_events GROUP BY 1, 2)
+                 SELECT count(*) FROM raw FULL JOIN usage_hourly_total r ON r.service = raw.service AND r.bucket = raw.bucket
+                 WHERE raw.events IS DISTINCT FROM r.events OR raw.quantity IS DISTINCT FROM r.quantity
+                    OR raw.lo IS DISTINCT FROM r.min_quantity OR raw.hi IS DISTINCT FROM r.max_quantity",
+                &[],
+            )
+            .await
+            .map_err(Error::db("verifying the all-customer rollup"))?
+            .get(0);
+        mismatches += total_rows;
         let key_mismatches: i64 = client
             .query_one(
                 "SELECT count(*) FROM usage_event_keys k FULL JOIN usage_events e

@@ -1,0 +1,87 @@
+//! The analytics targets of issue 4, on a database of `TALLY_BENCH_URL` filled by
+//! `tally-load --events 10000000 --shape backfill --keep` (1 000 customers, 6 services,
+//! 30 days). Without it, a fresh database gets a small backfill of its own (200 000
+//! events; 2 000 in test mode), so the bench always runs.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use criterion::{Criterion, criterion_group, criterion_main};
+use tally::{
+    Analytics, CustomerId, Granularity, Over, RecorderConfig, Service, Store, TimeRange, Zone,
+};
+use tally_benches::{Shape, generate, test_mode};
+use tally_testdb::TestDb;
+
+fn analytics(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (_db, store) = rt.block_on(async {
+        match std::env::var("TALLY_BENCH_URL") {
+            Ok(url) => (None, Store::connect(&url).unwrap()),
+            Err(_) => {
+                let db = TestDb::new()
+                    .await
+                    .expect("the analytics bench needs PostgreSQL");
+                let n = if test_mode() { 2_000 } else { 200_000 };
+                let rec = db
+                    .store()
+                    .recorder(RecorderConfig::default().batch_size(50_000));
+                rec.record_many(generate(n, Shape::Backfill, Utc::now(), 7))
+                    .await
+                    .unwrap();
+                rec.close().await.unwrap();
+                let store = db.store().clone();
+                (Some(db), store)
+            }
+        }
+    });
+    // The month: the 30 whole UTC days ending with the last day that has data.
+    let end: DateTime<Utc> = rt.block_on(async {
+        let client = store.pool().get().await.unwrap();
+        let last: DateTime<Utc> = client
+            .query_one("SELECT max(bucket) FROM usage_daily", &[])
+            .await
+            .unwrap()
+            .get(0);
+        last + chrono::Duration::days(1)
+    });
+    let month = TimeRange::new(end - chrono::Duration::days(30), end).unwrap();
+    let a = Analytics::new(store);
+    // cust-0000 has the largest share (~6 % of all events); cust-0300 is a typical one.
+    let top: CustomerId = "cust-0000".parse().unwrap();
+    let typical: CustomerId = "cust-0300".parse().unwrap();
+
+    let mut g = c.benchmark_group("analytics");
+    g.sample_size(20).measurement_time(Duration::from_secs(5));
+    for (name, customer) in [("top", &top), ("typical", &typical)] {
+        g.bench_function(format!("customer_month_summary/{name}"), |b| {
+            b.to_async(&rt)
+                .iter(|| a.summary(customer, month, None, None))
+        });
+        g.bench_function(format!("customer_month_hourly_series/{name}"), |b| {
+            b.to_async(&rt)
+                .iter(|| a.aggregate(Some(customer), month, None, Granularity::Hour, Zone::UTC))
+        });
+        g.bench_function(format!("customer_month_hourly_percentiles/{name}"), |b| {
+            b.to_async(&rt)
+                .iter(|| a.stats(customer, &Service::API, 30, Over::Hour, end))
+        });
+    }
+    g.bench_function("all_customers_daily_month", |b| {
+        b.to_async(&rt)
+            .iter(|| a.aggregate(None, month, None, Granularity::Day, Zone::UTC))
+    });
+    let berlin: Zone = "Europe/Berlin".parse().unwrap();
+    g.bench_function("all_customers_daily_month_berlin", |b| {
+        b.to_async(&rt)
+            .iter(|| a.aggregate(None, month, None, Granularity::Day, berlin))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, analytics);
+criterion_main!(benches);

@@ -1,0 +1,583 @@
+//! Analytics against a real database; every expected number is computed here from the
+//! events themselves, not by the code under test.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Duration, NaiveTime, TimeZone, Utc};
+use chrono_tz::Tz;
+use rust_decimal::Decimal;
+use tally::{
+    Analytics, CustomerId, Granularity, Over, Price, PriceBook, PriceModel, Service, Tier,
+    TimeRange, UsageEvent, Zone,
+};
+use tally_testdb::TestDb;
+use tally_tests::{at, event};
+
+fn d(s: &str) -> Decimal {
+    s.parse().unwrap()
+}
+
+fn acme() -> CustomerId {
+    "acme".parse().unwrap()
+}
+
+fn range(from: &str, to: &str) -> TimeRange {
+    TimeRange::new(at(from), at(to)).unwrap()
+}
+
+/// Events every 20 minutes over four days around Berlin's spring-forward day, for two
+/// customers and two services, quantities varying.
+fn dst_events() -> Vec<UsageEvent> {
+    let start = at("2026-03-27T00:10:00Z");
+    (0..4 * 72u32)
+        .map(|i| {
+            let t = start + Duration::minutes(20 * i64::from(i));
+            let customer = if i % 5 == 0 { "globex" } else { "acme" };
+            let service = if i % 3 == 0 {
+                Service::STORAGE
+            } else {
+                Service::API
+            };
+            let q = format!("{}.{}", 1 + i % 7, i % 10);
+            event(u128::from(i) + 1, customer, service, &q, &t.to_rfc3339())
+        })
+        .collect()
+}
+
+/// Independent bucketing: chrono-tz's local calendar, truncated by hand.
+fn expected_daily(
+    events: &[UsageEvent],
+    tz: Tz,
+    customer: Option<&str>,
+) -> BTreeMap<(DateTime<Utc>, String), (i64, Decimal)> {
+    let mut out = BTreeMap::new();
+    for e in events
+        .iter()
+        .filter(|e| customer.is_none_or(|c| e.customer.as_str() == c))
+    {
+        let local_date = e.recorded_at.with_timezone(&tz).date_naive();
+        let start = tz
+            .from_local_datetime(&local_date.and_time(NaiveTime::MIN))
+            .earliest()
+            .unwrap()
+            .with_timezone(&Utc);
+        let entry = out
+            .entry((start, e.service.to_string()))
+            .or_insert((0, Decimal::ZERO));
+        entry.0 += 1;
+        entry.1 += e.quantity.value();
+    }
+    out
+}
+
+fn expected_hourly(
+    events: &[UsageEvent],
+    offset_minutes: i64,
+) -> BTreeMap<(DateTime<Utc>, String), (i64, Decimal)> {
+    // For fixed-offset zones: a local hour starts where (t + offset) is a whole hour.
+    let mut out = BTreeMap::new();
+    for e in events {
+        let shifted = e.recorded_at + Duration::minutes(offset_minutes);
+        let local_hour = shifted - Duration::seconds(shifted.timestamp().rem_euclid(3600));
+        let start = local_hour - Duration::minutes(offset_minutes);
+        let entry = out
+            .entry((start, e.service.to_string()))
+            .or_insert((0, Decimal::ZERO));
+        entry.0 += 1;
+        entry.1 += e.quantity.value();
+    }
+    out
+}
+
+async fn got(
+    a: &Analytics,
+    customer: Option<&CustomerId>,
+    r: TimeRange,
+    g: Granularity,
+    zone: &str,
+) -> BTreeMap<(DateTime<Utc>, String), (i64, Decimal)> {
+    let zone: Zone = zone.parse().unwrap();
+    a.aggregate(customer, r, None, g, zone)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|b| ((b.bucket, b.service), (b.events, b.quantity)))
+        .collect()
+}
+
+#[tokio::test]
+async fn daily_aggregation_is_exact_in_dst_and_odd_offset_zones() {
+    let db = TestDb::new().await.unwrap();
+    let events = dst_events();
+    db.store().write(&events).await.unwrap();
+    let a = Analytics::new(db.store().clone());
+    let r = range("2026-03-27T00:00:00Z", "2026-03-31T00:00:00Z");
+    for zone in [
+        "UTC",
+        "Europe/Berlin",
+        "America/New_York",
+        "Asia/Kolkata",
+        "Asia/Kathmandu",
+    ] {
+        let tz: Tz = zone.parse().unwrap();
+        // Only events inside the range count; buckets are clipped to it.
+        let inside: Vec<UsageEvent> = events
+            .iter()
+            .filter(|e| r.contains(e.recorded_at))
+            .cloned()
+            .collect();
+        // A bucket is labelled by its start even where the range clips it.
+        let got_acme = got(&a, Some(&acme()), r, Granularity::Day, zone).await;
+        assert_eq!(
+            got_acme,
+            expected_daily(&inside, tz, Some("acme")),
+            "{zone}"
+        );
+        let all = got(&a, None, r, Granularity::Day, zone).await;
+        assert_eq!(
+            all,
+            expected_daily(&inside, tz, None),
+            "{zone}, all customers"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_berlin_spring_day_has_23_hours_and_the_fall_day_25() {
+    let db = TestDb::new().await.unwrap();
+    // One event per UTC hour over both DST days.
+    let mut events = Vec::new();
+    for (day, id0) in [
+        ("2026-03-28T22:30:00Z", 0u128),
+        ("2026-10-24T21:30:00Z", 100),
+    ] {
+        for h in 0..26 {
+            let t = at(day) + Duration::hours(h);
+            events.push(event(
+                id0 + h as u128 + 1,
+                "acme",
+                Service::API,
+                "1",
+                &t.to_rfc3339(),
+            ));
+        }
+    }
+    db.store().write(&events).await.unwrap();
+    let a = Analytics::new(db.store().clone());
+    let spring = got(
+        &a,
+        Some(&acme()),
+        range("2026-03-28T23:00:00Z", "2026-03-29T22:00:00Z"),
+        Granularity::Day,
+        "Europe/Berlin",
+    )
+    .await;
+    assert_eq!(spring.values().map(|v| v.0).sum::<i64>(), 23);
+    assert_eq!(spring.len(), 1);
+    let fall = got(
+        &a,
+        Some(&acme()),
+        range("2026-10-24T22:00:00Z", "2026-10-25T23:00:00Z"),
+        Granularity::Day,
+        "Europe/Berlin",
+    )
+    .await;
+    assert_eq!(fall.len(), 1);
+    assert_eq!(fall.values().next().unwrap().0, 25);
+    let fall_hours = got(
+        &a,
+        Some(&acme()),
+        range("2026-10-24T22:00:00Z", "2026-10-25T23:00:00Z"),
+        Granularity::Hour,
+        "Europe/Berlin",
+    )
+    .await;
+    assert_eq!(fall_hours.len(), 25, "the repeated hour is two buckets");
+}
+
+#[tokio::test]
+async fn hourly_buckets_in_half_and_quarter_hour_zones_are_exact() {
+    let db = TestDb::new().await.unwrap();
+    let events = dst_events();
+    db.store().write(&events).await.unwrap();
+    let a = Analytics::new(db.store().clone());
+    let r = range("2026-03-28T00:00:00Z", "2026-03-29T00:00:00Z");
+    let inside: Vec<UsageEvent> = events
+        .iter()
+        .filter(|e| r.contains(e.recorded_at) && e.customer.as_str() == "acme")
+        .cloned()
+        .collect();
+    for (zone, offset) in [("Asia/Kolkata", 330), ("Asia/Kathmandu", 345), ("UTC", 0)] {
+        // In +05:30 and +05:45 every local hour straddles two UTC hours: all raw reads.
+        let got = got(&a, Some(&acme()), r, Granularity::Hour, zone).await;
+        assert_eq!(got, expected_hourly(&inside, offset), "{zone}");
+    }
+}
+
+#[tokio::test]
+async fn summary_prices_usage_and_reads_partial_hours_from_raw_events() {
+    let db = TestDb::new().await.unwrap();
+    let events = vec![
+        event(1, "acme", Service::API, "1000", "2026-11-01T10:05:00Z"),
+        event(2, "acme", Service::API, "2345", "2026-11-01T10:20:00Z"),
+        event(3, "acme", Service::COMPUTE, "3.5", "2026-11-02T00:00:00Z"),
+        event(4, "acme", Service::API, "7", "2026-11-05T23:59:59Z"),
+        event(5, "acme", Service::API, "11", "2026-11-06T00:00:00Z"),
+        event(6, "globex", Service::API, "99", "2026-11-02T00:00:00Z"),
+    ];
+    db.store().write(&events).await.unwrap();
+    let a = Analytics::new(db.store().clone());
+    // From 10:15 (mid-hour) to the 6th at midnight (exclusive).
+    let r = range("2026-11-01T10:15:00Z", "2026-11-06T00:00:00Z");
+    let s = a.summary(&acme(), r, None, None).await.unwrap();
+    let line = |name: &str| {
+        s.services
+            .iter()
+            .find(|l| l.service == name)
+            .unwrap()
+            .clone()
+    };
+    let api = line("api");
+    assert_eq!((api.quantity, api.events), (d("2352"), 2)); // 2345 + 7
+    assert_eq!(api.amount, d("0.24")); // 2352 × 0.0001 = 0.2352 -> 0.24 half-up
+    assert_eq!(line("compute").amount, d("0.18")); // 3.5 × 0.05 = 0.175 -> 0.18
+    assert_eq!(line("storage").quantity, Decimal::ZERO);
+    assert_eq!(s.total_amount, d("0.42"));
+    // No usage: zeros, not an error.
+    let nobody: CustomerId = "nobody".parse().unwrap();
+    let empty = a.summary(&nobody, r, None, None).await.unwrap();
+    assert!(
+        empty
+            .services
+            .iter()
+            .all(|l| l.quantity.is_zero() && l.amount.is_zero())
+    );
+    assert_eq!(empty.total_amount, Decimal::ZERO);
+    // Detailed: per UTC day.
+    let detailed = a.summary(&acme(), r, None, Some(Zone::UTC)).await.unwrap();
+    let days: Vec<(String, String, Decimal)> = detailed
+        .days
+        .unwrap()
+        .into_iter()
+        .map(|d| (d.date.to_string(), d.service, d.quantity))
+        .collect();
+    assert_eq!(
+        days,
+        vec![
+            ("2026-11-01".into(), "api".into(), d("2345")),
+            ("2026-11-02".into(), "compute".into(), d("3.5")),
+            ("2026-11-05".into(), "api".into(), d("7")),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn statistics_follow_percentile_cont_over_events_and_zero_filled_buckets() {
+    let db = TestDb::new().await.unwrap();
+    let as_of = at("2026-11-20T12:00:00Z");
+    let events: Vec<UsageEvent> = (1..=10u32)
+        .map(|i| {
+            event(
+                u128::from(i),
+                "acme",
+                Service::API,
+                &i.to_string(),
+                &format!("2026-11-19T{:02}:10:00Z", i),
+            )
+        })
+        .collect();
+    db.store().write(&events).await.unwrap();
+    // Outside the window (today, and before it): must not count.
+    db.store()
+        .write(&[
+            event(50, "acme", Service::API, "1000", "2026-11-20T01:00:00Z"),
+            event(51, "acme", Service::API, "1000", "2026-11-17T23:59:59Z"),
+        ])
+        .await
+        .unwrap();
+    let a = Analytics::new(db.store().clone());
+    let s = a
+        .stats(&acme(), &Service::API, 2, Over::Events, as_of)
+        .await
+        .unwrap();
+    assert_eq!(
+        (s.count, s.total, s.min, s.max),
+        (10, d("55"), d("1"), d("10"))
+    );
+    assert_eq!((s.median, s.p95, s.p99), (d("5.5"), d("9.55"), d("9.91")));
+    assert_eq!(s.avg, d("5.5"));
+    // Over hours: 48 hours in the window, 10 with usage of 1..10, 38 zeros.
+    let h = a
+        .stats(&acme(), &Service::API, 2, Over::Hour, as_of)
+        .await
+        .unwrap();
+    assert_eq!(
+        (h.count, h.total, h.min, h.max),
+        (48, d("55"), d("0"), d("10"))
+    );
+    let mut values: Vec<Decimal> = (1..=10).map(Decimal::from).collect();
+    values.extend(std::iter::repeat_n(Decimal::ZERO, 38));
+    values.sort();
+    // percentile_cont by hand: p95 at position 0.95 × 47 = 44.65.
+    let p95 = values[44] + d("0.65") * (values[45] - values[44]);
+    assert_eq!(h.p95, p95);
+    assert_eq!(h.median, Decimal::ZERO);
+    // Over days: two days, 0 and 55.
+    let dd = a
+        .stats(&acme(), &Service::API, 2, Over::Day, as_of)
+        .await
+        .unwrap();
+    assert_eq!(
+        (dd.count, dd.min, dd.max, dd.median),
+        (2, d("0"), d("55"), d("27.5"))
+    );
+}
+
+#[tokio::test]
+async fn trends_compare_with_the_previous_calendar_day() {
+    let db = TestDb::new().await.unwrap();
+    let as_of = at("2026-11-20T12:00:00Z");
+    db.store()
+        .write(&[
+            event(1, "acme", Service::API, "1000", "2026-11-15T10:00:00Z"),
+            event(2, "acme", Service::API, "3000", "2026-11-16T10:00:00Z"),
+            event(3, "acme", Service::API, "3600", "2026-11-17T10:00:00Z"),
+            // 18th: nothing.
+            event(4, "acme", Service::API, "500", "2026-11-19T10:00:00Z"),
+            event(5, "acme", Service::API, "250", "2026-11-20T10:00:00Z"),
+        ])
+        .await
+        .unwrap();
+    let a = Analytics::new(db.store().clone());
+    let t = a
+        .trends(&acme(), Some(&Service::API), 6, Zone::UTC, as_of)
+        .await
+        .unwrap();
+    let got: Vec<(String, Decimal, Option<Decimal>, Option<Decimal>)> = t
+        .into_iter()
+        .map(|x| (x.date.to_string(), x.total, x.previous, x.change_pct))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("2026-11-15".into(), d("1000"), None, None),
+            (
+                "2026-11-16".into(),
+                d("3000"),
+                Some(d("1000")),
+                Some(d("200.00"))
+            ),
+            (
+                "2026-11-17".into(),
+                d("3600"),
+                Some(d("3000")),
+                Some(d("20.00"))
+            ),
+            (
+                "2026-11-18".into(),
+                d("0"),
+                Some(d("3600")),
+                Some(d("-100.00"))
+            ),
+            ("2026-11-19".into(), d("500"), Some(d("0")), None),
+            (
+                "2026-11-20".into(),
+                d("250"),
+                Some(d("500")),
+                Some(d("-50.00"))
+            ),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn peaks_rank_by_total_with_ties_to_the_earlier_bucket() {
+    let db = TestDb::new().await.unwrap();
+    db.store()
+        .write(&[
+            event(1, "acme", Service::API, "5", "2026-11-01T10:00:00Z"),
+            event(2, "acme", Service::API, "9", "2026-11-01T12:00:00Z"),
+            event(3, "acme", Service::API, "9", "2026-11-01T11:00:00Z"),
+            event(4, "acme", Service::API, "4", "2026-11-01T11:30:00Z"),
+            event(5, "acme", Service::API, "13", "2026-11-02T09:00:00Z"),
+            event(6, "acme", Service::API, "1", "2026-12-02T09:00:00Z"),
+        ])
+        .await
+        .unwrap();
+    let a = Analytics::new(db.store().clone());
+    let hours = a
+        .peaks(&acme(), &Service::API, Granularity::Hour, 3)
+        .await
+        .unwrap();
+    let got: Vec<(DateTime<Utc>, Decimal, i64)> = hours
+        .iter()
+        .map(|p| (p.bucket, p.total, p.events))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (at("2026-11-01T11:00:00Z"), d("13"), 2),
+            (at("2026-11-02T09:00:00Z"), d("13"), 1),
+            (at("2026-11-01T12:00:00Z"), d("9"), 1),
+        ]
+    );
+    let months = a
+        .peaks(&acme(), &Service::API, Granularity::Month, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        months
+            .iter()
+            .map(|p| (p.bucket, p.total))
+            .collect::<Vec<_>>(),
+        vec![
+            (at("2026-11-01T00:00:00Z"), d("40")),
+            (at("2026-12-01T00:00:00Z"), d("1"))
+        ]
+    );
+    for bad in [0, 10_001] {
+        let e = a
+            .peaks(&acme(), &Service::API, Granularity::Day, bad)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("limit"), "{e}");
+    }
+}
+
+fn spec_tiers() -> Vec<Tier> {
+    vec![
+        Tier::new(Some(d("100")), d("1.00")),
+        Tier::new(Some(d("200")), d("0.50")),
+        Tier::new(None, d("0.10")),
+    ]
+}
+
+#[tokio::test]
+async fn invoice_applies_the_spec_tier_table_and_dated_prices() {
+    let db = TestDb::new().await.unwrap();
+    let epoch = DateTime::<Utc>::UNIX_EPOCH;
+    let mut book = PriceBook::empty();
+    book.set(
+        &Service::API,
+        epoch,
+        Price::new(
+            PriceModel::Graduated {
+                tiers: spec_tiers(),
+            },
+            Decimal::ZERO,
+        )
+        .unwrap(),
+    );
+    book.set(
+        &Service::COMPUTE,
+        epoch,
+        Price::new(
+            PriceModel::Volume {
+                tiers: spec_tiers(),
+            },
+            Decimal::ZERO,
+        )
+        .unwrap(),
+    );
+    book.set(
+        &Service::STORAGE,
+        epoch,
+        Price::new(
+            PriceModel::Package {
+                size: d("100"),
+                price: d("5.00"),
+            },
+            d("100"),
+        )
+        .unwrap(),
+    );
+    // A price change from December does not rewrite November.
+    book.set(
+        &Service::STORAGE,
+        at("2026-12-01T00:00:00Z"),
+        Price::per_unit(d("1")),
+    );
+    let a = Analytics::new(db.store().clone()).with_prices(book);
+    let mut id = 0u128;
+    let mut events = Vec::new();
+    for (usage, customer) in [
+        ("100", "c100"),
+        ("200", "c200"),
+        ("201", "c201"),
+        ("250", "c250"),
+    ] {
+        // Split each usage over several events and days of November.
+        let q: Decimal = d(usage);
+        for (part, day) in [(q - d("50"), "05"), (d("50"), "28")] {
+            id += 1;
+            events.push(event(
+                id,
+                customer,
+                Service::API,
+                &part.to_string(),
+                &format!("2026-11-{day}T12:00:00Z"),
+            ));
+            id += 1;
+            events.push(event(
+                id,
+                customer,
+                Service::COMPUTE,
+                &part.to_string(),
+                &format!("2026-11-{day}T12:00:00Z"),
+            ));
+        }
+    }
+    id += 1;
+    events.push(event(
+        id,
+        "c201",
+        Service::STORAGE,
+        "201",
+        "2026-11-10T00:00:00Z",
+    ));
+    id += 1;
+    events.push(event(
+        id,
+        "c201",
+        Service::STORAGE,
+        "201",
+        "2026-12-10T00:00:00Z",
+    ));
+    db.store().write(&events).await.unwrap();
+    let nov = tally::parse_month("period", "2026-11").unwrap();
+    for (customer, graduated, volume) in [
+        ("c100", "100.00", "100.00"),
+        ("c200", "150.00", "100.00"),
+        ("c201", "150.10", "20.10"),
+        ("c250", "155.00", "25.00"),
+    ] {
+        let inv = a.invoice(&customer.parse().unwrap(), nov).await.unwrap();
+        let amount = |s: &str| inv.lines.iter().find(|l| l.service == s).unwrap().amount;
+        assert_eq!(amount("api"), d(graduated), "{customer} graduated");
+        assert_eq!(amount("compute"), d(volume), "{customer} volume");
+        let storage = if customer == "c201" {
+            d("10.00")
+        } else {
+            Decimal::ZERO
+        };
+        assert_eq!(
+            inv.total,
+            d(graduated) + d(volume) + storage,
+            "{customer} total"
+        );
+    }
+    let c201 = a.invoice(&"c201".parse().unwrap(), nov).await.unwrap();
+    let storage = c201.lines.iter().find(|l| l.service == "storage").unwrap();
+    assert_eq!(
+        (storage.quantity, storage.billable_quantity, storage.amount),
+        (d("201"), d("101"), d("10.00"))
+    );
+    let dec = a
+        .invoice(
+            &"c201".parse().unwrap(),
+            tally::parse_month("period", "2026-12").unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(dec.total, d("201.00"));
+}
