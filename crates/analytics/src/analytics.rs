@@ -310,8 +310,8 @@ impl Analytics {
         );
         let mut lines = Vec::new();
         let mut total_amount = Decimal::ZERO;
-        for s in &services {
-            let agg = sums.get(s.as_str());
+        for (i, s) in services.iter().enumerate() {
+            let agg = sums.get(&i);
             let quantity = agg.map_or(Decimal::ZERO, |a| a.quantity);
             let price = self.prices.price_at(s, range.from());
             let amount = match price {
@@ -335,9 +335,9 @@ impl Analytics {
                 let t = totals(&self.store, &buckets, Who::One(customer), &services).await?;
                 let mut days: Vec<DayLine> = t
                     .into_iter()
-                    .map(|((label, _, service), a)| DayLine {
+                    .map(|((label, service), a)| DayLine {
                         date: zone.date_of(label),
-                        service,
+                        service: services[service].to_string(),
                         quantity: a.quantity,
                         events: a.events,
                     })
@@ -369,13 +369,20 @@ impl Analytics {
         let (services, _) = self.services(service).await?;
         let buckets = zone.buckets(range, granularity);
         let who = customer.map_or(Who::All, Who::One);
-        let mut rows: Vec<Bucket> = totals(&self.store, &buckets, who, &services)
-            .await?
+        let mut t: Vec<((DateTime<Utc>, usize), Agg)> =
+            totals(&self.store, &buckets, who, &services)
+                .await?
+                .into_iter()
+                .collect();
+        // Services are in catalog (name) order, so this is (bucket, service) order.
+        t.sort_by_key(|(k, _)| *k);
+        let customer_id = customer.map(|c| c.to_string());
+        let rows: Vec<Bucket> = t
             .into_iter()
-            .map(|((bucket, customer_id, service), a)| Bucket {
+            .map(|((bucket, service), a)| Bucket {
                 bucket,
-                customer_id,
-                service,
+                customer_id: customer_id.clone(),
+                service: services[service].to_string(),
                 events: a.events,
                 quantity: a.quantity,
                 min: a.min,
@@ -383,9 +390,6 @@ impl Analytics {
                 avg: a.avg(),
             })
             .collect();
-        rows.sort_by(|a, b| {
-            (a.bucket, &a.customer_id, &a.service).cmp(&(b.bucket, &b.customer_id, &b.service))
-        });
         Ok(rows)
     }
 
@@ -423,7 +427,7 @@ impl Analytics {
                 .await?;
                 let by_label: HashMap<DateTime<Utc>, Decimal> = t
                     .into_iter()
-                    .map(|((label, _, _), a)| (label, a.quantity))
+                    .map(|((label, _), a)| (label, a.quantity))
                     .collect();
                 buckets
                     .iter()
@@ -485,25 +489,23 @@ impl Analytics {
             })
             .collect::<Result<_, _>>()?;
         let t = totals(&self.store, &ranges, Who::One(customer), &services).await?;
-        let used: BTreeSet<&str> = match service {
-            Some(s) => BTreeSet::from([s.as_str()]),
-            None => t.keys().map(|(_, _, s)| s.as_str()).collect(),
+        // With a filter, that service even without usage; otherwise the services used.
+        let used: BTreeSet<usize> = match service {
+            Some(_) => BTreeSet::from([0]),
+            None => t.keys().map(|(_, s)| *s).collect(),
         };
-        let who = Some(customer.to_string());
         let mut out = Vec::new();
         for s in used {
             let mut previous: Option<Decimal> = None;
             for (label, _) in &ranges {
-                let total = t
-                    .get(&(*label, who.clone(), s.to_owned()))
-                    .map_or(Decimal::ZERO, |a| a.quantity);
+                let total = t.get(&(*label, s)).map_or(Decimal::ZERO, |a| a.quantity);
                 let change_pct = previous.filter(|p| !p.is_zero()).map(|p| {
                     ((total - p) / p * Decimal::ONE_HUNDRED)
                         .round_dp_with_strategy(2, RoundingStrategy::MidpointAwayFromZero)
                 });
                 out.push(TrendDay {
                     date: zone.date_of(*label),
-                    service: s.to_owned(),
+                    service: services[s].to_string(),
                     total,
                     previous,
                     change_pct,
@@ -568,7 +570,7 @@ impl Analytics {
     /// used, priced with the price in force at the period's start.
     pub async fn invoice(&self, customer: &CustomerId, period: TimeRange) -> Result<Invoice> {
         let (services, _) = self.services(None).await?;
-        let sums: BTreeMap<String, Agg> = by_service(
+        let sums: BTreeMap<usize, Agg> = by_service(
             totals(
                 &self.store,
                 &[(period.from(), period)],
@@ -579,8 +581,8 @@ impl Analytics {
         );
         let mut lines = Vec::new();
         let mut total = Decimal::ZERO;
-        for s in &services {
-            let Some(agg) = sums.get(s.as_str()) else {
+        for (i, s) in services.iter().enumerate() {
+            let Some(agg) = sums.get(&i) else {
                 continue;
             };
             let line = match self.prices.price_at(s, period.from()) {

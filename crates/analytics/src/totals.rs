@@ -48,8 +48,19 @@ pub(crate) enum Who<'a> {
     All,
 }
 
-/// Key of a result row: label, customer (`None` when all are added up), service.
-pub(crate) type Key = (DateTime<Utc>, Option<String>, String);
+impl Who<'_> {
+    /// The customer as a query parameter (`NULL` for all).
+    fn customer(&self) -> Option<&str> {
+        match self {
+            Who::One(c) => Some(c.as_str()),
+            Who::All => None,
+        }
+    }
+}
+
+/// Key of a result row: label and the service's index in the `services` asked for.
+/// (The customer is the one asked for, or all: it needs no place in the key.)
+pub(crate) type Key = (DateTime<Utc>, usize);
 
 #[derive(Default)]
 struct Pieces {
@@ -145,6 +156,8 @@ pub(crate) async fn totals(
         decompose(*label, *r, &mut days, &mut hours, &mut raw);
     }
     let services: Vec<&str> = services.iter().map(Service::as_str).collect();
+    // Rows name their service; results key it by index into the services asked for.
+    let index: HashMap<&str, usize> = services.iter().enumerate().map(|(i, s)| (*s, i)).collect();
     let client = store
         .pool()
         .get()
@@ -170,18 +183,15 @@ pub(crate) async fn totals(
         // Table names come from the fixed list above, never from input.
         let sql = match who {
             Who::One(_) => format!(
-                "SELECT bucket, customer_id, service, events, quantity, min_quantity, max_quantity FROM {table}
+                "SELECT bucket, service, events, quantity, min_quantity, max_quantity FROM {table}
                  WHERE customer_id = $4 AND service = ANY($1::text[]) AND bucket >= $2 AND bucket < $3"
             ),
             Who::All => format!(
-                "SELECT bucket, NULL::text, service, events, quantity, min_quantity, max_quantity FROM {table}
+                "SELECT bucket, service, events, quantity, min_quantity, max_quantity FROM {table}
                  WHERE service = ANY($1::text[]) AND bucket >= $2 AND bucket < $3 AND $4::text IS NULL"
             ),
         };
-        let customer: Option<&str> = match who {
-            Who::One(c) => Some(c.as_str()),
-            Who::All => None,
-        };
+        let customer = who.customer();
         let stmt = client
             .prepare_cached(&sql)
             .await
@@ -202,33 +212,30 @@ pub(crate) async fn totals(
                     continue;
                 };
                 let agg = Agg {
-                    events: row.get(3),
-                    quantity: row.get(4),
-                    min: row.get(5),
-                    max: row.get(6),
+                    events: row.get(2),
+                    quantity: row.get(3),
+                    min: row.get(4),
+                    max: row.get(5),
                 };
-                add((label, row.get(1), row.get(2)), agg);
+                add((label, index[row.get::<_, &str>(1)]), agg);
             }
         }
     }
 
     // Raw events for the sub-hour edges: short pieces, one BRIN-assisted range each.
     if !raw.label.is_empty() {
-        let (who_col, who_filter) = match who {
-            Who::One(_) => ("r.customer_id", "r.customer_id = $5"),
-            Who::All => ("NULL::text", "$5::text IS NULL"),
+        let who_filter = match who {
+            Who::One(_) => "r.customer_id = $5",
+            Who::All => "$5::text IS NULL",
         };
         let sql = format!(
-            "SELECT p.label, {who_col}, r.service, count(*), sum(r.quantity), min(r.quantity), max(r.quantity)
+            "SELECT p.label, r.service, count(*), sum(r.quantity), min(r.quantity), max(r.quantity)
              FROM unnest($1::timestamptz[], $2::timestamptz[], $3::timestamptz[]) AS p(label, lo, hi)
              JOIN usage_events r ON r.recorded_at >= p.lo AND r.recorded_at < p.hi
              WHERE r.service = ANY($4::text[]) AND {who_filter}
-             GROUP BY 1, 2, 3"
+             GROUP BY 1, 2"
         );
-        let customer: Option<&str> = match who {
-            Who::One(c) => Some(c.as_str()),
-            Who::All => None,
-        };
+        let customer = who.customer();
         let stmt = client
             .prepare_cached(&sql)
             .await
@@ -239,12 +246,12 @@ pub(crate) async fn totals(
             .map_err(Error::db("reading usage"))?;
         for row in rows {
             add(
-                (row.get(0), row.get(1), row.get(2)),
+                (row.get(0), index[row.get::<_, &str>(1)]),
                 Agg {
-                    events: row.get(3),
-                    quantity: row.get(4),
-                    min: row.get(5),
-                    max: row.get(6),
+                    events: row.get(2),
+                    quantity: row.get(3),
+                    min: row.get(4),
+                    max: row.get(5),
                 },
             );
         }
@@ -252,10 +259,10 @@ pub(crate) async fn totals(
     Ok(out)
 }
 
-/// Totals keyed by service only (one label, one customer or all).
-pub(crate) fn by_service(totals: HashMap<Key, Agg>) -> BTreeMap<String, Agg> {
-    let mut out: BTreeMap<String, Agg> = BTreeMap::new();
-    for ((_, _, service), agg) in totals {
+/// Totals keyed by service index only (one label).
+pub(crate) fn by_service(totals: HashMap<Key, Agg>) -> BTreeMap<usize, Agg> {
+    let mut out: BTreeMap<usize, Agg> = BTreeMap::new();
+    for ((_, service), agg) in totals {
         out.entry(service)
             .and_modify(|a| a.merge(agg))
             .or_insert(agg);

@@ -54,48 +54,61 @@ const STAGE_TYPES: [Type; 6] = [
     Type::JSONB,
 ];
 
+// How a rollup row absorbs a delta, the same for every rollup: counts and sums add,
+// min and max widen.
+macro_rules! merge {
+    ($key:literal) => {
+        concat!(
+            "    ON CONFLICT (",
+            $key,
+            ") DO UPDATE SET
+        events = r.events + excluded.events,
+        quantity = r.quantity + excluded.quantity,
+        min_quantity = least(r.min_quantity, excluded.min_quantity),
+        max_quantity = greatest(r.max_quantity, excluded.max_quantity)
+"
+        )
+    };
+}
+
 // Bucket expressions: date_bin on a UTC origin is plain arithmetic, unlike
 // date_trunc(…, 'UTC'), which converts time zones row by row.
 macro_rules! rollup_upserts {
     () => {
+        concat!(
         "hourly AS (
     INSERT INTO usage_hourly AS r (customer_id, service, bucket, events, quantity, min_quantity, max_quantity)
     SELECT customer_id, service, date_bin('1 hour', recorded_at, timestamptz '2000-01-01 00:00:00+00'),
            count(*), sum(quantity), min(quantity), max(quantity)
     FROM ins GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
-    ON CONFLICT (customer_id, service, bucket) DO UPDATE SET
-        events = r.events + excluded.events,
-        quantity = r.quantity + excluded.quantity,
-        min_quantity = least(r.min_quantity, excluded.min_quantity),
-        max_quantity = greatest(r.max_quantity, excluded.max_quantity)
+    ",
+        merge!("customer_id, service, bucket"),
+        "
     RETURNING 1
 ), daily AS (
     INSERT INTO usage_daily AS r (customer_id, service, bucket, events, quantity, min_quantity, max_quantity)
     SELECT customer_id, service, date_bin('1 day', recorded_at, timestamptz '2000-01-01 00:00:00+00'),
            count(*), sum(quantity), min(quantity), max(quantity)
     FROM ins GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
-    ON CONFLICT (customer_id, service, bucket) DO UPDATE SET
-        events = r.events + excluded.events,
-        quantity = r.quantity + excluded.quantity,
-        min_quantity = least(r.min_quantity, excluded.min_quantity),
-        max_quantity = greatest(r.max_quantity, excluded.max_quantity)
+    ",
+        merge!("customer_id, service, bucket"),
+        "
     RETURNING 1
 ), totals AS (
     INSERT INTO usage_hourly_total AS r (service, bucket, events, quantity, min_quantity, max_quantity)
     SELECT service, date_bin('1 hour', recorded_at, timestamptz '2000-01-01 00:00:00+00'),
            count(*), sum(quantity), min(quantity), max(quantity)
     FROM ins GROUP BY 1, 2 ORDER BY 1, 2
-    ON CONFLICT (service, bucket) DO UPDATE SET
-        events = r.events + excluded.events,
-        quantity = r.quantity + excluded.quantity,
-        min_quantity = least(r.min_quantity, excluded.min_quantity),
-        max_quantity = greatest(r.max_quantity, excluded.max_quantity)
+    ",
+        merge!("service, bucket"),
+        "
     RETURNING 1
 )
 -- Scalar subqueries run left to right: events, keys, hourly, daily, totals (the lock order).
 SELECT (SELECT count(*) FROM ins), (SELECT coalesce(sum(quantity), 0) FROM ins),
        (SELECT count(*) FROM keys), (SELECT count(*) FROM hourly), (SELECT count(*) FROM daily),
        (SELECT count(*) FROM totals)"
+        )
     };
 }
 
@@ -116,7 +129,8 @@ const DROP_STORED_SQL: &str = "DELETE FROM tally_stage s
 // redone on the slow path. The rollup deltas were aggregated in Rust from exactly
 // these events and arrive sorted by key (the lock order). Scalar subqueries in the
 // final SELECT run left to right: keys, events, hourly, daily.
-const INSERT_NEW_SQL: &str = "WITH keys AS (
+const INSERT_NEW_SQL: &str = concat!(
+    "WITH keys AS (
     INSERT INTO usage_event_keys (event_id, customer_id)
     SELECT event_id, customer_id FROM tally_stage ORDER BY event_id, customer_id
     RETURNING 1
@@ -127,33 +141,28 @@ const INSERT_NEW_SQL: &str = "WITH keys AS (
 ), hourly AS (
     INSERT INTO usage_hourly AS r (customer_id, service, bucket, events, quantity, min_quantity, max_quantity)
     SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::int8[], $5::numeric[], $6::numeric[], $7::numeric[])
-    ON CONFLICT (customer_id, service, bucket) DO UPDATE SET
-        events = r.events + excluded.events,
-        quantity = r.quantity + excluded.quantity,
-        min_quantity = least(r.min_quantity, excluded.min_quantity),
-        max_quantity = greatest(r.max_quantity, excluded.max_quantity)
+    ",
+        merge!("customer_id, service, bucket"),
+        "
     RETURNING 1
 ), daily AS (
     INSERT INTO usage_daily AS r (customer_id, service, bucket, events, quantity, min_quantity, max_quantity)
     SELECT * FROM unnest($8::text[], $9::text[], $10::timestamptz[], $11::int8[], $12::numeric[], $13::numeric[], $14::numeric[])
-    ON CONFLICT (customer_id, service, bucket) DO UPDATE SET
-        events = r.events + excluded.events,
-        quantity = r.quantity + excluded.quantity,
-        min_quantity = least(r.min_quantity, excluded.min_quantity),
-        max_quantity = greatest(r.max_quantity, excluded.max_quantity)
+    ",
+        merge!("customer_id, service, bucket"),
+        "
     RETURNING 1
 ), totals AS (
     INSERT INTO usage_hourly_total AS r (service, bucket, events, quantity, min_quantity, max_quantity)
     SELECT * FROM unnest($15::text[], $16::timestamptz[], $17::int8[], $18::numeric[], $19::numeric[], $20::numeric[])
-    ON CONFLICT (service, bucket) DO UPDATE SET
-        events = r.events + excluded.events,
-        quantity = r.quantity + excluded.quantity,
-        min_quantity = least(r.min_quantity, excluded.min_quantity),
-        max_quantity = greatest(r.max_quantity, excluded.max_quantity)
+    ",
+        merge!("service, bucket"),
+        "
     RETURNING 1
 )
 SELECT (SELECT count(*) FROM keys), (SELECT count(*) FROM ins), (SELECT count(*) FROM hourly), (SELECT count(*) FROM daily),
-       (SELECT count(*) FROM totals)";
+       (SELECT count(*) FROM totals)"
+);
 
 // Slow path: claims keys with ON CONFLICT DO NOTHING, waiting for concurrent writers
 // of the same keys to commit, and inserts only the events whose keys it claimed.
