@@ -142,6 +142,8 @@ impl Store {
             );
         }
         let mut fatal = None;
+        // One lane for the whole strict import: its transaction holds its rows anyway.
+        let lane = crate::ingest::next_lane();
         while let Some(item) = rx.recv().await {
             match item {
                 Parsed::Batch(batch) => {
@@ -151,7 +153,9 @@ impl Store {
                     }
                     self.partitions().ensure_for(self.pool(), &batch).await?;
                     match &tx_strict {
-                        Some(tx) => total.add(crate::ingest::write_batch(tx, &batch, true).await?),
+                        Some(tx) => {
+                            total.add(crate::ingest::write_batch(tx, &batch, true, lane).await?)
+                        }
                         None => total.add(self.write(&batch).await?),
                     }
                 }

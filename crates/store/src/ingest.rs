@@ -5,6 +5,7 @@
 use std::{
     collections::{BTreeMap, HashSet},
     error::Error as StdError,
+    sync::atomic::{AtomicU64, Ordering},
 };
 
 use chrono::{DateTime, Utc};
@@ -95,12 +96,12 @@ macro_rules! rollup_upserts {
         "
     RETURNING 1
 ), totals AS (
-    INSERT INTO usage_hourly_total AS r (service, bucket, events, quantity, min_quantity, max_quantity)
-    SELECT service, date_bin('1 hour', recorded_at, timestamptz '2000-01-01 00:00:00+00'),
+    INSERT INTO usage_hourly_total AS r (service, bucket, lane, events, quantity, min_quantity, max_quantity)
+    SELECT service, date_bin('1 hour', recorded_at, timestamptz '2000-01-01 00:00:00+00'), $1::int2,
            count(*), sum(quantity), min(quantity), max(quantity)
     FROM ins GROUP BY 1, 2 ORDER BY 1, 2
     ",
-        merge!("service, bucket"),
+        merge!("service, bucket, lane"),
         "
     RETURNING 1
 )
@@ -153,10 +154,12 @@ const INSERT_NEW_SQL: &str = concat!(
         "
     RETURNING 1
 ), totals AS (
-    INSERT INTO usage_hourly_total AS r (service, bucket, events, quantity, min_quantity, max_quantity)
-    SELECT * FROM unnest($15::text[], $16::timestamptz[], $17::int8[], $18::numeric[], $19::numeric[], $20::numeric[])
+    INSERT INTO usage_hourly_total AS r (service, bucket, lane, events, quantity, min_quantity, max_quantity)
+    SELECT u.service, u.bucket, $21::int2, u.events, u.quantity, u.lo, u.hi
+    FROM unnest($15::text[], $16::timestamptz[], $17::int8[], $18::numeric[], $19::numeric[], $20::numeric[])
+        AS u(service, bucket, events, quantity, lo, hi)
     ",
-        merge!("service, bucket"),
+        merge!("service, bucket, lane"),
         "
     RETURNING 1
 )
@@ -183,14 +186,25 @@ const SAFE_SQL: &str = concat!(
     rollup_upserts!()
 );
 
+/// Lanes of the all-customer rollup (`usage_hourly_total.lane`).
+pub(crate) const LANES: i16 = 8;
+
+/// A lane for a one-off write: round robin, so concurrent writers rarely share one.
+pub(crate) fn next_lane() -> i16 {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    (NEXT.fetch_add(1, Ordering::Relaxed) % LANES as u64) as i16
+}
+
 /// Writes `events` exactly once inside `tx`: events already stored (same customer and
 /// id) are skipped, the rest are inserted and added to the rollups. Nothing is
 /// visible until `tx` commits. With `clear_stage`, the staging table is emptied
-/// afterwards so the same transaction can write another batch.
+/// afterwards so the same transaction can write another batch. `lane` picks the
+/// writer's rows of the all-customer rollup (see [`next_lane`]).
 pub(crate) async fn write_batch(
     tx: &Transaction<'_>,
     events: &[UsageEvent],
     clear_stage: bool,
+    lane: i16,
 ) -> Result<WriteOutcome> {
     if events.is_empty() {
         return Ok(WriteOutcome::default());
@@ -248,7 +262,7 @@ pub(crate) async fn write_batch(
     tx.batch_execute("SET LOCAL work_mem = '64MB'; SAVEPOINT tally_fast")
         .await
         .map_err(Error::db("preparing a batch"))?;
-    let (inserted, quantity) = match insert_new(tx, &unique).await {
+    let (inserted, quantity) = match insert_new(tx, &unique, lane).await {
         Ok(r) => {
             tx.batch_execute("RELEASE SAVEPOINT tally_fast")
                 .await
@@ -267,7 +281,7 @@ pub(crate) async fn write_batch(
                 .await
                 .map_err(Error::db("preparing the ingest statement"))?;
             let row = tx
-                .query_one(&safe, &[])
+                .query_one(&safe, &[&lane])
                 .await
                 .map_err(Error::db("applying a batch"))?;
             (row.get::<_, i64>(0) as u64, row.get(1))
@@ -320,6 +334,7 @@ fn utc_floor(t: DateTime<Utc>, seconds: i64) -> DateTime<Utc> {
 async fn insert_new(
     tx: &Transaction<'_>,
     events: &[&UsageEvent],
+    lane: i16,
 ) -> Result<(u64, Decimal), tokio_postgres::Error> {
     let drop_stored = tx.prepare_cached(DROP_STORED_SQL).await?;
     let rows = tx.query(&drop_stored, &[]).await?;
@@ -374,6 +389,7 @@ async fn insert_new(
                 &t.quantity,
                 &t.min,
                 &t.max,
+                &lane,
             ],
         )
         .await?;

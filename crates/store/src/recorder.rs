@@ -201,8 +201,12 @@ impl Recorder {
             // One batch waiting per writer on top of the one it writes.
             let (wtx, wrx) = mpsc::channel(1);
             workers.push(wtx);
+            // Each writer keeps to a lane of the all-customer rollup of its own (round
+            // robin over the process), so writers do not wait for each other there.
+            let lane = crate::ingest::next_lane();
             handles.push(tokio::spawn(writer(
                 store.clone(),
+                lane,
                 wrx,
                 shared.clone(),
                 config.clone(),
@@ -407,6 +411,7 @@ async fn send(worker: &mpsc::Sender<Job>, batch: Vec<UsageEvent>) {
 
 async fn writer(
     store: Store,
+    lane: i16,
     mut rx: mpsc::Receiver<Job>,
     shared: Arc<Shared>,
     config: RecorderConfig,
@@ -421,7 +426,7 @@ async fn writer(
         };
         let mut backoff = config.retry_initial;
         loop {
-            match store.write(&events).await {
+            match store.write_in_lane(&events, lane).await {
                 Ok(outcome) => {
                     shared
                         .pending

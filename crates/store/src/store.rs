@@ -103,6 +103,15 @@ impl Store {
     /// Writes `events` exactly once, in one transaction: events already stored (same
     /// customer and id) are skipped; the rest and their rollups commit together.
     pub async fn write(&self, events: &[UsageEvent]) -> Result<WriteOutcome> {
+        self.write_in_lane(events, ingest::next_lane()).await
+    }
+
+    /// As [`Store::write`], updating lane `lane` of the all-customer rollup.
+    pub(crate) async fn write_in_lane(
+        &self,
+        events: &[UsageEvent],
+        lane: i16,
+    ) -> Result<WriteOutcome> {
         self.inner
             .partitions
             .ensure_for(&self.inner.pool, events)
@@ -117,7 +126,7 @@ impl Store {
             .transaction()
             .await
             .map_err(Error::db("starting a write"))?;
-        let outcome = ingest::write_batch(&tx, events, false).await?;
+        let outcome = ingest::write_batch(&tx, events, false, lane).await?;
         tx.commit().await.map_err(Error::db("committing events"))?;
         Ok(outcome)
     }
@@ -215,7 +224,11 @@ impl Store {
                     SELECT service, date_trunc('hour', recorded_at, 'UTC') AS bucket,
                            count(*) AS events, sum(quantity) AS quantity, min(quantity) AS lo, max(quantity) AS hi
                     FROM usage_events GROUP BY 1, 2)
-                 SELECT count(*) FROM raw FULL JOIN usage_hourly_total r ON r.service = raw.service AND r.bucket = raw.bucket
+                 , lanes AS (
+                    SELECT service, bucket, sum(events) AS events, sum(quantity) AS quantity,
+                           min(min_quantity) AS min_quantity, max(max_quantity) AS max_quantity
+                    FROM usage_hourly_total GROUP BY 1, 2)
+                 SELECT count(*) FROM raw FULL JOIN lanes r ON r.service = raw.service AND r.bucket = raw.bucket
                  WHERE raw.events IS DISTINCT FROM r.events OR raw.quantity IS DISTINCT FROM r.quantity
                     OR raw.lo IS DISTINCT FROM r.min_quantity OR raw.hi IS DISTINCT FROM r.max_quantity",
                 &[],
