@@ -4,6 +4,7 @@
 mod analytics;
 mod import;
 mod ingest;
+mod invariants;
 mod migrate;
 mod partitions;
 mod recorder;

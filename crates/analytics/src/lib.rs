@@ -34,4 +34,3 @@ pub use analytics::{
     TrendDay, percentile_cont,
 };
 pub use error::{Error, Result};
-pub use totals::Agg;

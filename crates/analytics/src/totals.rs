@@ -12,15 +12,11 @@ use crate::{Error, Result};
 
 /// Sum, count, min and max of usage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Agg {
-    /// Events.
-    pub events: i64,
-    /// Total quantity.
-    pub quantity: Decimal,
-    /// Smallest event quantity.
-    pub min: Decimal,
-    /// Largest event quantity.
-    pub max: Decimal,
+pub(crate) struct Agg {
+    pub(crate) events: i64,
+    pub(crate) quantity: Decimal,
+    pub(crate) min: Decimal,
+    pub(crate) max: Decimal,
 }
 
 impl Agg {
@@ -30,15 +26,11 @@ impl Agg {
         self.min = self.min.min(o.min);
         self.max = self.max.max(o.max);
     }
+}
 
-    /// Mean quantity per event.
-    pub fn avg(&self) -> Decimal {
-        if self.events == 0 {
-            Decimal::ZERO
-        } else {
-            self.quantity / Decimal::from(self.events)
-        }
-    }
+/// A `numeric` column, decoded without rust_decimal's per-digit-group divisions.
+fn num(row: &tally_store::tokio_postgres::Row, i: usize) -> Decimal {
+    row.get::<_, tally_store::Numeric>(i).0
 }
 
 /// Whose usage: one customer's, or every customer's added up.
@@ -213,9 +205,9 @@ pub(crate) async fn totals(
                 };
                 let agg = Agg {
                     events: row.get(2),
-                    quantity: row.get(3),
-                    min: row.get(4),
-                    max: row.get(5),
+                    quantity: num(&row, 3),
+                    min: num(&row, 4),
+                    max: num(&row, 5),
                 };
                 add((label, index[row.get::<_, &str>(1)]), agg);
             }
@@ -249,9 +241,9 @@ pub(crate) async fn totals(
                 (row.get(0), index[row.get::<_, &str>(1)]),
                 Agg {
                     events: row.get(2),
-                    quantity: row.get(3),
-                    min: row.get(4),
-                    max: row.get(5),
+                    quantity: num(&row, 3),
+                    min: num(&row, 4),
+                    max: num(&row, 5),
                 },
             );
         }

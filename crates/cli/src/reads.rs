@@ -363,7 +363,7 @@ pub(crate) async fn aggregate(url: Option<String>, a: AggregateArgs) -> Result<(
         .iter()
         .map(|b| {
             json!({"bucket": rfc3339(b.bucket), "customer_id": b.customer_id, "service": b.service, "events": b.events,
-                   "quantity": dec(b.quantity), "min": dec(b.min), "max": dec(b.max), "avg": dec(b.avg)})
+                   "quantity": dec(b.quantity), "min": dec(b.min), "max": dec(b.max), "avg": dec(b.avg())})
         })
         .collect();
     let doc = json!({"period": g.to_string(), "tz": zone.name(), "buckets": json_buckets});
@@ -371,6 +371,7 @@ pub(crate) async fn aggregate(url: Option<String>, a: AggregateArgs) -> Result<(
     let rows = buckets
         .into_iter()
         .map(|b| {
+            let avg = b.avg();
             vec![
                 local(b.bucket, zone, f),
                 b.customer_id.unwrap_or_else(|| "*".into()),
@@ -379,7 +380,7 @@ pub(crate) async fn aggregate(url: Option<String>, a: AggregateArgs) -> Result<(
                 num(f, b.quantity),
                 num(f, b.min),
                 num(f, b.max),
-                num(f, b.avg.round_dp(6)),
+                num(f, avg.round_dp(6)),
             ]
         })
         .collect();

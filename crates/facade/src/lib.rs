@@ -26,7 +26,7 @@
 use std::io::Read;
 
 pub use tally_analytics::{
-    Agg, Analytics, Bucket, DayLine, Invoice, InvoiceLine, Over, Peak, ServiceLine, Stats, Summary,
+    Analytics, Bucket, DayLine, Invoice, InvoiceLine, Over, Peak, ServiceLine, Stats, Summary,
     TrendDay, percentile_cont,
 };
 /// A value from outside that failed validation (names the field and the value).

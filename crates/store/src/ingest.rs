@@ -114,8 +114,8 @@ SELECT (SELECT count(*) FROM ins), (SELECT coalesce(sum(quantity), 0) FROM ins),
 }
 
 // Lock order: keys in (event_id, customer_id) order, then hourly rows, then daily rows,
-// then all-customer hourly totals, each in key order. Every writer takes row locks in this one global order, so
-// concurrent flushes wait for each other but cannot deadlock.
+// then all-customer hourly rows, each in key order. Every writer takes row locks in
+// this one global order, so concurrent flushes wait for each other but cannot deadlock.
 
 // Fast path, step 1: drop staged events whose key is already stored (a replay), and
 // say which. A LIMIT-ed scalar subquery stays one index probe per staged row; EXISTS
@@ -129,7 +129,7 @@ const DROP_STORED_SQL: &str = "DELETE FROM tally_stage s
 // claimed one of them since step 1, it fails with a unique violation and the batch is
 // redone on the slow path. The rollup deltas were aggregated in Rust from exactly
 // these events and arrive sorted by key (the lock order). Scalar subqueries in the
-// final SELECT run left to right: keys, events, hourly, daily.
+// final SELECT run left to right: keys, events, hourly, daily, all-customer.
 const INSERT_NEW_SQL: &str = concat!(
     "WITH keys AS (
     INSERT INTO usage_event_keys (event_id, customer_id)

@@ -1,9 +1,9 @@
-//! Property tests of the pricing and bucketing invariants.
+//! Property tests of the pricing and bucketing invariants (no database).
 
 use chrono::{DateTime, Duration, Utc};
 use proptest::prelude::*;
 use rust_decimal::Decimal;
-use tally_core::{CustomerId, Granularity, Price, PriceModel, Quantity, Tier, Zone, round_money};
+use tally::{CustomerId, Granularity, Price, PriceModel, Quantity, Tier, Zone, round_money};
 
 fn qty() -> impl Strategy<Value = Decimal> {
     (0i64..1_000_000_000, 0u32..=6).prop_map(|(m, s)| Decimal::new(m, s))
@@ -113,17 +113,14 @@ fn customer_id_bad_inputs() {
 
 #[test]
 fn service_bad_inputs() {
-    let e = "apis".parse::<tally_core::Service>().unwrap_err();
+    let e = "apis".parse::<tally::Service>().unwrap_err();
     assert_eq!(e.field(), Some("service"));
     assert!(e.to_string().contains("\"apis\""));
-    assert!(tally_core::Service::custom("api").is_err());
-    assert!(tally_core::Service::custom("GPU").is_err());
-    let mut cat = tally_core::Catalog::default();
+    assert!(tally::Service::custom("api").is_err());
+    assert!(tally::Service::custom("GPU").is_err());
+    let mut cat = tally::Catalog::default();
     assert!(cat.service("gpu_seconds").is_err());
-    cat.define(tally_core::Meter::new("gpu_seconds", "seconds").unwrap());
+    cat.define(tally::Meter::new("gpu_seconds", "seconds").unwrap());
     assert_eq!(cat.service("gpu_seconds").unwrap().as_str(), "gpu_seconds");
-    assert_eq!(
-        cat.service("storage").unwrap(),
-        tally_core::Service::STORAGE
-    );
+    assert_eq!(cat.service("storage").unwrap(), tally::Service::STORAGE);
 }
