@@ -8,7 +8,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use criterion::{Criterion, criterion_group, criterion_main};
 use tally::{
-    Analytics, CustomerId, Granularity, Over, RecorderConfig, Service, Store, TimeRange, Zone,
+    CustomerId, Granularity, RecorderConfig, Service, Tally, TimeRange, Zone, report::Over,
 };
 use tally_benches::{Shape, generate, test_mode};
 use tally_testdb::TestDb;
@@ -19,29 +19,32 @@ fn analytics(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let (_db, store) = rt.block_on(async {
+    let (_db, url, a) = rt.block_on(async {
         match std::env::var("TALLY_BENCH_URL") {
-            Ok(url) => (None, Store::connect(&url).unwrap()),
+            Ok(url) => (None, url.clone(), Tally::connect(&url).unwrap()),
             Err(_) => {
                 let db = TestDb::new()
                     .await
                     .expect("the analytics bench needs PostgreSQL");
                 let n = if test_mode() { 2_000 } else { 200_000 };
                 let rec = db
-                    .store()
+                    .tally()
                     .recorder(RecorderConfig::default().batch_size(50_000));
                 rec.record_many(generate(n, Shape::Backfill, Utc::now(), 7))
                     .await
                     .unwrap();
                 rec.close().await.unwrap();
-                let store = db.store().clone();
-                (Some(db), store)
+                let (url, tally) = (db.url().to_owned(), db.tally().clone());
+                (Some(db), url, tally)
             }
         }
     });
     // The month: the 30 whole UTC days ending with the last day that has data.
     let end: DateTime<Utc> = rt.block_on(async {
-        let client = store.pool().get().await.unwrap();
+        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
         let last: DateTime<Utc> = client
             .query_one("SELECT max(bucket) FROM usage_daily", &[])
             .await
@@ -50,7 +53,6 @@ fn analytics(c: &mut Criterion) {
         last + chrono::Duration::days(1)
     });
     let month = TimeRange::new(end - chrono::Duration::days(30), end).unwrap();
-    let a = Analytics::new(store);
     // cust-0000 has the largest share (~6 % of all events); cust-0300 is a typical one.
     let top: CustomerId = "cust-0000".parse().unwrap();
     let typical: CustomerId = "cust-0300".parse().unwrap();
@@ -80,6 +82,24 @@ fn analytics(c: &mut Criterion) {
         b.to_async(&rt)
             .iter(|| a.aggregate(None, month, None, Granularity::Day, berlin))
     });
+    g.finish();
+
+    // Half- and quarter-hour zones (issue 11): their bucket edges fall inside UTC hours,
+    // so these read raw events at every edge. Fewer samples: they are slow today.
+    let mut g = c.benchmark_group("analytics_zones");
+    g.sample_size(10).measurement_time(Duration::from_secs(5));
+    for name in ["Asia/Kolkata", "Asia/Kathmandu"] {
+        let zone: Zone = name.parse().unwrap();
+        let short = name.rsplit('/').next().unwrap_or(name).to_lowercase();
+        g.bench_function(format!("all_customers_daily_month/{short}"), |b| {
+            b.to_async(&rt)
+                .iter(|| a.aggregate(None, month, None, Granularity::Day, zone))
+        });
+        g.bench_function(format!("customer_month_hourly_series/top/{short}"), |b| {
+            b.to_async(&rt)
+                .iter(|| a.aggregate(Some(&top), month, None, Granularity::Hour, zone))
+        });
+    }
     g.finish();
 }
 

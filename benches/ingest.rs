@@ -32,7 +32,7 @@ fn ingest(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new(name, batch), &shape, |b, shape| {
             let mut seed = 1;
             b.to_async(&rt).iter_custom(|iters| {
-                let store = db.store().clone();
+                let store = db.tally().clone();
                 let shape = *shape;
                 seed += 1;
                 let s = seed;

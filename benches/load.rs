@@ -160,7 +160,7 @@ async fn main() {
         }
         chunks.push(chunk);
     }
-    let store = db.store().clone();
+    let store = db.tally().clone();
     let recorder = store.recorder(
         RecorderConfig::default()
             .batch_size(a.batch_size)

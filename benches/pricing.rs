@@ -5,7 +5,10 @@ use std::hint::black_box;
 use chrono::{DateTime, Utc};
 use criterion::{Criterion, criterion_group, criterion_main};
 use rust_decimal::Decimal;
-use tally::{Granularity, Price, PriceModel, Tier, Zone};
+use tally::{
+    Granularity, Zone,
+    pricing::{Price, PriceModel, Tier},
+};
 
 fn pricing(c: &mut Criterion) {
     let tiers = vec![

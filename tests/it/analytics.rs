@@ -7,8 +7,9 @@ use chrono::{DateTime, Duration, NaiveTime, TimeZone, Utc};
 use chrono_tz::Tz;
 use rust_decimal::Decimal;
 use tally::{
-    Analytics, CustomerId, Granularity, Over, Price, PriceBook, PriceModel, Service, Tier,
-    TimeRange, UsageEvent, Zone,
+    CustomerId, Granularity, Limit, Service, Tally, TimeRange, UsageEvent, Zone,
+    pricing::{Price, PriceBook, PriceModel, Tier},
+    report::Over,
 };
 use tally_testdb::TestDb;
 use tally_tests::{at, event};
@@ -90,7 +91,7 @@ fn expected_hourly(
 }
 
 async fn got(
-    a: &Analytics,
+    a: &Tally,
     customer: Option<&CustomerId>,
     r: TimeRange,
     g: Granularity,
@@ -100,6 +101,7 @@ async fn got(
     a.aggregate(customer, r, None, g, zone)
         .await
         .unwrap()
+        .buckets
         .into_iter()
         .map(|b| ((b.bucket, b.service), (b.events, b.quantity)))
         .collect()
@@ -111,16 +113,16 @@ async fn daily_aggregation_is_exact_in_dst_and_odd_offset_zones() {
     let events = dst_events();
     // Several writes take several lanes of the all-customer rollup; reads add them up.
     for chunk in events.chunks(50) {
-        db.store().write(chunk).await.unwrap();
+        db.tally().write(chunk).await.unwrap();
     }
-    let client = db.store().pool().get().await.unwrap();
+    let client = db.client().await.unwrap();
     let lanes: i64 = client
         .query_one("SELECT count(DISTINCT lane) FROM usage_hourly_total", &[])
         .await
         .unwrap()
         .get(0);
     assert!(lanes > 1, "{lanes}");
-    let a = Analytics::new(db.store().clone());
+    let a = db.tally().clone();
     let r = range("2026-03-27T00:00:00Z", "2026-03-31T00:00:00Z");
     for zone in [
         "UTC",
@@ -172,8 +174,8 @@ async fn the_berlin_spring_day_has_23_hours_and_the_fall_day_25() {
             ));
         }
     }
-    db.store().write(&events).await.unwrap();
-    let a = Analytics::new(db.store().clone());
+    db.tally().write(&events).await.unwrap();
+    let a = db.tally().clone();
     let spring = got(
         &a,
         Some(&acme()),
@@ -209,8 +211,8 @@ async fn the_berlin_spring_day_has_23_hours_and_the_fall_day_25() {
 async fn hourly_buckets_in_half_and_quarter_hour_zones_are_exact() {
     let db = TestDb::new().await.unwrap();
     let events = dst_events();
-    db.store().write(&events).await.unwrap();
-    let a = Analytics::new(db.store().clone());
+    db.tally().write(&events).await.unwrap();
+    let a = db.tally().clone();
     let r = range("2026-03-28T00:00:00Z", "2026-03-29T00:00:00Z");
     let inside: Vec<UsageEvent> = events
         .iter()
@@ -235,8 +237,8 @@ async fn summary_prices_usage_and_reads_partial_hours_from_raw_events() {
         event(5, "acme", Service::API, "11", "2026-11-06T00:00:00Z"),
         event(6, "globex", Service::API, "99", "2026-11-02T00:00:00Z"),
     ];
-    db.store().write(&events).await.unwrap();
-    let a = Analytics::new(db.store().clone());
+    db.tally().write(&events).await.unwrap();
+    let a = db.tally().clone();
     // From 10:15 (mid-hour) to the 6th at midnight (exclusive).
     let r = range("2026-11-01T10:15:00Z", "2026-11-06T00:00:00Z");
     let s = a.summary(&acme(), r, None, None).await.unwrap();
@@ -296,16 +298,16 @@ async fn statistics_follow_percentile_cont_over_events_and_zero_filled_buckets()
             )
         })
         .collect();
-    db.store().write(&events).await.unwrap();
+    db.tally().write(&events).await.unwrap();
     // Outside the window (today, and before it): must not count.
-    db.store()
+    db.tally()
         .write(&[
             event(50, "acme", Service::API, "1000", "2026-11-20T01:00:00Z"),
             event(51, "acme", Service::API, "1000", "2026-11-17T23:59:59Z"),
         ])
         .await
         .unwrap();
-    let a = Analytics::new(db.store().clone());
+    let a = db.tally().clone();
     let s = a
         .stats(&acme(), &Service::API, 2, Over::Events, as_of)
         .await
@@ -347,7 +349,7 @@ async fn statistics_follow_percentile_cont_over_events_and_zero_filled_buckets()
 async fn trends_compare_with_the_previous_calendar_day() {
     let db = TestDb::new().await.unwrap();
     let as_of = at("2026-11-20T12:00:00Z");
-    db.store()
+    db.tally()
         .write(&[
             event(1, "acme", Service::API, "1000", "2026-11-15T10:00:00Z"),
             event(2, "acme", Service::API, "3000", "2026-11-16T10:00:00Z"),
@@ -358,7 +360,7 @@ async fn trends_compare_with_the_previous_calendar_day() {
         ])
         .await
         .unwrap();
-    let a = Analytics::new(db.store().clone());
+    let a = db.tally().clone();
     let t = a
         .trends(&acme(), Some(&Service::API), 6, Zone::UTC, as_of)
         .await
@@ -403,7 +405,7 @@ async fn trends_compare_with_the_previous_calendar_day() {
 #[tokio::test]
 async fn peaks_rank_by_total_with_ties_to_the_earlier_bucket() {
     let db = TestDb::new().await.unwrap();
-    db.store()
+    db.tally()
         .write(&[
             event(1, "acme", Service::API, "5", "2026-11-01T10:00:00Z"),
             event(2, "acme", Service::API, "9", "2026-11-01T12:00:00Z"),
@@ -414,9 +416,14 @@ async fn peaks_rank_by_total_with_ties_to_the_earlier_bucket() {
         ])
         .await
         .unwrap();
-    let a = Analytics::new(db.store().clone());
+    let a = db.tally().clone();
     let hours = a
-        .peaks(&acme(), &Service::API, Granularity::Hour, 3)
+        .peaks(
+            &acme(),
+            &Service::API,
+            Granularity::Hour,
+            Limit::new(3).unwrap(),
+        )
         .await
         .unwrap();
     let got: Vec<(DateTime<Utc>, Decimal, i64)> = hours
@@ -432,7 +439,12 @@ async fn peaks_rank_by_total_with_ties_to_the_earlier_bucket() {
         ]
     );
     let months = a
-        .peaks(&acme(), &Service::API, Granularity::Month, 10)
+        .peaks(
+            &acme(),
+            &Service::API,
+            Granularity::Month,
+            Limit::new(10).unwrap(),
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -445,11 +457,9 @@ async fn peaks_rank_by_total_with_ties_to_the_earlier_bucket() {
             (at("2026-12-01T00:00:00Z"), d("1"))
         ]
     );
+    // The limit is validated once, where it enters: a bad one never reaches a query.
     for bad in [0, 10_001] {
-        let e = a
-            .peaks(&acme(), &Service::API, Granularity::Day, bad)
-            .await
-            .unwrap_err();
+        let e = Limit::new(bad).unwrap_err();
         assert!(e.to_string().contains("limit"), "{e}");
     }
 }
@@ -507,7 +517,7 @@ async fn invoice_applies_the_spec_tier_table_and_dated_prices() {
         at("2026-12-01T00:00:00Z"),
         Price::per_unit(d("1")),
     );
-    let a = Analytics::new(db.store().clone()).with_prices(book);
+    let a = db.tally().clone().with_prices(book);
     let mut id = 0u128;
     let mut events = Vec::new();
     for (usage, customer) in [
@@ -553,7 +563,7 @@ async fn invoice_applies_the_spec_tier_table_and_dated_prices() {
         "201",
         "2026-12-10T00:00:00Z",
     ));
-    db.store().write(&events).await.unwrap();
+    db.tally().write(&events).await.unwrap();
     let nov = tally::parse_month("period", "2026-11").unwrap();
     for (customer, graduated, volume) in [
         ("c100", "100.00", "100.00"),

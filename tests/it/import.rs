@@ -1,7 +1,10 @@
 use std::io::Cursor;
 
 use rust_decimal::Decimal;
-use tally::{ImportFormat, ImportOptions, StoreError};
+use tally::{
+    ErrorKind,
+    import::{ImportFormat, ImportOptions},
+};
 use tally_testdb::TestDb;
 
 fn csv_opts() -> ImportOptions {
@@ -19,7 +22,7 @@ globex,compute,0.000000000093,2026-11-02T00:00:00Z,{}
 async fn importing_the_same_file_twice_leaves_totals_unchanged() {
     let db = TestDb::new().await.unwrap();
     let first = db
-        .store()
+        .tally()
         .import(Cursor::new(CSV), csv_opts(), None)
         .await
         .unwrap();
@@ -29,7 +32,7 @@ async fn importing_the_same_file_twice_leaves_totals_unchanged() {
         (4, 0, 0)
     );
     let again = db
-        .store()
+        .tally()
         .import(Cursor::new(CSV), csv_opts(), None)
         .await
         .unwrap();
@@ -37,7 +40,7 @@ async fn importing_the_same_file_twice_leaves_totals_unchanged() {
         (again.inserted, again.duplicates, again.rejected),
         (0, 4, 0)
     );
-    let v = db.store().verify().await.unwrap();
+    let v = db.tally().verify().await.unwrap();
     assert_eq!(
         (v.events, v.quantity, v.mismatches),
         (4, "4.500000000093".parse::<Decimal>().unwrap(), 0)
@@ -45,7 +48,7 @@ async fn importing_the_same_file_twice_leaves_totals_unchanged() {
     // A file that grew since: only the new line counts.
     let grown = format!("{CSV}acme,api,1,2026-11-01T10:00:00Z,\n");
     let third = db
-        .store()
+        .tally()
         .import(Cursor::new(grown), csv_opts(), None)
         .await
         .unwrap();
@@ -64,7 +67,7 @@ not json
 {"customer_id":"acme","service":"api","quantity":"1","recorded_at":"2026-11-01T11:00:00"}
 "#;
     let r = db
-        .store()
+        .tally()
         .import(
             Cursor::new(text),
             ImportOptions::new(ImportFormat::Ndjson),
@@ -81,7 +84,7 @@ not json
         r.errors[0]
     );
     assert!(r.errors[3].message.contains("offset"), "{:?}", r.errors[3]);
-    let client = db.store().pool().get().await.unwrap();
+    let client = db.client().await.unwrap();
     let row = client
         .query_one(
             "SELECT quantity, metadata->>'q' FROM usage_events WHERE service = 'bandwidth'",
@@ -107,7 +110,7 @@ not-a-uuid,acme,api,1,2026-11-01T10:00:00Z,
 ,acme,api,2,2026-11-01T10:00:00Z,
 ";
     let r = db
-        .store()
+        .tally()
         .import(Cursor::new(text), csv_opts(), None)
         .await
         .unwrap();
@@ -143,17 +146,15 @@ async fn strict_import_of_a_file_with_a_bad_line_leaves_nothing() {
     opts.strict = true;
     opts.batch_size = 1000;
     let err = db
-        .store()
+        .tally()
         .import(Cursor::new(text.clone()), opts.clone(), None)
         .await
         .unwrap_err();
-    match &err {
-        StoreError::ImportRejected { errors } => assert_eq!(errors[0].line, 2502),
-        other => panic!("{other}"),
-    }
-    let v = db.store().verify().await.unwrap();
+    assert_eq!(err.kind(), ErrorKind::ImportRejected, "{err}");
+    assert_eq!(err.line_errors()[0].line, 2502);
+    let v = db.tally().verify().await.unwrap();
     assert_eq!((v.events, v.mismatches), (0, 0));
-    let client = db.store().pool().get().await.unwrap();
+    let client = db.client().await.unwrap();
     let rollups: i64 = client
         .query_one("SELECT count(*) FROM usage_hourly", &[])
         .await
@@ -163,7 +164,7 @@ async fn strict_import_of_a_file_with_a_bad_line_leaves_nothing() {
     // Without the bad line the same strict import commits everything at once.
     let good = text.lines().take(2501).collect::<Vec<_>>().join("\n");
     let r = db
-        .store()
+        .tally()
         .import(Cursor::new(good), opts, None)
         .await
         .unwrap();
@@ -174,7 +175,7 @@ async fn strict_import_of_a_file_with_a_bad_line_leaves_nothing() {
 async fn a_header_without_required_columns_is_an_error() {
     let db = TestDb::new().await.unwrap();
     let err = db
-        .store()
+        .tally()
         .import(
             Cursor::new("customer,service\nacme,api\n"),
             csv_opts(),
@@ -187,4 +188,51 @@ async fn a_header_without_required_columns_is_an_error() {
         text.contains("quantity") && text.contains("recorded_at") && text.contains("customer_id"),
         "{text}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn strict_and_lenient_imports_run_side_by_side_without_deadlock() {
+    // Eight imports at once over the same customers, services and hours (so the same
+    // rollup rows), four of them all-or-nothing. A strict import stages its whole file
+    // and applies it in one ordered statement, so it holds no row lock while others
+    // take theirs in the global order.
+    let db = TestDb::new().await.unwrap();
+    let file = |k: u32| {
+        let mut text = String::from("event_id,customer_id,service,quantity,recorded_at\n");
+        for i in 0..3000u32 {
+            // Files 0-3 and 4-7 share their events (ids), so imports also race on keys.
+            text.push_str(&format!(
+                "00000000-0000-7000-8000-{:06}{:06},c{},{},1,2026-11-01T{:02}:{:02}:00Z\n",
+                k % 4,
+                i,
+                i % 5,
+                ["api", "storage"][(i % 2) as usize],
+                i % 24,
+                i % 60
+            ));
+        }
+        text
+    };
+    let mut handles = Vec::new();
+    for k in 0..8u32 {
+        let tally = db.tally().clone();
+        let text = file(k);
+        handles.push(tokio::spawn(async move {
+            let mut opts = csv_opts();
+            opts.strict = k < 4;
+            opts.batch_size = 500;
+            tally.import(Cursor::new(text), opts, None).await
+        }));
+    }
+    let mut inserted = 0;
+    for h in handles {
+        let r = h.await.unwrap().unwrap();
+        assert_eq!(r.inserted + r.duplicates, 3000);
+        inserted += r.inserted;
+    }
+    // Four distinct files of 3 000 events each, every event stored once.
+    assert_eq!(inserted, 12_000);
+    let v = db.tally().verify().await.unwrap();
+    assert_eq!((v.events, v.mismatches, v.key_mismatches), (12_000, 0, 0));
+    assert_eq!(v.quantity, Decimal::from(12_000));
 }

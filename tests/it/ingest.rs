@@ -9,7 +9,7 @@ use tally_tests::{at, event, event_with};
 async fn hourly(
     db: &TestDb,
 ) -> HashMap<(String, String, String), (i64, Decimal, Decimal, Decimal)> {
-    let client = db.store().pool().get().await.unwrap();
+    let client = db.client().await.unwrap();
     let rows = client
         .query(
             "SELECT customer_id, service, to_char(bucket AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI'), events, quantity, min_quantity, max_quantity FROM usage_hourly",
@@ -31,17 +31,17 @@ async fn hourly(
 async fn the_same_event_twice_counts_once() {
     let db = TestDb::new().await.unwrap();
     let e = event(1, "acme", Service::API, "2", "2026-11-01T10:15:00Z");
-    let first = db.store().write(std::slice::from_ref(&e)).await.unwrap();
+    let first = db.tally().write(std::slice::from_ref(&e)).await.unwrap();
     assert_eq!((first.inserted, first.duplicates), (1, 0));
-    let again = db.store().write(&[e.clone(), e.clone()]).await.unwrap();
+    let again = db.tally().write(&[e.clone(), e.clone()]).await.unwrap();
     assert_eq!((again.inserted, again.duplicates), (0, 2));
     // The same id with another timestamp is still the same event: the key is global.
     let moved = e.clone().at(at("2025-01-01T00:00:00Z"));
-    assert_eq!(db.store().write(&[moved]).await.unwrap().inserted, 0);
+    assert_eq!(db.tally().write(&[moved]).await.unwrap().inserted, 0);
     // The same id for another customer is another event.
     let other = event(1, "globex", Service::API, "2", "2026-11-01T10:15:00Z");
-    assert_eq!(db.store().write(&[other]).await.unwrap().inserted, 1);
-    let v = db.store().verify().await.unwrap();
+    assert_eq!(db.tally().write(&[other]).await.unwrap().inserted, 1);
+    let v = db.tally().verify().await.unwrap();
     assert_eq!(
         (v.events, v.quantity, v.mismatches, v.key_mismatches),
         (2, Decimal::from(4), 0, 0)
@@ -57,9 +57,9 @@ async fn rollups_equal_an_independent_sum_and_late_events_land_in_their_hour() {
         event(3, "acme", Service::API, "2.5", "2026-11-01T11:00:00Z"),
         event(4, "acme", Service::STORAGE, "7", "2026-11-01T10:30:00Z"),
     ];
-    db.store().write(&batch).await.unwrap();
+    db.tally().write(&batch).await.unwrap();
     // A late event, three days after its hour was last written.
-    db.store()
+    db.tally()
         .write(&[event(
             5,
             "acme",
@@ -69,7 +69,7 @@ async fn rollups_equal_an_independent_sum_and_late_events_land_in_their_hour() {
         )])
         .await
         .unwrap();
-    db.store()
+    db.tally()
         .write(&[event(6, "acme", Service::API, "10", "2026-11-01T10:20:00Z")])
         .await
         .unwrap();
@@ -99,7 +99,7 @@ async fn rollups_equal_an_independent_sum_and_late_events_land_in_their_hour() {
         )
     );
     assert_eq!(h.len(), 4);
-    let v = db.store().verify().await.unwrap();
+    let v = db.tally().verify().await.unwrap();
     assert_eq!(v.mismatches, 0);
     assert_eq!(v.quantity, Decimal::new(250, 1));
 }
@@ -107,11 +107,11 @@ async fn rollups_equal_an_independent_sum_and_late_events_land_in_their_hour() {
 #[tokio::test]
 async fn verify_detects_a_tampered_rollup() {
     let db = TestDb::new().await.unwrap();
-    db.store()
+    db.tally()
         .write(&[event(1, "acme", Service::API, "1", "2026-11-01T10:00:00Z")])
         .await
         .unwrap();
-    let client = db.store().pool().get().await.unwrap();
+    let client = db.client().await.unwrap();
     client
         .execute("UPDATE usage_hourly SET quantity = quantity + 1", &[])
         .await
@@ -120,7 +120,7 @@ async fn verify_detects_a_tampered_rollup() {
         .execute("DELETE FROM usage_daily", &[])
         .await
         .unwrap();
-    assert_eq!(db.store().verify().await.unwrap().mismatches, 2);
+    assert_eq!(db.tally().verify().await.unwrap().mismatches, 2);
 }
 
 #[tokio::test]
@@ -128,8 +128,8 @@ async fn metadata_and_tiny_quantities_round_trip_exactly() {
     let db = TestDb::new().await.unwrap();
     let tricky = r#"{"note":"a,b \"quoted\"\nnew line\ttab","unicode":"Grüße 🚀 日本","nested":{"k":[1,2.5,null,true]},"sql":"'; DROP TABLE usage_events; --"}"#;
     let e = event_with(7, "acme", "0.000000000093", "2026-11-01T10:00:00Z", tricky);
-    db.store().write(std::slice::from_ref(&e)).await.unwrap();
-    let client = db.store().pool().get().await.unwrap();
+    db.tally().write(std::slice::from_ref(&e)).await.unwrap();
+    let client = db.client().await.unwrap();
     let row = client
         .query_one("SELECT metadata, quantity FROM usage_events", &[])
         .await
@@ -141,7 +141,7 @@ async fn metadata_and_tiny_quantities_round_trip_exactly() {
     );
     let q: Decimal = row.get(1);
     assert_eq!(q, Decimal::new(93, 12));
-    let v = db.store().verify().await.unwrap();
+    let v = db.tally().verify().await.unwrap();
     assert_eq!(v.quantity, Decimal::new(93, 12));
     // The table is still there: the injection string was data.
     assert_eq!(v.events, 1);
@@ -167,7 +167,7 @@ async fn concurrent_writers_with_overlapping_events_do_not_deadlock_or_double_co
         .collect();
     let mut handles = Vec::new();
     for w in 0..8usize {
-        let store = db.store().clone();
+        let store = db.tally().clone();
         let mut events = base.clone();
         events.rotate_left(w * 250);
         if w % 2 == 1 {
@@ -186,7 +186,7 @@ async fn concurrent_writers_with_overlapping_events_do_not_deadlock_or_double_co
         total += h.await.unwrap();
     }
     assert_eq!(total, 2000);
-    let v = db.store().verify().await.unwrap();
+    let v = db.tally().verify().await.unwrap();
     assert_eq!(
         (v.events, v.quantity, v.mismatches, v.key_mismatches),
         (2000, Decimal::from(3000), 0, 0)
@@ -196,20 +196,20 @@ async fn concurrent_writers_with_overlapping_events_do_not_deadlock_or_double_co
 #[tokio::test]
 async fn a_custom_meter_must_be_defined_before_use() {
     let db = TestDb::new().await.unwrap();
-    assert!(db.store().service("gpu_seconds").await.is_err());
-    db.store()
+    assert!(db.tally().service("gpu_seconds").await.is_err());
+    db.tally()
         .define_meter(&tally::Meter::new("gpu_seconds", "seconds").unwrap())
         .await
         .unwrap();
-    let gpu = db.store().service("gpu_seconds").await.unwrap();
+    let gpu = db.tally().service("gpu_seconds").await.unwrap();
     let e = event(1, "acme", gpu, "12.5", "2026-11-01T10:00:00Z");
-    assert_eq!(db.store().write(&[e]).await.unwrap().inserted, 1);
+    assert_eq!(db.tally().write(&[e]).await.unwrap().inserted, 1);
     assert_eq!(
-        db.store()
+        db.tally()
             .catalog()
             .await
             .unwrap()
-            .unit(&db.store().service("gpu_seconds").await.unwrap()),
+            .unit(&db.tally().service("gpu_seconds").await.unwrap()),
         Some("seconds")
     );
 }
@@ -220,7 +220,7 @@ async fn a_key_claimed_by_a_concurrent_writer_is_counted_once() {
     let e = event(42, "acme", Service::API, "1", "2026-11-01T10:00:00Z");
     let fresh = event(43, "acme", Service::API, "2", "2026-11-01T10:00:00Z");
     // Another writer has stored the same event but not committed yet.
-    let mut other = db.store().pool().get().await.unwrap();
+    let mut other = db.client().await.unwrap();
     let tx = other.transaction().await.unwrap();
     let id = e.id.uuid();
     tx.batch_execute("SET LOCAL timezone = 'UTC'")
@@ -244,7 +244,7 @@ async fn a_key_claimed_by_a_concurrent_writer_is_counted_once() {
     .unwrap();
     // Our write cannot see that key yet, so it takes the fast path and then waits on
     // the other writer's key; when that commits, it must fall back and skip the event.
-    let store = db.store().clone();
+    let store = db.tally().clone();
     let write = tokio::spawn(async move { store.write(&[e, fresh]).await });
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     assert!(
@@ -254,7 +254,7 @@ async fn a_key_claimed_by_a_concurrent_writer_is_counted_once() {
     tx.commit().await.unwrap();
     let outcome = write.await.unwrap().unwrap();
     assert_eq!((outcome.inserted, outcome.duplicates), (1, 1));
-    let v = db.store().verify().await.unwrap();
+    let v = db.tally().verify().await.unwrap();
     assert_eq!(
         (v.events, v.quantity, v.mismatches, v.key_mismatches),
         (2, Decimal::from(3), 0, 0)

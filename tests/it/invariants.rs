@@ -3,7 +3,10 @@
 use chrono::{DateTime, Duration, Utc};
 use proptest::prelude::*;
 use rust_decimal::Decimal;
-use tally::{CustomerId, Granularity, Price, PriceModel, Quantity, Tier, Zone, round_money};
+use tally::{
+    CustomerId, Granularity, Quantity, Zone,
+    pricing::{Price, PriceModel, Tier, round_money},
+};
 
 fn qty() -> impl Strategy<Value = Decimal> {
     (0i64..1_000_000_000, 0u32..=6).prop_map(|(m, s)| Decimal::new(m, s))

@@ -5,6 +5,7 @@ mod analytics;
 mod import;
 mod ingest;
 mod invariants;
+mod layering;
 mod migrate;
 mod partitions;
 mod recorder;

@@ -6,7 +6,7 @@ use tally_tests::event;
 #[tokio::test]
 async fn partitions_exist_ahead_and_far_events_land_in_the_default() {
     let db = TestDb::new().await.unwrap();
-    let status = db.store().partition_status().await.unwrap();
+    let status = db.tally().partition_status().await.unwrap();
     let this_month = Utc::now().date_naive().with_day(1).unwrap();
     assert!(status.months.contains(&this_month), "{status:?}");
     assert!(
@@ -20,16 +20,16 @@ async fn partitions_exist_ahead_and_far_events_land_in_the_default() {
         event(1, "acme", Service::API, "1", "1990-05-01T00:00:00Z"),
         event(2, "acme", Service::API, "2", "2199-01-01T00:00:00Z"),
     ];
-    assert_eq!(db.store().write(&far).await.unwrap().inserted, 2);
-    assert_eq!(db.store().partition_status().await.unwrap().default_rows, 2);
+    assert_eq!(db.tally().write(&far).await.unwrap().inserted, 2);
+    assert_eq!(db.tally().partition_status().await.unwrap().default_rows, 2);
 
     // A month inside the window gets its partition on first use.
     let last_year = format!("{}-03-15T12:00:00Z", Utc::now().year() - 1);
-    db.store()
+    db.tally()
         .write(&[event(3, "acme", Service::API, "3", &last_year)])
         .await
         .unwrap();
-    let status = db.store().partition_status().await.unwrap();
+    let status = db.tally().partition_status().await.unwrap();
     assert!(
         status
             .months
@@ -38,18 +38,18 @@ async fn partitions_exist_ahead_and_far_events_land_in_the_default() {
         "{status:?}"
     );
     assert_eq!(status.default_rows, 2);
-    let v = db.store().verify().await.unwrap();
+    let v = db.tally().verify().await.unwrap();
     assert_eq!((v.events, v.mismatches), (3, 0));
 }
 
 #[tokio::test]
 async fn creating_a_partition_later_moves_rows_out_of_the_default() {
     let db = TestDb::new().await.unwrap();
-    db.store()
+    db.tally()
         .write(&[event(1, "acme", Service::API, "1", "1990-05-01T00:00:00Z")])
         .await
         .unwrap();
-    let client = db.store().pool().get().await.unwrap();
+    let client = db.client().await.unwrap();
     let month = chrono::NaiveDate::from_ymd_opt(1990, 5, 1).unwrap();
     let created: bool = client
         .query_one("SELECT tally_ensure_month_partition($1)", &[&month])
@@ -63,7 +63,7 @@ async fn creating_a_partition_later_moves_rows_out_of_the_default() {
         .unwrap()
         .get(0);
     assert!(!again);
-    let status = db.store().partition_status().await.unwrap();
+    let status = db.tally().partition_status().await.unwrap();
     assert_eq!(status.default_rows, 0);
     assert!(status.months.contains(&month));
     let n: i64 = client

@@ -1,7 +1,7 @@
 use std::time::Duration;
 
 use rust_decimal::Decimal;
-use tally::{RecorderConfig, Service, Store, UsageEvent};
+use tally::{ErrorKind, RecorderConfig, Service, Tally, UsageEvent};
 use tally_testdb::TestDb;
 use tally_tests::{Proxy, event};
 
@@ -22,7 +22,7 @@ fn events(n: u128, offset: u128) -> Vec<UsageEvent> {
 #[tokio::test]
 async fn flush_commits_everything_recorded_before_it() {
     let db = TestDb::new().await.unwrap();
-    let rec = db.store().recorder(
+    let rec = db.tally().recorder(
         RecorderConfig::default()
             .batch_size(100)
             .batch_timeout(Duration::from_secs(3600)),
@@ -31,7 +31,7 @@ async fn flush_commits_everything_recorded_before_it() {
         rec.record(e).await.unwrap();
     }
     rec.flush().await.unwrap();
-    assert_eq!(db.store().verify().await.unwrap().events, 1050);
+    assert_eq!(db.tally().verify().await.unwrap().events, 1050);
     let s = rec.status();
     assert_eq!(
         (s.inserted, s.pending, s.consecutive_failures),
@@ -48,13 +48,13 @@ async fn flush_commits_everything_recorded_before_it() {
             "2026-11-01T10:00:00Z",
         ))
         .await;
-    assert!(matches!(closed, Err(tally::StoreError::Closed)));
+    assert_eq!(closed.unwrap_err().kind(), ErrorKind::Closed);
 }
 
 #[tokio::test]
 async fn a_partial_batch_is_written_after_the_timeout() {
     let db = TestDb::new().await.unwrap();
-    let rec = db.store().recorder(
+    let rec = db.tally().recorder(
         RecorderConfig::default()
             .batch_size(1000)
             .batch_timeout(Duration::from_millis(200))
@@ -64,7 +64,7 @@ async fn a_partial_batch_is_written_after_the_timeout() {
     rec.record_many(events(10, 0)).await.unwrap();
     // No flush: the timeout alone must write the batch.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while db.store().verify().await.unwrap().events < 10 {
+    while db.tally().verify().await.unwrap().events < 10 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "batch not written after its timeout"
@@ -102,7 +102,7 @@ async fn batch_settings_come_from_the_environment() {
     ]))
     .unwrap();
     let db = TestDb::new().await.unwrap();
-    let rec = db.store().recorder(cfg.workers(1));
+    let rec = db.tally().recorder(cfg.workers(1));
     rec.record_many(events(7, 0)).await.unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     // 3 + 3 by size, the last 1 by the 0.1 s timeout.
@@ -141,7 +141,7 @@ async fn two_processes_recording_the_same_events_count_them_once() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let v = db.store().verify().await.unwrap();
+    let v = db.tally().verify().await.unwrap();
     assert_eq!(
         (v.events, v.quantity, v.mismatches, v.key_mismatches),
         (3000, Decimal::from(3000), 0, 0)
@@ -159,7 +159,7 @@ fn child_records_events() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let store = Store::with_pool_size(&url, 4).unwrap();
+        let store = Tally::with_pool_size(&url, 4).unwrap();
         let rec = store.recorder(RecorderConfig::default().batch_size(250));
         let mut all = events(3000, 0);
         if std::env::var("TALLY_CHILD_REVERSE").is_ok_and(|v| v == "1") {
@@ -177,9 +177,9 @@ async fn two_recorders_recording_the_same_events_count_them_once() {
     let db = TestDb::new().await.unwrap();
     let all = events(5000, 0);
     let a = db
-        .store()
+        .tally()
         .recorder(RecorderConfig::default().batch_size(512));
-    let other = Store::with_pool_size(db.url(), 4).unwrap();
+    let other = Tally::with_pool_size(db.url(), 4).unwrap();
     let b = other.recorder(RecorderConfig::default().batch_size(700).workers(3));
     let (ea, mut eb) = (all.clone(), all.clone());
     eb.reverse();
@@ -198,7 +198,7 @@ async fn two_recorders_recording_the_same_events_count_them_once() {
     let (sa, sb) = (ta.await.unwrap(), tb.await.unwrap());
     assert_eq!(sa.inserted + sb.inserted, 5000);
     assert_eq!(sa.duplicates + sb.duplicates, 5000);
-    let v = db.store().verify().await.unwrap();
+    let v = db.tally().verify().await.unwrap();
     assert_eq!(
         (v.events, v.quantity, v.mismatches, v.key_mismatches),
         (5000, Decimal::from(5000), 0, 0)
@@ -209,7 +209,7 @@ async fn two_recorders_recording_the_same_events_count_them_once() {
 async fn events_queued_while_the_database_is_down_are_committed_when_it_returns() {
     let db = TestDb::new().await.unwrap();
     let proxy = Proxy::start(db.url()).await;
-    let store = Store::with_pool_size(&proxy.url(db.url()), 2).unwrap();
+    let store = Tally::with_pool_size(&proxy.url(db.url()), 2).unwrap();
     let rec = store.recorder(
         RecorderConfig::default()
             .batch_size(50)
@@ -250,7 +250,7 @@ async fn events_queued_while_the_database_is_down_are_committed_when_it_returns(
         .unwrap();
     rec.record(events(1, 3000).remove(0)).await.unwrap();
     rec.close().await.unwrap();
-    let v = db.store().verify().await.unwrap();
+    let v = db.tally().verify().await.unwrap();
     assert_eq!((v.events, v.mismatches), (301, 0));
     let s = rec.status();
     assert_eq!(
@@ -259,4 +259,74 @@ async fn events_queued_while_the_database_is_down_are_committed_when_it_returns(
         "{s:?}"
     );
     assert!(s.failed_attempts > 0);
+}
+
+#[tokio::test]
+async fn a_permanent_failure_is_isolated_and_the_rest_is_written() {
+    // `\u0000` is valid JSON but not valid jsonb: PostgreSQL refuses it (22P05) every
+    // time, so retrying is pointless. The recorder must narrow the failure down to that
+    // one event, dead-letter it with the reason, write the 199 others, and keep going.
+    let db = TestDb::new().await.unwrap();
+    let rec = db.tally().recorder(
+        RecorderConfig::default()
+            .batch_size(200)
+            .batch_timeout(Duration::from_secs(3600))
+            .retry_backoff(Duration::from_millis(1), Duration::from_millis(5)),
+    );
+    let mut batch = events(200, 0);
+    batch[137] = batch[137]
+        .clone()
+        .with_metadata(r#"{"bad":"\u0000"}"#.parse().unwrap());
+    rec.record_many(batch).await.unwrap();
+    rec.flush_within(Duration::from_secs(30)).await.unwrap();
+    let s = rec.status();
+    assert_eq!(
+        (s.inserted, s.dead_lettered, s.pending),
+        (199, 1, 0),
+        "{s:?}"
+    );
+    assert!(s.last_error.unwrap().1.contains("22P05"));
+    let v = db.tally().verify().await.unwrap();
+    assert_eq!((v.events, v.mismatches), (199, 0));
+    let client = db.client().await.unwrap();
+    let row = client
+        .query_one(
+            "SELECT event_id::text, metadata, error, sqlstate FROM usage_dead_letters",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        row.get::<_, String>(0),
+        "00000000-0000-0000-0000-00000000008a"
+    );
+    assert!(row.get::<_, String>(1).contains("\\u0000"));
+    assert!(
+        row.get::<_, String>(2).contains("Unicode"),
+        "{}",
+        row.get::<_, String>(2)
+    );
+    assert_eq!(row.get::<_, Option<String>>(3).as_deref(), Some("22P05"));
+    // The recorder goes on working after it.
+    rec.record_many(events(10, 1_000)).await.unwrap();
+    rec.close().await.unwrap();
+    assert_eq!(db.tally().verify().await.unwrap().events, 209);
+}
+
+#[tokio::test]
+async fn errors_say_what_kind_they_are_and_name_the_field() {
+    let db = TestDb::new().await.unwrap();
+    let e = db.tally().service("apis").await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Invalid);
+    assert_eq!((e.field(), e.value()), (Some("service"), Some("apis")));
+    assert!(!e.is_transient());
+    let e = Tally::connect("postgres://u:secret@host:notaport/db").unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Config);
+    assert_eq!(e.field(), Some("database_url"));
+    assert!(!e.to_string().contains("secret"), "{e}");
+    // Nothing listens on port 1: a connection failure, which is transient.
+    let down = Tally::connect("host=127.0.0.1 port=1 user=postgres dbname=x").unwrap();
+    let e = down.verify().await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Connection, "{e}");
+    assert!(e.is_transient(), "{e}");
 }

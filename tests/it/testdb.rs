@@ -9,10 +9,13 @@ use tally_testdb::TestDb;
 async fn each_test_database_is_fresh_and_dropped() {
     let db = TestDb::new().await.unwrap();
     let name = db.name().to_owned();
-    assert_eq!(db.store().verify().await.unwrap().events, 0);
-    let admin = tally::Store::with_pool_size(&tally_testdb::admin_url().unwrap(), 1).unwrap();
+    assert_eq!(db.tally().verify().await.unwrap().events, 0);
+    let admin = tally_testdb::admin_url().unwrap();
+    let (client, conn) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
     drop(db);
-    let client = admin.pool().get().await.unwrap();
     let left = client
         .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
         .await
@@ -59,7 +62,7 @@ fn throwaway_cluster_child() {
     rt.block_on(async {
         assert!(std::env::var("DATABASE_URL").is_err());
         let db = TestDb::new().await.unwrap();
-        assert_eq!(db.store().verify().await.unwrap().mismatches, 0);
+        assert_eq!(db.tally().verify().await.unwrap().mismatches, 0);
         println!("CHILD-OK {}", tally_testdb::admin_url().unwrap());
     });
 }

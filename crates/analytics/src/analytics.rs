@@ -2,14 +2,13 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, Duration, NaiveDate, Utc};
 use rust_decimal::{Decimal, RoundingStrategy};
-use serde::Serialize;
-use tally_core::{Catalog, CustomerId, Granularity, PriceBook, Service, TimeRange, Zone};
-use tally_store::Store;
-
-use crate::{
-    Error, Result,
-    totals::{Agg, Who, by_service, totals},
+use serde::{Serialize, Serializer, ser::SerializeStruct};
+use tally_core::{
+    Catalog, CustomerId, Granularity, Limit, PriceBook, Service, TimeRange, Totals, Zone, serde_fmt,
 };
+use tally_store::{Result, Store, Who};
+
+use crate::totals::{by_service, totals};
 
 /// One service's line of a usage summary.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -19,12 +18,15 @@ pub struct ServiceLine {
     /// Its unit.
     pub unit: String,
     /// Quantity used in the range.
+    #[serde(serialize_with = "serde_fmt::decimal")]
     pub quantity: Decimal,
     /// Events in the range.
     pub events: i64,
     /// Price per unit, when the service has a per-unit price.
+    #[serde(serialize_with = "serde_fmt::opt_decimal")]
     pub unit_price: Option<Decimal>,
     /// The amount, rounded to cents once.
+    #[serde(serialize_with = "serde_fmt::money")]
     pub amount: Decimal,
 }
 
@@ -36,6 +38,7 @@ pub struct DayLine {
     /// The service.
     pub service: String,
     /// Quantity used that day.
+    #[serde(serialize_with = "serde_fmt::decimal")]
     pub quantity: Decimal,
     /// Events that day.
     pub events: i64,
@@ -47,19 +50,23 @@ pub struct Summary {
     /// The customer.
     pub customer_id: String,
     /// Start of the range (inclusive).
+    #[serde(serialize_with = "serde_fmt::instant")]
     pub from: DateTime<Utc>,
     /// End of the range (exclusive).
+    #[serde(serialize_with = "serde_fmt::instant")]
     pub to: DateTime<Utc>,
     /// One line per service (every known service; zeros where unused).
     pub services: Vec<ServiceLine>,
     /// Sum of the line amounts.
+    #[serde(serialize_with = "serde_fmt::money")]
     pub total_amount: Decimal,
     /// Per-day breakdown, when asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub days: Option<Vec<DayLine>>,
 }
 
-/// One bucket of an aggregation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// One bucket of an aggregation. In JSON it carries its `avg` too.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Bucket {
     /// Bucket start (UTC instant of the zone's hour, day or month start).
     pub bucket: DateTime<Utc>,
@@ -87,6 +94,40 @@ impl Bucket {
             self.quantity / Decimal::from(self.events)
         }
     }
+}
+
+impl Serialize for Bucket {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        struct Dec(Decimal);
+        impl Serialize for Dec {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                serde_fmt::decimal(&self.0, s)
+            }
+        }
+        let mut st = s.serialize_struct("Bucket", 8)?;
+        st.serialize_field("bucket", &serde_fmt::rfc3339(self.bucket))?;
+        st.serialize_field("customer_id", &self.customer_id)?;
+        st.serialize_field("service", &self.service)?;
+        st.serialize_field("events", &self.events)?;
+        st.serialize_field("quantity", &Dec(self.quantity))?;
+        st.serialize_field("min", &Dec(self.min))?;
+        st.serialize_field("max", &Dec(self.max))?;
+        st.serialize_field("avg", &Dec(self.avg()))?;
+        st.end()
+    }
+}
+
+/// An aggregation: buckets of one size in one zone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Aggregation {
+    /// The bucket size (`hourly`, `daily`, `monthly` in JSON).
+    #[serde(serialize_with = "serde_fmt::display")]
+    pub period: Granularity,
+    /// The zone of the buckets.
+    #[serde(serialize_with = "serde_fmt::display")]
+    pub tz: Zone,
+    /// Buckets with usage, in (bucket, service) order.
+    pub buckets: Vec<Bucket>,
 }
 
 /// What statistics are computed over.
@@ -123,24 +164,33 @@ pub struct Stats {
     /// What the values are.
     pub over: Over,
     /// Start of the window.
+    #[serde(serialize_with = "serde_fmt::instant")]
     pub from: DateTime<Utc>,
     /// End of the window (exclusive).
+    #[serde(serialize_with = "serde_fmt::instant")]
     pub to: DateTime<Utc>,
     /// Number of values (events, or buckets in the window).
     pub count: i64,
     /// Their sum.
+    #[serde(serialize_with = "serde_fmt::decimal")]
     pub total: Decimal,
     /// Their mean.
+    #[serde(serialize_with = "serde_fmt::decimal")]
     pub avg: Decimal,
     /// Smallest.
+    #[serde(serialize_with = "serde_fmt::decimal")]
     pub min: Decimal,
     /// Largest.
+    #[serde(serialize_with = "serde_fmt::decimal")]
     pub max: Decimal,
     /// 50th percentile (`percentile_cont` interpolation).
+    #[serde(serialize_with = "serde_fmt::decimal")]
     pub median: Decimal,
     /// 95th percentile.
+    #[serde(serialize_with = "serde_fmt::decimal")]
     pub p95: Decimal,
     /// 99th percentile.
+    #[serde(serialize_with = "serde_fmt::decimal")]
     pub p99: Decimal,
 }
 
@@ -152,11 +202,14 @@ pub struct TrendDay {
     /// The service.
     pub service: String,
     /// That day's total (0 without usage).
+    #[serde(serialize_with = "serde_fmt::decimal")]
     pub total: Decimal,
     /// The previous calendar day's total, `None` before the window.
+    #[serde(serialize_with = "serde_fmt::opt_decimal")]
     pub previous: Option<Decimal>,
     /// Change against the previous day in percent, 2 places, half-up; `None` when the
     /// previous day is 0 or before the window.
+    #[serde(serialize_with = "serde_fmt::opt_fixed2")]
     pub change_pct: Option<Decimal>,
 }
 
@@ -164,10 +217,12 @@ pub struct TrendDay {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Peak {
     /// Bucket start (UTC).
+    #[serde(serialize_with = "serde_fmt::instant")]
     pub bucket: DateTime<Utc>,
     /// The service.
     pub service: String,
     /// The bucket's total.
+    #[serde(serialize_with = "serde_fmt::decimal")]
     pub total: Decimal,
     /// Its events.
     pub events: i64,
@@ -179,10 +234,13 @@ pub struct InvoiceLine {
     /// The service.
     pub service: String,
     /// Units used in the period.
+    #[serde(serialize_with = "serde_fmt::decimal")]
     pub quantity: Decimal,
     /// Units billed after the included allowance.
+    #[serde(serialize_with = "serde_fmt::decimal")]
     pub billable_quantity: Decimal,
     /// The amount, rounded half-up to cents once.
+    #[serde(serialize_with = "serde_fmt::money")]
     pub amount: Decimal,
 }
 
@@ -192,14 +250,17 @@ pub struct Invoice {
     /// The customer.
     pub customer_id: String,
     /// First instant of the period.
+    #[serde(serialize_with = "serde_fmt::instant")]
     pub period_start: DateTime<Utc>,
     /// First instant after it.
+    #[serde(serialize_with = "serde_fmt::instant")]
     pub period_end: DateTime<Utc>,
     /// Currency of the amounts.
     pub currency: String,
     /// One line per service used.
     pub lines: Vec<InvoiceLine>,
     /// Sum of the lines.
+    #[serde(serialize_with = "serde_fmt::money")]
     pub total: Decimal,
 }
 
@@ -217,13 +278,16 @@ pub fn percentile_cont(sorted: &[Decimal], p: Decimal) -> Decimal {
     if sorted.is_empty() {
         return Decimal::ZERO;
     }
-    let pos = p * Decimal::from(sorted.len() - 1);
+    let pos = p.clamp(Decimal::ZERO, Decimal::ONE) * Decimal::from(sorted.len() - 1);
     let lo = pos.floor();
-    let i = usize::try_from(lo.mantissa() / 10i128.pow(lo.scale())).expect("index fits");
+    let i = usize::try_from(lo.mantissa() / 10i128.pow(lo.scale())).unwrap_or(0);
     let frac = pos - lo;
+    let Some(&at) = sorted.get(i) else {
+        return Decimal::ZERO;
+    };
     match sorted.get(i + 1) {
-        Some(next) if !frac.is_zero() => sorted[i] + frac * (*next - sorted[i]),
-        _ => sorted[i],
+        Some(next) if !frac.is_zero() => at + frac * (*next - at),
+        _ => at,
     }
 }
 
@@ -345,11 +409,13 @@ impl Analytics {
                 let t = totals(&self.store, &buckets, Who::One(customer), &services).await?;
                 let mut days: Vec<DayLine> = t
                     .into_iter()
-                    .map(|((label, service), a)| DayLine {
-                        date: zone.date_of(label),
-                        service: services[service].to_string(),
-                        quantity: a.quantity,
-                        events: a.events,
+                    .filter_map(|((label, service), a)| {
+                        Some(DayLine {
+                            date: zone.date_of(label),
+                            service: services.get(service)?.to_string(),
+                            quantity: a.quantity,
+                            events: a.events,
+                        })
                     })
                     .collect();
                 days.sort_by(|a, b| (a.date, &a.service).cmp(&(b.date, &b.service)));
@@ -375,11 +441,11 @@ impl Analytics {
         service: Option<&Service>,
         granularity: Granularity,
         zone: Zone,
-    ) -> Result<Vec<Bucket>> {
+    ) -> Result<Aggregation> {
         let (services, _) = self.services(service).await?;
         let buckets = zone.buckets(range, granularity);
         let who = customer.map_or(Who::All, Who::One);
-        let mut t: Vec<((DateTime<Utc>, usize), Agg)> =
+        let mut t: Vec<((DateTime<Utc>, usize), Totals)> =
             totals(&self.store, &buckets, who, &services)
                 .await?
                 .into_iter()
@@ -387,19 +453,25 @@ impl Analytics {
         // Services are in catalog (name) order, so this is (bucket, service) order.
         t.sort_by_key(|(k, _)| *k);
         let customer_id = customer.map(|c| c.to_string());
-        let rows: Vec<Bucket> = t
+        let buckets: Vec<Bucket> = t
             .into_iter()
-            .map(|((bucket, service), a)| Bucket {
-                bucket,
-                customer_id: customer_id.clone(),
-                service: services[service].to_string(),
-                events: a.events,
-                quantity: a.quantity,
-                min: a.min,
-                max: a.max,
+            .filter_map(|((bucket, service), a)| {
+                Some(Bucket {
+                    bucket,
+                    customer_id: customer_id.clone(),
+                    service: services.get(service)?.to_string(),
+                    events: a.events,
+                    quantity: a.quantity,
+                    min: a.min,
+                    max: a.max,
+                })
             })
             .collect();
-        Ok(rows)
+        Ok(Aggregation {
+            period: granularity,
+            tz: zone,
+            buckets,
+        })
     }
 
     /// Statistics over the `days` complete UTC days before `as_of`'s day:
@@ -415,11 +487,16 @@ impl Analytics {
         if !(1..=3660).contains(&days) {
             return Err(invalid("days", &days.to_string(), "must be from 1 to 3660").into());
         }
-        let service = self.services(Some(service)).await?.0.remove(0);
+        let (mut found, _) = self.services(Some(service)).await?;
+        let service = found.pop().unwrap_or_else(|| service.clone());
         let end = Zone::UTC.bucket_start(as_of, Granularity::Day);
         let window = TimeRange::new(end - Duration::days(i64::from(days)), end)?;
         let values = match over {
-            Over::Events => self.event_quantities(customer, &service, window).await?,
+            Over::Events => {
+                self.store
+                    .event_quantities(customer, &service, window)
+                    .await?
+            }
             Over::Hour | Over::Day => {
                 let g = if over == Over::Hour {
                     Granularity::Hour
@@ -445,32 +522,6 @@ impl Analytics {
             }
         };
         Ok(stats_of(values, customer, &service, over, window))
-    }
-
-    async fn event_quantities(
-        &self,
-        customer: &CustomerId,
-        service: &Service,
-        window: TimeRange,
-    ) -> Result<Vec<Decimal>> {
-        let client = self
-            .store
-            .pool()
-            .get()
-            .await
-            .map_err(Error::pool("reading events"))?;
-        let rows = client
-            .query(
-                "SELECT quantity FROM usage_events
-                 WHERE customer_id = $1 AND service = $2 AND recorded_at >= $3 AND recorded_at < $4",
-                &[&customer.as_str(), &service.as_str(), &window.from(), &window.to()],
-            )
-            .await
-            .map_err(Error::db("reading events"))?;
-        Ok(rows
-            .iter()
-            .map(|r| r.get::<_, tally_store::Numeric>(0).0)
-            .collect())
     }
 
     /// Daily totals over the last `days` calendar days in `zone`, today included, each
@@ -517,7 +568,7 @@ impl Analytics {
                 });
                 out.push(TrendDay {
                     date: zone.date_of(*label),
-                    service: services[s].to_string(),
+                    service: services.get(s).map(ToString::to_string).unwrap_or_default(),
                     total,
                     previous,
                     change_pct,
@@ -529,51 +580,22 @@ impl Analytics {
     }
 
     /// The `limit` largest hours, days or months (UTC) of a customer's use of a service,
-    /// ties broken by the earlier bucket. `limit` is 1 to 10 000.
+    /// ties broken by the earlier bucket.
     pub async fn peaks(
         &self,
         customer: &CustomerId,
         service: &Service,
         by: Granularity,
-        limit: u32,
+        limit: Limit,
     ) -> Result<Vec<Peak>> {
-        if !(1..=10_000).contains(&limit) {
-            return Err(invalid("limit", &limit.to_string(), "must be from 1 to 10000").into());
-        }
-        let sql = match by {
-            Granularity::Hour => {
-                "SELECT bucket, service, quantity, events FROM usage_hourly
-                 WHERE customer_id = $1 AND service = $2 ORDER BY quantity DESC, bucket LIMIT $3"
-            }
-            Granularity::Day => {
-                "SELECT bucket, service, quantity, events FROM usage_daily
-                 WHERE customer_id = $1 AND service = $2 ORDER BY quantity DESC, bucket LIMIT $3"
-            }
-            Granularity::Month => {
-                "SELECT date_trunc('month', bucket, 'UTC'), service, sum(quantity), sum(events)::int8 FROM usage_daily
-                 WHERE customer_id = $1 AND service = $2 GROUP BY 1, 2 ORDER BY 3 DESC, 1 LIMIT $3"
-            }
-        };
-        let client = self
-            .store
-            .pool()
-            .get()
-            .await
-            .map_err(Error::pool("reading peaks"))?;
-        let rows = client
-            .query(
-                sql,
-                &[&customer.as_str(), &service.as_str(), &i64::from(limit)],
-            )
-            .await
-            .map_err(Error::db("reading peaks"))?;
-        Ok(rows
-            .iter()
-            .map(|r| Peak {
-                bucket: r.get(0),
-                service: r.get(1),
-                total: r.get(2),
-                events: r.get(3),
+        let top = self.store.top_buckets(customer, service, by, limit).await?;
+        Ok(top
+            .into_iter()
+            .map(|b| Peak {
+                bucket: b.bucket,
+                service: service.to_string(),
+                total: b.quantity,
+                events: b.events,
             })
             .collect())
     }
@@ -582,7 +604,7 @@ impl Analytics {
     /// used, priced with the price in force at the period's start.
     pub async fn invoice(&self, customer: &CustomerId, period: TimeRange) -> Result<Invoice> {
         let (services, _) = self.services(None).await?;
-        let sums: BTreeMap<usize, Agg> = by_service(
+        let sums: BTreeMap<usize, Totals> = by_service(
             totals(
                 &self.store,
                 &[(period.from(), period)],

@@ -4,51 +4,10 @@
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Duration, DurationRound, Utc};
-use rust_decimal::Decimal;
-use tally_core::{CustomerId, Service, TimeRange};
-use tally_store::Store;
+use tally_core::{Service, TimeRange, Totals};
+use tally_store::{Grain, Store, Who};
 
-use crate::{Error, Result};
-
-/// Sum, count, min and max of usage.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Agg {
-    pub(crate) events: i64,
-    pub(crate) quantity: Decimal,
-    pub(crate) min: Decimal,
-    pub(crate) max: Decimal,
-}
-
-impl Agg {
-    fn merge(&mut self, o: Agg) {
-        self.events += o.events;
-        self.quantity += o.quantity;
-        self.min = self.min.min(o.min);
-        self.max = self.max.max(o.max);
-    }
-}
-
-/// A `numeric` column, decoded without rust_decimal's per-digit-group divisions.
-fn num(row: &tally_store::tokio_postgres::Row, i: usize) -> Decimal {
-    row.get::<_, tally_store::Numeric>(i).0
-}
-
-/// Whose usage: one customer's, or every customer's added up.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Who<'a> {
-    One(&'a CustomerId),
-    All,
-}
-
-impl Who<'_> {
-    /// The customer as a query parameter (`NULL` for all).
-    fn customer(&self) -> Option<&str> {
-        match self {
-            Who::One(c) => Some(c.as_str()),
-            Who::All => None,
-        }
-    }
-}
+use tally_store::Result;
 
 /// Key of a result row: label and the service's index in the `services` asked for.
 /// (The customer is the one asked for, or all: it needs no place in the key.)
@@ -72,7 +31,9 @@ impl Pieces {
 }
 
 fn floor(t: DateTime<Utc>, unit: Duration) -> DateTime<Utc> {
-    t.duration_trunc(unit).expect("in range")
+    // Truncating to an hour or a day fails only near the ends of chrono's range, which
+    // the range checks keep instants away from; `t` itself is then the safe answer.
+    t.duration_trunc(unit).unwrap_or(t)
 }
 
 fn ceil(t: DateTime<Utc>, unit: Duration) -> DateTime<Utc> {
@@ -114,12 +75,12 @@ impl Pieces {
         order.sort_by_key(|&i| self.lo[i]);
         let mut out: Vec<Vec<usize>> = Vec::new();
         for i in order {
+            let near = |c: &Vec<usize>| {
+                c.last()
+                    .is_some_and(|&j| self.lo[i] - self.hi[j] < Duration::days(2))
+            };
             match out.last_mut() {
-                Some(c)
-                    if self.lo[i] - self.hi[*c.last().expect("non-empty")] < Duration::days(2) =>
-                {
-                    c.push(i)
-                }
+                Some(c) if near(c) => c.push(i),
                 _ => out.push(vec![i]),
             }
         }
@@ -142,122 +103,64 @@ pub(crate) async fn totals(
     ranges: &[(DateTime<Utc>, TimeRange)],
     who: Who<'_>,
     services: &[Service],
-) -> Result<HashMap<Key, Agg>> {
+) -> Result<HashMap<Key, Totals>> {
     let (mut days, mut hours, mut raw) = (Pieces::default(), Pieces::default(), Pieces::default());
     for (label, r) in ranges {
         decompose(*label, *r, &mut days, &mut hours, &mut raw);
     }
-    let services: Vec<&str> = services.iter().map(Service::as_str).collect();
-    // Rows name their service; results key it by index into the services asked for.
-    let index: HashMap<&str, usize> = services.iter().enumerate().map(|(i, s)| (*s, i)).collect();
-    let client = store
-        .pool()
-        .get()
-        .await
-        .map_err(Error::pool("reading usage"))?;
-    let mut out: HashMap<Key, Agg> = HashMap::new();
-    let mut add = |key: Key, agg: Agg| {
-        out.entry(key).and_modify(|a| a.merge(agg)).or_insert(agg);
+    let mut out: HashMap<Key, Totals> = HashMap::new();
+    let mut add = |key: Key, t: Totals| {
+        out.entry(key).and_modify(|a| a.merge(t)).or_insert(t);
     };
 
     // Rollups: the rows of each cluster's span by primary key, labelled here. For all
-    // customers the all-customer hourly rollup serves whole days too (24 rows a day).
-    let sources: Vec<(&str, &Pieces)> = match who {
-        Who::One(_) => vec![("usage_daily", &days), ("usage_hourly", &hours)],
+    // customers the store serves days from the all-customer hourly rollup anyway, so
+    // whole days join the hours and each cluster is read once.
+    let sources: Vec<(Grain, &Pieces)> = match who {
+        Who::One(_) => vec![(Grain::Day, &days), (Grain::Hour, &hours)],
         Who::All => {
             for i in 0..days.lo.len() {
                 hours.push(days.label[i], days.lo[i], days.hi[i]);
             }
-            vec![("usage_hourly_total", &hours)]
+            vec![(Grain::Hour, &hours)]
         }
     };
-    for (table, pieces) in sources {
-        // Table names come from the fixed list above, never from input.
-        let sql = match who {
-            Who::One(_) => format!(
-                "SELECT bucket, service, events, quantity, min_quantity, max_quantity FROM {table}
-                 WHERE customer_id = $4 AND service = ANY($1::text[]) AND bucket >= $2 AND bucket < $3"
-            ),
-            Who::All => format!(
-                "SELECT bucket, service, events, quantity, min_quantity, max_quantity FROM {table}
-                 WHERE service = ANY($1::text[]) AND bucket >= $2 AND bucket < $3 AND $4::text IS NULL"
-            ),
-        };
-        let customer = who.customer();
-        let stmt = client
-            .prepare_cached(&sql)
-            .await
-            .map_err(Error::db("preparing a usage query"))?;
-        for cluster in pieces.clusters() {
-            let lo = pieces.lo[cluster[0]];
-            let hi = cluster
-                .iter()
-                .map(|&i| pieces.hi[i])
-                .max()
-                .expect("non-empty");
-            let rows = client
-                .query(&stmt, &[&services, &lo, &hi, &customer])
-                .await
-                .map_err(Error::db("reading usage"))?;
+    for (grain, pieces) in sources {
+        // Each cluster with its span (pieces are non-empty, so every span is too).
+        let (clusters, spans): (Vec<Vec<usize>>, Vec<TimeRange>) = pieces
+            .clusters()
+            .into_iter()
+            .filter_map(|c| {
+                let lo = pieces.lo[*c.first()?];
+                let hi = c.iter().map(|&i| pieces.hi[i]).max()?;
+                Some((c, TimeRange::new(lo, hi).ok()?))
+            })
+            .unzip();
+        let rows = store.rollup_rows(who, grain, services, &spans).await?;
+        for (cluster, rows) in clusters.iter().zip(rows) {
             for row in rows {
-                let Some(label) = pieces.label_of(&cluster, row.get(0)) else {
-                    continue;
-                };
-                let agg = Agg {
-                    events: row.get(2),
-                    quantity: num(&row, 3),
-                    min: num(&row, 4),
-                    max: num(&row, 5),
-                };
-                add((label, index[row.get::<_, &str>(1)]), agg);
+                if let Some(label) = pieces.label_of(cluster, row.bucket) {
+                    add((label, row.service), row.totals);
+                }
             }
         }
     }
 
     // Raw events for the sub-hour edges: short pieces, one BRIN-assisted range each.
-    if !raw.label.is_empty() {
-        let who_filter = match who {
-            Who::One(_) => "r.customer_id = $5",
-            Who::All => "$5::text IS NULL",
-        };
-        let sql = format!(
-            "SELECT p.label, r.service, count(*), sum(r.quantity), min(r.quantity), max(r.quantity)
-             FROM unnest($1::timestamptz[], $2::timestamptz[], $3::timestamptz[]) AS p(label, lo, hi)
-             JOIN usage_events r ON r.recorded_at >= p.lo AND r.recorded_at < p.hi
-             WHERE r.service = ANY($4::text[]) AND {who_filter}
-             GROUP BY 1, 2"
-        );
-        let customer = who.customer();
-        let stmt = client
-            .prepare_cached(&sql)
-            .await
-            .map_err(Error::db("preparing a usage query"))?;
-        let rows = client
-            .query(&stmt, &[&raw.label, &raw.lo, &raw.hi, &services, &customer])
-            .await
-            .map_err(Error::db("reading usage"))?;
-        for row in rows {
-            add(
-                (row.get(0), index[row.get::<_, &str>(1)]),
-                Agg {
-                    events: row.get(2),
-                    quantity: num(&row, 3),
-                    min: num(&row, 4),
-                    max: num(&row, 5),
-                },
-            );
-        }
+    let edges: Vec<(DateTime<Utc>, TimeRange)> = (0..raw.label.len())
+        .filter_map(|i| Some((raw.label[i], TimeRange::new(raw.lo[i], raw.hi[i]).ok()?)))
+        .collect();
+    for row in store.raw_totals(who, services, &edges).await? {
+        add((row.bucket, row.service), row.totals);
     }
     Ok(out)
 }
 
 /// Totals keyed by service index only (one label).
-pub(crate) fn by_service(totals: HashMap<Key, Agg>) -> BTreeMap<usize, Agg> {
-    let mut out: BTreeMap<usize, Agg> = BTreeMap::new();
-    for ((_, service), agg) in totals {
-        out.entry(service)
-            .and_modify(|a| a.merge(agg))
-            .or_insert(agg);
+pub(crate) fn by_service(totals: HashMap<Key, Totals>) -> BTreeMap<usize, Totals> {
+    let mut out: BTreeMap<usize, Totals> = BTreeMap::new();
+    for ((_, service), t) in totals {
+        out.entry(service).and_modify(|a| a.merge(t)).or_insert(t);
     }
     out
 }

@@ -6,16 +6,23 @@
 
 use std::{io::IsTerminal, path::PathBuf, process::ExitCode, sync::Arc};
 
+mod compact;
+mod output;
 mod reads;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
-use serde_json::json;
+use clap::{Args, Parser, Subcommand};
+use serde::Serialize;
 use tally::{
-    CustomerId, EventId, ImportFormat, ImportOptions, Metadata, Quantity, Tally, Usage, UsageEvent,
-    Zone,
+    CustomerId, ErrorKind, EventId, Metadata, MigrateReport, PartitionStatus, Quantity, Tally,
+    Usage, UsageEvent, Zone,
     chrono::{DateTime, Utc},
-    parse_instant, track,
+    import::{ImportFormat, ImportOptions, ImportReport},
+    parse_instant,
+    serde_fmt::rfc3339,
+    track,
 };
+
+use output::{Format, Tabular, emit, out};
 
 #[derive(Parser)]
 #[command(
@@ -59,17 +66,11 @@ enum Command {
     Invoice(reads::InvoiceArgs),
 }
 
-#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
-enum Output {
-    Table,
-    Json,
-}
-
 #[derive(Args)]
 struct OutputArg {
     /// Output format.
     #[arg(long, value_enum, default_value = "table")]
-    format: Output,
+    format: Format,
 }
 
 #[derive(Args)]
@@ -85,7 +86,7 @@ struct EventArgs {
     event_id: Option<String>,
     /// Output format.
     #[arg(long, value_enum, default_value = "table")]
-    format: Output,
+    format: Format,
 }
 
 #[derive(Args)]
@@ -197,14 +198,16 @@ pub(crate) enum Failure {
     Usage(String),
     /// Something failed while running: exit 1.
     Runtime(String),
+    /// The reader of stdout went away (`tally … | head`): stop, quietly, exit 0.
+    Quiet,
 }
 
 impl From<tally::Error> for Failure {
     fn from(e: tally::Error) -> Failure {
-        match &e {
-            tally::Error::Invalid(_) => Failure::Usage(e.to_string()),
+        match e.kind() {
+            ErrorKind::Invalid | ErrorKind::ImportRejected => Failure::Usage(e.to_string()),
             _ => {
-                let hint = match e.sqlstate().map(|s| s.code()) {
+                let hint = match e.sqlstate() {
                     Some("42P01" | "42883") => " (is the schema there? run `tally migrate` first)",
                     _ => "",
                 };
@@ -214,7 +217,7 @@ impl From<tally::Error> for Failure {
     }
 }
 
-/// Bad input from the command line.
+/// Bad input from the command line (a value that failed validation).
 pub(crate) fn bad(e: tally::InvalidInput) -> Failure {
     Failure::Usage(e.to_string())
 }
@@ -239,6 +242,7 @@ async fn main() -> ExitCode {
             eprintln!("error: {m}");
             ExitCode::from(1)
         }
+        Err(Failure::Quiet) => ExitCode::SUCCESS,
     }
 }
 
@@ -249,32 +253,18 @@ pub(crate) fn tally_for(url: Option<String>) -> Result<Tally, Failure> {
     Tally::connect(&url).map_err(Failure::from)
 }
 
-fn print_json(v: &serde_json::Value) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(v).expect("JSON values serialize")
-    );
-}
-
 async fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Migrate(o) => {
             let tally = tally_for(cli.database_url)?;
             let report = tally.migrate().await?;
             match o.format {
-                Output::Json => print_json(
-                    &json!({"applied": report.applied, "already_applied": report.already}),
-                ),
-                Output::Table => {
-                    if report.applied.is_empty() {
-                        println!(
-                            "schema up to date ({} migration(s) applied before)",
-                            report.already.len()
-                        );
-                    } else {
-                        println!("applied migration(s) {:?}", report.applied);
-                    }
-                }
+                Format::Table if report.applied.is_empty() => out(format_args!(
+                    "schema up to date ({} migration(s) applied before)\n",
+                    report.already.len()
+                ))?,
+                Format::Table => out(format_args!("applied migration(s) {:?}\n", report.applied))?,
+                f => emit(f, &Migrated(report))?,
             }
         }
         Command::Record(a) => {
@@ -347,16 +337,14 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let tally = tally_for(cli.database_url)?;
             let r = tally.verify().await?;
             match o.format {
-                Output::Json => print_json(&json!({
-                    "events": r.events, "quantity": r.quantity.normalize().to_string(),
-                    "mismatches": r.mismatches, "key_mismatches": r.key_mismatches,
-                })),
-                Output::Table => {
-                    println!("events          {}", r.events);
-                    println!("quantity        {}", r.quantity.normalize());
-                    println!("mismatches      {}", r.mismatches);
-                    println!("key mismatches  {}", r.key_mismatches);
-                }
+                Format::Table => out(format_args!(
+                    "events          {}\nquantity        {}\nmismatches      {}\nkey mismatches  {}\n",
+                    r.events,
+                    r.quantity.normalize(),
+                    r.mismatches,
+                    r.key_mismatches
+                ))?,
+                f => emit(f, &r)?,
             }
             if r.mismatches != 0 || r.key_mismatches != 0 {
                 return Err(Failure::Runtime("rollups differ from raw events".into()));
@@ -370,20 +358,14 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Invoice(a) => reads::invoice(cli.database_url, a).await?,
         Command::Partitions(o) => {
             let tally = tally_for(cli.database_url)?;
-            let s = tally.partition_status().await?;
-            let months: Vec<String> = s
-                .months
-                .iter()
-                .map(|m| m.format("%Y-%m").to_string())
-                .collect();
+            let s = Partitions(tally.partition_status().await?);
             match o.format {
-                Output::Json => {
-                    print_json(&json!({"months": months, "default_rows": s.default_rows}))
-                }
-                Output::Table => {
-                    println!("monthly partitions  {}", months.join(" "));
-                    println!("default partition   {} event(s)", s.default_rows);
-                }
+                Format::Table => out(format_args!(
+                    "monthly partitions  {}\ndefault partition   {} event(s)\n",
+                    s.months(),
+                    s.0.default_rows
+                ))?,
+                f => emit(f, &s)?,
             }
         }
     }
@@ -403,40 +385,126 @@ async fn write_one(tally: &Tally, usage: Usage, a: &EventArgs) -> Result<(), Fai
         event = event.with_id(id.parse::<EventId>().map_err(bad)?);
     }
     let outcome = tally.write(std::slice::from_ref(&event)).await?;
-    let inserted = outcome.inserted == 1;
+    let recorded = Recorded {
+        recorded_at: event.recorded_at,
+        inserted: outcome.inserted == 1,
+        event,
+    };
     match a.format {
-        Output::Json => print_json(&json!({
-            "event_id": event.id.to_string(), "customer_id": event.customer.as_str(), "service": event.service.as_str(),
-            "quantity": event.quantity.to_string(), "recorded_at": rfc3339(event.recorded_at), "inserted": inserted,
-        })),
-        Output::Table => println!(
-            "{} {} {} {} for {} at {}",
-            if inserted {
+        Format::Table => out(format_args!(
+            "{} {} {} {} for {} at {}\n",
+            if recorded.inserted {
                 "recorded"
             } else {
                 "duplicate (already recorded)"
             },
-            event.id,
-            event.quantity,
-            event.service,
-            event.customer,
-            rfc3339(event.recorded_at)
-        ),
+            recorded.event.id,
+            recorded.event.quantity,
+            recorded.event.service,
+            recorded.event.customer,
+            rfc3339(recorded.recorded_at)
+        )),
+        f => emit(f, &recorded),
     }
-    Ok(())
 }
 
-pub(crate) fn rfc3339(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(tally::chrono::SecondsFormat::AutoSi, true)
+/// What `record` and `track` print.
+struct Recorded {
+    event: UsageEvent,
+    recorded_at: DateTime<Utc>,
+    inserted: bool,
+}
+
+impl Serialize for Recorded {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let e = &self.event;
+        let mut st = s.serialize_struct("Recorded", 6)?;
+        st.serialize_field("event_id", &e.id.to_string())?;
+        st.serialize_field("customer_id", e.customer.as_str())?;
+        st.serialize_field("service", e.service.as_str())?;
+        st.serialize_field("quantity", &e.quantity.to_string())?;
+        st.serialize_field("recorded_at", &rfc3339(self.recorded_at))?;
+        st.serialize_field("inserted", &self.inserted)?;
+        st.end()
+    }
+}
+
+impl Tabular for Recorded {
+    fn header(&self) -> &'static [&'static str] {
+        &[
+            "event_id",
+            "customer_id",
+            "service",
+            "quantity",
+            "recorded_at",
+            "inserted",
+        ]
+    }
+
+    fn rows(&self, _table: bool) -> Vec<Vec<String>> {
+        let e = &self.event;
+        vec![vec![
+            e.id.to_string(),
+            e.customer.to_string(),
+            e.service.to_string(),
+            e.quantity.to_string(),
+            rfc3339(self.recorded_at),
+            self.inserted.to_string(),
+        ]]
+    }
+}
+
+/// What `migrate` prints in JSON and CSV.
+#[derive(Serialize)]
+#[serde(transparent)]
+struct Migrated(MigrateReport);
+
+impl Tabular for Migrated {
+    fn header(&self) -> &'static [&'static str] {
+        &["applied", "already_applied"]
+    }
+
+    fn rows(&self, _table: bool) -> Vec<Vec<String>> {
+        let list = |v: &[i32]| v.iter().map(i32::to_string).collect::<Vec<_>>().join(" ");
+        vec![vec![list(&self.0.applied), list(&self.0.already)]]
+    }
+}
+
+/// What `partitions` prints in JSON and CSV.
+#[derive(Serialize)]
+#[serde(transparent)]
+struct Partitions(PartitionStatus);
+
+impl Partitions {
+    fn months(&self) -> String {
+        let months: Vec<String> = self
+            .0
+            .months
+            .iter()
+            .map(|m| m.format("%Y-%m").to_string())
+            .collect();
+        months.join(" ")
+    }
+}
+
+impl Tabular for Partitions {
+    fn header(&self) -> &'static [&'static str] {
+        &["months", "default_rows"]
+    }
+
+    fn rows(&self, _table: bool) -> Vec<Vec<String>> {
+        vec![vec![self.months(), self.0.default_rows.to_string()]]
+    }
 }
 
 async fn import(url: Option<String>, a: ImportArgs) -> Result<(), Failure> {
-    let (mut input, mut output) = (a.input.clone(), Output::Table);
+    let (mut input, mut output) = (a.input.clone(), Format::Table);
     match a.format.as_deref() {
         None => {}
         Some(f @ ("csv" | "ndjson" | "jsonl")) => input = Some(f.to_owned()),
-        Some("json") => output = Output::Json,
-        Some("table") => output = Output::Table,
+        Some("json") => output = Format::Json,
+        Some("table") => output = Format::Table,
         Some(other) => {
             return Err(Failure::Usage(format!(
                 "invalid --format {other:?}: expected csv or ndjson (input) or table or json (summary)"
@@ -444,7 +512,7 @@ async fn import(url: Option<String>, a: ImportArgs) -> Result<(), Failure> {
         }
     }
     let format = match input.as_deref() {
-        Some(f) => f.parse::<ImportFormat>().map_err(|e| Failure::Usage(e.to_string()))?,
+        Some(f) => f.parse::<ImportFormat>().map_err(Failure::from)?,
         None if a.file == "-" => {
             return Err(Failure::Usage("reading stdin: say which format with --format csv|ndjson or --input".into()));
         }
@@ -477,7 +545,7 @@ async fn import(url: Option<String>, a: ImportArgs) -> Result<(), Failure> {
         };
         bar.set_style(
             indicatif::ProgressStyle::with_template("{spinner} {bar:40} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} eta {eta}")
-                .expect("valid template"),
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
         Some(bar)
     } else {
@@ -485,7 +553,7 @@ async fn import(url: Option<String>, a: ImportArgs) -> Result<(), Failure> {
     };
     let progress = bar
         .clone()
-        .map(|b| Arc::new(move |n: u64| b.set_position(n)) as tally::Progress);
+        .map(|b| Arc::new(move |n: u64| b.set_position(n)) as tally::import::Progress);
     let mut options = ImportOptions::new(format);
     options.strict = a.strict;
     options.batch_size = a.batch_size;
@@ -495,46 +563,46 @@ async fn import(url: Option<String>, a: ImportArgs) -> Result<(), Failure> {
     }
     let report = match result {
         Ok(r) => r,
-        Err(tally::Error::Store(e)) => return Err(import_failure(e, output)),
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(import_failure(e, output)),
     };
-    let errors: Vec<_> = report
-        .errors
-        .iter()
-        .map(|e| json!({"line": e.line, "message": e.message}))
-        .collect();
     match output {
-        Output::Json => print_json(&json!({
-            "inserted": report.inserted, "duplicates": report.duplicates, "rejected": report.rejected, "errors": errors,
-        })),
-        Output::Table => {
-            println!("inserted    {}", report.inserted);
-            println!("duplicates  {}", report.duplicates);
-            println!("rejected    {}", report.rejected);
+        Format::Table => {
+            let mut text = format!(
+                "inserted    {}\nduplicates  {}\nrejected    {}\n",
+                report.inserted, report.duplicates, report.rejected
+            );
             for e in &report.errors {
-                println!("  line {}: {}", e.line, e.message);
+                text.push_str(&format!("  line {}: {}\n", e.line, e.message));
             }
+            out(format_args!("{text}"))
         }
+        f => emit(f, &report),
     }
-    Ok(())
 }
 
-fn import_failure(e: tally::StoreError, output: Output) -> Failure {
-    if let tally::StoreError::ImportRejected { errors } = &e {
-        if output == Output::Json {
-            let list: Vec<_> = errors
-                .iter()
-                .map(|e| json!({"line": e.line, "message": e.message}))
-                .collect();
-            print_json(
-                &json!({"inserted": 0, "duplicates": 0, "rejected": errors.len(), "errors": list}),
-            );
-        } else {
-            for l in errors {
+fn import_failure(e: tally::Error, output: Format) -> Failure {
+    if e.kind() != ErrorKind::ImportRejected {
+        return Failure::from(e);
+    }
+    let errors = e.line_errors().to_vec();
+    let shown = match output {
+        Format::Table => {
+            for l in &errors {
                 eprintln!("line {}: {}", l.line, l.message);
             }
+            Ok(())
         }
-        return Failure::Usage(format!("{e}; nothing was imported (--strict)"));
+        f => emit(
+            f,
+            &ImportReport {
+                rejected: errors.len() as u64,
+                errors,
+                ..ImportReport::default()
+            },
+        ),
+    };
+    if let Err(Failure::Quiet) = shown {
+        return Failure::Quiet;
     }
-    Failure::from(tally::Error::Store(e))
+    Failure::Usage(format!("{e}; nothing was imported (--strict)"))
 }

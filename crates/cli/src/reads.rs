@@ -1,29 +1,22 @@
 //! The read commands: report, aggregate, stats, trends, peaks, invoice.
 
-use clap::{Args, ValueEnum};
-use serde_json::{Value, json};
+use clap::Args;
 use tally::{
-    Analytics, CustomerId, Granularity, Over, PriceBook, Service, Tally, TimeRange, Zone,
-    chrono::{DateTime, Datelike, Utc},
-    format_compact, parse_instant, parse_month,
-    rust_decimal::Decimal,
+    CustomerId, Granularity, Limit, Service, Tally, TimeRange, Zone, chrono::Utc, parse_month,
+    pricing::PriceBook, report::Over,
 };
 
-use crate::{Failure, bad, rfc3339, tally_for};
-
-/// Output format of read commands.
-#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
-pub(crate) enum ReadFormat {
-    Table,
-    Json,
-    Csv,
-}
+use crate::{
+    Failure, bad,
+    output::{Format, Peaks, Trends, emit},
+    tally_for,
+};
 
 #[derive(Args)]
 pub(crate) struct Common {
     /// Output format.
     #[arg(long, value_enum, default_value = "table")]
-    format: ReadFormat,
+    format: Format,
     /// Price book (JSON; see docs/cli.md). Default: the built-in per-unit prices.
     #[arg(long)]
     prices: Option<String>,
@@ -130,77 +123,7 @@ pub(crate) struct InvoiceArgs {
     common: Common,
 }
 
-fn dec(d: Decimal) -> String {
-    d.normalize().to_string()
-}
-
-fn money(d: Decimal) -> String {
-    format!("{d:.2}")
-}
-
-fn opt_dec(d: Option<Decimal>) -> Value {
-    d.map_or(Value::Null, |d| Value::String(dec(d)))
-}
-
-fn print_json(v: &Value) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(v).expect("JSON values serialize")
-    );
-}
-
-fn print_csv(header: &[&str], rows: Vec<Vec<String>>) -> Result<(), Failure> {
-    let mut w = csv::Writer::from_writer(std::io::stdout());
-    let err = |e: csv::Error| Failure::Runtime(format!("writing CSV: {e}"));
-    w.write_record(header).map_err(err)?;
-    for r in rows {
-        w.write_record(&r).map_err(err)?;
-    }
-    w.flush()
-        .map_err(|e| Failure::Runtime(format!("writing CSV: {e}")))
-}
-
-fn print_table(header: &[&str], rows: Vec<Vec<String>>) {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-    for r in &rows {
-        for (w, c) in widths.iter_mut().zip(r) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
-    let line = |cells: Vec<String>| {
-        let padded: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        println!("{}", padded.join("  ").trim_end());
-    };
-    line(header.iter().map(|h| h.to_string()).collect());
-    for r in rows {
-        line(r);
-    }
-}
-
-fn emit(
-    format: ReadFormat,
-    json: Value,
-    header: &[&str],
-    rows: Vec<Vec<String>>,
-) -> Result<(), Failure> {
-    match format {
-        ReadFormat::Json => {
-            print_json(&json);
-            Ok(())
-        }
-        ReadFormat::Csv => print_csv(header, rows),
-        ReadFormat::Table => {
-            print_table(header, rows);
-            Ok(())
-        }
-    }
-}
-
-async fn setup(url: Option<String>, common: &Common) -> Result<(Tally, Analytics), Failure> {
+async fn setup(url: Option<String>, common: &Common) -> Result<Tally, Failure> {
     let prices = match &common.prices {
         None => PriceBook::default(),
         Some(path) => {
@@ -213,131 +136,35 @@ async fn setup(url: Option<String>, common: &Common) -> Result<(Tally, Analytics
             book
         }
     };
-    let tally = tally_for(url)?;
-    let analytics = tally.analytics(prices);
-    Ok((tally, analytics))
+    Ok(tally_for(url)?.with_prices(prices))
 }
 
 async fn service(tally: &Tally, name: &str) -> Result<Service, Failure> {
     tally.catalog().await?.service(name).map_err(bad)
 }
 
+async fn opt_service(tally: &Tally, name: &Option<String>) -> Result<Option<Service>, Failure> {
+    match name {
+        Some(s) => Ok(Some(service(tally, s).await?)),
+        None => Ok(None),
+    }
+}
+
 /// `[from, to)` from the flags, defaulting to the current calendar month in `zone`.
 fn range(from: &Option<String>, to: &Option<String>, zone: Zone) -> Result<TimeRange, Failure> {
-    let now = Utc::now();
-    let today = zone.date_of(now);
-    let first = today.with_day(1).expect("day 1 exists");
-    let from = match from {
-        Some(s) => parse_instant("from", s, zone).map_err(bad)?,
-        None => zone.start_of_day(first),
-    };
-    let to = match to {
-        Some(s) => parse_instant("to", s, zone).map_err(bad)?,
-        None => zone.start_of_day(
-            first
-                .checked_add_months(tally::chrono::Months::new(1))
-                .expect("in range"),
-        ),
-    };
-    TimeRange::new(from, to).map_err(bad)
+    TimeRange::from_bounds(from.as_deref(), to.as_deref(), zone, Utc::now()).map_err(bad)
 }
 
 pub(crate) async fn report(url: Option<String>, a: ReportArgs) -> Result<(), Failure> {
     let customer: CustomerId = a.customer.parse().map_err(bad)?;
     let zone: Zone = a.tz.parse().map_err(bad)?;
     let range = range(&a.from, &a.to, zone)?;
-    let (tally, analytics) = setup(url, &a.common).await?;
-    let svc = match &a.service {
-        Some(s) => Some(service(&tally, s).await?),
-        None => None,
-    };
-    let s = analytics
+    let tally = setup(url, &a.common).await?;
+    let svc = opt_service(&tally, &a.service).await?;
+    let s = tally
         .summary(&customer, range, svc.as_ref(), a.detailed.then_some(zone))
-        .await
-        .map_err(tally::Error::from)?;
-    let services: Vec<Value> = s
-        .services
-        .iter()
-        .map(|l| {
-            json!({"service": l.service, "unit": l.unit, "quantity": dec(l.quantity), "events": l.events,
-                   "unit_price": opt_dec(l.unit_price), "amount": money(l.amount)})
-        })
-        .collect();
-    let mut doc = json!({"customer_id": s.customer_id, "from": rfc3339(s.from), "to": rfc3339(s.to),
-                         "services": services, "total_amount": money(s.total_amount)});
-    if let Some(days) = &s.days {
-        doc["days"] = days
-            .iter()
-            .map(|d| json!({"date": d.date.to_string(), "service": d.service, "quantity": dec(d.quantity), "events": d.events}))
-            .collect();
-    }
-    if a.common.format != ReadFormat::Json && a.detailed {
-        let rows = s
-            .days
-            .unwrap_or_default()
-            .into_iter()
-            .map(|d| {
-                vec![
-                    d.date.to_string(),
-                    d.service,
-                    num(a.common.format, d.quantity),
-                    d.events.to_string(),
-                ]
-            })
-            .collect();
-        return emit(
-            a.common.format,
-            doc,
-            &["date", "service", "quantity", "events"],
-            rows,
-        );
-    }
-    let mut rows: Vec<Vec<String>> = s
-        .services
-        .into_iter()
-        .map(|l| {
-            vec![
-                l.service,
-                l.unit,
-                num(a.common.format, l.quantity),
-                l.events.to_string(),
-                l.unit_price.map(dec).unwrap_or_default(),
-                money(l.amount),
-            ]
-        })
-        .collect();
-    if a.common.format == ReadFormat::Table {
-        rows.push(vec![
-            "total".into(),
-            String::new(),
-            String::new(),
-            String::new(),
-            String::new(),
-            money(s.total_amount),
-        ]);
-    }
-    emit(
-        a.common.format,
-        doc,
-        &[
-            "service",
-            "unit",
-            "quantity",
-            "events",
-            "unit_price",
-            "amount",
-        ],
-        rows,
-    )
-}
-
-/// Exact in CSV, compact (1.50M) in tables.
-fn num(format: ReadFormat, d: Decimal) -> String {
-    if format == ReadFormat::Table {
-        format_compact(d)
-    } else {
-        dec(d)
-    }
+        .await?;
+    emit(a.common.format, &s)
 }
 
 pub(crate) async fn aggregate(url: Option<String>, a: AggregateArgs) -> Result<(), Failure> {
@@ -350,217 +177,50 @@ pub(crate) async fn aggregate(url: Option<String>, a: AggregateArgs) -> Result<(
         .transpose()
         .map_err(bad)?;
     let range = range(&a.from, &a.to, zone)?;
-    let (tally, analytics) = setup(url, &a.common).await?;
-    let svc = match &a.service {
-        Some(s) => Some(service(&tally, s).await?),
-        None => None,
-    };
-    let buckets = analytics
+    let tally = setup(url, &a.common).await?;
+    let svc = opt_service(&tally, &a.service).await?;
+    let agg = tally
         .aggregate(customer.as_ref(), range, svc.as_ref(), g, zone)
-        .await
-        .map_err(tally::Error::from)?;
-    let json_buckets: Vec<Value> = buckets
-        .iter()
-        .map(|b| {
-            json!({"bucket": rfc3339(b.bucket), "customer_id": b.customer_id, "service": b.service, "events": b.events,
-                   "quantity": dec(b.quantity), "min": dec(b.min), "max": dec(b.max), "avg": dec(b.avg())})
-        })
-        .collect();
-    let doc = json!({"period": g.to_string(), "tz": zone.name(), "buckets": json_buckets});
-    let f = a.common.format;
-    let rows = buckets
-        .into_iter()
-        .map(|b| {
-            let avg = b.avg();
-            vec![
-                local(b.bucket, zone, f),
-                b.customer_id.unwrap_or_else(|| "*".into()),
-                b.service,
-                b.events.to_string(),
-                num(f, b.quantity),
-                num(f, b.min),
-                num(f, b.max),
-                num(f, avg.round_dp(6)),
-            ]
-        })
-        .collect();
-    emit(
-        f,
-        doc,
-        &[
-            "bucket",
-            "customer_id",
-            "service",
-            "events",
-            "quantity",
-            "min",
-            "max",
-            "avg",
-        ],
-        rows,
-    )
-}
-
-/// A bucket start: RFC 3339 UTC in CSV, local time in tables.
-fn local(t: DateTime<Utc>, zone: Zone, format: ReadFormat) -> String {
-    if format == ReadFormat::Table {
-        t.with_timezone(&zone.tz())
-            .format("%Y-%m-%d %H:%M %Z")
-            .to_string()
-    } else {
-        rfc3339(t)
-    }
+        .await?;
+    emit(a.common.format, &agg)
 }
 
 pub(crate) async fn stats(url: Option<String>, a: StatsArgs) -> Result<(), Failure> {
     let customer: CustomerId = a.customer.parse().map_err(bad)?;
     let over: Over = a.over.parse().map_err(bad)?;
-    let (tally, analytics) = setup(url, &a.common).await?;
+    let tally = setup(url, &a.common).await?;
     let svc = service(&tally, &a.service).await?;
-    let s = analytics
+    let s = tally
         .stats(&customer, &svc, a.days, over, Utc::now())
-        .await
-        .map_err(tally::Error::from)?;
-    let over_name = match s.over {
-        Over::Events => "events",
-        Over::Hour => "hour",
-        Over::Day => "day",
-    };
-    let doc = json!({"customer_id": s.customer_id, "service": s.service, "over": over_name,
-        "from": rfc3339(s.from), "to": rfc3339(s.to), "count": s.count, "total": dec(s.total), "avg": dec(s.avg),
-        "min": dec(s.min), "max": dec(s.max), "median": dec(s.median), "p95": dec(s.p95), "p99": dec(s.p99)});
-    let f = a.common.format;
-    let row = vec![
-        s.count.to_string(),
-        num(f, s.total),
-        num(f, s.avg.round_dp(6)),
-        num(f, s.min),
-        num(f, s.max),
-        num(f, s.median),
-        num(f, s.p95),
-        num(f, s.p99),
-    ];
-    emit(
-        f,
-        doc,
-        &[
-            "count", "total", "avg", "min", "max", "median", "p95", "p99",
-        ],
-        vec![row],
-    )
+        .await?;
+    emit(a.common.format, &s)
 }
 
 pub(crate) async fn trends(url: Option<String>, a: TrendsArgs) -> Result<(), Failure> {
     let customer: CustomerId = a.customer.parse().map_err(bad)?;
     let zone: Zone = a.tz.parse().map_err(bad)?;
-    let (tally, analytics) = setup(url, &a.common).await?;
-    let svc = match &a.service {
-        Some(s) => Some(service(&tally, s).await?),
-        None => None,
-    };
-    let days = analytics
+    let tally = setup(url, &a.common).await?;
+    let svc = opt_service(&tally, &a.service).await?;
+    let days = tally
         .trends(&customer, svc.as_ref(), a.days, zone, Utc::now())
-        .await
-        .map_err(tally::Error::from)?;
-    let doc = json!({"days": days.iter().map(|d| json!({"date": d.date.to_string(), "service": d.service,
-        "total": dec(d.total), "previous": opt_dec(d.previous),
-        "change_pct": d.change_pct.map_or(Value::Null, |c| Value::String(format!("{c:.2}")))})).collect::<Vec<_>>()});
-    let f = a.common.format;
-    let rows = days
-        .into_iter()
-        .map(|d| {
-            vec![
-                d.date.to_string(),
-                d.service,
-                num(f, d.total),
-                d.previous.map(|p| num(f, p)).unwrap_or_default(),
-                d.change_pct
-                    .map(|c| format!("{c:+.2}%"))
-                    .unwrap_or_default(),
-            ]
-        })
-        .collect();
-    emit(
-        f,
-        doc,
-        &["date", "service", "total", "previous", "change_pct"],
-        rows,
-    )
+        .await?;
+    emit(a.common.format, &Trends { days })
 }
 
 pub(crate) async fn peaks(url: Option<String>, a: PeaksArgs) -> Result<(), Failure> {
     let customer: CustomerId = a.customer.parse().map_err(bad)?;
     let by: Granularity = a.by.parse().map_err(bad)?;
-    let limit = u32::try_from(a.limit)
-        .ok()
-        .filter(|n| (1..=10_000).contains(n))
-        .ok_or_else(|| {
-            Failure::Usage(format!(
-                "invalid limit \"{}\": must be from 1 to 10000",
-                a.limit
-            ))
-        })?;
-    let (tally, analytics) = setup(url, &a.common).await?;
+    let limit = Limit::new(a.limit).map_err(bad)?;
+    let tally = setup(url, &a.common).await?;
     let svc = service(&tally, &a.service).await?;
-    let peaks = analytics
-        .peaks(&customer, &svc, by, limit)
-        .await
-        .map_err(tally::Error::from)?;
-    let doc = json!({"peaks": peaks.iter().map(|p| json!({"bucket": rfc3339(p.bucket), "service": p.service,
-        "total": dec(p.total), "events": p.events})).collect::<Vec<_>>()});
-    let f = a.common.format;
-    let rows = peaks
-        .into_iter()
-        .map(|p| {
-            vec![
-                local(p.bucket, Zone::UTC, f),
-                p.service,
-                num(f, p.total),
-                p.events.to_string(),
-            ]
-        })
-        .collect();
-    emit(f, doc, &["bucket", "service", "total", "events"], rows)
+    let peaks = tally.peaks(&customer, &svc, by, limit).await?;
+    emit(a.common.format, &Peaks { peaks })
 }
 
 pub(crate) async fn invoice(url: Option<String>, a: InvoiceArgs) -> Result<(), Failure> {
     let customer: CustomerId = a.customer.parse().map_err(bad)?;
     let period = parse_month("period", &a.period).map_err(bad)?;
-    let (_tally, analytics) = setup(url, &a.common).await?;
-    let inv = analytics
-        .invoice(&customer, period)
-        .await
-        .map_err(tally::Error::from)?;
-    let doc = json!({"customer_id": inv.customer_id, "period_start": rfc3339(inv.period_start),
-        "period_end": rfc3339(inv.period_end), "currency": inv.currency,
-        "lines": inv.lines.iter().map(|l| json!({"service": l.service, "quantity": dec(l.quantity),
-            "billable_quantity": dec(l.billable_quantity), "amount": money(l.amount)})).collect::<Vec<_>>(),
-        "total": money(inv.total)});
-    let f = a.common.format;
-    let mut rows: Vec<Vec<String>> = inv
-        .lines
-        .into_iter()
-        .map(|l| {
-            vec![
-                l.service,
-                num(f, l.quantity),
-                num(f, l.billable_quantity),
-                money(l.amount),
-            ]
-        })
-        .collect();
-    if f == ReadFormat::Table {
-        rows.push(vec![
-            "total".into(),
-            String::new(),
-            String::new(),
-            money(inv.total),
-        ]);
-    }
-    emit(
-        f,
-        doc,
-        &["service", "quantity", "billable_quantity", "amount"],
-        rows,
-    )
+    let tally = setup(url, &a.common).await?;
+    let inv = tally.invoice(&customer, period).await?;
+    emit(a.common.format, &inv)
 }

@@ -49,6 +49,14 @@ impl Error {
             Error::Overflow { .. } => None,
         }
     }
+
+    /// The refused value of a validation error, as given (truncated).
+    pub fn value(&self) -> Option<&str> {
+        match self {
+            Error::Invalid { value, .. } => Some(value),
+            Error::Overflow { .. } => None,
+        }
+    }
 }
 
 /// `Result` with [`Error`] as the default error.

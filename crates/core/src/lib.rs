@@ -3,7 +3,8 @@
 //! No I/O, no async, no database: customer ids, services and meters with their units,
 //! exact quantities and the seed's unit conversions, usage events with UUIDv7 ids,
 //! half-open time ranges and calendar buckets in any IANA zone, price books with
-//! per-unit, package, graduated and volume prices, alert levels and number formatting.
+//! per-unit, package, graduated and volume prices, alert levels, the one rollup
+//! aggregate ([`Totals`]) and how results are written in JSON ([`serde_fmt`]).
 //! Every constructor that takes text from outside validates it and names the field and
 //! the value when it refuses.
 //!
@@ -35,23 +36,26 @@ pub mod convert;
 mod customer;
 mod error;
 mod event;
-mod format;
+mod limit;
 mod pricing;
 mod quantity;
+pub mod serde_fmt;
 mod service;
 mod time;
+mod totals;
 
 pub use alert::{Level, Thresholds};
 pub use customer::CustomerId;
 pub use error::{Error, Result};
 pub use event::{EventId, Metadata, Usage, UsageEvent, track};
-pub use format::format_compact;
+pub use limit::Limit;
 pub use pricing::{
     Line, MONEY_SCALE, Price, PriceBook, PriceModel, PriceVersion, Tier, round_money,
 };
 pub use quantity::Quantity;
 pub use service::{BuiltIn, Catalog, Meter, Service};
 pub use time::{Granularity, TimeRange, Zone, parse_instant, parse_month};
+pub use totals::Totals;
 
 /// Re-exported so users of Tally's types need not pin their own versions.
 pub use chrono;

@@ -80,6 +80,31 @@ impl TimeRange {
     pub fn contains(&self, t: DateTime<Utc>) -> bool {
         self.from <= t && t < self.to
     }
+    /// The range between two optional bounds from outside (`field` names as in
+    /// [`parse_instant`]), each parsed in `zone`. A missing bound defaults to the start
+    /// or end of the calendar month holding `now` in `zone`.
+    pub fn from_bounds(
+        from: Option<&str>,
+        to: Option<&str>,
+        zone: Zone,
+        now: DateTime<Utc>,
+    ) -> Result<TimeRange> {
+        let first = zone.date_of(now).with_day(1).unwrap_or_default();
+        let from = match from {
+            Some(s) => parse_instant("from", s, zone)?,
+            None => zone.start_of_day(first),
+        };
+        let to = match to {
+            Some(s) => parse_instant("to", s, zone)?,
+            None => {
+                let next = first
+                    .checked_add_months(chrono::Months::new(1))
+                    .ok_or_else(|| Error::invalid("to", first, "out of range"))?;
+                zone.start_of_day(next)
+            }
+        };
+        TimeRange::new(from, to)
+    }
 }
 
 /// A bucket size for aggregation.

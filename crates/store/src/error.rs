@@ -1,126 +1,247 @@
-use std::fmt;
+use std::{borrow::Cow, fmt};
 
-use tokio_postgres::error::SqlState;
+use crate::LineError;
 
-/// What went wrong in `tally-store`.
+/// Any error Tally returns (re-exported by the facade as `tally::Error`).
 ///
-/// Database errors keep the server's message, detail and SQLSTATE in their `Display`
-/// (tokio-postgres' own `Display` shows only "db error"), and [`Error::sqlstate`] gives
-/// the code to programs.
-#[derive(Debug, thiserror::Error)]
+/// Opaque, in the style of tokio-postgres: [`Error::kind`] says what sort of failure
+/// it is, the accessors give its parts ([`Error::field`] and [`Error::value`] for bad
+/// input, [`Error::sqlstate`] and [`Error::db_message`] for database errors), and
+/// [`Error::is_transient`] says whether the same call may succeed later. Database
+/// errors keep the server's message, detail and SQLSTATE in their `Display`
+/// (tokio-postgres' own `Display` shows only "db error").
+pub struct Error(Box<Repr>);
+
+/// What sort of failure an [`Error`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
-pub enum Error {
-    /// PostgreSQL (or the connection to it) failed.
-    #[error("{context}: {}", DbMessage(source))]
+pub enum ErrorKind {
+    /// A value from outside failed validation; [`Error::field`] and [`Error::value`]
+    /// name it. Retrying the same value fails again.
+    Invalid,
+    /// A setting (URL, environment variable, pool size) is not usable.
+    Config,
+    /// PostgreSQL refused a statement ([`Error::sqlstate`] has its code).
+    Database,
+    /// No connection to PostgreSQL could be had or kept.
+    Connection,
+    /// The schema's migrations do not match this build.
+    Migration,
+    /// A file could not be read or written.
+    Io,
+    /// A strict import found bad lines and imported nothing ([`Error::line_errors`]).
+    ImportRejected,
+    /// The recorder was closed; no more events are accepted.
+    Closed,
+    /// A bounded wait ran out before the work was done.
+    Timeout,
+}
+
+#[derive(Debug)]
+enum Repr {
+    Invalid(tally_core::Error),
     Db {
-        /// What Tally was doing.
         context: &'static str,
-        /// The driver's error.
-        #[source]
         source: tokio_postgres::Error,
     },
-    /// No connection could be had from the pool.
-    #[error("{context}: connection pool: {message}")]
     Pool {
-        /// What Tally was doing.
         context: &'static str,
-        /// The pool's message.
         message: String,
     },
-    /// The database URL or a setting is not usable.
-    #[error("invalid {field} {value:?}: {reason}")]
     Config {
-        /// The setting (`"database_url"`, `"USAGE_BATCH_SIZE"`, ...).
         field: &'static str,
-        /// Its value.
         value: String,
-        /// Why it was refused.
         reason: String,
     },
-    /// A value failed domain validation.
-    #[error(transparent)]
-    Invalid(#[from] tally_core::Error),
-    /// An applied migration's file changed since it was applied.
-    #[error(
-        "migration {version} ({name}) changed after it was applied: checksum {applied} in the database, {embedded} in this build"
-    )]
     ChecksumMismatch {
-        /// Migration number.
         version: i32,
-        /// File name.
         name: String,
-        /// Checksum recorded when applied.
         applied: String,
-        /// Checksum of the embedded file.
         embedded: String,
     },
-    /// The database has migrations this build does not know (a newer Tally ran).
-    #[error(
-        "the database has migration {version}, which this build of Tally does not know; upgrade Tally"
-    )]
     UnknownMigration {
-        /// The unknown migration's number.
         version: i32,
     },
-    /// A file could not be read or written.
-    #[error("{context}: {source}")]
     Io {
-        /// What Tally was doing.
-        context: String,
-        /// The I/O error.
-        #[source]
+        context: Cow<'static, str>,
         source: std::io::Error,
     },
-    /// A strict import found bad lines; nothing was imported.
-    #[error("import rejected: {} bad line(s), first at line {}: {}", .errors.len(), .errors[0].line, .errors[0].message)]
     ImportRejected {
-        /// Every bad line.
-        errors: Vec<crate::LineError>,
+        errors: Vec<LineError>,
     },
-    /// The recorder was closed; no more events are accepted.
-    #[error("the recorder is closed")]
     Closed,
+    Timeout {
+        what: &'static str,
+    },
 }
 
 impl Error {
+    fn new(repr: Repr) -> Error {
+        Error(Box::new(repr))
+    }
+
     pub(crate) fn db(context: &'static str) -> impl FnOnce(tokio_postgres::Error) -> Error {
-        move |source| Error::Db { context, source }
+        move |source| Error::new(Repr::Db { context, source })
     }
 
     pub(crate) fn pool(
         context: &'static str,
     ) -> impl FnOnce(deadpool_postgres::PoolError) -> Error {
         move |e| match e {
-            deadpool_postgres::PoolError::Backend(source) => Error::Db { context, source },
-            other => Error::Pool {
+            deadpool_postgres::PoolError::Backend(source) => {
+                Error::new(Repr::Db { context, source })
+            }
+            other => Error::new(Repr::Pool {
                 context,
                 message: other.to_string(),
-            },
+            }),
         }
     }
 
-    /// The SQLSTATE of a database error.
-    pub fn sqlstate(&self) -> Option<&SqlState> {
-        match self {
-            Error::Db { source, .. } => source.code(),
+    pub(crate) fn config(
+        field: &'static str,
+        value: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> Error {
+        Error::new(Repr::Config {
+            field,
+            value: value.into(),
+            reason: reason.into(),
+        })
+    }
+
+    /// Bad input from outside, naming the field and the value.
+    pub(crate) fn invalid(
+        field: &'static str,
+        value: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> Error {
+        Error::new(Repr::Invalid(tally_core::Error::Invalid {
+            field,
+            value: value.into(),
+            reason: reason.into(),
+        }))
+    }
+
+    pub(crate) fn checksum_mismatch(
+        version: i32,
+        name: &str,
+        applied: String,
+        embedded: String,
+    ) -> Error {
+        Error::new(Repr::ChecksumMismatch {
+            version,
+            name: name.to_owned(),
+            applied,
+            embedded,
+        })
+    }
+
+    pub(crate) fn unknown_migration(version: i32) -> Error {
+        Error::new(Repr::UnknownMigration { version })
+    }
+
+    pub(crate) fn io(context: impl Into<Cow<'static, str>>, source: std::io::Error) -> Error {
+        Error::new(Repr::Io {
+            context: context.into(),
+            source,
+        })
+    }
+
+    pub(crate) fn import_rejected(errors: Vec<LineError>) -> Error {
+        Error::new(Repr::ImportRejected { errors })
+    }
+
+    pub(crate) fn closed() -> Error {
+        Error::new(Repr::Closed)
+    }
+
+    pub(crate) fn timeout(what: &'static str) -> Error {
+        Error::new(Repr::Timeout { what })
+    }
+
+    /// What sort of failure this is.
+    pub fn kind(&self) -> ErrorKind {
+        match &*self.0 {
+            Repr::Invalid(_) => ErrorKind::Invalid,
+            Repr::Db { source, .. } if source.as_db_error().is_some() => ErrorKind::Database,
+            Repr::Db { .. } | Repr::Pool { .. } => ErrorKind::Connection,
+            Repr::Config { .. } => ErrorKind::Config,
+            Repr::ChecksumMismatch { .. } | Repr::UnknownMigration { .. } => ErrorKind::Migration,
+            Repr::Io { .. } => ErrorKind::Io,
+            Repr::ImportRejected { .. } => ErrorKind::ImportRejected,
+            Repr::Closed => ErrorKind::Closed,
+            Repr::Timeout { .. } => ErrorKind::Timeout,
+        }
+    }
+
+    /// The field (or setting) a bad-input or configuration error is about:
+    /// `"customer_id"`, `"quantity"`, `"USAGE_BATCH_SIZE"`, ...
+    pub fn field(&self) -> Option<&str> {
+        match &*self.0 {
+            Repr::Invalid(e) => e.field(),
+            Repr::Config { field, .. } => Some(field),
+            _ => None,
+        }
+    }
+
+    /// The refused value of a bad-input or configuration error, as given.
+    pub fn value(&self) -> Option<&str> {
+        match &*self.0 {
+            Repr::Invalid(e) => e.value(),
+            Repr::Config { value, .. } => Some(value),
+            _ => None,
+        }
+    }
+
+    /// The five-character SQLSTATE of a database error (`"23505"`, `"57P01"`).
+    pub fn sqlstate(&self) -> Option<&str> {
+        match &*self.0 {
+            Repr::Db { source, .. } => source.code().map(|c| c.code()),
             _ => None,
         }
     }
 
     /// The server's message of a database error.
     pub fn db_message(&self) -> Option<&str> {
-        match self {
-            Error::Db { source, .. } => source.as_db_error().map(|e| e.message()),
+        match &*self.0 {
+            Repr::Db { source, .. } => source.as_db_error().map(|e| e.message()),
             _ => None,
         }
     }
 
-    /// Whether retrying the same operation later may succeed (connection trouble,
-    /// server shutdown, serialization failures), as opposed to a bad request.
+    /// The lines a strict import rejected (empty for other errors).
+    pub fn line_errors(&self) -> &[LineError] {
+        match &*self.0 {
+            Repr::ImportRejected { errors } => errors,
+            _ => &[],
+        }
+    }
+
+    /// The migration a [`ErrorKind::Migration`] error is about.
+    pub fn migration_version(&self) -> Option<i32> {
+        match &*self.0 {
+            Repr::ChecksumMismatch { version, .. } | Repr::UnknownMigration { version } => {
+                Some(*version)
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether the same call may succeed later: no connection could be had or it was
+    /// cut, the server is starting or shutting down (SQLSTATE class 57) or out of
+    /// resources — disk full, out of memory, too many connections (class 53) — or the
+    /// transaction lost a serialization race or a deadlock (40001, 40P01), or a
+    /// bounded wait ran out. Everything else — bad input, a value or constraint the
+    /// server refused, a missing schema, a read-only database, a migration mismatch —
+    /// fails the same way every time and is permanent.
+    ///
+    /// The recorder retries transient failures with backoff and isolates the events
+    /// of a permanent one (see `Recorder`).
     pub fn is_transient(&self) -> bool {
-        match self {
-            Error::Pool { .. } => true,
-            Error::Db { source, .. } => match source.code() {
+        match &*self.0 {
+            Repr::Pool { .. } | Repr::Timeout { .. } => true,
+            Repr::Db { source, .. } => match source.code() {
                 None => true, // I/O or closed connection
                 Some(code) => {
                     let c = code.code();
@@ -132,6 +253,67 @@ impl Error {
                 }
             },
             _ => false,
+        }
+    }
+}
+
+impl From<tally_core::Error> for Error {
+    fn from(e: tally_core::Error) -> Error {
+        Error::new(Repr::Invalid(e))
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &*self.0 {
+            Repr::Invalid(e) => e.fmt(f),
+            Repr::Db { context, source } => write!(f, "{context}: {}", DbMessage(source)),
+            Repr::Pool { context, message } => write!(f, "{context}: connection pool: {message}"),
+            Repr::Config {
+                field,
+                value,
+                reason,
+            } => write!(f, "invalid {field} {value:?}: {reason}"),
+            Repr::ChecksumMismatch {
+                version,
+                name,
+                applied,
+                embedded,
+            } => write!(
+                f,
+                "migration {version} ({name}) changed after it was applied: checksum {applied} in the database, {embedded} in this build"
+            ),
+            Repr::UnknownMigration { version } => write!(
+                f,
+                "the database has migration {version}, which this build of Tally does not know; upgrade Tally"
+            ),
+            Repr::Io { context, source } => write!(f, "{context}: {source}"),
+            Repr::ImportRejected { errors } => {
+                write!(f, "import rejected: {} bad line(s)", errors.len())?;
+                if let Some(first) = errors.first() {
+                    write!(f, ", first at line {}: {}", first.line, first.message)?;
+                }
+                Ok(())
+            }
+            Repr::Closed => f.write_str("the recorder is closed"),
+            Repr::Timeout { what } => write!(f, "timed out {what}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &*self.0 {
+            Repr::Invalid(e) => Some(e),
+            Repr::Db { source, .. } => Some(source),
+            Repr::Io { source, .. } => Some(source),
+            _ => None,
         }
     }
 }

@@ -8,7 +8,7 @@ use std::{
     sync::Arc,
 };
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 use tally_core::{
@@ -16,7 +16,10 @@ use tally_core::{
 };
 use tokio::sync::mpsc;
 
-use crate::{Error, Result, Store, ingest::WriteOutcome};
+use crate::{
+    Error, Result, Store,
+    ingest::{Lane, WriteOutcome},
+};
 
 /// The format of an import file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,11 +48,7 @@ impl FromStr for ImportFormat {
         match s {
             "csv" => Ok(ImportFormat::Csv),
             "ndjson" | "jsonl" => Ok(ImportFormat::Ndjson),
-            _ => Err(Error::Config {
-                field: "format",
-                value: s.to_owned(),
-                reason: "expected csv or ndjson".into(),
-            }),
+            _ => Err(Error::invalid("format", s, "expected csv or ndjson")),
         }
     }
 }
@@ -78,7 +77,7 @@ impl ImportOptions {
 }
 
 /// A rejected line.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LineError {
     /// 1-based line number in the file (for CSV, where the record starts).
     pub line: u64,
@@ -87,7 +86,7 @@ pub struct LineError {
 }
 
 /// What an import did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct ImportReport {
     /// Events newly stored.
     pub inserted: u64,
@@ -129,21 +128,15 @@ impl Store {
 
         let mut report = ImportReport::default();
         let mut total = WriteOutcome::default();
-        let mut client = None;
-        let mut tx_strict = None;
-        if options.strict {
-            client = Some(self.pool().get().await.map_err(Error::pool("importing"))?);
-        }
-        if let Some(c) = client.as_mut() {
-            tx_strict = Some(
-                c.transaction()
-                    .await
-                    .map_err(Error::db("starting an import"))?,
-            );
-        }
+        // Strict: one transaction that stages every batch and applies them all in one
+        // statement at the end, so it holds no row lock while the file is read (and
+        // cannot deadlock with other writers). Lenient: each batch commits on its own.
+        let mut load = match options.strict {
+            true => Some(self.ingest().begin(Lane::next()).await?),
+            false => None,
+        };
         let mut fatal = None;
-        // One lane for the whole strict import: its transaction holds its rows anyway.
-        let lane = crate::ingest::next_lane();
+        let mut staged = 0u64;
         while let Some(item) = rx.recv().await {
             match item {
                 Parsed::Batch(batch) => {
@@ -151,12 +144,12 @@ impl Store {
                     if options.strict && report.rejected > 0 {
                         continue;
                     }
-                    self.partitions().ensure_for(self.pool(), &batch).await?;
-                    match &tx_strict {
-                        Some(tx) => {
-                            total.add(crate::ingest::write_batch(tx, &batch, true, lane).await?)
+                    match load.as_mut() {
+                        Some(load) => {
+                            load.stage(&batch).await?;
+                            staged += batch.len() as u64;
                         }
-                        None => total.add(self.write(&batch).await?),
+                        None => total.add(self.ingest().write(&batch, Lane::next()).await?),
                     }
                 }
                 Parsed::Bad(e) => {
@@ -168,24 +161,25 @@ impl Store {
                 Parsed::Fatal(e) => fatal = Some(e),
             }
         }
-        parser.await.map_err(|e| Error::Io {
-            context: "import parser".into(),
-            source: std::io::Error::other(e),
-        })?;
+        parser
+            .await
+            .map_err(|e| Error::io("import parser", std::io::Error::other(e)))?;
         if let Some(e) = fatal {
             return Err(e);
         }
         if options.strict && report.rejected > 0 {
             // Dropping the transaction rolls it back: nothing of the file stays.
-            drop(tx_strict);
-            return Err(Error::ImportRejected {
-                errors: report.errors,
-            });
+            drop(load);
+            return Err(Error::import_rejected(report.errors));
         }
-        if let Some(tx) = tx_strict {
-            tx.commit()
-                .await
-                .map_err(Error::db("committing an import"))?;
+        if let Some(mut load) = load {
+            let (inserted, quantity) = load.apply_staged().await?;
+            load.commit().await?;
+            total.add(WriteOutcome {
+                inserted,
+                duplicates: staged - inserted,
+                quantity,
+            });
         }
         report.inserted = total.inserted;
         report.duplicates = total.duplicates;
@@ -233,7 +227,9 @@ impl IdDeriver {
             e.metadata.as_str()
         );
         let digest = Sha256::digest(canonical.as_bytes());
-        let key = u64::from_le_bytes(digest[..8].try_into().expect("8 bytes"));
+        let key = digest
+            .first_chunk::<8>()
+            .map_or(0, |b| u64::from_le_bytes(*b));
         let n = self.seen.entry(key).or_insert(0);
         *n += 1;
         EventId::derived(format!("{canonical}\u{1f}{n}").as_bytes())
@@ -374,11 +370,11 @@ fn parse<R: Read>(
                     .filter(|c| col(c).is_none())
                     .collect();
                 emit(
-                    Parsed::Fatal(Error::Config {
-                        field: "import header",
-                        value: headers.iter().collect::<Vec<_>>().join(","),
-                        reason: format!("missing column(s): {}", missing.join(", ")),
-                    }),
+                    Parsed::Fatal(Error::invalid(
+                        "import header",
+                        headers.iter().collect::<Vec<_>>().join(","),
+                        format!("missing column(s): {}", missing.join(", ")),
+                    )),
                     &mut batch,
                 );
                 return;
@@ -416,10 +412,10 @@ fn parse<R: Read>(
                         let line = e.position().map_or(line_hint, |p| p.line());
                         if let csv::ErrorKind::Io(_) = e.kind() {
                             emit(
-                                Parsed::Fatal(Error::Io {
-                                    context: "reading the import file".into(),
-                                    source: std::io::Error::other(e.to_string()),
-                                }),
+                                Parsed::Fatal(Error::io(
+                                    "reading the import file",
+                                    std::io::Error::other(e.to_string()),
+                                )),
                                 &mut batch,
                             );
                             return;
@@ -448,10 +444,7 @@ fn parse<R: Read>(
                     Ok(_) => {}
                     Err(e) => {
                         emit(
-                            Parsed::Fatal(Error::Io {
-                                context: format!("reading line {}", line + 1),
-                                source: e,
-                            }),
+                            Parsed::Fatal(Error::io(format!("reading line {}", line + 1), e)),
                             &mut batch,
                         );
                         return;

@@ -1,27 +1,30 @@
 //! The one write path: binary COPY into a staging table, then one statement that
 //! claims the dedupe keys, inserts the new events and upserts the rollups from exactly
-//! the rows it inserted. The recorder and import both use it.
+//! the rows it inserted. `Store::write`, the recorder and import all use it.
 
 use std::{
     collections::{BTreeMap, HashSet},
     error::Error as StdError,
-    sync::atomic::{AtomicU64, Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use bytes::{BufMut, BytesMut};
-use deadpool_postgres::Transaction;
+use deadpool_postgres::Pool;
 use rust_decimal::Decimal;
-use tally_core::UsageEvent;
+use tally_core::{Totals, UsageEvent};
 use tokio_postgres::{
     binary_copy::BinaryCopyInWriter,
     error::SqlState,
     types::{IsNull, ToSql, Type, WrongType},
 };
 
-use crate::{Error, Result};
+use crate::{Error, Result, partitions::Partitions};
 
 /// What writing a batch did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -55,8 +58,9 @@ const STAGE_TYPES: [Type; 6] = [
     Type::JSONB,
 ];
 
-// How a rollup row absorbs a delta, the same for every rollup: counts and sums add,
-// min and max widen.
+// How a rollup row absorbs a delta, the same for every rollup: the rule of
+// `tally_core::Totals::merge` (counts and sums add, min and max widen). The tables are
+// listed in `rollup.rs`, where `verify` recomputes them by the same rule.
 macro_rules! merge {
     ($key:literal) => {
         concat!(
@@ -168,11 +172,18 @@ SELECT (SELECT count(*) FROM keys), (SELECT count(*) FROM ins), (SELECT count(*)
 );
 
 // Slow path: claims keys with ON CONFLICT DO NOTHING, waiting for concurrent writers
-// of the same keys to commit, and inserts only the events whose keys it claimed.
-const SAFE_SQL: &str = concat!(
-    "WITH new_keys AS (
+// of the same keys to commit, and inserts only the events whose keys it claimed. It
+// reads the whole stage (a key staged twice keeps its first row: the stage is only
+// appended to within a transaction, so ctid order is arrival order), so an
+// all-or-nothing load can stage many batches and apply them in this one statement,
+// taking its row locks in the global order like every other writer.
+const APPLY_STAGED_SQL: &str = concat!(
+    "WITH staged AS (
+    SELECT DISTINCT ON (event_id, customer_id) event_id, customer_id, service, quantity, recorded_at, metadata
+    FROM tally_stage ORDER BY event_id, customer_id, ctid
+), new_keys AS (
     INSERT INTO usage_event_keys (event_id, customer_id)
-    SELECT event_id, customer_id FROM tally_stage ORDER BY event_id, customer_id
+    SELECT event_id, customer_id FROM staged ORDER BY event_id, customer_id
     ON CONFLICT DO NOTHING
     RETURNING event_id, customer_id
 ), keys AS (
@@ -180,51 +191,192 @@ const SAFE_SQL: &str = concat!(
 ), ins AS (
     INSERT INTO usage_events (event_id, customer_id, service, quantity, recorded_at, metadata)
     SELECT s.event_id, s.customer_id, s.service, s.quantity, s.recorded_at, s.metadata
-    FROM tally_stage s JOIN new_keys k ON k.event_id = s.event_id AND k.customer_id = s.customer_id
+    FROM staged s JOIN new_keys k ON k.event_id = s.event_id AND k.customer_id = s.customer_id
     RETURNING customer_id, service, quantity, recorded_at
 ), ",
     rollup_upserts!()
 );
 
-/// Lanes of the all-customer rollup (`usage_hourly_total.lane`).
+const DEAD_LETTER_SQL: &str = "INSERT INTO usage_dead_letters
+    (event_id, customer_id, service, quantity, recorded_at, metadata, error, sqlstate)
+    SELECT u.*, $7::text, $8::text
+    FROM unnest($1::uuid[], $2::text[], $3::text[], $4::numeric[], $5::timestamptz[], $6::text[]) AS u";
+
+/// Lanes of the all-customer rollup. The one place the count is written: the
+/// schema's `CHECK` on `usage_hourly_total.lane` is tested against it.
 pub(crate) const LANES: i16 = 8;
 
-/// A lane for a one-off write: round robin, so concurrent writers rarely share one.
-pub(crate) fn next_lane() -> i16 {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    (NEXT.fetch_add(1, Ordering::Relaxed) % LANES as u64) as i16
+/// A writer's lane of the all-customer rollup (`usage_hourly_total.lane`): writers on
+/// different lanes never update the same rollup row, so they do not wait for each
+/// other's commits there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Lane(i16);
+
+impl Lane {
+    /// The next lane, round robin over the process.
+    pub(crate) fn next() -> Lane {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        Lane((NEXT.fetch_add(1, Ordering::Relaxed) % LANES as u64) as i16)
+    }
 }
 
-/// Writes `events` exactly once inside `tx`: events already stored (same customer and
-/// id) are skipped, the rest are inserted and added to the rollups. Nothing is
-/// visible until `tx` commits. With `clear_stage`, the staging table is emptied
-/// afterwards so the same transaction can write another batch. `lane` picks the
-/// writer's rows of the all-customer rollup (see [`next_lane`]).
-pub(crate) async fn write_batch(
-    tx: &Transaction<'_>,
-    events: &[UsageEvent],
-    clear_stage: bool,
-    lane: i16,
-) -> Result<WriteOutcome> {
-    if events.is_empty() {
-        return Ok(WriteOutcome::default());
-    }
-    let exists: bool = tx
-        .query_one("SELECT to_regclass('pg_temp.tally_stage') IS NOT NULL", &[])
-        .await
-        .map_err(Error::db("looking for the staging table"))?
-        .get(0);
-    if !exists {
-        tx.batch_execute(STAGE_DDL)
-            .await
-            .map_err(Error::db("creating the staging table"))?;
+/// The write path: the pool and the partition cache. Everything that stores events —
+/// [`crate::Store::write`], the recorder's writers and import — goes through
+/// [`Ingest::write`] or, for an all-or-nothing load, [`Ingest::begin`].
+#[derive(Clone)]
+pub(crate) struct Ingest {
+    pool: Pool,
+    // For connections outside the pool (partition creation).
+    config: Arc<tokio_postgres::Config>,
+    partitions: Arc<Partitions>,
+}
+
+impl Ingest {
+    pub(crate) fn new(pool: Pool, config: tokio_postgres::Config) -> Ingest {
+        Ingest {
+            pool,
+            config: Arc::new(config),
+            partitions: Arc::new(Partitions::default()),
+        }
     }
 
-    // A key repeated inside the batch is the same event: keep its first occurrence.
-    let mut seen = HashSet::with_capacity(events.len());
-    let mut unique = Vec::with_capacity(events.len());
-    {
-        let sink = tx
+    /// Makes sure the months of the current one and a few ahead have partitions.
+    pub(crate) async fn ensure_partitions_ahead(&self) -> Result<()> {
+        self.partitions.ensure_ahead(&self.config).await.map(drop)
+    }
+
+    pub(crate) fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// Writes `events` exactly once, in one transaction: events already stored (same
+    /// customer and id), or repeated within `events`, are skipped; the rest and their
+    /// rollups commit together.
+    pub(crate) async fn write(&self, events: &[UsageEvent], lane: Lane) -> Result<WriteOutcome> {
+        if events.is_empty() {
+            return Ok(WriteOutcome::default());
+        }
+        let mut tx = self.begin(lane).await?;
+        let unique = tx.stage(events).await?;
+        let (inserted, quantity) = tx.apply(&unique).await?;
+        tx.commit().await?;
+        Ok(WriteOutcome {
+            inserted,
+            duplicates: events.len() as u64 - inserted,
+            quantity,
+        })
+    }
+
+    /// Starts a transaction on the write path. Nothing it stages is visible until
+    /// [`IngestTx::commit`]; dropping it rolls everything back.
+    pub(crate) async fn begin(&self, lane: Lane) -> Result<IngestTx> {
+        let client = self
+            .pool
+            .get()
+            .await
+            .map_err(Error::pool("writing events"))?;
+        let tx = IngestTx {
+            client: Some(client),
+            ingest: self.clone(),
+            lane,
+            staged: 0,
+        };
+        tx.client()?
+            // Sorts of a 100 000-event batch spill to disk at the default 4 MB.
+            .batch_execute("BEGIN; SET LOCAL work_mem = '64MB'")
+            .await
+            .map_err(Error::db("starting a write"))?;
+        Ok(tx)
+    }
+
+    /// Stores events that cannot be written (a permanent error) in the dead-letter
+    /// table with the reason, in one transaction of their own.
+    pub(crate) async fn dead_letter(&self, events: &[UsageEvent], error: &Error) -> Result<()> {
+        let client = self
+            .pool
+            .get()
+            .await
+            .map_err(Error::pool("storing dead letters"))?;
+        let ids: Vec<Uuid> = events.iter().map(|e| e.id.uuid()).collect();
+        let customers: Vec<&str> = events.iter().map(|e| e.customer.as_str()).collect();
+        let services: Vec<&str> = events.iter().map(|e| e.service.as_str()).collect();
+        let quantities: Vec<Decimal> = events.iter().map(|e| e.quantity.value()).collect();
+        let times: Vec<DateTime<Utc>> = events.iter().map(|e| e.recorded_at).collect();
+        let metadata: Vec<&str> = events.iter().map(|e| e.metadata.as_str()).collect();
+        client
+            .execute(
+                DEAD_LETTER_SQL,
+                &[
+                    &ids,
+                    &customers,
+                    &services,
+                    &quantities,
+                    &times,
+                    &metadata,
+                    &error.to_string(),
+                    &error.sqlstate(),
+                ],
+            )
+            .await
+            .map_err(Error::db("storing dead letters"))?;
+        Ok(())
+    }
+}
+
+/// A transaction on the write path, on a connection of its own. Batches are staged
+/// with [`IngestTx::stage`], then applied: one batch by [`IngestTx::apply`] (the fast
+/// path), or everything staged by [`IngestTx::apply_staged`].
+pub(crate) struct IngestTx {
+    // Taken by commit; still here on drop means "roll back".
+    client: Option<deadpool_postgres::Client>,
+    ingest: Ingest,
+    lane: Lane,
+    staged: u64,
+}
+
+impl Drop for IngestTx {
+    fn drop(&mut self) {
+        // Not committed: close the connection instead of returning it to the pool in
+        // the middle of a transaction. The server rolls the transaction back.
+        if let Some(client) = self.client.take() {
+            drop(deadpool_postgres::Object::take(client));
+        }
+    }
+}
+
+impl IngestTx {
+    fn client(&self) -> Result<&deadpool_postgres::Client> {
+        self.client.as_ref().ok_or_else(Error::closed)
+    }
+
+    /// Copies `events` into the transaction's staging table by binary COPY, after
+    /// making sure their months have partitions. A key repeated inside `events` is
+    /// the same event: its first occurrence is kept. Returns the events staged.
+    pub(crate) async fn stage<'e>(
+        &mut self,
+        events: &'e [UsageEvent],
+    ) -> Result<Vec<&'e UsageEvent>> {
+        self.ingest
+            .partitions
+            .ensure_for(&self.ingest.config, events)
+            .await?;
+        let client = self.client()?;
+        if self.staged == 0 {
+            let exists: bool = client
+                .query_one("SELECT to_regclass('pg_temp.tally_stage') IS NOT NULL", &[])
+                .await
+                .map_err(Error::db("looking for the staging table"))?
+                .get(0);
+            if !exists {
+                client
+                    .batch_execute(STAGE_DDL)
+                    .await
+                    .map_err(Error::db("creating the staging table"))?;
+            }
+        }
+        let mut seen = HashSet::with_capacity(events.len());
+        let mut unique = Vec::with_capacity(events.len());
+        let sink = client
             .copy_in("COPY tally_stage (event_id, customer_id, service, quantity, recorded_at, metadata) FROM STDIN BINARY")
             .await
             .map_err(Error::db("starting COPY into the staging table"))?;
@@ -256,91 +408,108 @@ pub(crate) async fn write_batch(
             .finish()
             .await
             .map_err(Error::db("finishing COPY"))?;
+        self.staged += unique.len() as u64;
+        Ok(unique)
     }
 
-    // Sorts of a 100 000-event batch spill to disk at the default 4 MB.
-    tx.batch_execute("SET LOCAL work_mem = '64MB'; SAVEPOINT tally_fast")
-        .await
-        .map_err(Error::db("preparing a batch"))?;
-    let (inserted, quantity) = match insert_new(tx, &unique, lane).await {
-        Ok(r) => {
-            tx.batch_execute("RELEASE SAVEPOINT tally_fast")
-                .await
-                .map_err(Error::db("releasing the savepoint"))?;
-            r
-        }
-        Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
-            tracing::debug!(
-                "a concurrent writer stored some of the same events; taking the slow path"
-            );
-            tx.batch_execute("ROLLBACK TO SAVEPOINT tally_fast")
-                .await
-                .map_err(Error::db("rolling back to the savepoint"))?;
-            let safe = tx
-                .prepare_cached(SAFE_SQL)
-                .await
-                .map_err(Error::db("preparing the ingest statement"))?;
-            let row = tx
-                .query_one(&safe, &[&lane])
-                .await
-                .map_err(Error::db("applying a batch"))?;
-            (row.get::<_, i64>(0) as u64, row.get(1))
-        }
-        Err(e) => return Err(Error::db("applying a batch")(e)),
-    };
-    if clear_stage {
-        tx.batch_execute("TRUNCATE tally_stage")
+    /// Applies one staged batch (`unique`, as [`IngestTx::stage`] returned it): the
+    /// fast path, falling back to [`IngestTx::apply_staged`] when a concurrent writer
+    /// claimed some of the same keys meanwhile. Returns the events inserted and their
+    /// total quantity.
+    pub(crate) async fn apply(&mut self, unique: &[&UsageEvent]) -> Result<(u64, Decimal)> {
+        let client = self.client()?;
+        client
+            .batch_execute("SAVEPOINT tally_fast")
             .await
-            .map_err(Error::db("clearing the staging table"))?;
+            .map_err(Error::db("preparing a batch"))?;
+        match insert_new(client, unique, self.lane).await {
+            Ok(r) => {
+                client
+                    .batch_execute("RELEASE SAVEPOINT tally_fast")
+                    .await
+                    .map_err(Error::db("releasing the savepoint"))?;
+                Ok(r)
+            }
+            Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+                tracing::debug!(
+                    "a concurrent writer stored some of the same events; taking the slow path"
+                );
+                client
+                    .batch_execute("ROLLBACK TO SAVEPOINT tally_fast")
+                    .await
+                    .map_err(Error::db("rolling back to the savepoint"))?;
+                self.apply_staged().await
+            }
+            Err(e) => Err(Error::db("applying a batch")(e)),
+        }
     }
-    Ok(WriteOutcome {
-        inserted,
-        duplicates: events.len() as u64 - inserted,
-        quantity,
-    })
+
+    /// Applies everything staged in this transaction in one statement (the slow
+    /// path's `ON CONFLICT` key claim). Returns the events inserted and their total
+    /// quantity.
+    pub(crate) async fn apply_staged(&mut self) -> Result<(u64, Decimal)> {
+        let client = self.client()?;
+        let stmt = client
+            .prepare_cached(APPLY_STAGED_SQL)
+            .await
+            .map_err(Error::db("preparing the ingest statement"))?;
+        let row = client
+            .query_one(&stmt, &[&self.lane.0])
+            .await
+            .map_err(Error::db("applying a batch"))?;
+        let inserted: i64 = row
+            .try_get(0)
+            .map_err(Error::db("reading the batch result"))?;
+        let quantity: Decimal = row
+            .try_get(1)
+            .map_err(Error::db("reading the batch result"))?;
+        Ok((u64::try_from(inserted).unwrap_or_default(), quantity))
+    }
+
+    /// Commits: everything applied becomes visible at once.
+    pub(crate) async fn commit(mut self) -> Result<()> {
+        let client = self.client.take().ok_or_else(Error::closed)?;
+        client
+            .batch_execute("COMMIT")
+            .await
+            .map_err(Error::db("committing events"))
+    }
 }
 
-/// Running sum, count, min and max of one rollup row.
-struct Agg {
-    events: i64,
-    quantity: Decimal,
-    min: Decimal,
-    max: Decimal,
-}
-
-type Deltas<'a> = BTreeMap<(&'a str, &'a str, DateTime<Utc>), Agg>;
+type Deltas<'a> = BTreeMap<(&'a str, &'a str, DateTime<Utc>), Totals>;
 
 fn add<'a>(deltas: &mut Deltas<'a>, key: (&'a str, &'a str, DateTime<Utc>), q: Decimal) {
-    let a = deltas.entry(key).or_insert(Agg {
-        events: 0,
-        quantity: Decimal::ZERO,
-        min: q,
-        max: q,
-    });
-    a.events += 1;
-    a.quantity += q;
-    a.min = a.min.min(q);
-    a.max = a.max.max(q);
+    deltas
+        .entry(key)
+        .and_modify(|t| t.add(q))
+        .or_insert_with(|| Totals::of(q));
 }
 
-/// Start of the UTC hour / day holding `t` (what `date_trunc(…, 'UTC')` gives).
+/// Start of the UTC hour / day holding `t` (what `date_bin` gives in SQL).
 fn utc_floor(t: DateTime<Utc>, seconds: i64) -> DateTime<Utc> {
     let s = t.timestamp().div_euclid(seconds) * seconds;
-    DateTime::from_timestamp(s, 0).expect("in range")
+    // Flooring moves an instant back by less than a day; every instant Tally accepts
+    // has its floor in range, and `t` itself is the fallback.
+    DateTime::from_timestamp(s, 0).unwrap_or(t)
 }
 
 /// The fast path (see `DROP_STORED_SQL` and `INSERT_NEW_SQL`). Returns the events
 /// inserted and their total quantity; a unique violation means "take the slow path".
 async fn insert_new(
-    tx: &Transaction<'_>,
+    client: &deadpool_postgres::Client,
     events: &[&UsageEvent],
-    lane: i16,
+    lane: Lane,
 ) -> Result<(u64, Decimal), tokio_postgres::Error> {
-    let drop_stored = tx.prepare_cached(DROP_STORED_SQL).await?;
-    let rows = tx.query(&drop_stored, &[]).await?;
+    let drop_stored = client.prepare_cached(DROP_STORED_SQL).await?;
+    let rows = client.query(&drop_stored, &[]).await?;
     // Usually about 1 % of a batch; the id set avoids building a key per event.
-    let stored_ids: HashSet<Uuid> = rows.iter().map(|r| r.get(0)).collect();
-    let stored: HashSet<(Uuid, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let mut stored_ids: HashSet<Uuid> = HashSet::with_capacity(rows.len());
+    let mut stored: HashSet<(Uuid, String)> = HashSet::with_capacity(rows.len());
+    for r in &rows {
+        let (id, customer): (Uuid, String) = (r.try_get(0)?, r.try_get(1)?);
+        stored_ids.insert(id);
+        stored.insert((id, customer));
+    }
     let mut hourly = Deltas::new();
     let mut daily = Deltas::new();
     let mut totals = Deltas::new();
@@ -364,8 +533,8 @@ async fn insert_new(
     let h = Columns::from(&hourly);
     let d = Columns::from(&daily);
     let t = Columns::from(&totals);
-    let insert = tx.prepare_cached(INSERT_NEW_SQL).await?;
-    let row = tx
+    let insert = client.prepare_cached(INSERT_NEW_SQL).await?;
+    let row = client
         .query_one(
             &insert,
             &[
@@ -389,16 +558,13 @@ async fn insert_new(
                 &t.quantity,
                 &t.min,
                 &t.max,
-                &lane,
+                &lane.0,
             ],
         )
         .await?;
-    debug_assert_eq!(
-        row.get::<_, i64>(1) as u64,
-        new,
-        "every staged event left is new"
-    );
-    Ok((row.get::<_, i64>(1) as u64, total))
+    let inserted: i64 = row.try_get(1)?;
+    debug_assert_eq!(inserted as u64, new, "every staged event left is new");
+    Ok((u64::try_from(inserted).unwrap_or_default(), total))
 }
 
 /// Rollup deltas as one array per column, in key order.
@@ -425,14 +591,14 @@ impl<'a> Columns<'a> {
             max: Vec::with_capacity(n),
         };
         // BTreeMap order is byte order of the strings, the order of the "C" collation.
-        for ((customer, service, bucket), a) in deltas {
+        for ((customer, service, bucket), t) in deltas {
             c.customer.push(customer);
             c.service.push(service);
             c.bucket.push(*bucket);
-            c.events.push(a.events);
-            c.quantity.push(a.quantity);
-            c.min.push(a.min);
-            c.max.push(a.max);
+            c.events.push(t.events);
+            c.quantity.push(t.quantity);
+            c.min.push(t.min);
+            c.max.push(t.max);
         }
         c
     }

@@ -1,15 +1,18 @@
-//! Tally's PostgreSQL layer: everything that writes usage, exactly once.
+//! Tally's PostgreSQL layer: the only crate that speaks SQL or knows a table.
 //!
-//! - [`Store`]: a cloneable handle over a deadpool-postgres pool; [`Store::migrate`]
-//!   applies the embedded SQL migrations from `migrations/` (advisory-locked,
-//!   checksummed, idempotent).
-//! - [`Recorder`]: a bounded in-memory queue flushed by binary COPY when a batch fills
-//!   (`USAGE_BATCH_SIZE`) or ages (`USAGE_BATCH_TIMEOUT`); failures are retried with
-//!   backoff and visible in [`Recorder::status`].
-//! - The write path claims each event's `(event id, customer)` key, inserts the event
-//!   into its monthly partition and updates the hourly and daily rollups, all in one
-//!   transaction, so rollups always equal the raw events ([`Store::verify`] checks).
-//! - [`Store::import`] reads CSV or NDJSON files through the same path.
+//! - [`Store`]: a cloneable handle over a connection pool; [`Store::migrate`] applies
+//!   the embedded SQL migrations from `migrations/` (advisory-locked, checksummed,
+//!   idempotent).
+//! - The write path ([`Store::write`], the [`Recorder`], [`Store::import`]) claims each
+//!   event's `(event id, customer)` key, inserts the event into its monthly partition
+//!   and updates the hourly, daily and all-customer rollups, all in one transaction,
+//!   so rollups always equal the raw events ([`Store::verify`] checks).
+//! - The [`Recorder`] is a bounded in-memory queue flushed by binary COPY when a batch
+//!   fills (`USAGE_BATCH_SIZE`) or ages (`USAGE_BATCH_TIMEOUT`); transient failures
+//!   are retried with backoff, permanent ones isolated into a dead-letter table.
+//! - Typed read primitives ([`Store::rollup_rows`], [`Store::raw_totals`],
+//!   [`Store::event_quantities`], [`Store::top_buckets`]) for the crates above.
+//! - [`Error`]: the one error type of Tally (re-exported as `tally::Error`).
 //!
 //! ```no_run
 //! use tally_core::{CustomerId, Service, UsageEvent};
@@ -33,18 +36,17 @@ mod migrate;
 mod numeric;
 mod partitions;
 mod pool;
+mod reads;
 mod recorder;
+mod rollup;
 mod store;
 
-pub use error::{Error, Result};
+pub use error::{Error, ErrorKind, Result};
 pub use import::{ImportFormat, ImportOptions, ImportReport, LineError, Progress};
 pub use ingest::WriteOutcome;
-pub use migrate::{MIGRATIONS, MigrateReport, Migration, migrate, schema_fingerprint};
-pub use numeric::Numeric;
-pub use pool::{build_pool, parse_url};
+pub use migrate::{MigrateReport, schema_fingerprint};
+pub use reads::{Grain, TopBucket, UsageRow, Who};
 pub use recorder::{Recorder, RecorderConfig, RecorderStatus};
 pub use store::{PartitionStatus, Store, VerifyReport};
 
-/// Re-exported for the crates layered on this one.
-pub use deadpool_postgres;
-pub use tokio_postgres;
+use numeric::Numeric;

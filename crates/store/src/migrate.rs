@@ -4,18 +4,18 @@ use crate::{Error, Result};
 
 /// One schema migration, embedded from `migrations/` at build time.
 #[derive(Debug, Clone, Copy)]
-pub struct Migration {
+pub(crate) struct Migration {
     /// Its number (applied in increasing order).
-    pub version: i32,
+    pub(crate) version: i32,
     /// Its file name.
-    pub name: &'static str,
+    pub(crate) name: &'static str,
     /// Its SQL.
-    pub sql: &'static str,
+    pub(crate) sql: &'static str,
 }
 
 impl Migration {
     /// SHA-256 of the SQL, hex.
-    pub fn checksum(&self) -> String {
+    pub(crate) fn checksum(&self) -> String {
         hex(&Sha256::digest(self.sql.as_bytes()))
     }
 }
@@ -25,16 +25,23 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// Every migration this build knows, in order.
-pub const MIGRATIONS: &[Migration] = &[
+pub(crate) const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 1,
         name: "0001_events.sql",
         sql: include_str!("../../../migrations/0001_events.sql"),
     },
+    // Renamed from 0002_analytics.sql (named for what it holds, not who reads it); the
+    // SQL, and so the checksum, is unchanged, and names are not compared.
     Migration {
         version: 2,
-        name: "0002_analytics.sql",
-        sql: include_str!("../../../migrations/0002_analytics.sql"),
+        name: "0002_all_customer_rollup.sql",
+        sql: include_str!("../../../migrations/0002_all_customer_rollup.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "0003_dead_letters.sql",
+        sql: include_str!("../../../migrations/0003_dead_letters.sql"),
     },
 ];
 
@@ -52,12 +59,13 @@ pub fn schema_fingerprint() -> String {
 // Arbitrary constant key for pg_advisory_lock: "tally" in ASCII.
 const LOCK_KEY: i64 = 0x0074_616c_6c79;
 
-/// What [`migrate`] did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// What [`crate::Store::migrate`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct MigrateReport {
     /// Migrations applied now.
     pub applied: Vec<i32>,
     /// Migrations found already applied.
+    #[serde(rename = "already_applied")]
     pub already: Vec<i32>,
 }
 
@@ -66,7 +74,7 @@ pub struct MigrateReport {
 /// Safe to run from several processes at once (a session advisory lock serialises
 /// them) and a no-op when everything is applied. A migration whose file changed after
 /// it was applied is an error, as is a database migrated by a newer build.
-pub async fn migrate(client: &mut tokio_postgres::Client) -> Result<MigrateReport> {
+pub(crate) async fn migrate(client: &mut tokio_postgres::Client) -> Result<MigrateReport> {
     client
         .execute("SELECT pg_advisory_lock($1)", &[&LOCK_KEY])
         .await
@@ -105,16 +113,11 @@ async fn migrate_locked(client: &mut tokio_postgres::Client) -> Result<MigrateRe
         let version: i32 = row.get(0);
         let applied: String = row.get(2);
         let Some(m) = MIGRATIONS.iter().find(|m| m.version == version) else {
-            return Err(Error::UnknownMigration { version });
+            return Err(Error::unknown_migration(version));
         };
         let embedded = m.checksum();
         if applied != embedded {
-            return Err(Error::ChecksumMismatch {
-                version,
-                name: m.name.to_owned(),
-                applied,
-                embedded,
-            });
+            return Err(Error::checksum_mismatch(version, m.name, applied, embedded));
         }
         report.already.push(version);
     }

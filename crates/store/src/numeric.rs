@@ -13,7 +13,7 @@ use tokio_postgres::types::{FromSql, Type};
 /// A `numeric` read exactly into a [`Decimal`]; NaN, infinities and values beyond
 /// `Decimal`'s 96-bit range are errors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Numeric(pub Decimal);
+pub(crate) struct Numeric(pub(crate) Decimal);
 
 impl<'a> FromSql<'a> for Numeric {
     fn from_sql(_: &Type, raw: &'a [u8]) -> Result<Numeric, Box<dyn StdError + Sync + Send>> {

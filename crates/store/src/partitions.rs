@@ -1,9 +1,11 @@
 //! Monthly partitions of `usage_events`, created ahead and on demand.
 
-use std::{collections::HashSet, sync::Mutex};
+use std::{
+    collections::HashSet,
+    sync::{Mutex, PoisonError},
+};
 
 use chrono::{DateTime, Datelike, Months, NaiveDate, Utc};
-use deadpool_postgres::Pool;
 use tally_core::UsageEvent;
 
 use crate::{Error, Result};
@@ -26,7 +28,10 @@ impl Default for Window {
 }
 
 /// Remembers which months are known to have a partition, so the write path asks the
-/// database only the first time a month shows up.
+/// database only the first time a month shows up. Partitions are created on a
+/// connection of their own, outside the pool: a writer holding a pooled connection
+/// for its transaction must never wait for a second one (eight writers on a pool of
+/// eight would wait for each other for ever).
 #[derive(Debug, Default)]
 pub(crate) struct Partitions {
     known: Mutex<HashSet<NaiveDate>>,
@@ -34,18 +39,23 @@ pub(crate) struct Partitions {
 }
 
 fn month_of(t: DateTime<Utc>) -> NaiveDate {
-    t.date_naive().with_day(1).expect("day 1 exists")
+    let d = t.date_naive();
+    d.with_day(1).unwrap_or(d)
 }
 
 impl Partitions {
     /// Makes sure every month the events fall in has its partition, when inside the
     /// window.
-    pub(crate) async fn ensure_for(&self, pool: &Pool, events: &[UsageEvent]) -> Result<()> {
+    pub(crate) async fn ensure_for(
+        &self,
+        db: &tokio_postgres::Config,
+        events: &[UsageEvent],
+    ) -> Result<()> {
         let now = month_of(Utc::now());
         let lo = now - Months::new(self.window.past_months);
         let hi = now + Months::new(self.window.future_months);
         let mut missing: Vec<NaiveDate> = {
-            let known = self.known.lock().expect("not poisoned");
+            let known = self.known.lock().unwrap_or_else(PoisonError::into_inner);
             let mut seen = HashSet::new();
             events
                 .iter()
@@ -57,35 +67,42 @@ impl Partitions {
             return Ok(());
         }
         missing.sort();
-        self.create(pool, &missing).await
+        self.create(db, &missing).await
     }
 
     /// Creates the partitions for the current month and `future_months` ahead.
-    pub(crate) async fn ensure_ahead(&self, pool: &Pool) -> Result<Vec<NaiveDate>> {
+    pub(crate) async fn ensure_ahead(&self, db: &tokio_postgres::Config) -> Result<Vec<NaiveDate>> {
         let now = month_of(Utc::now());
         let months: Vec<NaiveDate> = (0..=self.window.future_months)
             .map(|i| now + Months::new(i))
             .collect();
-        self.create(pool, &months).await?;
+        self.create(db, &months).await?;
         Ok(months)
     }
 
-    async fn create(&self, pool: &Pool, months: &[NaiveDate]) -> Result<()> {
-        let client = pool
-            .get()
+    async fn create(&self, db: &tokio_postgres::Config, months: &[NaiveDate]) -> Result<()> {
+        let (client, conn) = db
+            .connect(tokio_postgres::NoTls)
             .await
-            .map_err(Error::pool("creating partitions"))?;
+            .map_err(Error::db("connecting to create partitions"))?;
+        let conn = tokio::spawn(conn);
         for m in months {
             let created: bool = client
                 .query_one("SELECT tally_ensure_month_partition($1)", &[m])
                 .await
                 .map_err(Error::db("creating a partition"))?
-                .get(0);
+                .try_get(0)
+                .map_err(Error::db("creating a partition"))?;
             if created {
                 tracing::info!(month = %m, "created events partition");
             }
-            self.known.lock().expect("not poisoned").insert(*m);
+            self.known
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(*m);
         }
+        drop(client);
+        let _ = conn.await;
         Ok(())
     }
 }

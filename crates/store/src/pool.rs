@@ -6,12 +6,9 @@ use tokio_postgres::NoTls;
 use crate::{Error, Result};
 
 /// Parses a libpq-style URL or key/value string into a driver config.
-pub fn parse_url(url: &str) -> Result<tokio_postgres::Config> {
-    let mut cfg = tokio_postgres::Config::from_str(url).map_err(|e| Error::Config {
-        field: "database_url",
-        value: redact(url),
-        reason: e.to_string(),
-    })?;
+pub(crate) fn parse_url(url: &str) -> Result<tokio_postgres::Config> {
+    let mut cfg = tokio_postgres::Config::from_str(url)
+        .map_err(|e| Error::config("database_url", redact(url), e.to_string()))?;
     if cfg.get_application_name().is_none() {
         cfg.application_name("tally");
     }
@@ -19,7 +16,7 @@ pub fn parse_url(url: &str) -> Result<tokio_postgres::Config> {
 }
 
 /// Builds a pool of at most `max_size` connections. Connections are made lazily.
-pub fn build_pool(cfg: tokio_postgres::Config, max_size: usize) -> Result<Pool> {
+pub(crate) fn build_pool(cfg: tokio_postgres::Config, max_size: usize) -> Result<Pool> {
     let mgr = Manager::from_config(
         cfg,
         NoTls,
@@ -30,11 +27,7 @@ pub fn build_pool(cfg: tokio_postgres::Config, max_size: usize) -> Result<Pool> 
     Pool::builder(mgr)
         .max_size(max_size)
         .build()
-        .map_err(|e| Error::Config {
-            field: "pool",
-            value: max_size.to_string(),
-            reason: e.to_string(),
-        })
+        .map_err(|e| Error::config("pool", max_size.to_string(), e.to_string()))
 }
 
 /// The URL with any password replaced, for error messages.

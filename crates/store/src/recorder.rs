@@ -1,10 +1,12 @@
 //! The batching recorder: a bounded in-memory queue drained by a background task that
-//! writes batches through the exactly-once path, retrying failures with backoff.
+//! writes batches through the exactly-once path. Transient failures are retried with
+//! backoff; a permanent one is narrowed down to the events that cause it, which go to
+//! the dead-letter table, and the rest of the batch is written.
 
 use std::{
     hash::{BuildHasher, RandomState},
     sync::{
-        Arc, Mutex,
+        Arc, Mutex, MutexGuard, PoisonError,
         atomic::{AtomicU64, Ordering},
     },
     time::Duration,
@@ -19,7 +21,10 @@ use tokio::{
     time::Instant,
 };
 
-use crate::{Error, Result, Store};
+use crate::{
+    Error, Result,
+    ingest::{Ingest, Lane},
+};
 
 /// How the recorder batches and retries.
 #[derive(Debug, Clone)]
@@ -49,17 +54,12 @@ impl Default for RecorderConfig {
 fn number(lookup: &dyn Fn(&str) -> Option<String>, name: &'static str) -> Result<Option<f64>> {
     match lookup(name) {
         Some(v) => {
-            let n: f64 = v.trim().parse().map_err(|_| Error::Config {
-                field: name,
-                value: v.clone(),
-                reason: "is not a number".into(),
-            })?;
+            let n: f64 = v
+                .trim()
+                .parse()
+                .map_err(|_| Error::config(name, v.clone(), "is not a number"))?;
             if !n.is_finite() || n <= 0.0 {
-                return Err(Error::Config {
-                    field: name,
-                    value: v,
-                    reason: "must be a positive number".into(),
-                });
+                return Err(Error::config(name, v, "must be a positive number"));
             }
             Ok(Some(n))
         }
@@ -80,11 +80,11 @@ impl RecorderConfig {
         let mut c = RecorderConfig::default();
         if let Some(n) = number(&lookup, "USAGE_BATCH_SIZE")? {
             if n.fract() != 0.0 || n > 10_000_000.0 {
-                return Err(Error::Config {
-                    field: "USAGE_BATCH_SIZE",
-                    value: n.to_string(),
-                    reason: "must be a whole number up to 10000000".into(),
-                });
+                return Err(Error::config(
+                    "USAGE_BATCH_SIZE",
+                    n.to_string(),
+                    "must be a whole number up to 10000000",
+                ));
             }
             c = c.batch_size(n as usize);
         }
@@ -138,10 +138,14 @@ pub struct RecorderStatus {
     pub duplicates: u64,
     /// Batches committed.
     pub batches: u64,
-    /// Failed write attempts so far (each is retried).
+    /// Failed write attempts so far (transient ones are retried; permanent ones are
+    /// narrowed down to the events that cause them).
     pub failed_attempts: u64,
     /// Failures since the last success; non-zero means writes are failing now.
     pub consecutive_failures: u64,
+    /// Events that could not be written for a permanent reason and were stored in
+    /// the dead-letter table (`usage_dead_letters`) with the error instead.
+    pub dead_lettered: u64,
     /// The most recent failure, with when it happened.
     pub last_error: Option<(DateTime<Utc>, String)>,
 }
@@ -151,6 +155,13 @@ struct Shared {
     // One permit per event that may be queued or in flight; released on commit.
     capacity: Semaphore,
     status: Mutex<RecorderStatus>,
+}
+
+impl Shared {
+    // A writer that panicked mid-update leaves counters, not broken invariants.
+    fn status(&self) -> MutexGuard<'_, RecorderStatus> {
+        self.status.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 enum Msg {
@@ -167,10 +178,16 @@ enum Job {
 /// Queues usage events and writes them in batches, exactly once.
 ///
 /// Cheap to clone; every clone feeds the same queue. The queue is bounded in events:
-/// `record` waits while it is full, so memory stays bounded and nothing is dropped. A
-/// batch that fails to write stays queued and is retried with exponential backoff; the
-/// failure is logged and visible in [`Recorder::status`]. Call [`Recorder::close`]
-/// before exiting: events still queued when the runtime shuts down are lost with it.
+/// `record` waits while it is full, so memory stays bounded and nothing is dropped.
+///
+/// A batch that fails for a transient reason ([`Error::is_transient`]: connection
+/// lost, server restarting, out of resources, deadlock) stays queued and is retried
+/// with exponential backoff until it commits. A batch that fails for a permanent
+/// reason (a value the database refuses) is split in halves, each written on its own,
+/// until the events that fail are isolated; those go to the dead-letter table
+/// `usage_dead_letters` with the error, and everything else is written. Failures are
+/// logged and visible in [`Recorder::status`]. Call [`Recorder::close`] before
+/// exiting: events still queued when the runtime shuts down are lost with it.
 #[derive(Clone)]
 pub struct Recorder {
     tx: mpsc::Sender<Msg>,
@@ -187,7 +204,7 @@ impl std::fmt::Debug for Recorder {
 }
 
 impl Recorder {
-    pub(crate) fn start(store: Store, config: RecorderConfig) -> Recorder {
+    pub(crate) fn start(ingest: Ingest, config: RecorderConfig) -> Recorder {
         let shared = Arc::new(Shared {
             pending: AtomicU64::new(0),
             capacity: Semaphore::new(config.queue_capacity),
@@ -203,9 +220,9 @@ impl Recorder {
             workers.push(wtx);
             // Each writer keeps to a lane of the all-customer rollup of its own (round
             // robin over the process), so writers do not wait for each other there.
-            let lane = crate::ingest::next_lane();
+            let lane = Lane::next();
             handles.push(tokio::spawn(writer(
-                store.clone(),
+                ingest.clone(),
                 lane,
                 wrx,
                 shared.clone(),
@@ -247,7 +264,7 @@ impl Recorder {
             .capacity
             .acquire_many(n)
             .await
-            .map_err(|_| Error::Closed)?;
+            .map_err(|_| Error::closed())?;
         permits.forget();
         self.shared
             .pending
@@ -257,38 +274,59 @@ impl Recorder {
                 .pending
                 .fetch_sub(u64::from(n), Ordering::Relaxed);
             self.shared.capacity.add_permits(n as usize);
-            return Err(Error::Closed);
+            return Err(Error::closed());
         }
         Ok(())
     }
 
-    /// Returns once every event recorded before this call is committed. While the
-    /// database is unreachable this waits (the batch is being retried); wrap it in a
-    /// timeout to bound the wait.
+    /// Returns once every event recorded before this call is committed (or, after a
+    /// permanent failure, dead-lettered). While the database is unreachable this
+    /// waits (the batch is being retried); [`Recorder::flush_within`] bounds the wait.
     pub async fn flush(&self) -> Result<()> {
         let (reply, done) = oneshot::channel();
         self.tx
             .send(Msg::Flush(reply))
             .await
-            .map_err(|_| Error::Closed)?;
-        done.await.map_err(|_| Error::Closed)
+            .map_err(|_| Error::closed())?;
+        done.await.map_err(|_| Error::closed())
+    }
+
+    /// As [`Recorder::flush`], waiting at most `limit`: an [`ErrorKind::Timeout`]
+    /// error then, and the events stay queued (they are still written when the
+    /// database is back).
+    ///
+    /// [`ErrorKind::Timeout`]: crate::ErrorKind::Timeout
+    pub async fn flush_within(&self, limit: Duration) -> Result<()> {
+        tokio::time::timeout(limit, self.flush())
+            .await
+            .map_err(|_| Error::timeout("flushing the recorder"))?
     }
 
     /// Writes everything queued (by any clone, including events racing with the close)
-    /// and stops the background tasks. Later `record` calls fail with
-    /// [`Error::Closed`] on every clone.
+    /// and stops the background tasks. Later `record` calls fail with an
+    /// [`ErrorKind::Closed`](crate::ErrorKind::Closed) error on every clone.
     pub async fn close(&self) -> Result<()> {
         let (reply, done) = oneshot::channel();
         self.tx
             .send(Msg::Close(reply))
             .await
-            .map_err(|_| Error::Closed)?;
-        done.await.map_err(|_| Error::Closed)
+            .map_err(|_| Error::closed())?;
+        done.await.map_err(|_| Error::closed())
+    }
+
+    /// As [`Recorder::close`], waiting at most `limit` for the queue to drain: an
+    /// [`ErrorKind::Timeout`](crate::ErrorKind::Timeout) error then. New events are
+    /// refused either way; what is still queued keeps being written while the
+    /// runtime runs.
+    pub async fn close_within(&self, limit: Duration) -> Result<()> {
+        tokio::time::timeout(limit, self.close())
+            .await
+            .map_err(|_| Error::timeout("closing the recorder"))?
     }
 
     /// What the recorder has done so far.
     pub fn status(&self) -> RecorderStatus {
-        let mut s = self.shared.status.lock().expect("not poisoned").clone();
+        let mut s = self.shared.status().clone();
         s.pending = self.shared.pending.load(Ordering::Relaxed);
         s
     }
@@ -410,8 +448,8 @@ async fn send(worker: &mpsc::Sender<Job>, batch: Vec<UsageEvent>) {
 }
 
 async fn writer(
-    store: Store,
-    lane: i16,
+    ingest: Ingest,
+    lane: Lane,
     mut rx: mpsc::Receiver<Job>,
     shared: Arc<Shared>,
     config: RecorderConfig,
@@ -424,33 +462,96 @@ async fn writer(
             }
             Job::Batch(events) => events,
         };
-        let mut backoff = config.retry_initial;
-        loop {
-            match store.write_in_lane(&events, lane).await {
-                Ok(outcome) => {
-                    shared
-                        .pending
-                        .fetch_sub(events.len() as u64, Ordering::Relaxed);
-                    shared.capacity.add_permits(events.len());
-                    let mut s = shared.status.lock().expect("not poisoned");
-                    s.inserted += outcome.inserted;
-                    s.duplicates += outcome.duplicates;
-                    s.batches += 1;
-                    s.consecutive_failures = 0;
-                    break;
+        write_isolating(&ingest, lane, &events, &shared, &config).await;
+        shared
+            .pending
+            .fetch_sub(events.len() as u64, Ordering::Relaxed);
+        shared.capacity.add_permits(events.len());
+    }
+}
+
+fn note_failure(shared: &Shared, e: &Error) {
+    let mut s = shared.status();
+    s.failed_attempts += 1;
+    s.consecutive_failures += 1;
+    s.last_error = Some((Utc::now(), e.to_string()));
+}
+
+/// Writes `events`: transient failures are retried with backoff; a permanent failure
+/// splits the slice in halves until the failing events are isolated, which are then
+/// dead-lettered. Returns when every event is committed or dead-lettered.
+async fn write_isolating(
+    ingest: &Ingest,
+    lane: Lane,
+    events: &[UsageEvent],
+    shared: &Shared,
+    config: &RecorderConfig,
+) {
+    let mut todo: Vec<&[UsageEvent]> = vec![events];
+    let mut backoff = config.retry_initial;
+    while let Some(slice) = todo.pop() {
+        match ingest.write(slice, lane).await {
+            Ok(outcome) => {
+                backoff = config.retry_initial;
+                let mut s = shared.status();
+                s.inserted += outcome.inserted;
+                s.duplicates += outcome.duplicates;
+                s.batches += 1;
+                s.consecutive_failures = 0;
+            }
+            Err(e) if e.is_transient() => {
+                tracing::error!(error = %e, events = slice.len(), retry_in_ms = backoff.as_millis() as u64,
+                    "writing a batch failed; it stays queued and will be retried");
+                note_failure(shared, &e);
+                todo.push(slice);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(config.retry_max);
+            }
+            Err(e) if slice.len() > 1 => {
+                tracing::warn!(error = %e, events = slice.len(),
+                    "writing a batch failed for a permanent reason; splitting it to find the events that cause it");
+                note_failure(shared, &e);
+                let (a, b) = slice.split_at(slice.len() / 2);
+                todo.push(b);
+                todo.push(a);
+            }
+            Err(e) => {
+                note_failure(shared, &e);
+                dead_letter(ingest, slice, &e, shared, config).await;
+            }
+        }
+    }
+}
+
+/// Stores `events` in the dead-letter table, retrying transient failures; if that
+/// fails permanently too, the events are logged in full (the last place they exist).
+async fn dead_letter(
+    ingest: &Ingest,
+    events: &[UsageEvent],
+    error: &Error,
+    shared: &Shared,
+    config: &RecorderConfig,
+) {
+    let mut backoff = config.retry_initial;
+    loop {
+        match ingest.dead_letter(events, error).await {
+            Ok(()) => {
+                tracing::error!(error = %error, events = events.len(),
+                    "events refused by the database were stored in usage_dead_letters");
+                shared.status().dead_lettered += events.len() as u64;
+                return;
+            }
+            Err(e) if e.is_transient() => {
+                note_failure(shared, &e);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(config.retry_max);
+            }
+            Err(e) => {
+                for ev in events {
+                    tracing::error!(error = %error, dead_letter_error = %e, event = ?ev,
+                        "an event could be neither written nor dead-lettered");
                 }
-                Err(e) => {
-                    tracing::error!(error = %e, events = events.len(), retry_in_ms = backoff.as_millis() as u64,
-                        "writing a batch failed; it stays queued and will be retried");
-                    {
-                        let mut s = shared.status.lock().expect("not poisoned");
-                        s.failed_attempts += 1;
-                        s.consecutive_failures += 1;
-                        s.last_error = Some((Utc::now(), e.to_string()));
-                    }
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(config.retry_max);
-                }
+                return;
             }
         }
     }

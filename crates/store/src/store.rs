@@ -1,42 +1,36 @@
-use std::sync::Arc;
-
 use chrono::NaiveDate;
 use deadpool_postgres::Pool;
 use rust_decimal::Decimal;
-use tally_core::{Catalog, Meter, Service, UsageEvent};
+use serde::Serialize;
+use tally_core::{Catalog, Meter, Service, UsageEvent, serde_fmt};
 
 use crate::{
     Error, Recorder, RecorderConfig, Result,
-    ingest::{self, WriteOutcome},
+    ingest::{Ingest, Lane, WriteOutcome},
     migrate::{self, MigrateReport},
-    partitions::Partitions,
 };
 
 /// A handle on a Tally database: cheap to clone, shared by every task.
 #[derive(Clone)]
 pub struct Store {
-    inner: Arc<Inner>,
-}
-
-struct Inner {
-    pool: Pool,
-    partitions: Partitions,
+    ingest: Ingest,
 }
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store")
-            .field("pool", &self.inner.pool.status())
+            .field("pool", &self.pool().status())
             .finish()
     }
 }
 
 /// What `verify` found: the raw totals and how many rollup rows disagree with them.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct VerifyReport {
     /// Raw events stored.
     pub events: i64,
     /// Their total quantity.
+    #[serde(serialize_with = "serde_fmt::decimal")]
     pub quantity: Decimal,
     /// Rollup rows (hourly, daily and all-customer hourly) that differ from a
     /// recomputation from raw events, including rows missing on either side.
@@ -46,9 +40,10 @@ pub struct VerifyReport {
 }
 
 /// The partitions of the events table and what the default partition caught.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PartitionStatus {
-    /// Months that have a partition.
+    /// Months that have a partition (first days; `YYYY-MM` in JSON).
+    #[serde(serialize_with = "serde_fmt::months")]
     pub months: Vec<NaiveDate>,
     /// Events in the default partition (outside every monthly partition). Not an
     /// error, but worth a look: they are usually far in the past or future.
@@ -65,86 +60,47 @@ impl Store {
     /// As [`Store::connect`], with at most `pool_size` connections.
     pub fn with_pool_size(url: &str, pool_size: usize) -> Result<Store> {
         let cfg = crate::pool::parse_url(url)?;
-        Ok(Store::from_pool(crate::pool::build_pool(cfg, pool_size)?))
+        let pool = crate::pool::build_pool(cfg.clone(), pool_size)?;
+        Ok(Store {
+            ingest: Ingest::new(pool, cfg),
+        })
     }
 
-    /// A store over an existing pool.
-    pub fn from_pool(pool: Pool) -> Store {
-        Store {
-            inner: Arc::new(Inner {
-                pool,
-                partitions: Partitions::default(),
-            }),
-        }
+    pub(crate) fn pool(&self) -> &Pool {
+        self.ingest.pool()
     }
 
-    /// The connection pool, for the crates layered on this one.
-    pub fn pool(&self) -> &Pool {
-        &self.inner.pool
+    pub(crate) fn ingest(&self) -> &Ingest {
+        &self.ingest
     }
 
     /// Applies missing migrations (see [`crate::migrate()`]) and creates the events
     /// partitions for this month and the next three.
     pub async fn migrate(&self) -> Result<MigrateReport> {
-        let mut client = self
-            .inner
-            .pool
-            .get()
-            .await
-            .map_err(Error::pool("migrating"))?;
+        let mut client = self.pool().get().await.map_err(Error::pool("migrating"))?;
         let report = migrate::migrate(&mut client).await?;
         drop(client);
         // Cached statements may refer to the old schema.
-        self.inner.pool.manager().statement_caches.clear();
-        self.inner.partitions.ensure_ahead(&self.inner.pool).await?;
+        self.pool().manager().statement_caches.clear();
+        self.ingest.ensure_partitions_ahead().await?;
         Ok(report)
     }
 
     /// Writes `events` exactly once, in one transaction: events already stored (same
     /// customer and id) are skipped; the rest and their rollups commit together.
     pub async fn write(&self, events: &[UsageEvent]) -> Result<WriteOutcome> {
-        self.write_in_lane(events, ingest::next_lane()).await
-    }
-
-    /// As [`Store::write`], updating lane `lane` of the all-customer rollup.
-    pub(crate) async fn write_in_lane(
-        &self,
-        events: &[UsageEvent],
-        lane: i16,
-    ) -> Result<WriteOutcome> {
-        self.inner
-            .partitions
-            .ensure_for(&self.inner.pool, events)
-            .await?;
-        let mut client = self
-            .inner
-            .pool
-            .get()
-            .await
-            .map_err(Error::pool("writing events"))?;
-        let tx = client
-            .transaction()
-            .await
-            .map_err(Error::db("starting a write"))?;
-        let outcome = ingest::write_batch(&tx, events, false, lane).await?;
-        tx.commit().await.map_err(Error::db("committing events"))?;
-        Ok(outcome)
-    }
-
-    pub(crate) fn partitions(&self) -> &Partitions {
-        &self.inner.partitions
+        self.ingest.write(events, Lane::next()).await
     }
 
     /// A recorder writing to this store.
     pub fn recorder(&self, config: RecorderConfig) -> Recorder {
-        Recorder::start(self.clone(), config)
+        Recorder::start(self.ingest.clone(), config)
     }
 
     /// The built-in services and the meters defined in the database.
     pub async fn catalog(&self) -> Result<Catalog> {
         let client = self
-            .inner
-            .pool
+            .pool()
             .get()
             .await
             .map_err(Error::pool("reading meters"))?;
@@ -157,7 +113,11 @@ impl Store {
             .map_err(Error::db("reading meters"))?;
         let mut catalog = Catalog::default();
         for row in rows {
-            catalog.define(Meter::new(row.get(0), row.get(1))?);
+            let (service, unit): (&str, &str) = (
+                row.try_get(0).map_err(Error::db("reading meters"))?,
+                row.try_get(1).map_err(Error::db("reading meters"))?,
+            );
+            catalog.define(Meter::new(service, unit)?);
         }
         Ok(catalog)
     }
@@ -165,8 +125,7 @@ impl Store {
     /// Defines (or re-units) a user meter.
     pub async fn define_meter(&self, meter: &Meter) -> Result<()> {
         let client = self
-            .inner
-            .pool
+            .pool()
             .get()
             .await
             .map_err(Error::pool("defining a meter"))?;
@@ -185,12 +144,7 @@ impl Store {
     ///
     /// Scans all raw events: an operator's check, not a hot path.
     pub async fn verify(&self) -> Result<VerifyReport> {
-        let client = self
-            .inner
-            .pool
-            .get()
-            .await
-            .map_err(Error::pool("verifying"))?;
+        let client = self.pool().get().await.map_err(Error::pool("verifying"))?;
         let totals = client
             .query_one(
                 "SELECT count(*), coalesce(sum(quantity), 0) FROM usage_events",
@@ -199,44 +153,15 @@ impl Store {
             .await
             .map_err(Error::db("counting events"))?;
         let mut mismatches = 0i64;
-        for (table, unit) in [("usage_hourly", "hour"), ("usage_daily", "day")] {
-            // Table and unit come from the fixed list above, never from input.
-            let sql = format!(
-                "WITH raw AS (
-                    SELECT customer_id, service, date_trunc('{unit}', recorded_at, 'UTC') AS bucket,
-                           count(*) AS events, sum(quantity) AS quantity, min(quantity) AS lo, max(quantity) AS hi
-                    FROM usage_events GROUP BY 1, 2, 3)
-                 SELECT count(*) FROM raw FULL JOIN {table} r
-                   ON r.customer_id = raw.customer_id AND r.service = raw.service AND r.bucket = raw.bucket
-                 WHERE raw.events IS DISTINCT FROM r.events OR raw.quantity IS DISTINCT FROM r.quantity
-                    OR raw.lo IS DISTINCT FROM r.min_quantity OR raw.hi IS DISTINCT FROM r.max_quantity"
-            );
+        for rollup in &crate::rollup::ROLLUPS {
             let n: i64 = client
-                .query_one(&sql, &[])
+                .query_one(&rollup.verify_sql(), &[])
                 .await
                 .map_err(Error::db("verifying rollups"))?
-                .get(0);
+                .try_get(0)
+                .map_err(Error::db("verifying rollups"))?;
             mismatches += n;
         }
-        let total_rows: i64 = client
-            .query_one(
-                "WITH raw AS (
-                    SELECT service, date_trunc('hour', recorded_at, 'UTC') AS bucket,
-                           count(*) AS events, sum(quantity) AS quantity, min(quantity) AS lo, max(quantity) AS hi
-                    FROM usage_events GROUP BY 1, 2)
-                 , lanes AS (
-                    SELECT service, bucket, sum(events) AS events, sum(quantity) AS quantity,
-                           min(min_quantity) AS min_quantity, max(max_quantity) AS max_quantity
-                    FROM usage_hourly_total GROUP BY 1, 2)
-                 SELECT count(*) FROM raw FULL JOIN lanes r ON r.service = raw.service AND r.bucket = raw.bucket
-                 WHERE raw.events IS DISTINCT FROM r.events OR raw.quantity IS DISTINCT FROM r.quantity
-                    OR raw.lo IS DISTINCT FROM r.min_quantity OR raw.hi IS DISTINCT FROM r.max_quantity",
-                &[],
-            )
-            .await
-            .map_err(Error::db("verifying the all-customer rollup"))?
-            .get(0);
-        mismatches += total_rows;
         let key_mismatches: i64 = client
             .query_one(
                 "SELECT count(*) FROM usage_event_keys k FULL JOIN usage_events e
@@ -246,10 +171,14 @@ impl Store {
             )
             .await
             .map_err(Error::db("verifying dedupe keys"))?
-            .get(0);
+            .try_get(0)
+            .map_err(Error::db("verifying dedupe keys"))?;
         Ok(VerifyReport {
-            events: totals.get(0),
-            quantity: totals.get(1),
+            events: totals.try_get(0).map_err(Error::db("counting events"))?,
+            quantity: totals
+                .try_get::<_, crate::Numeric>(1)
+                .map_err(Error::db("counting events"))?
+                .0,
             mismatches,
             key_mismatches,
         })
@@ -258,8 +187,7 @@ impl Store {
     /// Lists the monthly partitions and counts what the default partition holds.
     pub async fn partition_status(&self) -> Result<PartitionStatus> {
         let client = self
-            .inner
-            .pool
+            .pool()
             .get()
             .await
             .map_err(Error::pool("reading partitions"))?;
@@ -276,9 +204,14 @@ impl Store {
             .query_one("SELECT count(*) FROM usage_events_default", &[])
             .await
             .map_err(Error::db("counting the default partition"))?
-            .get(0);
+            .try_get(0)
+            .map_err(Error::db("counting the default partition"))?;
         Ok(PartitionStatus {
-            months: rows.iter().map(|r| r.get(0)).collect(),
+            months: rows
+                .iter()
+                .map(|r| r.try_get(0))
+                .collect::<Result<_, _>>()
+                .map_err(Error::db("listing partitions"))?,
             default_rows,
         })
     }

@@ -12,15 +12,20 @@
 //!   The cluster stops and its directory is removed when the process exits, however it
 //!   exits: a watcher shell holds the other end of a pipe and stops the server at EOF.
 //!
-//! The template is named after [`tally_store::schema_fingerprint`], so a schema change
-//! builds a new one; concurrent processes (cargo-nextest runs one per test) serialise
-//! its creation with an advisory lock.
+//! The template is named after Tally's schema fingerprint, so a schema change builds a
+//! new one; concurrent processes (cargo-nextest runs one per test) serialise its
+//! creation with an advisory lock.
+//!
+//! Each database comes with a [`tally::Tally`] handle on it, so tests use Tally the way
+//! an embedding program does. [`TestDb::client`] gives a plain driver connection for
+//! what a test must do behind Tally's back (corrupting a rollup to see `verify` notice).
+//! This crate administers databases (`CREATE DATABASE`, templates); it names none of
+//! Tally's tables.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let db = tally_testdb::TestDb::new().await?;
-//! let store = db.store();
-//! assert_eq!(store.verify().await?.events, 0);
+//! assert_eq!(db.tally().verify().await?.events, 0);
 //! # Ok(()) }
 //! ```
 
@@ -35,7 +40,7 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use tally_store::Store;
+use tally::Tally;
 use tokio::sync::OnceCell;
 
 /// Why no database could be had.
@@ -56,9 +61,22 @@ pub enum Error {
     /// Starting the throwaway cluster failed.
     #[error("starting a throwaway PostgreSQL cluster: {0}")]
     Cluster(String),
-    /// Talking to the server failed.
+    /// The server refused an administrative statement or could not be reached.
+    #[error("{context}: {source}")]
+    Db {
+        /// What was being done.
+        context: &'static str,
+        /// The driver's error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// Tally failed on the new database (migrating it).
     #[error(transparent)]
-    Store(#[from] tally_store::Error),
+    Tally(#[from] tally::Error),
+}
+
+fn db(context: &'static str) -> impl FnOnce(tokio_postgres::Error) -> Error {
+    move |source| Error::Db { context, source }
 }
 
 type Result<T, E = Error> = std::result::Result<T, E>;
@@ -68,7 +86,7 @@ pub struct TestDb {
     name: String,
     url: String,
     admin_url: String,
-    store: Store,
+    tally: Tally,
 }
 
 impl std::fmt::Debug for TestDb {
@@ -111,17 +129,14 @@ impl TestDb {
         admin
             .batch_execute(&format!("CREATE DATABASE {name} TEMPLATE {template}"))
             .await
-            .map_err(|e| tally_store::Error::Db {
-                context: "creating a test database",
-                source: e,
-            })?;
-        let url = with_dbname(&admin_url, &name);
-        let store = Store::with_pool_size(&url, 8)?;
+            .map_err(db("creating a test database"))?;
+        let url = with_dbname(&admin_url, &name)?;
+        let tally = Tally::with_pool_size(&url, 8)?;
         Ok(TestDb {
             name,
             url,
             admin_url,
-            store,
+            tally,
         })
     }
 
@@ -130,9 +145,15 @@ impl TestDb {
         &self.url
     }
 
-    /// A store on the database.
-    pub fn store(&self) -> &Store {
-        &self.store
+    /// A Tally handle on the database (pool of 8 connections).
+    pub fn tally(&self) -> &Tally {
+        &self.tally
+    }
+
+    /// A plain driver connection to the database, for what a test does behind
+    /// Tally's back.
+    pub async fn client(&self) -> Result<tokio_postgres::Client> {
+        connect(&self.url).await
     }
 
     /// The database's name.
@@ -174,23 +195,20 @@ pub fn admin_url() -> Result<String> {
 }
 
 async fn connect(url: &str) -> Result<tokio_postgres::Client> {
-    let cfg = tally_store::parse_url(url)?;
-    let (client, conn) =
-        cfg.connect(tokio_postgres::NoTls)
-            .await
-            .map_err(|e| tally_store::Error::Db {
-                context: "connecting to the test server",
-                source: e,
-            })?;
+    let cfg: tokio_postgres::Config = url.parse().map_err(db("parsing the test server URL"))?;
+    let (client, conn) = cfg
+        .connect(tokio_postgres::NoTls)
+        .await
+        .map_err(db("connecting to the test server"))?;
     tokio::spawn(conn);
     Ok(client)
 }
 
-fn with_dbname(url: &str, db: &str) -> String {
-    let mut cfg = tally_store::parse_url(url).expect("validated before");
-    cfg.dbname(db);
+fn with_dbname(url: &str, dbname: &str) -> Result<String> {
+    let mut cfg: tokio_postgres::Config = url.parse().map_err(db("parsing the test server URL"))?;
+    cfg.dbname(dbname);
     // Rebuild a key=value string; tokio_postgres::Config has no Display.
-    let mut parts = vec![format!("dbname={db}")];
+    let mut parts = vec![format!("dbname={dbname}")];
     for h in cfg.get_hosts() {
         match h {
             tokio_postgres::config::Host::Tcp(h) => parts.push(format!("host={h}")),
@@ -211,16 +229,15 @@ fn with_dbname(url: &str, db: &str) -> String {
                 .replace('\'', "\\'")
         ));
     }
-    parts.join(" ")
+    Ok(parts.join(" "))
 }
 
 // "tallytpl" in ASCII: serialises template builds across processes.
 const TEMPLATE_LOCK: i64 = 0x7461_6c6c_7974_706c;
 
 async fn build_template(admin_url: &str) -> Result<String> {
-    let name = format!("tally_tmpl_{}", tally_store::schema_fingerprint());
+    let name = format!("tally_tmpl_{}", tally::schema_fingerprint());
     let admin = connect(admin_url).await?;
-    let db = |context| move |e| tally_store::Error::Db { context, source: e };
     admin
         .execute("SELECT pg_advisory_lock($1)", &[&TEMPLATE_LOCK])
         .await
@@ -237,7 +254,7 @@ async fn build_template(admin_url: &str) -> Result<String> {
             .await
             .map_err(db("listing old templates"))?;
         for row in stale {
-            let old: String = row.get(0);
+            let old: String = row.try_get(0).map_err(db("listing old templates"))?;
             admin
                 .batch_execute(&format!("DROP DATABASE IF EXISTS {old} WITH (FORCE)"))
                 .await
@@ -254,9 +271,8 @@ async fn build_template(admin_url: &str) -> Result<String> {
             .await
             .map_err(db("creating the template"))?;
         {
-            let store = Store::with_pool_size(&with_dbname(admin_url, &building), 1)?;
-            store.migrate().await?;
-            store.pool().close();
+            let tally = Tally::with_pool_size(&with_dbname(admin_url, &building)?, 1)?;
+            tally.migrate().await?;
         }
         // The pool's connection may still be closing; the rename needs it gone.
         admin

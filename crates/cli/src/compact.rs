@@ -1,18 +1,11 @@
-//! The seed's compact number formatting for tables.
+//! The seed's compact number formatting for tables (display only, so it lives here).
 
-use rust_decimal::{Decimal, RoundingStrategy};
+use tally::rust_decimal::{Decimal, RoundingStrategy};
 
 /// Formats a number compactly: 1 500 000 → `"1.50M"`, 5 500 → `"5.50K"`, 250 → `"250"`,
 /// `7600.000000` → `"7.60K"`, 2.5 × 10^9 → `"2.50B"`. Below 1 000 the value is shown
 /// exactly, without trailing zeros.
-///
-/// ```
-/// use rust_decimal::Decimal;
-/// use tally_core::format_compact;
-/// assert_eq!(format_compact(Decimal::from(1_500_000)), "1.50M");
-/// assert_eq!(format_compact("7600.000000".parse().unwrap()), "7.60K");
-/// ```
-pub fn format_compact(value: Decimal) -> String {
+pub(crate) fn format_compact(value: Decimal) -> String {
     let abs = value.abs();
     let scaled = |div: i64, suffix: &str| {
         let v = (value / Decimal::from(div))

@@ -1,0 +1,56 @@
+//! How Tally writes values in JSON: decimals as exact strings without trailing zeros,
+//! money with its minor-unit places, instants as RFC 3339 UTC. Used as
+//! `#[serde(serialize_with = "…")]` on the result types, so every program that
+//! serializes them gets the same text.
+
+use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
+use rust_decimal::Decimal;
+use serde::Serializer;
+
+use crate::MONEY_SCALE;
+
+/// An exact decimal as a string, trailing zeros dropped (`"1000"`, `"0.5"`).
+pub fn decimal<S: Serializer>(d: &Decimal, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&d.normalize())
+}
+
+/// An optional decimal: a string or `null`.
+pub fn opt_decimal<S: Serializer>(d: &Option<Decimal>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => decimal(d, s),
+        None => s.serialize_none(),
+    }
+}
+
+/// Money with exactly [`MONEY_SCALE`] places (`"0.10"`).
+pub fn money<S: Serializer>(d: &Decimal, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&format_args!("{d:.prec$}", prec = MONEY_SCALE as usize))
+}
+
+/// An optional value with two places (percentages), or `null`.
+pub fn opt_fixed2<S: Serializer>(d: &Option<Decimal>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.collect_str(&format_args!("{d:.2}")),
+        None => s.serialize_none(),
+    }
+}
+
+/// An instant as RFC 3339 in UTC (`2026-11-01T00:00:00Z`).
+pub fn instant<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&rfc3339(*t))
+}
+
+/// A month as `YYYY-MM`.
+pub fn months<S: Serializer>(months: &[NaiveDate], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(months.iter().map(|m| m.format("%Y-%m").to_string()))
+}
+
+/// A value by its `Display` (zones, granularities).
+pub fn display<T: std::fmt::Display, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
+/// RFC 3339 in UTC with as many fractional digits as the instant has.
+pub fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+}

@@ -1,0 +1,277 @@
+//! Typed read primitives over the rollups and raw events: the only place the read
+//! side's SQL lives. Callers (the analytics crate) decide which ranges to read from
+//! where; these functions read them, each with bind parameters and index range scans.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use tally_core::{CustomerId, Granularity, Limit, Service, TimeRange, Totals};
+use tokio_postgres::Row;
+
+use crate::{Error, Numeric, Result, Store};
+
+/// Whose usage a read is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Who<'a> {
+    /// One customer's.
+    One(&'a CustomerId),
+    /// Every customer's, added up.
+    All,
+}
+
+impl Who<'_> {
+    /// The customer as a query parameter (`NULL` for all).
+    fn customer(&self) -> Option<&str> {
+        match self {
+            Who::One(c) => Some(c.as_str()),
+            Who::All => None,
+        }
+    }
+}
+
+/// The bucket width of a rollup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grain {
+    /// UTC hours.
+    Hour,
+    /// UTC days.
+    Day,
+}
+
+/// Usage in one bucket (or labelled piece) and service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UsageRow {
+    /// The bucket's start (a rollup's UTC hour or day, or the label a raw read was
+    /// given).
+    pub bucket: DateTime<Utc>,
+    /// Index of the row's service in the `services` asked for.
+    pub service: usize,
+    /// Count, sum, minimum and maximum.
+    pub totals: Totals,
+}
+
+/// A top bucket of one customer's use of one service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopBucket {
+    /// The bucket's start (UTC).
+    pub bucket: DateTime<Utc>,
+    /// Its total quantity.
+    pub quantity: Decimal,
+    /// Its events.
+    pub events: i64,
+}
+
+fn numeric(row: &Row, i: usize) -> Result<Decimal> {
+    row.try_get::<_, Numeric>(i)
+        .map(|n| n.0)
+        .map_err(Error::db("reading usage"))
+}
+
+/// Reads `(bucket, service, events, quantity, min, max)` into a [`UsageRow`].
+fn usage_row(row: &Row, index: &HashMap<&str, usize>) -> Result<Option<UsageRow>> {
+    let service: &str = row.try_get(1).map_err(Error::db("reading usage"))?;
+    // A service not asked for cannot match the filter; skip rather than trust it.
+    let Some(&service) = index.get(service) else {
+        return Ok(None);
+    };
+    Ok(Some(UsageRow {
+        bucket: row.try_get(0).map_err(Error::db("reading usage"))?,
+        service,
+        totals: Totals {
+            events: row.try_get(2).map_err(Error::db("reading usage"))?,
+            quantity: numeric(row, 3)?,
+            min: numeric(row, 4)?,
+            max: numeric(row, 5)?,
+        },
+    }))
+}
+
+fn service_index(services: &[Service]) -> (Vec<&str>, HashMap<&str, usize>) {
+    let names: Vec<&str> = services.iter().map(Service::as_str).collect();
+    let index = names.iter().enumerate().map(|(i, s)| (*s, i)).collect();
+    (names, index)
+}
+
+impl Store {
+    /// The rollup rows of `services` with buckets in each of `spans`, one result list
+    /// per span, each read by one primary-key range scan. For one customer, `grain`
+    /// picks the hourly or daily rollup. For all customers, rows come from the
+    /// all-customer hourly rollup whatever the grain (its buckets are UTC hours), and
+    /// several rows may share a bucket and service (one per writer lane): merge them.
+    pub async fn rollup_rows(
+        &self,
+        who: Who<'_>,
+        grain: Grain,
+        services: &[Service],
+        spans: &[TimeRange],
+    ) -> Result<Vec<Vec<UsageRow>>> {
+        let (names, index) = service_index(services);
+        let sql = match (who, grain) {
+            (Who::One(_), Grain::Hour) => {
+                "SELECT bucket, service, events, quantity, min_quantity, max_quantity FROM usage_hourly
+                 WHERE customer_id = $4 AND service = ANY($1::text[]) AND bucket >= $2 AND bucket < $3"
+            }
+            (Who::One(_), Grain::Day) => {
+                "SELECT bucket, service, events, quantity, min_quantity, max_quantity FROM usage_daily
+                 WHERE customer_id = $4 AND service = ANY($1::text[]) AND bucket >= $2 AND bucket < $3"
+            }
+            (Who::All, _) => {
+                "SELECT bucket, service, events, quantity, min_quantity, max_quantity FROM usage_hourly_total
+                 WHERE service = ANY($1::text[]) AND bucket >= $2 AND bucket < $3 AND $4::text IS NULL"
+            }
+        };
+        let client = self
+            .pool()
+            .get()
+            .await
+            .map_err(Error::pool("reading usage"))?;
+        let stmt = client
+            .prepare_cached(sql)
+            .await
+            .map_err(Error::db("preparing a usage query"))?;
+        let customer = who.customer();
+        let mut out = Vec::with_capacity(spans.len());
+        for span in spans {
+            let rows = client
+                .query(&stmt, &[&names, &span.from(), &span.to(), &customer])
+                .await
+                .map_err(Error::db("reading usage"))?;
+            let mut list = Vec::with_capacity(rows.len());
+            for row in &rows {
+                if let Some(r) = usage_row(row, &index)? {
+                    list.push(r);
+                }
+            }
+            out.push(list);
+        }
+        Ok(out)
+    }
+
+    /// Totals of raw events of `services` in each labelled piece, keyed by the piece's
+    /// label: for the parts of a range that no rollup bucket fits (sub-hour edges).
+    /// Pieces must not overlap.
+    pub async fn raw_totals(
+        &self,
+        who: Who<'_>,
+        services: &[Service],
+        pieces: &[(DateTime<Utc>, TimeRange)],
+    ) -> Result<Vec<UsageRow>> {
+        if pieces.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (names, index) = service_index(services);
+        let sql = match who {
+            Who::One(_) => {
+                "SELECT p.label, r.service, count(*), sum(r.quantity), min(r.quantity), max(r.quantity)
+                 FROM unnest($1::timestamptz[], $2::timestamptz[], $3::timestamptz[]) AS p(label, lo, hi)
+                 JOIN usage_events r ON r.recorded_at >= p.lo AND r.recorded_at < p.hi
+                 WHERE r.service = ANY($4::text[]) AND r.customer_id = $5
+                 GROUP BY 1, 2"
+            }
+            Who::All => {
+                "SELECT p.label, r.service, count(*), sum(r.quantity), min(r.quantity), max(r.quantity)
+                 FROM unnest($1::timestamptz[], $2::timestamptz[], $3::timestamptz[]) AS p(label, lo, hi)
+                 JOIN usage_events r ON r.recorded_at >= p.lo AND r.recorded_at < p.hi
+                 WHERE r.service = ANY($4::text[]) AND $5::text IS NULL
+                 GROUP BY 1, 2"
+            }
+        };
+        let labels: Vec<DateTime<Utc>> = pieces.iter().map(|(l, _)| *l).collect();
+        let lo: Vec<DateTime<Utc>> = pieces.iter().map(|(_, r)| r.from()).collect();
+        let hi: Vec<DateTime<Utc>> = pieces.iter().map(|(_, r)| r.to()).collect();
+        let client = self
+            .pool()
+            .get()
+            .await
+            .map_err(Error::pool("reading usage"))?;
+        let stmt = client
+            .prepare_cached(sql)
+            .await
+            .map_err(Error::db("preparing a usage query"))?;
+        let rows = client
+            .query(&stmt, &[&labels, &lo, &hi, &names, &who.customer()])
+            .await
+            .map_err(Error::db("reading usage"))?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            if let Some(r) = usage_row(row, &index)? {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The quantity of every event of `customer` and `service` in `range`, unordered.
+    pub async fn event_quantities(
+        &self,
+        customer: &CustomerId,
+        service: &Service,
+        range: TimeRange,
+    ) -> Result<Vec<Decimal>> {
+        let client = self
+            .pool()
+            .get()
+            .await
+            .map_err(Error::pool("reading events"))?;
+        let rows = client
+            .query(
+                "SELECT quantity FROM usage_events
+                 WHERE customer_id = $1 AND service = $2 AND recorded_at >= $3 AND recorded_at < $4",
+                &[&customer.as_str(), &service.as_str(), &range.from(), &range.to()],
+            )
+            .await
+            .map_err(Error::db("reading events"))?;
+        rows.iter().map(|r| numeric(r, 0)).collect()
+    }
+
+    /// The `limit` UTC hours, days or months with the largest total of `customer`'s
+    /// use of `service`, largest first, ties broken by the earlier bucket.
+    pub async fn top_buckets(
+        &self,
+        customer: &CustomerId,
+        service: &Service,
+        by: Granularity,
+        limit: Limit,
+    ) -> Result<Vec<TopBucket>> {
+        let sql = match by {
+            Granularity::Hour => {
+                "SELECT bucket, quantity, events FROM usage_hourly
+                 WHERE customer_id = $1 AND service = $2 ORDER BY quantity DESC, bucket LIMIT $3"
+            }
+            Granularity::Day => {
+                "SELECT bucket, quantity, events FROM usage_daily
+                 WHERE customer_id = $1 AND service = $2 ORDER BY quantity DESC, bucket LIMIT $3"
+            }
+            Granularity::Month => {
+                "SELECT date_trunc('month', bucket, 'UTC'), sum(quantity), sum(events)::int8 FROM usage_daily
+                 WHERE customer_id = $1 AND service = $2 GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT $3"
+            }
+        };
+        let client = self
+            .pool()
+            .get()
+            .await
+            .map_err(Error::pool("reading peaks"))?;
+        let rows = client
+            .query(
+                sql,
+                &[
+                    &customer.as_str(),
+                    &service.as_str(),
+                    &i64::from(limit.get()),
+                ],
+            )
+            .await
+            .map_err(Error::db("reading peaks"))?;
+        rows.iter()
+            .map(|r| {
+                Ok(TopBucket {
+                    bucket: r.try_get(0).map_err(Error::db("reading peaks"))?,
+                    quantity: numeric(r, 1)?,
+                    events: r.try_get(2).map_err(Error::db("reading peaks"))?,
+                })
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,84 @@
+//! The rollup tables: what the write path upserts and `verify` recomputes, in one list.
+//!
+//! Every rollup row follows the one merge rule of [`tally_core::Totals::merge`]:
+//! counts and sums add, minimum and maximum widen. The write path's `ON CONFLICT`
+//! clause (`merge!` in `ingest.rs`) and [`Rollup::verify_sql`] both apply it, and
+//! `verify` compares each rollup with the raw events under it.
+
+/// One rollup table.
+pub(crate) struct Rollup {
+    /// Table name.
+    pub(crate) table: &'static str,
+    /// Key columns besides the bucket.
+    pub(crate) key: &'static str,
+    /// Bucket width, as a `date_bin` interval on the UTC origin.
+    pub(crate) width: &'static str,
+}
+
+/// UTC origin of every bucket: `date_bin` on it is plain arithmetic.
+pub(crate) const ORIGIN: &str = "timestamptz '2000-01-01 00:00:00+00'";
+
+/// Every rollup. The all-customer table has several rows (lanes) per key and bucket:
+/// merged by the same rule, they must equal the raw events.
+pub(crate) const ROLLUPS: [Rollup; 3] = [
+    Rollup {
+        table: "usage_hourly",
+        key: "customer_id, service",
+        width: "1 hour",
+    },
+    Rollup {
+        table: "usage_daily",
+        key: "customer_id, service",
+        width: "1 day",
+    },
+    Rollup {
+        table: "usage_hourly_total",
+        key: "service",
+        width: "1 hour",
+    },
+];
+
+impl Rollup {
+    /// Counts the buckets where the rollup differs from the raw events (missing rows on
+    /// either side included). Table, key and width come from [`ROLLUPS`], never from
+    /// input.
+    pub(crate) fn verify_sql(&self) -> String {
+        let Rollup { table, key, width } = self;
+        format!(
+            "WITH raw AS (
+                SELECT {key}, date_bin('{width}', recorded_at, {ORIGIN}) AS bucket,
+                       count(*) AS events, sum(quantity) AS quantity, min(quantity) AS lo, max(quantity) AS hi
+                FROM usage_events GROUP BY {key}, bucket)
+             , r AS (
+                SELECT {key}, bucket, sum(events) AS events, sum(quantity) AS quantity,
+                       min(min_quantity) AS lo, max(max_quantity) AS hi
+                FROM {table} GROUP BY {key}, bucket)
+             SELECT count(*) FROM raw FULL JOIN r USING ({key}, bucket)
+             WHERE raw.events IS DISTINCT FROM r.events OR raw.quantity IS DISTINCT FROM r.quantity
+                OR raw.lo IS DISTINCT FROM r.lo OR raw.hi IS DISTINCT FROM r.hi"
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ingest::LANES, migrate::MIGRATIONS};
+
+    #[test]
+    fn the_schema_allows_exactly_the_lanes_the_write_path_uses() {
+        let check = format!("CHECK (lane BETWEEN 0 AND {})", LANES - 1);
+        assert!(
+            MIGRATIONS.iter().any(|m| m.sql.contains(&check)),
+            "no migration has {check}"
+        );
+    }
+
+    #[test]
+    fn every_rollup_table_is_in_the_schema() {
+        for r in &ROLLUPS {
+            let ddl = format!("CREATE TABLE {} (", r.table);
+            assert!(MIGRATIONS.iter().any(|m| m.sql.contains(&ddl)), "{ddl}");
+        }
+    }
+}

@@ -1,0 +1,237 @@
+//! Usage metering and usage-based billing inside your application's own PostgreSQL.
+//!
+//! This is the one crate to depend on. [`Tally`] is a handle on a Tally database: it
+//! records usage exactly once (directly or through a batching [`Recorder`]), imports
+//! files, verifies the rollups, and reads summaries, aggregations, statistics, trends,
+//! peaks and invoices. Every call returns the one error type, [`Error`]. The crate
+//! only re-exports and delegates: the logic lives in `tally-core` (domain, pricing),
+//! `tally-store` (PostgreSQL) and `tally-analytics` (reads).
+//!
+//! ```no_run
+//! use tally::{CustomerId, RecorderConfig, Tally, TimeRange, Zone, track};
+//!
+//! # async fn run() -> Result<(), tally::Error> {
+//! let tally = Tally::connect("postgres://postgres@127.0.0.1/app")?;
+//! tally.migrate().await?;
+//!
+//! // Record from any task: the recorder batches, writes by binary COPY, exactly once.
+//! let recorder = tally.recorder(RecorderConfig::from_env()?);
+//! let customer: CustomerId = "acme".parse()?;
+//! let usage = track::api_request("/v1/things", "GET", 200)?;
+//! recorder.record(usage.for_customer(customer.clone())).await?;
+//! recorder.close().await?;
+//!
+//! // Read it back, priced: this month so far.
+//! let month = TimeRange::from_bounds(None, None, Zone::UTC, tally::chrono::Utc::now())?;
+//! let summary = tally.summary(&customer, month, None, None).await?;
+//! println!("{} due", summary.total_amount);
+//! assert_eq!(tally.verify().await?.mismatches, 0);
+//! # Ok(()) }
+//! ```
+//!
+//! Names that would collide or that only some programs need are grouped:
+//! [`pricing`] (price books), [`report`] (read results), [`import`] (file import).
+
+use std::io::Read;
+
+use tally_analytics::Analytics;
+
+pub use tally_core::{
+    BuiltIn, Catalog, CustomerId, EventId, Granularity, Level, Limit, Metadata, Meter, Quantity,
+    Service, Thresholds, TimeRange, Totals, Usage, UsageEvent, Zone, chrono, convert,
+    parse_instant, parse_month, rust_decimal, serde_fmt, track, uuid,
+};
+pub use tally_store::{
+    Error, ErrorKind, MigrateReport, PartitionStatus, Recorder, RecorderConfig, RecorderStatus,
+    Result, VerifyReport, WriteOutcome,
+};
+
+/// Price books: per-unit, package, graduated and volume prices, allowances, one
+/// rounding point.
+pub mod pricing {
+    pub use tally_core::{
+        Line, MONEY_SCALE, Price, PriceBook, PriceModel, PriceVersion, Tier, round_money,
+    };
+}
+
+/// What the read calls return. Each serializes to the JSON of the CLI contract.
+pub mod report {
+    pub use tally_analytics::{
+        Aggregation, Bucket, DayLine, Invoice, InvoiceLine, Over, Peak, ServiceLine, Stats,
+        Summary, TrendDay, percentile_cont,
+    };
+}
+
+/// Bulk import of CSV and NDJSON files.
+pub mod import {
+    pub use tally_store::{ImportFormat, ImportOptions, ImportReport, LineError, Progress};
+}
+
+/// The error of parsing a value from outside (a customer id, a quantity, a zone...):
+/// it names the field and the value, and `?` turns it into an [`Error`] of kind
+/// [`ErrorKind::Invalid`].
+pub use tally_core::Error as InvalidInput;
+
+#[doc(hidden)]
+pub use tally_store::schema_fingerprint;
+
+use import::{ImportOptions, ImportReport, Progress};
+use pricing::PriceBook;
+use report::{Aggregation, Invoice, Over, Peak, Stats, Summary, TrendDay};
+
+/// A handle on a Tally database. Cheap to clone; share it between tasks.
+#[derive(Debug, Clone)]
+pub struct Tally {
+    store: tally_store::Store,
+    analytics: Analytics,
+}
+
+impl Tally {
+    /// A handle for `url` (`postgres://…` or `host=… dbname=…`) with a pool of 8
+    /// connections; connects lazily.
+    pub fn connect(url: &str) -> Result<Tally> {
+        Tally::with_pool_size(url, 8)
+    }
+
+    /// As [`Tally::connect`], with at most `pool_size` connections.
+    pub fn with_pool_size(url: &str, pool_size: usize) -> Result<Tally> {
+        let store = tally_store::Store::with_pool_size(url, pool_size)?;
+        let analytics = Analytics::new(store.clone());
+        Ok(Tally { store, analytics })
+    }
+
+    /// The same database, pricing reads with `prices` (default: the built-in per-unit
+    /// prices).
+    pub fn with_prices(mut self, prices: PriceBook) -> Tally {
+        self.analytics = self.analytics.with_prices(prices);
+        self
+    }
+
+    /// The price book reads use.
+    pub fn prices(&self) -> &PriceBook {
+        self.analytics.prices()
+    }
+
+    /// Applies the embedded migrations; safe to run concurrently and repeatedly.
+    pub async fn migrate(&self) -> Result<MigrateReport> {
+        self.store.migrate().await
+    }
+
+    /// A batching recorder.
+    pub fn recorder(&self, config: RecorderConfig) -> Recorder {
+        self.store.recorder(config)
+    }
+
+    /// Writes events exactly once, now, in one transaction.
+    pub async fn write(&self, events: &[UsageEvent]) -> Result<WriteOutcome> {
+        self.store.write(events).await
+    }
+
+    /// Imports a CSV or NDJSON stream.
+    pub async fn import<R: Read + Send + 'static>(
+        &self,
+        reader: R,
+        options: ImportOptions,
+        progress: Option<Progress>,
+    ) -> Result<ImportReport> {
+        self.store.import(reader, options, progress).await
+    }
+
+    /// Recomputes the rollups from raw events and reports differences.
+    pub async fn verify(&self) -> Result<VerifyReport> {
+        self.store.verify().await
+    }
+
+    /// The known services (built-ins and defined meters).
+    pub async fn catalog(&self) -> Result<Catalog> {
+        self.store.catalog().await
+    }
+
+    /// The service named `name` (a built-in or a defined meter).
+    pub async fn service(&self, name: &str) -> Result<Service> {
+        self.store.service(name).await
+    }
+
+    /// Defines a user meter.
+    pub async fn define_meter(&self, meter: &Meter) -> Result<()> {
+        self.store.define_meter(meter).await
+    }
+
+    /// The events table's partitions and what the default partition holds.
+    pub async fn partition_status(&self) -> Result<PartitionStatus> {
+        self.store.partition_status().await
+    }
+
+    /// A customer's usage and cost per service over `range`; with `detailed`, a
+    /// per-day breakdown in that zone.
+    pub async fn summary(
+        &self,
+        customer: &CustomerId,
+        range: TimeRange,
+        service: Option<&Service>,
+        detailed: Option<Zone>,
+    ) -> Result<Summary> {
+        self.analytics
+            .summary(customer, range, service, detailed)
+            .await
+    }
+
+    /// Usage per hour, day or month of `zone`, for one customer or all.
+    pub async fn aggregate(
+        &self,
+        customer: Option<&CustomerId>,
+        range: TimeRange,
+        service: Option<&Service>,
+        granularity: Granularity,
+        zone: Zone,
+    ) -> Result<Aggregation> {
+        self.analytics
+            .aggregate(customer, range, service, granularity, zone)
+            .await
+    }
+
+    /// Statistics over the `days` complete UTC days before `as_of`'s day.
+    pub async fn stats(
+        &self,
+        customer: &CustomerId,
+        service: &Service,
+        days: u32,
+        over: Over,
+        as_of: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Stats> {
+        self.analytics
+            .stats(customer, service, days, over, as_of)
+            .await
+    }
+
+    /// Daily totals of the last `days` calendar days of `zone`, with day-over-day
+    /// change.
+    pub async fn trends(
+        &self,
+        customer: &CustomerId,
+        service: Option<&Service>,
+        days: u32,
+        zone: Zone,
+        as_of: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<TrendDay>> {
+        self.analytics
+            .trends(customer, service, days, zone, as_of)
+            .await
+    }
+
+    /// The largest UTC hours, days or months of a customer's use of a service.
+    pub async fn peaks(
+        &self,
+        customer: &CustomerId,
+        service: &Service,
+        by: Granularity,
+        limit: Limit,
+    ) -> Result<Vec<Peak>> {
+        self.analytics.peaks(customer, service, by, limit).await
+    }
+
+    /// An invoice preview for `period`.
+    pub async fn invoice(&self, customer: &CustomerId, period: TimeRange) -> Result<Invoice> {
+        self.analytics.invoice(customer, period).await
+    }
+}

@@ -1,0 +1,85 @@
+//! The layering rule, checked: `tally-store` is the only crate that speaks SQL, names a
+//! table or uses the PostgreSQL driver. (`tally-testdb` administers test databases —
+//! `CREATE DATABASE`, templates — so it may speak SQL, but names none of Tally's
+//! tables.)
+
+use std::path::{Path, PathBuf};
+
+const TABLES: &[&str] = &[
+    "usage_events",
+    "usage_event_keys",
+    "usage_hourly",
+    "usage_daily",
+    "usage_hourly_total",
+    "usage_dead_letters",
+    "tally_meters",
+    "tally_migrations",
+    "tally_stage",
+];
+
+const SQL: &[&str] = &[
+    "SELECT ",
+    "INSERT INTO",
+    "UPDATE ",
+    "DELETE FROM",
+    "CREATE TABLE",
+    "ON CONFLICT",
+    "tokio_postgres",
+    "deadpool_postgres",
+];
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// Whether `word` occurs in `text` as a whole identifier.
+fn has_word(text: &str, word: &str) -> bool {
+    let ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    text.match_indices(word).any(|(i, _)| {
+        let before = text[..i].chars().next_back();
+        let after = text[i + word.len()..].chars().next();
+        !before.is_some_and(ident) && !after.is_some_and(ident)
+    })
+}
+
+#[test]
+fn only_the_store_speaks_sql_or_names_a_table() {
+    let crates = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crates");
+    let mut found = Vec::new();
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&crates).unwrap() {
+        let dir = entry.unwrap().path();
+        let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+        if name == "store" {
+            continue;
+        }
+        let mut files = Vec::new();
+        rust_files(&dir.join("src"), &mut files);
+        for file in files {
+            checked += 1;
+            let text = std::fs::read_to_string(&file).unwrap();
+            for t in TABLES {
+                if has_word(&text, t) {
+                    found.push(format!("{} names table {t}", file.display()));
+                }
+            }
+            if name == "testdb" {
+                continue;
+            }
+            for s in SQL {
+                if text.contains(s) {
+                    found.push(format!("{} contains {s:?}", file.display()));
+                }
+            }
+        }
+    }
+    assert!(checked >= 10, "only {checked} files checked");
+    assert!(found.is_empty(), "{}", found.join("\n"));
+}
