@@ -260,3 +260,74 @@ async fn a_key_claimed_by_a_concurrent_writer_is_counted_once() {
         (2, Decimal::from(3), 0, 0)
     );
 }
+
+#[tokio::test]
+async fn totals_are_exact_up_to_the_supported_maximum_and_refused_past_it() {
+    // Nine events of the largest quantity for one customer, service and hour: the
+    // eighth would take the total past 79 228 162 514 264.337593543950335, the largest
+    // Tally adds up exactly. It is refused, and everything read stays exact.
+    let db = TestDb::new().await.unwrap();
+    let big = "9999999999999.999999999999999";
+    for i in 0..7 {
+        let e = event(100 + i, "acme", Service::API, big, "2026-11-01T10:00:00Z");
+        db.tally().write(&[e]).await.unwrap();
+    }
+    let past = event(200, "acme", Service::API, big, "2026-11-01T10:00:00Z");
+    let err = db.tally().write(&[past]).await.unwrap_err();
+    assert_eq!(err.sqlstate(), Some("23514"), "{err}");
+    assert!(err.to_string().contains("quantity_limit"), "{err}");
+    let seven: Decimal = "69999999999999.999999999999993".parse().unwrap();
+    let v = db.tally().verify().await.unwrap();
+    assert_eq!((v.events, v.quantity, v.mismatches), (7, seven, 0));
+    let month =
+        tally::TimeRange::new(at("2026-11-01T00:00:00Z"), at("2026-12-01T00:00:00Z")).unwrap();
+    let acme: tally::CustomerId = "acme".parse().unwrap();
+    let s = db.tally().summary(&acme, month, None, None).await.unwrap();
+    let api = s.services.iter().find(|l| l.service == "api").unwrap();
+    assert_eq!((api.quantity, api.events), (seven, 7));
+    // In one batch, the same excess is refused before anything is written.
+    let batch: Vec<UsageEvent> = (0..9)
+        .map(|i| event(300 + i, "beta", Service::API, big, "2026-11-01T10:00:00Z"))
+        .collect();
+    let err = db.tally().write(&batch).await.unwrap_err();
+    assert!(
+        err.to_string().contains("79228162514264.337593543950335"),
+        "{err}"
+    );
+    assert_eq!(db.tally().verify().await.unwrap().events, 7);
+}
+
+#[tokio::test]
+async fn the_sql_merge_rule_is_the_rust_one() {
+    // The same events written in one batch and in seven batches must give rollups
+    // equal to tally_core::Totals folded in Rust, the one merge rule.
+    let db = TestDb::new().await.unwrap();
+    let quantities = ["5", "0.5", "12", "0.000000000001", "7", "3.25", "9"];
+    let events: Vec<UsageEvent> = quantities
+        .iter()
+        .enumerate()
+        .map(|(i, q)| {
+            event(
+                i as u128 + 1,
+                "acme",
+                Service::API,
+                q,
+                "2026-11-01T10:15:00Z",
+            )
+        })
+        .collect();
+    for e in &events {
+        db.tally().write(std::slice::from_ref(e)).await.unwrap();
+    }
+    let mut folded = tally::Totals::of(events[0].quantity.value());
+    for e in &events[1..] {
+        folded.add(e.quantity.value()).unwrap();
+    }
+    let rows = hourly(&db).await;
+    let (n, q, lo, hi) = rows[&("acme".into(), "api".into(), "2026-11-01 10:00".into())];
+    assert_eq!(
+        (n, q, lo, hi),
+        (folded.events, folded.quantity, folded.min, folded.max)
+    );
+    assert_eq!(db.tally().verify().await.unwrap().mismatches, 0);
+}

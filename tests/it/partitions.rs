@@ -1,4 +1,5 @@
 use chrono::{Datelike, Utc};
+use rust_decimal::Decimal;
 use tally::Service;
 use tally_testdb::TestDb;
 use tally_tests::event;
@@ -80,4 +81,78 @@ async fn creating_a_partition_later_moves_rows_out_of_the_default() {
         .unwrap()
         .get(0);
     assert_eq!(h, 1);
+}
+
+#[tokio::test]
+async fn an_application_role_with_table_privileges_records_and_reports() {
+    // The documented two-role setup (docs/operations.md): the owner migrates and
+    // creates partitions ahead; the application role may only read and write rows.
+    let db = TestDb::new().await.unwrap();
+    let owner = db.client().await.unwrap();
+    let role = format!("tally_app_{}", db.name().rsplit('_').next().unwrap());
+    owner
+        .batch_execute(&format!(
+            "DROP ROLE IF EXISTS {role};
+             CREATE ROLE {role} LOGIN;
+             GRANT CONNECT, TEMPORARY ON DATABASE {db} TO {role};
+             GRANT USAGE ON SCHEMA public TO {role};
+             GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role};
+             GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role};",
+            db = db.name()
+        ))
+        .await
+        .unwrap();
+    let cfg: tokio_postgres::Config = db.url().parse().unwrap();
+    let url = db.url().replace(
+        &format!("user={}", cfg.get_user().unwrap_or("postgres")),
+        &format!("user={role}"),
+    );
+    let result = async {
+        let app = tally::Tally::with_pool_size(&url, 2).unwrap();
+        // A migrate with nothing to do needs no DDL right.
+        assert!(app.migrate().await.unwrap().applied.is_empty());
+        // This month has a partition (made by the owner); 20 months ago has none, and
+        // the application role cannot make one: the event waits in the default
+        // partition.
+        let now = chrono::Utc::now();
+        let old = now - chrono::Duration::days(600);
+        let e1 = event(1, "acme", Service::API, "2", &now.to_rfc3339());
+        let e2 = event(2, "acme", Service::API, "3", &old.to_rfc3339());
+        assert_eq!(app.write(&[e1, e2]).await.unwrap().inserted, 2);
+        let acme: tally::CustomerId = "acme".parse().unwrap();
+        let range = tally::TimeRange::new(
+            old - chrono::Duration::days(1),
+            now + chrono::Duration::days(1),
+        )
+        .unwrap();
+        let s = app
+            .summary(&acme, range, Some(&Service::API), None)
+            .await
+            .unwrap();
+        assert_eq!(s.services[0].quantity, Decimal::from(5));
+        assert_eq!(app.partition_status().await.unwrap().default_rows, 1);
+        // The owner's schedule creates partitions; the late one is then made on demand.
+        db.tally()
+            .write(&[event(3, "acme", Service::API, "1", &old.to_rfc3339())])
+            .await
+            .unwrap();
+        assert_eq!(db.tally().partition_status().await.unwrap().default_rows, 0);
+        assert_eq!(db.tally().verify().await.unwrap().mismatches, 0);
+    }
+    .await;
+    // The role's sessions (and their temporary staging tables) go first; then what
+    // was granted to it, then the role, which is cluster-wide.
+    owner
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1",
+            &[&role],
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    owner
+        .batch_execute(&format!("DROP OWNED BY {role}; DROP ROLE {role};"))
+        .await
+        .unwrap();
+    result
 }

@@ -263,9 +263,11 @@ async fn events_queued_while_the_database_is_down_are_committed_when_it_returns(
 
 #[tokio::test]
 async fn a_permanent_failure_is_isolated_and_the_rest_is_written() {
-    // `\u0000` is valid JSON but not valid jsonb: PostgreSQL refuses it (22P05) every
-    // time, so retrying is pointless. The recorder must narrow the failure down to that
-    // one event, dead-letter it with the reason, write the 199 others, and keep going.
+    // Eight events of 9 999 999 999 999 for one customer, service and hour: seven fit
+    // the largest rollup total Tally supports (79 228 162 514 264.3…), the eighth would
+    // pass it, and PostgreSQL refuses that row every time (23514). The recorder must
+    // narrow the failure down to that one event, dead-letter it with the reason, write
+    // the 199 others, and keep going.
     let db = TestDb::new().await.unwrap();
     let rec = db.tally().recorder(
         RecorderConfig::default()
@@ -274,9 +276,15 @@ async fn a_permanent_failure_is_isolated_and_the_rest_is_written() {
             .retry_backoff(Duration::from_millis(1), Duration::from_millis(5)),
     );
     let mut batch = events(200, 0);
-    batch[137] = batch[137]
-        .clone()
-        .with_metadata(r#"{"bad":"\u0000"}"#.parse().unwrap());
+    for e in &mut batch[100..108] {
+        *e = event(
+            e.id.uuid().as_u128(),
+            "whale",
+            Service::API,
+            "9999999999999",
+            "2026-11-01T10:00:00Z",
+        );
+    }
     rec.record_many(batch).await.unwrap();
     rec.flush_within(Duration::from_secs(30)).await.unwrap();
     let s = rec.status();
@@ -285,28 +293,29 @@ async fn a_permanent_failure_is_isolated_and_the_rest_is_written() {
         (199, 1, 0),
         "{s:?}"
     );
-    assert!(s.last_error.unwrap().1.contains("22P05"));
+    assert!(s.last_error.unwrap().1.contains("23514"));
     let v = db.tally().verify().await.unwrap();
     assert_eq!((v.events, v.mismatches), (199, 0));
     let client = db.client().await.unwrap();
     let row = client
         .query_one(
-            "SELECT event_id::text, metadata, error, sqlstate FROM usage_dead_letters",
+            "SELECT event_id::text, customer_id, error, sqlstate FROM usage_dead_letters",
             &[],
         )
         .await
         .unwrap();
+    // The last of the eight, in recording order.
     assert_eq!(
         row.get::<_, String>(0),
-        "00000000-0000-0000-0000-00000000008a"
+        "00000000-0000-0000-0000-00000000006c"
     );
-    assert!(row.get::<_, String>(1).contains("\\u0000"));
+    assert_eq!(row.get::<_, String>(1), "whale");
     assert!(
-        row.get::<_, String>(2).contains("Unicode"),
+        row.get::<_, String>(2).contains("quantity_limit"),
         "{}",
         row.get::<_, String>(2)
     );
-    assert_eq!(row.get::<_, Option<String>>(3).as_deref(), Some("22P05"));
+    assert_eq!(row.get::<_, Option<String>>(3).as_deref(), Some("23514"));
     // The recorder goes on working after it.
     rec.record_many(events(10, 1_000)).await.unwrap();
     rec.close().await.unwrap();

@@ -291,6 +291,14 @@ pub fn percentile_cont(sorted: &[Decimal], p: Decimal) -> Decimal {
     }
 }
 
+fn add_money(a: Decimal, b: Decimal) -> Result<Decimal> {
+    a.checked_add(b)
+        .ok_or(tally_core::Error::Overflow {
+            what: "an invoice total",
+        })
+        .map_err(Into::into)
+}
+
 const P50: Decimal = Decimal::from_parts(5, 0, 0, false, 1);
 const P95: Decimal = Decimal::from_parts(95, 0, 0, false, 2);
 const P99: Decimal = Decimal::from_parts(99, 0, 0, false, 2);
@@ -381,7 +389,7 @@ impl Analytics {
                 &services,
             )
             .await?,
-        );
+        )?;
         let mut lines = Vec::new();
         let mut total_amount = Decimal::ZERO;
         for (i, s) in services.iter().enumerate() {
@@ -392,7 +400,7 @@ impl Analytics {
                 Some(p) => p.line(quantity)?.amount,
                 None => Decimal::ZERO,
             };
-            total_amount += amount;
+            total_amount = add_money(total_amount, amount)?;
             lines.push(ServiceLine {
                 service: s.to_string(),
                 unit: catalog.unit(s).unwrap_or_default().to_owned(),
@@ -612,7 +620,7 @@ impl Analytics {
                 &services,
             )
             .await?,
-        );
+        )?;
         let mut lines = Vec::new();
         let mut total = Decimal::ZERO;
         for (i, s) in services.iter().enumerate() {
@@ -627,7 +635,7 @@ impl Analytics {
                     amount: Decimal::ZERO,
                 },
             };
-            total += line.amount;
+            total = add_money(total, line.amount)?;
             lines.push(InvoiceLine {
                 service: s.to_string(),
                 quantity: line.quantity,

@@ -1,7 +1,7 @@
 //! The one exact primitive: totals over labeled ranges, from rollups where whole UTC
 //! days and hours fit and from raw events only for sub-hour edges.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, hash_map::Entry};
 
 use chrono::{DateTime, Duration, DurationRound, Utc};
 use tally_core::{Service, TimeRange, Totals};
@@ -109,8 +109,14 @@ pub(crate) async fn totals(
         decompose(*label, *r, &mut days, &mut hours, &mut raw);
     }
     let mut out: HashMap<Key, Totals> = HashMap::new();
-    let mut add = |key: Key, t: Totals| {
-        out.entry(key).and_modify(|a| a.merge(t)).or_insert(t);
+    let mut add = |key: Key, t: Totals| -> Result<()> {
+        match out.entry(key) {
+            Entry::Occupied(mut a) => Ok(a.get_mut().merge(t)?),
+            Entry::Vacant(v) => {
+                v.insert(t);
+                Ok(())
+            }
+        }
     };
 
     // Rollups: the rows of each cluster's span by primary key, labelled here. For all
@@ -140,7 +146,7 @@ pub(crate) async fn totals(
         for (cluster, rows) in clusters.iter().zip(rows) {
             for row in rows {
                 if let Some(label) = pieces.label_of(cluster, row.bucket) {
-                    add((label, row.service), row.totals);
+                    add((label, row.service), row.totals)?;
                 }
             }
         }
@@ -151,18 +157,23 @@ pub(crate) async fn totals(
         .filter_map(|i| Some((raw.label[i], TimeRange::new(raw.lo[i], raw.hi[i]).ok()?)))
         .collect();
     for row in store.raw_totals(who, services, &edges).await? {
-        add((row.bucket, row.service), row.totals);
+        add((row.bucket, row.service), row.totals)?;
     }
     Ok(out)
 }
 
 /// Totals keyed by service index only (one label).
-pub(crate) fn by_service(totals: HashMap<Key, Totals>) -> BTreeMap<usize, Totals> {
+pub(crate) fn by_service(totals: HashMap<Key, Totals>) -> Result<BTreeMap<usize, Totals>> {
     let mut out: BTreeMap<usize, Totals> = BTreeMap::new();
     for ((_, service), t) in totals {
-        out.entry(service).and_modify(|a| a.merge(t)).or_insert(t);
+        match out.get_mut(&service) {
+            Some(a) => a.merge(t)?,
+            None => {
+                out.insert(service, t);
+            }
+        }
     }
-    out
+    Ok(out)
 }
 
 #[cfg(test)]

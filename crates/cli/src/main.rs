@@ -51,7 +51,7 @@ enum Command {
     /// Recompute the rollups from raw events and report differences.
     Verify(OutputArg),
     /// Show the events table's monthly partitions and the default partition's size.
-    Partitions(OutputArg),
+    Partitions(PartitionsArgs),
     /// A customer's usage and cost per service over a range.
     Report(reads::ReportArgs),
     /// Usage per hour, day or month in a time zone, for a customer or all customers.
@@ -64,6 +64,16 @@ enum Command {
     Peaks(reads::PeaksArgs),
     /// An invoice preview for a billing period.
     Invoice(reads::InvoiceArgs),
+}
+
+#[derive(Args)]
+struct PartitionsArgs {
+    /// First create the partitions of this month and N months ahead (as the schema
+    /// owner, e.g. from a daily schedule).
+    #[arg(long, value_name = "N")]
+    ensure_ahead: Option<u32>,
+    #[command(flatten)]
+    output: OutputArg,
 }
 
 #[derive(Args)]
@@ -205,7 +215,10 @@ pub(crate) enum Failure {
 impl From<tally::Error> for Failure {
     fn from(e: tally::Error) -> Failure {
         match e.kind() {
-            ErrorKind::Invalid | ErrorKind::ImportRejected => Failure::Usage(e.to_string()),
+            // Values and settings from outside: the caller's to fix.
+            ErrorKind::Invalid | ErrorKind::Config | ErrorKind::ImportRejected => {
+                Failure::Usage(e.to_string())
+            }
             _ => {
                 let hint = match e.sqlstate() {
                     Some("42P01" | "42883") => " (is the schema there? run `tally migrate` first)",
@@ -296,7 +309,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     bytes,
                     hours,
                 } => {
-                    let hours: Quantity = hours.parse().map_err(bad)?;
+                    let hours: Quantity = hours
+                        .parse()
+                        .map_err(|e| Failure::Usage(format!("invalid --hours: {e}")))?;
                     (track::storage(bytes, hours), event)
                 }
                 TrackService::Bandwidth {
@@ -309,7 +324,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     cpu_seconds,
                     metadata,
                 } => {
-                    let secs: Quantity = cpu_seconds.parse().map_err(bad)?;
+                    let secs: Quantity = cpu_seconds
+                        .parse()
+                        .map_err(|e| Failure::Usage(format!("invalid --cpu-seconds: {e}")))?;
                     let meta = match metadata {
                         Some(m) => m.parse::<Metadata>().map_err(bad)?,
                         None => Metadata::empty(),
@@ -356,8 +373,12 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Trends(a) => reads::trends(cli.database_url, a).await?,
         Command::Peaks(a) => reads::peaks(cli.database_url, a).await?,
         Command::Invoice(a) => reads::invoice(cli.database_url, a).await?,
-        Command::Partitions(o) => {
+        Command::Partitions(a) => {
+            let o = a.output;
             let tally = tally_for(cli.database_url)?;
+            if let Some(n) = a.ensure_ahead {
+                tally.ensure_partitions_ahead(n).await?;
+            }
             let s = Partitions(tally.partition_status().await?);
             match o.format {
                 Format::Table => out(format_args!(
@@ -510,6 +531,12 @@ async fn import(url: Option<String>, a: ImportArgs) -> Result<(), Failure> {
                 "invalid --format {other:?}: expected csv or ndjson (input) or table or json (summary)"
             )));
         }
+    }
+    if std::path::Path::new(&a.file).is_dir() {
+        return Err(Failure::Usage(format!(
+            "invalid file {:?}: is a directory",
+            a.file
+        )));
     }
     let format = match input.as_deref() {
         Some(f) => f.parse::<ImportFormat>().map_err(Failure::from)?,

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use crate::{CustomerId, Error, Quantity, Result, Service};
+use crate::{CustomerId, Error, Quantity, Result, Service, time::normalize_instant};
 
 /// An event's id: a UUID, v7 (time-ordered) when Tally makes it.
 ///
@@ -93,11 +93,22 @@ impl Metadata {
     pub fn to_map(&self) -> Map<String, Value> {
         match serde_json::from_str(&self.0) {
             Ok(Value::Object(m)) => m,
-            _ => unreachable!("Metadata always holds a JSON object"),
+            // Metadata is only ever made from an object; nothing else can be here.
+            _ => Map::new(),
         }
     }
 
     fn checked(text: String) -> Result<Metadata> {
+        // JSON allows U+0000 in strings; PostgreSQL's jsonb refuses it (22P05), so an
+        // event carrying it could never be stored. Refused here, naming the field.
+        if text.contains("\\u0000") && has_nul(&serde_json::from_str(&text).unwrap_or(Value::Null))
+        {
+            return Err(Error::invalid(
+                "metadata",
+                &text,
+                "contains the character U+0000 (\\u0000), which PostgreSQL cannot store",
+            ));
+        }
         if text.len() > Self::MAX_BYTES {
             return Err(Error::invalid(
                 "metadata",
@@ -116,6 +127,16 @@ impl Metadata {
 impl Default for Metadata {
     fn default() -> Self {
         Metadata::empty()
+    }
+}
+
+/// Whether any key or string in `v` contains U+0000.
+fn has_nul(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(a) => a.iter().any(has_nul),
+        Value::Object(m) => m.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        _ => false,
     }
 }
 
@@ -167,14 +188,30 @@ impl UsageEvent {
             customer,
             service,
             quantity,
-            recorded_at: Utc::now(),
+            recorded_at: normalize_instant(Utc::now()),
             metadata: Metadata::empty(),
         }
     }
 
-    /// Sets when the usage happened.
+    /// Checks what a caller may have set by hand (the fields are public): the time must
+    /// be normalized and in the supported range ([`crate::check_instant`]).
+    pub fn check(&self) -> Result<()> {
+        let t = crate::check_instant("recorded_at", self.recorded_at)?;
+        if t != self.recorded_at {
+            return Err(Error::invalid(
+                "recorded_at",
+                self.recorded_at
+                    .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+                "is not normalized: a leap second or sub-microsecond digits (use UsageEvent::at)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Sets when the usage happened (normalized: a leap second becomes the next second's start, sub-microsecond
+    /// digits are dropped — what PostgreSQL stores).
     pub fn at(mut self, t: DateTime<Utc>) -> UsageEvent {
-        self.recorded_at = t;
+        self.recorded_at = normalize_instant(t);
         self
     }
 

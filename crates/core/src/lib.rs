@@ -54,7 +54,10 @@ pub use pricing::{
 };
 pub use quantity::Quantity;
 pub use service::{BuiltIn, Catalog, Meter, Service};
-pub use time::{Granularity, TimeRange, Zone, parse_instant, parse_month};
+pub use time::{
+    Granularity, TimeRange, Zone, check_instant, normalize_instant, parse_instant, parse_month,
+    supported_instants,
+};
 pub use totals::Totals;
 
 /// Re-exported so users of Tally's types need not pin their own versions.

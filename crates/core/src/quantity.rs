@@ -81,12 +81,68 @@ impl Quantity {
     }
 }
 
+/// Exponent notation (`mantissa e exponent`, the mantissa plain), exactly; `None` when
+/// `t` has no exponent.
+fn scientific(s: &str, t: &str) -> Option<Result<Quantity>> {
+    let (mantissa, exp) = t.split_once(['e', 'E'])?;
+    let m = mantissa.strip_prefix('+').unwrap_or(mantissa);
+    let (int, frac) = m.split_once('.').unwrap_or((m, ""));
+    let exp_digits = exp.strip_prefix(['+', '-']).unwrap_or(exp);
+    let well_formed = (!int.is_empty() || !frac.is_empty())
+        && int.bytes().all(|b| b.is_ascii_digit())
+        && frac.bytes().all(|b| b.is_ascii_digit())
+        && !exp_digits.is_empty()
+        && exp_digits.len() <= 3
+        && exp_digits.bytes().all(|b| b.is_ascii_digit());
+    if !well_formed {
+        return Some(Err(Error::invalid(
+            "quantity",
+            s,
+            "is not a decimal number (digits with an optional '.' and exponent)",
+        )));
+    }
+    let exact = Decimal::from_scientific(&format!("{m}e{exp}"))
+        .ok()
+        .filter(|d| {
+            // from_scientific rounds what it cannot hold: exact means the digits survive.
+            let digits = format!("{int}{frac}").trim_matches('0').len();
+            d.normalize()
+                .mantissa()
+                .unsigned_abs()
+                .to_string()
+                .trim_end_matches('0')
+                .len()
+                == digits.max(1)
+                || d.is_zero()
+        });
+    Some(match exact {
+        // Name the value as given, not as the decimal it became.
+        Some(d) => Quantity::new(d.normalize()).map_err(|e| match e {
+            Error::Invalid { reason, .. } => Error::invalid("quantity", s, reason),
+            other => other,
+        }),
+        None => Err(Error::invalid(
+            "quantity",
+            s,
+            format!(
+                "cannot be held exactly with {} fractional digits",
+                Quantity::SCALE
+            ),
+        )),
+    })
+}
+
 impl FromStr for Quantity {
     type Err = Error;
-    /// Plain decimal notation only: `"12"`, `"0.5"`, `"0.000000000093"`. Rejects `""`,
-    /// signs other than a leading `+`, exponents (`"1e3"`), `NaN` and infinities.
+    /// Plain decimal notation (`"12"`, `"0.5"`, `"0.000000000093"`), or exponent form as
+    /// JavaScript and Python print small and large numbers (`"9.3e-11"`, `"1E+3"`),
+    /// accepted when its exact value fits [`Quantity::SCALE`] digits. Rejects `""`,
+    /// signs other than a leading `+`, `NaN` and infinities.
     fn from_str(s: &str) -> Result<Quantity> {
         let t = s.trim();
+        if let Some(q) = scientific(s, t) {
+            return q;
+        }
         let digits = t.strip_prefix('+').unwrap_or(t);
         let (int, frac) = digits.split_once('.').unwrap_or((digits, ""));
         let plain = !digits.is_empty()
@@ -190,11 +246,26 @@ mod tests {
     }
 
     #[test]
+    fn exponent_form_is_exact_when_it_fits() {
+        let q = |s: &str| s.parse::<Quantity>().map(|q| q.to_string());
+        assert_eq!(q("9.3e-11").unwrap(), "0.000000000093");
+        assert_eq!(q("1E+3").unwrap(), "1000");
+        assert_eq!(q("1.5e2").unwrap(), "150");
+        assert_eq!(q("1e-15").unwrap(), "0.000000000000001");
+        assert_eq!(q("0e5").unwrap(), "0");
+    }
+
+    #[test]
     fn rejects_bad_text_naming_field_and_value() {
         for bad in [
             "-1",
             "NaN",
-            "1e3",
+            "1e-16",
+            "1e13",
+            "1.5e",
+            "e5",
+            "1e+-3",
+            "1e99999",
             "",
             " ",
             "inf",

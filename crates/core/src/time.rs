@@ -11,16 +11,58 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
 
+/// The instants Tally accepts, everywhere (writes, reads, import, CLI):
+/// `[1900-01-01T00:00:00Z, 2200-01-01T00:00:00Z)`. Wide enough for any usage record
+/// and any billing period, narrow enough that every calendar computation on it (zones,
+/// buckets, nanosecond arithmetic) is exact and cannot overflow.
+pub fn supported_instants() -> (DateTime<Utc>, DateTime<Utc>) {
+    // Seconds since the epoch of 1900-01-01 and 2200-01-01, UTC.
+    let at = |s: i64| DateTime::from_timestamp(s, 0).unwrap_or_default();
+    (at(-2_208_988_800), at(7_258_118_400))
+}
+
+/// An instant the way PostgreSQL stores it: a leap second (`23:59:60`) is the first
+/// instant of the next second, and digits below a microsecond are dropped. Tally
+/// buckets the normalized instant, so an event has one bucket in every table.
+pub fn normalize_instant(t: DateTime<Utc>) -> DateTime<Utc> {
+    let (mut secs, mut nanos) = (t.timestamp(), t.timestamp_subsec_nanos());
+    if nanos >= 1_000_000_000 {
+        secs += 1;
+        nanos -= 1_000_000_000;
+    }
+    DateTime::from_timestamp(secs, nanos / 1_000 * 1_000).unwrap_or(t)
+}
+
+/// Checks an instant from outside: normalized (see [`normalize_instant`]) and inside
+/// [`supported_instants`].
+pub fn check_instant(field: &'static str, t: DateTime<Utc>) -> Result<DateTime<Utc>> {
+    let (lo, hi) = supported_instants();
+    let n = normalize_instant(t);
+    if n < lo || n >= hi {
+        return Err(Error::invalid(
+            field,
+            t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+            "is outside the supported range 1900-01-01T00:00:00Z to 2200-01-01T00:00:00Z",
+        ));
+    }
+    Ok(n)
+}
+
 /// Parses an instant from outside: RFC 3339 with an explicit offset
 /// (`2026-11-27T10:00:00Z`, `…+05:30`), or a bare date `YYYY-MM-DD`, which means
 /// midnight of that date in `tz`. A date-time without an offset is rejected: its
-/// meaning would depend on some server's clock setting.
+/// meaning would depend on some server's clock setting. The result is normalized and
+/// in the supported range ([`check_instant`]).
 pub fn parse_instant(field: &'static str, s: &str, tz: Zone) -> Result<DateTime<Utc>> {
     let t = s.trim();
     if let Ok(dt) = DateTime::parse_from_rfc3339(t) {
-        return Ok(dt.with_timezone(&Utc));
+        return check_instant(field, dt.with_timezone(&Utc)).map_err(|_| out_of_range(field, s));
     }
     if let Ok(date) = NaiveDate::parse_from_str(t, "%Y-%m-%d") {
+        let (lo, hi) = supported_instants();
+        if date < lo.date_naive() || date >= hi.date_naive() {
+            return Err(out_of_range(field, s));
+        }
         return Ok(tz.start_of_day(date));
     }
     let reason = if NaiveDateTime::parse_from_str(t, "%Y-%m-%dT%H:%M:%S%.f").is_ok()
@@ -33,6 +75,14 @@ pub fn parse_instant(field: &'static str, s: &str, tz: Zone) -> Result<DateTime<
     Err(Error::invalid(field, s, reason))
 }
 
+fn out_of_range(field: &'static str, s: &str) -> Error {
+    Error::invalid(
+        field,
+        s,
+        "is outside the supported range 1900-01-01T00:00:00Z to 2200-01-01T00:00:00Z",
+    )
+}
+
 /// Parses a billing period `YYYY-MM` into the UTC calendar month `[first, next first)`.
 pub fn parse_month(field: &'static str, s: &str) -> Result<TimeRange> {
     let t = s.trim();
@@ -40,6 +90,10 @@ pub fn parse_month(field: &'static str, s: &str) -> Result<TimeRange> {
         .ok()
         .filter(|_| t.len() == 7)
         .ok_or_else(|| Error::invalid(field, s, "expected a month as YYYY-MM"))?;
+    let (lo, hi) = supported_instants();
+    if first < lo.date_naive() || first >= hi.date_naive() {
+        return Err(out_of_range(field, s));
+    }
     let next = first
         .checked_add_months(chrono::Months::new(1))
         .ok_or_else(|| Error::invalid(field, s, "out of range"))?;
@@ -54,8 +108,16 @@ pub struct TimeRange {
 }
 
 impl TimeRange {
-    /// `[from, to)`; `from` must be before `to`.
+    /// `[from, to)`; `from` must be before `to`, both within [`supported_instants`]
+    /// (`to` may be its end).
     pub fn new(from: DateTime<Utc>, to: DateTime<Utc>) -> Result<TimeRange> {
+        let (lo, hi) = supported_instants();
+        if from < lo || from >= hi {
+            return Err(out_of_range("from", &from.to_rfc3339()));
+        }
+        if to > hi {
+            return Err(out_of_range("to", &to.to_rfc3339()));
+        }
         if from >= to {
             return Err(Error::invalid(
                 "to",

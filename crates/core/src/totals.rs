@@ -3,19 +3,22 @@
 
 use rust_decimal::Decimal;
 
+use crate::{Error, Result};
+
 /// Count, sum, minimum and maximum of event quantities.
 ///
 /// This is the rule every rollup follows: counts and sums add, minimum and maximum
 /// widen. The store's SQL upserts apply the same rule and `verify` checks them
-/// against it.
+/// against it. Sums are exact or refused: past [`Totals::MAX_QUANTITY`] a decimal can
+/// no longer hold 15 fractional digits, and [`Totals::merge`] fails rather than round.
 ///
 /// ```
 /// use tally_core::Totals;
 /// let mut a = Totals::of("2".parse()?);
-/// a.add("5".parse()?);
-/// a.merge(Totals::of("1".parse()?));
+/// a.add("5".parse()?)?;
+/// a.merge(Totals::of("1".parse()?))?;
 /// assert_eq!((a.events, a.quantity, a.min, a.max), (3, "8".parse()?, "1".parse()?, "5".parse()?));
-/// # Ok::<(), rust_decimal::Error>(())
+/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Totals {
@@ -29,7 +32,19 @@ pub struct Totals {
     pub max: Decimal,
 }
 
+/// `a + b` when exact: `rust_decimal` rounds away fractional digits rather than
+/// overflow, which for money and usage is a silent loss.
+pub(crate) fn exact_add(a: Decimal, b: Decimal) -> Option<Decimal> {
+    let s = a.checked_add(b)?;
+    (s.scale() >= a.scale().max(b.scale())).then_some(s)
+}
+
 impl Totals {
+    /// The largest total Tally adds up exactly: 2^96 − 1 units of 10^-15, i.e.
+    /// 79 228 162 514 264.337593543950335. The rollup tables refuse rows past it
+    /// (migration 0004), and sums of rows past it are an error, never rounded.
+    pub const MAX_QUANTITY: Decimal = Decimal::from_parts(u32::MAX, u32::MAX, u32::MAX, false, 15);
+
     /// The totals of one event of quantity `q`.
     pub fn of(q: Decimal) -> Totals {
         Totals {
@@ -41,16 +56,29 @@ impl Totals {
     }
 
     /// Adds one event of quantity `q`.
-    pub fn add(&mut self, q: Decimal) {
-        self.merge(Totals::of(q));
+    pub fn add(&mut self, q: Decimal) -> Result<()> {
+        self.merge(Totals::of(q))
     }
 
-    /// Absorbs `other`: counts and sums add, minimum and maximum widen.
-    pub fn merge(&mut self, other: Totals) {
-        self.events += other.events;
-        self.quantity += other.quantity;
+    /// Absorbs `other`: counts and sums add, minimum and maximum widen. Fails, leaving
+    /// `self` unchanged, when the sum cannot be held exactly.
+    pub fn merge(&mut self, other: Totals) -> Result<()> {
+        let quantity = exact_add(self.quantity, other.quantity)
+            .filter(|q| *q <= Totals::MAX_QUANTITY)
+            .ok_or(Error::Overflow {
+                what: "a usage total: the largest Tally sums exactly is 79228162514264.337593543950335",
+            })?;
+        let events = self
+            .events
+            .checked_add(other.events)
+            .ok_or(Error::Overflow {
+                what: "an event count",
+            })?;
+        self.events = events;
+        self.quantity = quantity;
         self.min = self.min.min(other.min);
         self.max = self.max.max(other.max);
+        Ok(())
     }
 
     /// Mean quantity (0 without events).
@@ -60,5 +88,31 @@ impl Totals {
         } else {
             self.quantity / Decimal::from(self.events)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sums_are_exact_up_to_the_limit_and_refused_past_it() {
+        let big: Decimal = "9999999999999.999999999999999".parse().unwrap();
+        let mut t = Totals::of(big);
+        for _ in 0..6 {
+            t.add(big).unwrap();
+        }
+        assert_eq!(t.quantity.to_string(), "69999999999999.999999999999993");
+        let before = t;
+        let e = t.add(big).unwrap_err();
+        assert!(
+            e.to_string().contains("79228162514264.337593543950335"),
+            "{e}"
+        );
+        assert_eq!(t, before, "a refused merge changes nothing");
+        assert_eq!(
+            Totals::MAX_QUANTITY.to_string(),
+            "79228162514264.337593543950335"
+        );
     }
 }

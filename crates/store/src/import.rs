@@ -1,9 +1,11 @@
 //! Bulk import of CSV and NDJSON files through the exactly-once write path.
 
 use std::{
-    collections::HashMap,
+    cell::RefCell,
+    collections::{HashMap, VecDeque},
     io::{BufRead, BufReader, Read},
     path::Path,
+    rc::Rc,
     str::FromStr,
     sync::Arc,
 };
@@ -96,6 +98,9 @@ pub struct ImportReport {
     pub rejected: u64,
     /// Why, line by line (the first 1 000).
     pub errors: Vec<LineError>,
+    /// Write transactions the import committed (bad lines never cut a batch short).
+    #[serde(skip)]
+    pub batches: u64,
 }
 
 const MAX_ERRORS_KEPT: usize = 1_000;
@@ -123,8 +128,16 @@ impl Store {
         let catalog = self.catalog().await?;
         let (tx, mut rx) = mpsc::channel::<Parsed>(4);
         let opts = options.clone();
-        let parser =
-            tokio::task::spawn_blocking(move || parse(reader, &opts, &catalog, progress, &tx));
+        let parser = tokio::task::spawn_blocking(move || {
+            parse(
+                reader,
+                opts.format,
+                opts.batch_size.max(1),
+                &catalog,
+                progress,
+                &mut |p| tx.blocking_send(p).is_ok(),
+            )
+        });
 
         let mut report = ImportReport::default();
         let mut total = WriteOutcome::default();
@@ -149,7 +162,10 @@ impl Store {
                             load.stage(&batch).await?;
                             staged += batch.len() as u64;
                         }
-                        None => total.add(self.ingest().write(&batch, Lane::next()).await?),
+                        None => {
+                            total.add(self.write_riding_out(&batch).await?);
+                            report.batches += 1;
+                        }
                     }
                 }
                 Parsed::Bad(e) => {
@@ -175,6 +191,7 @@ impl Store {
         if let Some(mut load) = load {
             let (inserted, quantity) = load.apply_staged().await?;
             load.commit().await?;
+            report.batches = 1;
             total.add(WriteOutcome {
                 inserted,
                 duplicates: staged - inserted,
@@ -184,6 +201,31 @@ impl Store {
         report.inserted = total.inserted;
         report.duplicates = total.duplicates;
         Ok(report)
+    }
+}
+
+/// How long a lenient import keeps retrying a batch that fails for a transient reason
+/// (a PostgreSQL restart, a dropped connection) before it gives up.
+const IMPORT_RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl Store {
+    /// Writes one import batch, retrying transient failures with backoff for up to
+    /// [`IMPORT_RETRY_FOR`]: dedupe makes a retried batch safe, even one that did
+    /// commit before the connection dropped.
+    async fn write_riding_out(&self, batch: &[UsageEvent]) -> Result<WriteOutcome> {
+        let started = tokio::time::Instant::now();
+        let mut backoff = std::time::Duration::from_millis(100);
+        loop {
+            match self.ingest().write(batch, Lane::next()).await {
+                Err(e) if e.is_transient() && started.elapsed() + backoff < IMPORT_RETRY_FOR => {
+                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64,
+                        "an import batch failed for a transient reason; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+                }
+                other => return other,
+            }
+        }
     }
 }
 
@@ -299,12 +341,126 @@ fn scalar(field: &'static str, raw: &RawValue) -> Result<String, String> {
     ))
 }
 
+/// Longest line (NDJSON) or record (CSV) accepted, in bytes. A usage row is well under
+/// 8 KiB (metadata is capped at 4 KiB); the cap keeps a file without newlines (say
+/// `/dev/zero`) from growing memory without bound.
+pub const MAX_LINE_BYTES: usize = 64 * 1024;
+
+/// Fails a read once a line grows past [`MAX_LINE_BYTES`] (CSV records may span lines
+/// inside quotes, so this bounds the record too), and notes where each line ends.
+struct LineCapped<R> {
+    inner: R,
+    since_newline: usize,
+    line: u64,
+    offset: u64,
+    newlines: Rc<RefCell<Newlines>>,
+}
+
+/// Byte offsets of the newlines read but not yet passed by a record, to give each
+/// record its physical line (the csv crate's own count is off after `\r\n` rows).
+/// The reader runs at most a buffer ahead of the records, so this stays small.
+#[derive(Default)]
+struct Newlines {
+    pending: VecDeque<u64>,
+    passed: u64,
+}
+
+impl Newlines {
+    /// The 1-based line holding byte `at`.
+    fn line_of(&mut self, at: u64) -> u64 {
+        // A record after `\r\n` is said to start at its `\n`: that newline ends the line
+        // before.
+        while self.pending.front().is_some_and(|&nl| nl <= at) {
+            self.pending.pop_front();
+            self.passed += 1;
+        }
+        self.passed + 1
+    }
+}
+
+impl<R: Read> Read for LineCapped<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        for &b in buf.get(..n).unwrap_or_default() {
+            self.offset += 1;
+            if b == b'\n' {
+                self.since_newline = 0;
+                self.line += 1;
+                self.newlines
+                    .borrow_mut()
+                    .pending
+                    .push_back(self.offset - 1);
+            } else {
+                self.since_newline += 1;
+                if self.since_newline > MAX_LINE_BYTES {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!(
+                            "line {} is longer than {MAX_LINE_BYTES} bytes",
+                            self.line + 1
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// An I/O error while reading an import file: an over-long line (see [`LineCapped`])
+/// is bad input; anything else a failure to read.
+fn file_error(io: &std::io::Error) -> Error {
+    if io.kind() == std::io::ErrorKind::InvalidData {
+        return Error::invalid("import file", "", io.to_string());
+    }
+    Error::io(
+        "reading the import file",
+        std::io::Error::new(io.kind(), io.to_string()),
+    )
+}
+
+/// Reads one line of at most [`MAX_LINE_BYTES`] into `buf` (without the newline).
+/// `Ok(None)` at the end; `Ok(Some(false))` when the line was too long (the rest of it
+/// is skipped).
+fn read_line_capped(r: &mut impl BufRead, buf: &mut Vec<u8>) -> std::io::Result<Option<bool>> {
+    buf.clear();
+    let mut fits = true;
+    let mut any = false;
+    loop {
+        let chunk = r.fill_buf()?;
+        if chunk.is_empty() {
+            return Ok(any.then_some(fits));
+        }
+        any = true;
+        let (take, done) = match chunk.iter().position(|&b| b == b'\n') {
+            Some(i) => (i, true),
+            None => (chunk.len(), false),
+        };
+        if fits {
+            if buf.len() + take > MAX_LINE_BYTES {
+                fits = false;
+                buf.clear();
+            } else {
+                buf.extend_from_slice(chunk.get(..take).unwrap_or_default());
+            }
+        }
+        r.consume(if done { take + 1 } else { take });
+        if done {
+            return Ok(Some(fits));
+        }
+    }
+}
+
+/// Parses an import stream, handing each full batch, bad line or fatal error to `sink`
+/// in file order; stops when `sink` returns false. Bad lines do not cut batches short:
+/// a file of interleaved good and bad rows is written in full batches.
 fn parse<R: Read>(
     reader: R,
-    opts: &ImportOptions,
+    format: ImportFormat,
+    batch_size: usize,
     catalog: &Catalog,
     progress: Option<Progress>,
-    tx: &mpsc::Sender<Parsed>,
+    sink: &mut dyn FnMut(Parsed) -> bool,
 ) {
     let reader = Counting {
         inner: reader,
@@ -313,50 +469,46 @@ fn parse<R: Read>(
         reported: 0,
     };
     let mut ids = IdDeriver::default();
-    let mut batch = Vec::with_capacity(opts.batch_size);
-    let mut emit = |item: Parsed, batch: &mut Vec<UsageEvent>| -> bool {
-        if let Parsed::Batch(_) = item {
-            return tx.blocking_send(item).is_ok();
-        }
-        // Send the batch so far first, keeping line order in the report.
-        if !batch.is_empty()
-            && tx
-                .blocking_send(Parsed::Batch(std::mem::take(batch)))
-                .is_err()
-        {
-            return false;
-        }
-        tx.blocking_send(item).is_ok()
-    };
-    let push = |e: UsageEvent,
-                batch: &mut Vec<UsageEvent>,
-                emit: &mut dyn FnMut(Parsed, &mut Vec<UsageEvent>) -> bool| {
-        batch.push(e);
-        if batch.len() >= opts.batch_size {
-            let full = std::mem::replace(batch, Vec::with_capacity(opts.batch_size));
-            return emit(Parsed::Batch(full), batch);
-        }
-        true
-    };
-    match opts.format {
+    let mut batch = Vec::with_capacity(batch_size);
+    let push =
+        |e: UsageEvent, batch: &mut Vec<UsageEvent>, sink: &mut dyn FnMut(Parsed) -> bool| {
+            batch.push(e);
+            if batch.len() >= batch_size {
+                let full = std::mem::replace(batch, Vec::with_capacity(batch_size));
+                return sink(Parsed::Batch(full));
+            }
+            true
+        };
+    let bad = |line: u64, message: String| Parsed::Bad(LineError { line, message });
+    match format {
         ImportFormat::Csv => {
+            let newlines = Rc::new(RefCell::new(Newlines::default()));
+            let capped = LineCapped {
+                inner: reader,
+                since_newline: 0,
+                line: 0,
+                offset: 0,
+                newlines: newlines.clone(),
+            };
+            let line_of = |p: Option<&csv::Position>, hint: u64| {
+                p.map_or(hint, |p| newlines.borrow_mut().line_of(p.byte()))
+            };
             let mut rdr = csv::ReaderBuilder::new()
                 .has_headers(true)
-                .from_reader(reader);
+                .from_reader(capped);
             let headers = match rdr.headers() {
                 Ok(h) => h.clone(),
                 Err(e) => {
-                    emit(
-                        Parsed::Bad(LineError {
-                            line: 1,
-                            message: format!("unreadable header: {e}"),
-                        }),
-                        &mut batch,
-                    );
+                    let fatal = match e.kind() {
+                        csv::ErrorKind::Io(io) => file_error(io),
+                        _ => Error::invalid("import header", "", format!("is unreadable: {e}")),
+                    };
+                    sink(Parsed::Fatal(fatal));
                     return;
                 }
             };
-            let col = |name: &str| headers.iter().position(|h| h.trim() == name);
+            let names: Vec<&str> = headers.iter().map(str::trim).collect();
+            let col = |name: &str| names.iter().position(|h| *h == name);
             let (ci, si, qi, ti) = (
                 col("customer_id"),
                 col("service"),
@@ -364,69 +516,67 @@ fn parse<R: Read>(
                 col("recorded_at"),
             );
             let (ei, mi) = (col("event_id"), col("metadata"));
+            let repeated = names.iter().enumerate().find(|(i, n)| {
+                !n.is_empty() && names.get(..*i).is_some_and(|before| before.contains(n))
+            });
+            if let Some((_, name)) = repeated {
+                sink(Parsed::Fatal(Error::invalid(
+                    "import header",
+                    names.join(","),
+                    format!("names column {name} twice"),
+                )));
+                return;
+            }
             let (Some(ci), Some(si), Some(qi), Some(ti)) = (ci, si, qi, ti) else {
                 let missing: Vec<&str> = ["customer_id", "service", "quantity", "recorded_at"]
                     .into_iter()
                     .filter(|c| col(c).is_none())
                     .collect();
-                emit(
-                    Parsed::Fatal(Error::invalid(
-                        "import header",
-                        headers.iter().collect::<Vec<_>>().join(","),
-                        format!("missing column(s): {}", missing.join(", ")),
-                    )),
-                    &mut batch,
-                );
+                sink(Parsed::Fatal(Error::invalid(
+                    "import header",
+                    names.join(","),
+                    format!("missing column(s): {}", missing.join(", ")),
+                )));
                 return;
             };
-            let mut record = csv::StringRecord::new();
+            let mut record = csv::ByteRecord::new();
             loop {
                 let line_hint = rdr.position().line() + 1;
-                match rdr.read_record(&mut record) {
+                match rdr.read_byte_record(&mut record) {
                     Ok(false) => break,
                     Ok(true) => {
-                        let line = record.position().map_or(line_hint, |p| p.line());
-                        let fields = Fields {
-                            event_id: ei.and_then(|i| record.get(i)),
-                            customer_id: record.get(ci).unwrap_or(""),
-                            service: record.get(si).unwrap_or(""),
-                            quantity: record.get(qi).unwrap_or(""),
-                            recorded_at: record.get(ti).unwrap_or(""),
-                            metadata: mi.and_then(|i| record.get(i)),
+                        let line = line_of(record.position(), line_hint);
+                        let field = |i: usize| -> Result<&str, String> {
+                            std::str::from_utf8(record.get(i).unwrap_or_default())
+                                .map_err(|_| format!("column {} is not valid UTF-8", i + 1))
                         };
-                        let ok = match build(fields, catalog, &mut ids) {
-                            Ok(e) => push(e, &mut batch, &mut emit),
-                            Err(e) => emit(
-                                Parsed::Bad(LineError {
-                                    line,
-                                    message: e.to_string(),
-                                }),
-                                &mut batch,
-                            ),
+                        let opt = |i: Option<usize>| i.map(field).transpose();
+                        let built = (|| {
+                            let fields = Fields {
+                                event_id: opt(ei)?,
+                                customer_id: field(ci)?,
+                                service: field(si)?,
+                                quantity: field(qi)?,
+                                recorded_at: field(ti)?,
+                                metadata: opt(mi)?,
+                            };
+                            build(fields, catalog, &mut ids).map_err(|e| e.to_string())
+                        })();
+                        let ok = match built {
+                            Ok(e) => push(e, &mut batch, sink),
+                            Err(message) => sink(bad(line, message)),
                         };
                         if !ok {
                             return;
                         }
                     }
                     Err(e) => {
-                        let line = e.position().map_or(line_hint, |p| p.line());
-                        if let csv::ErrorKind::Io(_) = e.kind() {
-                            emit(
-                                Parsed::Fatal(Error::io(
-                                    "reading the import file",
-                                    std::io::Error::other(e.to_string()),
-                                )),
-                                &mut batch,
-                            );
+                        let line = line_of(e.position(), line_hint);
+                        if let csv::ErrorKind::Io(io) = e.kind() {
+                            sink(Parsed::Fatal(file_error(io)));
                             return;
                         }
-                        if !emit(
-                            Parsed::Bad(LineError {
-                                line,
-                                message: e.to_string(),
-                            }),
-                            &mut batch,
-                        ) {
+                        if !sink(bad(line, e.to_string())) {
                             return;
                         }
                     }
@@ -435,23 +585,40 @@ fn parse<R: Read>(
         }
         ImportFormat::Ndjson => {
             let mut lines = BufReader::with_capacity(256 * 1024, reader);
-            let mut buf = String::new();
+            let mut buf = Vec::new();
             let mut line = 0u64;
             loop {
-                buf.clear();
-                match lines.read_line(&mut buf) {
-                    Ok(0) => break,
-                    Ok(_) => {}
+                let fits = match read_line_capped(&mut lines, &mut buf) {
+                    Ok(None) => break,
+                    Ok(Some(fits)) => fits,
                     Err(e) => {
-                        emit(
-                            Parsed::Fatal(Error::io(format!("reading line {}", line + 1), e)),
-                            &mut batch,
-                        );
+                        sink(Parsed::Fatal(Error::io(
+                            format!("reading line {}", line + 1),
+                            e,
+                        )));
                         return;
                     }
-                }
+                };
                 line += 1;
-                let text = buf.trim();
+                if !fits {
+                    if !sink(bad(line, format!("is longer than {MAX_LINE_BYTES} bytes"))) {
+                        return;
+                    }
+                    continue;
+                }
+                let Ok(text) = std::str::from_utf8(&buf) else {
+                    if !sink(bad(line, "is not valid UTF-8".into())) {
+                        return;
+                    }
+                    continue;
+                };
+                // A byte-order mark may open the file (CSV readers strip it too).
+                let text = if line == 1 {
+                    text.trim_start_matches('\u{feff}')
+                } else {
+                    text
+                };
+                let text = text.trim();
                 if text.is_empty() {
                     continue;
                 }
@@ -475,8 +642,8 @@ fn parse<R: Read>(
                         build(fields, catalog, &mut ids).map_err(|e| e.to_string())
                     });
                 let ok = match result {
-                    Ok(e) => push(e, &mut batch, &mut emit),
-                    Err(message) => emit(Parsed::Bad(LineError { line, message }), &mut batch),
+                    Ok(e) => push(e, &mut batch, sink),
+                    Err(message) => sink(bad(line, message)),
                 };
                 if !ok {
                     return;
@@ -485,6 +652,26 @@ fn parse<R: Read>(
         }
     }
     if !batch.is_empty() {
-        let _ = tx.blocking_send(Parsed::Batch(batch));
+        sink(Parsed::Batch(batch));
     }
+}
+
+/// Parses a whole import file without a database (with the built-in services only):
+/// the events, the rejected lines, and the error that stopped it, if any. For tests
+/// and fuzzing of the parser; [`Store::import`] is the way to import.
+#[doc(hidden)]
+pub fn parse_file(
+    input: &[u8],
+    format: ImportFormat,
+) -> (Vec<UsageEvent>, Vec<LineError>, Option<Error>) {
+    let mut out = (Vec::new(), Vec::new(), None);
+    parse(input, format, 1_000, &Catalog::default(), None, &mut |p| {
+        match p {
+            Parsed::Batch(b) => out.0.extend(b),
+            Parsed::Bad(e) => out.1.push(e),
+            Parsed::Fatal(e) => out.2 = Some(e),
+        }
+        true
+    });
+    out
 }

@@ -3,7 +3,7 @@
 //! the rows it inserted. `Store::write`, the recorder and import all use it.
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::{BTreeMap, HashSet, btree_map::Entry},
     error::Error as StdError,
     sync::{
         Arc,
@@ -240,9 +240,14 @@ impl Ingest {
         }
     }
 
-    /// Makes sure the months of the current one and a few ahead have partitions.
-    pub(crate) async fn ensure_partitions_ahead(&self) -> Result<()> {
-        self.partitions.ensure_ahead(&self.config).await.map(drop)
+    /// Makes sure this month and `ahead` months after it have partitions (the
+    /// default when `None`).
+    pub(crate) async fn ensure_partitions_ahead(
+        &self,
+        ahead: Option<u32>,
+    ) -> Result<Vec<chrono::NaiveDate>> {
+        let ahead = ahead.unwrap_or(self.partitions.default_ahead());
+        self.partitions.ensure_ahead(&self.config, ahead).await
     }
 
     pub(crate) fn pool(&self) -> &Pool {
@@ -430,7 +435,7 @@ impl IngestTx {
                     .map_err(Error::db("releasing the savepoint"))?;
                 Ok(r)
             }
-            Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+            Err(e) if e.sqlstate() == Some(SqlState::UNIQUE_VIOLATION.code()) => {
                 tracing::debug!(
                     "a concurrent writer stored some of the same events; taking the slow path"
                 );
@@ -440,7 +445,7 @@ impl IngestTx {
                     .map_err(Error::db("rolling back to the savepoint"))?;
                 self.apply_staged().await
             }
-            Err(e) => Err(Error::db("applying a batch")(e)),
+            Err(e) => Err(e),
         }
     }
 
@@ -478,11 +483,18 @@ impl IngestTx {
 
 type Deltas<'a> = BTreeMap<(&'a str, &'a str, DateTime<Utc>), Totals>;
 
-fn add<'a>(deltas: &mut Deltas<'a>, key: (&'a str, &'a str, DateTime<Utc>), q: Decimal) {
-    deltas
-        .entry(key)
-        .and_modify(|t| t.add(q))
-        .or_insert_with(|| Totals::of(q));
+fn add<'a>(
+    deltas: &mut Deltas<'a>,
+    key: (&'a str, &'a str, DateTime<Utc>),
+    q: Decimal,
+) -> Result<()> {
+    match deltas.entry(key) {
+        Entry::Occupied(mut t) => Ok(t.get_mut().add(q)?),
+        Entry::Vacant(v) => {
+            v.insert(Totals::of(q));
+            Ok(())
+        }
+    }
 }
 
 /// Start of the UTC hour / day holding `t` (what `date_bin` gives in SQL).
@@ -499,14 +511,24 @@ async fn insert_new(
     client: &deadpool_postgres::Client,
     events: &[&UsageEvent],
     lane: Lane,
-) -> Result<(u64, Decimal), tokio_postgres::Error> {
-    let drop_stored = client.prepare_cached(DROP_STORED_SQL).await?;
-    let rows = client.query(&drop_stored, &[]).await?;
+) -> Result<(u64, Decimal)> {
+    let db = Error::db;
+    let drop_stored = client
+        .prepare_cached(DROP_STORED_SQL)
+        .await
+        .map_err(db("preparing the ingest statement"))?;
+    let rows = client
+        .query(&drop_stored, &[])
+        .await
+        .map_err(db("dropping stored events"))?;
     // Usually about 1 % of a batch; the id set avoids building a key per event.
     let mut stored_ids: HashSet<Uuid> = HashSet::with_capacity(rows.len());
     let mut stored: HashSet<(Uuid, String)> = HashSet::with_capacity(rows.len());
     for r in &rows {
-        let (id, customer): (Uuid, String) = (r.try_get(0)?, r.try_get(1)?);
+        let (id, customer): (Uuid, String) = (
+            r.try_get(0).map_err(db("dropping stored events"))?,
+            r.try_get(1).map_err(db("dropping stored events"))?,
+        );
         stored_ids.insert(id);
         stored.insert((id, customer));
     }
@@ -523,17 +545,20 @@ async fn insert_new(
         }
         let q = e.quantity.value();
         let (c, s) = (e.customer.as_str(), e.service.as_str());
-        add(&mut hourly, (c, s, utc_floor(e.recorded_at, 3600)), q);
-        add(&mut daily, (c, s, utc_floor(e.recorded_at, 86_400)), q);
+        add(&mut hourly, (c, s, utc_floor(e.recorded_at, 3600)), q)?;
+        add(&mut daily, (c, s, utc_floor(e.recorded_at, 86_400)), q)?;
         // All customers added up: the customer part of the key is empty.
-        add(&mut totals, ("", s, utc_floor(e.recorded_at, 3600)), q);
-        total += q;
+        add(&mut totals, ("", s, utc_floor(e.recorded_at, 3600)), q)?;
+        total = total.checked_add(q).unwrap_or(total);
         new += 1;
     }
     let h = Columns::from(&hourly);
     let d = Columns::from(&daily);
     let t = Columns::from(&totals);
-    let insert = client.prepare_cached(INSERT_NEW_SQL).await?;
+    let insert = client
+        .prepare_cached(INSERT_NEW_SQL)
+        .await
+        .map_err(db("preparing the ingest statement"))?;
     let row = client
         .query_one(
             &insert,
@@ -561,8 +586,9 @@ async fn insert_new(
                 &lane.0,
             ],
         )
-        .await?;
-    let inserted: i64 = row.try_get(1)?;
+        .await
+        .map_err(db("applying a batch"))?;
+    let inserted: i64 = row.try_get(1).map_err(db("applying a batch"))?;
     debug_assert_eq!(inserted as u64, new, "every staged event left is new");
     Ok((u64::try_from(inserted).unwrap_or_default(), total))
 }

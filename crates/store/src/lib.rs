@@ -42,7 +42,9 @@ mod rollup;
 mod store;
 
 pub use error::{Error, ErrorKind, Result};
-pub use import::{ImportFormat, ImportOptions, ImportReport, LineError, Progress};
+pub use import::{
+    ImportFormat, ImportOptions, ImportReport, LineError, MAX_LINE_BYTES, Progress, parse_file,
+};
 pub use ingest::WriteOutcome;
 pub use migrate::{MigrateReport, schema_fingerprint};
 pub use reads::{Grain, TopBucket, UsageRow, Who};

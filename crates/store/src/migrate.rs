@@ -43,6 +43,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         name: "0003_dead_letters.sql",
         sql: include_str!("../../../migrations/0003_dead_letters.sql"),
     },
+    Migration {
+        version: 4,
+        name: "0004_rollup_limits.sql",
+        sql: include_str!("../../../migrations/0004_rollup_limits.sql"),
+    },
 ];
 
 /// A fingerprint of the whole embedded schema (test harnesses key template databases
@@ -90,17 +95,28 @@ pub(crate) async fn migrate(client: &mut tokio_postgres::Client) -> Result<Migra
 }
 
 async fn migrate_locked(client: &mut tokio_postgres::Client) -> Result<MigrateReport> {
-    client
-        .batch_execute(
-            "CREATE TABLE IF NOT EXISTS tally_migrations (
+    // Only create the ledger when it is missing: `CREATE … IF NOT EXISTS` needs the
+    // CREATE privilege even when it does nothing, and an application role without DDL
+    // rights must be able to run a migrate that has nothing to do.
+    let exists: bool = client
+        .query_one("SELECT to_regclass('tally_migrations') IS NOT NULL", &[])
+        .await
+        .map_err(Error::db("looking for tally_migrations"))?
+        .try_get(0)
+        .map_err(Error::db("looking for tally_migrations"))?;
+    if !exists {
+        client
+            .batch_execute(
+                "CREATE TABLE IF NOT EXISTS tally_migrations (
                 version    integer PRIMARY KEY,
                 name       text NOT NULL,
                 checksum   text NOT NULL,
                 applied_at timestamptz NOT NULL DEFAULT now()
             )",
-        )
-        .await
-        .map_err(Error::db("creating tally_migrations"))?;
+            )
+            .await
+            .map_err(Error::db("creating tally_migrations"))?;
+    }
     let rows = client
         .query(
             "SELECT version, name, checksum FROM tally_migrations ORDER BY version",

@@ -59,8 +59,10 @@ impl<'a> FromSql<'a> for Numeric {
         if sign == 0x4000 {
             mantissa = -mantissa;
         }
-        let mut d = Decimal::try_from_i128_with_scale(mantissa, scale)
-            .map_err(|e| format!("numeric: {e}"))?;
+        let mut d = Decimal::try_from_i128_with_scale(mantissa, scale).map_err(|_| {
+            "numeric: a value beyond what Tally reads exactly (at 15 fractional digits, \
+             totals up to 79228162514264.337593543950335)"
+        })?;
         // Keep the value's display scale, as PostgreSQL prints it.
         if scale < dscale && dscale <= Decimal::MAX_SCALE {
             d.rescale(dscale);

@@ -67,32 +67,58 @@ impl Partitions {
             return Ok(());
         }
         missing.sort();
-        self.create(db, &missing).await
+        self.create(db, &missing, false).await
     }
 
-    /// Creates the partitions for the current month and `future_months` ahead.
-    pub(crate) async fn ensure_ahead(&self, db: &tokio_postgres::Config) -> Result<Vec<NaiveDate>> {
+    /// Creates the partitions for the current month and `ahead` months after it.
+    pub(crate) async fn ensure_ahead(
+        &self,
+        db: &tokio_postgres::Config,
+        ahead: u32,
+    ) -> Result<Vec<NaiveDate>> {
         let now = month_of(Utc::now());
-        let months: Vec<NaiveDate> = (0..=self.window.future_months)
-            .map(|i| now + Months::new(i))
-            .collect();
-        self.create(db, &months).await?;
+        let months: Vec<NaiveDate> = (0..=ahead).map(|i| now + Months::new(i)).collect();
+        self.create(db, &months, true).await?;
         Ok(months)
     }
 
-    async fn create(&self, db: &tokio_postgres::Config, months: &[NaiveDate]) -> Result<()> {
+    /// Months ahead that `migrate` prepares.
+    pub(crate) fn default_ahead(&self) -> u32 {
+        self.window.future_months
+    }
+
+    /// Creates the partitions of `months`. Without the right to (an application role
+    /// with table privileges only, SQLSTATE 42501), `on_demand` creation gives up
+    /// quietly: the rows land in the default partition, and the owner's scheduled
+    /// `tally partitions --ensure-ahead` (or a later `migrate`) moves them out.
+    async fn create(
+        &self,
+        db: &tokio_postgres::Config,
+        months: &[NaiveDate],
+        required: bool,
+    ) -> Result<()> {
         let (client, conn) = db
             .connect(tokio_postgres::NoTls)
             .await
             .map_err(Error::db("connecting to create partitions"))?;
         let conn = tokio::spawn(conn);
         for m in months {
-            let created: bool = client
+            let created: bool = match client
                 .query_one("SELECT tally_ensure_month_partition($1)", &[m])
                 .await
-                .map_err(Error::db("creating a partition"))?
-                .try_get(0)
-                .map_err(Error::db("creating a partition"))?;
+            {
+                Ok(row) => row.try_get(0).map_err(Error::db("creating a partition"))?,
+                Err(e)
+                    if !required
+                        && e.code()
+                            == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) =>
+                {
+                    tracing::warn!(month = %m, "no privilege to create the events partition; \
+                        its events go to the default partition until the owner creates it");
+                    false
+                }
+                Err(e) => return Err(Error::db("creating a partition")(e)),
+            };
             if created {
                 tracing::info!(month = %m, "created events partition");
             }

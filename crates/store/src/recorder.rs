@@ -238,14 +238,20 @@ impl Recorder {
         }
     }
 
-    /// Queues one event; waits while the queue is full.
+    /// Queues one event; waits while the queue is full. An event that fails
+    /// [`UsageEvent::check`] is refused here, before it is queued.
     pub async fn record(&self, event: UsageEvent) -> Result<()> {
+        event.check()?;
         self.send_events(vec![event]).await
     }
 
     /// Queues many events (cheaper per event than [`Recorder::record`]); waits while
     /// the queue is full.
+    /// On an event that fails [`UsageEvent::check`] none is queued.
     pub async fn record_many(&self, mut events: Vec<UsageEvent>) -> Result<()> {
+        for e in &events {
+            e.check()?;
+        }
         while events.len() > self.capacity {
             let rest = events.split_off(self.capacity);
             self.send_events(events).await?;

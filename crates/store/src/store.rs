@@ -82,13 +82,32 @@ impl Store {
         drop(client);
         // Cached statements may refer to the old schema.
         self.pool().manager().statement_caches.clear();
-        self.ingest.ensure_partitions_ahead().await?;
+        self.ingest.ensure_partitions_ahead(None).await?;
         Ok(report)
+    }
+
+    /// Creates the events partitions of this month and `months` after it (what a
+    /// schedule runs as the schema owner, so an application role without DDL rights
+    /// never needs to). Returns the months now covered.
+    pub async fn ensure_partitions_ahead(&self, months: u32) -> Result<Vec<NaiveDate>> {
+        if months > 120 {
+            return Err(Error::invalid(
+                "months",
+                months.to_string(),
+                "must be at most 120",
+            ));
+        }
+        self.ingest.ensure_partitions_ahead(Some(months)).await
     }
 
     /// Writes `events` exactly once, in one transaction: events already stored (same
     /// customer and id) are skipped; the rest and their rollups commit together.
+    /// Every event is checked first ([`UsageEvent::check`]): on a bad one nothing is
+    /// written.
     pub async fn write(&self, events: &[UsageEvent]) -> Result<WriteOutcome> {
+        for e in events {
+            e.check()?;
+        }
         self.ingest.write(events, Lane::next()).await
     }
 

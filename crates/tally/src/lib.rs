@@ -64,7 +64,11 @@ pub mod report {
 
 /// Bulk import of CSV and NDJSON files.
 pub mod import {
-    pub use tally_store::{ImportFormat, ImportOptions, ImportReport, LineError, Progress};
+    #[doc(hidden)]
+    pub use tally_store::parse_file;
+    pub use tally_store::{
+        ImportFormat, ImportOptions, ImportReport, LineError, MAX_LINE_BYTES, Progress,
+    };
 }
 
 /// The error of parsing a value from outside (a customer id, a quantity, a zone...):
@@ -160,6 +164,12 @@ impl Tally {
     /// The events table's partitions and what the default partition holds.
     pub async fn partition_status(&self) -> Result<PartitionStatus> {
         self.store.partition_status().await
+    }
+
+    /// Creates the events partitions of this month and `months` after it (run it as
+    /// the schema owner on a schedule; see docs/operations.md, "Least privilege").
+    pub async fn ensure_partitions_ahead(&self, months: u32) -> Result<Vec<chrono::NaiveDate>> {
+        self.store.ensure_partitions_ahead(months).await
     }
 
     /// A customer's usage and cost per service over `range`; with `detailed`, a

@@ -1,0 +1,651 @@
+//! The hostile-input catalogue (issue 8): malformed and edge-case input through the
+//! `tally` binary. Every refused case must exit with the expected code, say what was
+//! wrong (a fragment of the message is checked), never panic, and write nothing; every
+//! accepted edge case must store exactly what it echoes.
+
+use std::process::{Command, Output, Stdio};
+
+use tally_testdb::TestDb;
+
+struct Case {
+    args: Vec<String>,
+    /// Written to a file whose path replaces `{file}` in `args`.
+    file: Option<Vec<u8>>,
+    code: i32,
+    fragment: &'static str,
+}
+
+fn case<S: AsRef<str>>(args: &[S], code: i32, fragment: &'static str) -> Case {
+    Case {
+        args: args.iter().map(|s| s.as_ref().to_owned()).collect(),
+        file: None,
+        code,
+        fragment,
+    }
+}
+
+fn with_file(args: &[&str], file: impl Into<Vec<u8>>, code: i32, fragment: &'static str) -> Case {
+    Case {
+        file: Some(file.into()),
+        ..case(args, code, fragment)
+    }
+}
+
+/// A valid `record` command with one flag's value replaced (or added).
+fn record(flag: &str, value: &str) -> Vec<String> {
+    let mut v: Vec<String> = [
+        "record",
+        "--customer",
+        "acme",
+        "--service",
+        "api",
+        "--quantity",
+        "1",
+    ]
+    .map(String::from)
+    .to_vec();
+    match v.iter().position(|a| a == flag) {
+        Some(i) => v[i + 1] = value.to_owned(),
+        None => v.extend([flag.to_owned(), value.to_owned()]),
+    }
+    v
+}
+
+fn run(db: &TestDb, dir: &std::path::Path, n: usize, c: &Case) -> Output {
+    let path = dir.join(format!("case{n}.csv"));
+    if let Some(bytes) = &c.file {
+        std::fs::write(&path, bytes).unwrap();
+    }
+    let args: Vec<String> = c
+        .args
+        .iter()
+        .map(|a| {
+            a.replace("{file}", path.to_str().unwrap())
+                .replace("{dir}", dir.to_str().unwrap())
+        })
+        .collect();
+    Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args(&args)
+        .env("DATABASE_URL", db.url())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn events(db: &TestDb) -> i64 {
+    let out = Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args(["verify", "--format", "json"])
+        .env("DATABASE_URL", db.url())
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["mismatches"], 0, "{v}");
+    v["events"].as_i64().unwrap()
+}
+
+#[tokio::test]
+async fn refused_input_exits_with_its_code_names_the_problem_and_writes_nothing() {
+    let db = TestDb::new().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let long = "x".repeat(256);
+    let big_meta = format!("{{\"a\":\"{}\"}}", "y".repeat(5000));
+    let header = "customer_id,service,quantity,recorded_at\n";
+    let mut cases = vec![
+        // record: every flag
+        case(&record("--customer", "a b"), 2, "customer_id \"a b\""),
+        case(&record("--customer", ""), 2, "customer_id"),
+        case(&record("--customer", &long), 2, "customer_id"),
+        case(
+            &record("--customer", "x';DROP TABLE usage_events;--"),
+            2,
+            "customer_id",
+        ),
+        case(&record("--customer", "ü"), 2, "customer_id"),
+        case(&record("--service", "apis"), 2, "service \"apis\""),
+        case(&record("--service", ""), 2, "service"),
+        case(&record("--quantity", "-1"), 2, "quantity \"-1\""),
+        case(&record("--quantity", "abc"), 2, "quantity"),
+        case(&record("--quantity", "NaN"), 2, "quantity"),
+        case(&record("--quantity", "inf"), 2, "quantity"),
+        case(&record("--quantity", "1e-16"), 2, "fractional digits"),
+        case(&record("--quantity", "1e13"), 2, "10^13"),
+        case(&record("--quantity", "10000000000000"), 2, "10^13"),
+        case(
+            &record("--quantity", "0.0000000000000001"),
+            2,
+            "fractional digits",
+        ),
+        case(&record("--quantity", ""), 2, "quantity"),
+        case(&record("--quantity", "1,5"), 2, "quantity"),
+        case(&record("--quantity", "0x10"), 2, "quantity"),
+        case(&record("--at", "2026-01-01T00:00:00"), 2, "offset"),
+        case(&record("--at", "yesterday"), 2, "at \"yesterday\""),
+        case(&record("--at", "1600-01-01"), 2, "supported range"),
+        case(
+            &record("--at", "0000-01-01T00:00:00Z"),
+            2,
+            "supported range",
+        ),
+        case(
+            &record("--at", "9999-12-31T00:00:00Z"),
+            2,
+            "supported range",
+        ),
+        case(&record("--at", "+10000-01-01"), 2, "at"),
+        case(&record("--at", "10000-01-01"), 2, "at"),
+        case(&record("--at", "2026-02-30"), 2, "at"),
+        case(&record("--at", "2026-13-01T00:00:00Z"), 2, "at"),
+        case(&record("--event-id", "not-a-uuid"), 2, "event_id"),
+        case(&record("--event-id", ""), 2, "event_id"),
+        case(&record("--metadata", "[1]"), 2, "metadata \"[1]\""),
+        case(&record("--metadata", "{"), 2, "metadata"),
+        case(&record("--metadata", "null"), 2, "metadata"),
+        case(&record("--metadata", r#"{"a":"\u0000"}"#), 2, "U+0000"),
+        case(&record("--metadata", r#"{"\u0000":1}"#), 2, "U+0000"),
+        case(&record("--metadata", &big_meta), 2, "metadata"),
+        case(
+            &[
+                "track",
+                "storage",
+                "--customer",
+                "acme",
+                "--bytes",
+                "1",
+                "--hours",
+                "-2",
+            ],
+            2,
+            "hours",
+        ),
+        case(
+            &[
+                "track",
+                "compute",
+                "--customer",
+                "acme",
+                "--cpu-seconds",
+                "x",
+            ],
+            2,
+            "cpu",
+        ),
+        case(
+            &["track", "api", "--customer", "a b", "--endpoint", "/x"],
+            2,
+            "customer_id",
+        ),
+        // reads
+        case(&["report", "--customer", "a b"], 2, "customer_id"),
+        case(
+            &[
+                "report",
+                "--customer",
+                "acme",
+                "--from",
+                "1600-01-01",
+                "--to",
+                "2026-01-01",
+            ],
+            2,
+            "supported range",
+        ),
+        case(
+            &[
+                "report",
+                "--customer",
+                "acme",
+                "--from",
+                "2026-02-01",
+                "--to",
+                "2026-01-01",
+            ],
+            2,
+            "must be after from",
+        ),
+        case(
+            &["report", "--customer", "acme", "--tz", "Mars/Olympus"],
+            2,
+            "Mars/Olympus",
+        ),
+        case(
+            &["report", "--customer", "acme", "--service", "nope"],
+            2,
+            "service \"nope\"",
+        ),
+        case(&["aggregate", "--period", "weekly"], 2, "period \"weekly\""),
+        case(
+            &[
+                "aggregate",
+                "--period",
+                "monthly",
+                "--from",
+                "9999-01-01",
+                "--to",
+                "9999-12-31",
+            ],
+            2,
+            "supported range",
+        ),
+        case(
+            &["aggregate", "--period", "daily", "--from", "+10000-01-01"],
+            2,
+            "from",
+        ),
+        case(
+            &["invoice", "--customer", "acme", "--period", "9999-12"],
+            2,
+            "supported range",
+        ),
+        case(
+            &["invoice", "--customer", "acme", "--period", "2026-13"],
+            2,
+            "period",
+        ),
+        case(
+            &["invoice", "--customer", "acme", "--period", "26-01"],
+            2,
+            "period",
+        ),
+        case(
+            &["invoice", "--customer", "acme", "--period", "2026-1"],
+            2,
+            "period",
+        ),
+        case(
+            &[
+                "invoice",
+                "--customer",
+                "acme",
+                "--period",
+                "2026-01",
+                "--prices",
+                "/nonexistent.json",
+            ],
+            2,
+            "--prices",
+        ),
+        with_file(
+            &[
+                "invoice",
+                "--customer",
+                "acme",
+                "--period",
+                "2026-01",
+                "--prices",
+                "{file}",
+            ],
+            "{not json",
+            2,
+            "--prices",
+        ),
+        with_file(
+            &[
+                "invoice",
+                "--customer",
+                "acme",
+                "--period",
+                "2026-01",
+                "--prices",
+                "{file}",
+            ],
+            r#"{"currency":"USD","services":{"api":[{"effective_from":"2020-01-01T00:00:00Z","model":"per_unit","unit_price":"-1"}]}}"#,
+            2,
+            "--prices",
+        ),
+        case(
+            &[
+                "stats",
+                "--customer",
+                "acme",
+                "--service",
+                "api",
+                "--over",
+                "minutes",
+            ],
+            2,
+            "over",
+        ),
+        case(
+            &[
+                "stats",
+                "--customer",
+                "acme",
+                "--service",
+                "api",
+                "--days",
+                "0",
+            ],
+            2,
+            "days",
+        ),
+        case(
+            &[
+                "stats",
+                "--customer",
+                "acme",
+                "--service",
+                "api",
+                "--days",
+                "99999",
+            ],
+            2,
+            "days",
+        ),
+        case(&["trends", "--customer", "acme", "--days", "0"], 2, "days"),
+        case(
+            &[
+                "peaks",
+                "--customer",
+                "acme",
+                "--service",
+                "api",
+                "--limit",
+                "0",
+            ],
+            2,
+            "limit \"0\"",
+        ),
+        case(
+            &[
+                "peaks",
+                "--customer",
+                "acme",
+                "--service",
+                "api",
+                "--limit",
+                "-5",
+            ],
+            2,
+            "limit \"-5\"",
+        ),
+        case(
+            &[
+                "peaks",
+                "--customer",
+                "acme",
+                "--service",
+                "api",
+                "--limit",
+                "10001",
+            ],
+            2,
+            "limit",
+        ),
+        case(
+            &[
+                "peaks",
+                "--customer",
+                "acme",
+                "--service",
+                "api",
+                "--by",
+                "week",
+            ],
+            2,
+            "week",
+        ),
+        case(
+            &["peaks", "--customer", "acme", "--service", "nope"],
+            2,
+            "service",
+        ),
+        case(&["partitions", "--ensure-ahead", "1000"], 2, "months"),
+        case(
+            &[
+                "--database-url",
+                "postgres://u:secret@host:badport/db",
+                "verify",
+            ],
+            2,
+            "database_url",
+        ),
+        // import: the command line
+        case(&["import", "usage.xml"], 2, "extension"),
+        case(
+            &["import", "--format", "xml", "x.csv"],
+            2,
+            "--format \"xml\"",
+        ),
+        case(&["import", "{dir}"], 2, "is a directory"),
+        case(&["import", "/nonexistent/usage.csv"], 2, "invalid file"),
+        case(&["import", "-"], 2, "stdin"),
+        with_file(
+            &["import", "{file}", "--batch-size", "0"],
+            header,
+            2,
+            "batch-size",
+        ),
+        // import: whole-file problems
+        with_file(
+            &["import", "{file}"],
+            "customer_id,service,quantity\nc,api,1\n",
+            2,
+            "missing column(s): recorded_at",
+        ),
+        with_file(
+            &["import", "{file}"],
+            "customer_id,service,quantity,recorded_at,quantity\n",
+            2,
+            "twice",
+        ),
+        with_file(&["import", "{file}"], "", 2, "import header"),
+        with_file(
+            &["import", "{file}", "--strict"],
+            format!("{header}c1,api,1,2026-11-01T00:00:00Z\nc1,api,x,2026-11-01T00:00:00Z\n"),
+            2,
+            "nothing was imported",
+        ),
+        with_file(
+            &["import", "{file}"],
+            vec![b'x'; 70_000],
+            2,
+            "longer than 65536 bytes",
+        ),
+    ];
+    // Lenient imports whose every line is bad: exit 0, each line named, nothing written.
+    for (content, fragment) in [
+        (
+            format!("{header}c1,api,-1,2026-11-01T00:00:00Z\n"),
+            "quantity",
+        ),
+        (
+            format!("{header}c1,nope,1,2026-11-01T00:00:00Z\n"),
+            "service",
+        ),
+        (
+            format!("{header}c 1,api,1,2026-11-01T00:00:00Z\n"),
+            "customer_id",
+        ),
+        (
+            format!("{header}c1,api,1,1600-01-01T00:00:00Z\n"),
+            "supported range",
+        ),
+        (format!("{header}c1,api,1,2026-11-01\"\n"), "recorded_at"),
+    ] {
+        cases.push(with_file(
+            &["import", "{file}", "--input", "csv", "--format", "json"],
+            content,
+            0,
+            fragment,
+        ));
+    }
+    for (content, fragment) in [
+        (b"{\"customer_id\":\"c\",\"service\":\"api\",\"quantity\":\"1\",\"recorded_at\":\"2026-11-01T00:00:00Z\",\"metadata\":{\"a\":\"\\u0000\"}}\n".to_vec(), "U+0000"),
+        (b"{\"customer_id\":\"c\xff\",\"service\":\"api\",\"quantity\":\"1\",\"recorded_at\":\"2026-11-01T00:00:00Z\"}\n".to_vec(), "UTF-8"),
+        ([b"{\"customer_id\":\"".as_slice(), &[b'c'; 70_000], b"\"}\n"].concat(), "longer than"),
+        (b"{\"customer_id\":\"c\",\"service\":\"api\",\"quantity\":{},\"recorded_at\":\"2026-11-01T00:00:00Z\"}\n".to_vec(), "quantity"),
+        (b"[1,2,3]\n".to_vec(), "not a usage event"),
+        (b"{\"customer_id\":\"c\",\"service\":\"api\",\"quantity\":\"1\"}\n".to_vec(), "recorded_at"),
+        (b"{\"customer_id\":\"c\",\"service\":\"api\",\"quantity\":1e400,\"recorded_at\":\"2026-11-01T00:00:00Z\"}\n".to_vec(), "quantity"),
+    ] {
+        cases.push(with_file(&["import", "{file}", "--input", "ndjson", "--format", "json"], content, 0, fragment));
+    }
+    assert!(cases.len() >= 60, "{} cases", cases.len());
+
+    let mut failures = Vec::new();
+    for (n, c) in cases.iter().enumerate() {
+        let out = run(&db, dir.path(), n, c);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if out.status.code() != Some(c.code)
+            || !text.contains(c.fragment)
+            || text.contains("panicked")
+        {
+            failures.push(format!(
+                "case {n} {:?}: exit {:?} (want {}), want {:?} in:\n{text}",
+                c.args,
+                out.status.code(),
+                c.code,
+                c.fragment
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+    assert_eq!(events(&db), 0, "a refused input wrote something");
+}
+
+#[tokio::test]
+async fn accepted_edge_cases_store_what_they_echo() {
+    let db = TestDb::new().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let json = |args: &[&str]| -> serde_json::Value {
+        let out = Command::new(env!("CARGO_BIN_EXE_tally"))
+            .args(args)
+            .env("DATABASE_URL", db.url())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    // A leap second is the first instant of the next second, in the event and in every
+    // rollup (it used to land in 2016's last hour in the rollups and 2017 in the table).
+    let leap = json(&[
+        "record",
+        "--customer",
+        "acme",
+        "--service",
+        "api",
+        "--quantity",
+        "1",
+        "--at",
+        "2016-12-31T23:59:60Z",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(leap["recorded_at"], "2017-01-01T00:00:00Z");
+    let r = json(&[
+        "report",
+        "--customer",
+        "acme",
+        "--from",
+        "2016-12-31T23:00:00Z",
+        "--to",
+        "2017-01-01T00:30:00Z",
+        "--format",
+        "json",
+    ]);
+    let api = r["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["service"] == "api")
+        .unwrap()
+        .clone();
+    assert_eq!(api["events"], 1);
+    // Nanoseconds: the echo is what is stored (microseconds).
+    let ns = json(&[
+        "record",
+        "--customer",
+        "acme",
+        "--service",
+        "api",
+        "--quantity",
+        "1",
+        "--at",
+        "2026-11-01T10:00:00.123456789Z",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(ns["recorded_at"], "2026-11-01T10:00:00.123456Z");
+    // NDJSON with a byte-order mark and an exponent quantity as JavaScript prints it.
+    let nd = dir.path().join("bom.ndjson");
+    std::fs::write(&nd, "\u{feff}{\"customer_id\":\"acme\",\"service\":\"bandwidth\",\"quantity\":9.3e-11,\"recorded_at\":\"2026-11-01T00:00:00Z\"}\n").unwrap();
+    let imported = json(&["import", nd.to_str().unwrap(), "--format", "json"]);
+    assert_eq!(
+        (imported["inserted"].as_u64(), imported["rejected"].as_u64()),
+        (Some(1), Some(0)),
+        "{imported}"
+    );
+    // CRLF rows: the bad row is reported on its own line (3), not one too low.
+    let crlf = dir.path().join("crlf.csv");
+    std::fs::write(&crlf, "customer_id,service,quantity,recorded_at\r\nc1,api,1,2026-10-01T00:00:00Z\r\nc1,api,x,2026-10-01T00:00:00Z\r\n").unwrap();
+    let imported = json(&["import", crlf.to_str().unwrap(), "--format", "json"]);
+    assert_eq!(imported["errors"][0]["line"], 3, "{imported}");
+    let v = json(&["verify", "--format", "json"]);
+    assert_eq!(
+        (v["events"].as_i64(), v["mismatches"].as_i64()),
+        (Some(4), Some(0)),
+        "{v}"
+    );
+}
+
+#[tokio::test]
+async fn a_closed_stdout_ends_quietly() {
+    let db = TestDb::new().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("u.csv");
+    let mut text = String::from("customer_id,service,quantity,recorded_at\n");
+    for i in 0..3000 {
+        text.push_str(&format!(
+            "c{},api,1,2026-10-01T{:02}:00:00Z\n",
+            i % 50,
+            i % 24
+        ));
+    }
+    std::fs::write(&path, text).unwrap();
+    let ok = Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args(["import", path.to_str().unwrap()])
+        .env("DATABASE_URL", db.url())
+        .output()
+        .unwrap();
+    assert!(ok.status.success());
+    // The reader goes away before the output is written.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args([
+            "aggregate",
+            "--period",
+            "hourly",
+            "--from",
+            "2026-10-01",
+            "--to",
+            "2026-10-02",
+            "--format",
+            "csv",
+        ])
+        .env("DATABASE_URL", db.url())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !err.contains("panicked") && !err.contains("Broken pipe"),
+        "{err}"
+    );
+    assert_eq!(out.status.code(), Some(0), "{err}");
+}
