@@ -2,6 +2,8 @@
 //! `tally-testdb`), so they run in parallel and leave nothing behind.
 
 mod analytics;
+mod faults;
+mod fuzz;
 mod import;
 mod ingest;
 mod invariants;

@@ -309,11 +309,11 @@ fn stats_of(
     service: &Service,
     over: Over,
     window: TimeRange,
-) -> Stats {
+) -> Result<Stats> {
     values.sort();
-    let total: Decimal = values.iter().sum();
+    let total = tally_core::exact_sum(values.iter().copied())?;
     let count = values.len() as i64;
-    Stats {
+    Ok(Stats {
         customer_id: customer.to_string(),
         service: service.to_string(),
         over,
@@ -331,7 +331,7 @@ fn stats_of(
         median: percentile_cont(&values, P50),
         p95: percentile_cont(&values, P95),
         p99: percentile_cont(&values, P99),
-    }
+    })
 }
 
 /// The read side of Tally: summaries, aggregation, statistics, trends, peaks and
@@ -529,7 +529,7 @@ impl Analytics {
                     .collect()
             }
         };
-        Ok(stats_of(values, customer, &service, over, window))
+        stats_of(values, customer, &service, over, window)
     }
 
     /// Daily totals over the last `days` calendar days in `zone`, today included, each

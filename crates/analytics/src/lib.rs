@@ -27,6 +27,11 @@
 //! # let _ = days; Ok(()) }
 //! ```
 
+#![cfg_attr(
+    not(test),
+    warn(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
+
 mod analytics;
 mod totals;
 

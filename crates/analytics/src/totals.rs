@@ -13,19 +13,21 @@ use tally_store::Result;
 /// (The customer is the one asked for, or all: it needs no place in the key.)
 pub(crate) type Key = (DateTime<Utc>, usize);
 
-#[derive(Default)]
-struct Pieces {
-    label: Vec<DateTime<Utc>>,
-    lo: Vec<DateTime<Utc>>,
-    hi: Vec<DateTime<Utc>>,
+/// A labelled part `[lo, hi)` of a range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Piece {
+    label: DateTime<Utc>,
+    lo: DateTime<Utc>,
+    hi: DateTime<Utc>,
 }
+
+#[derive(Default)]
+struct Pieces(Vec<Piece>);
 
 impl Pieces {
     fn push(&mut self, label: DateTime<Utc>, lo: DateTime<Utc>, hi: DateTime<Utc>) {
         if lo < hi {
-            self.label.push(label);
-            self.lo.push(lo);
-            self.hi.push(hi);
+            self.0.push(Piece { label, lo, hi });
         }
     }
 }
@@ -68,31 +70,28 @@ fn decompose(
 }
 
 impl Pieces {
-    /// Piece indices sorted by start, cut into clusters of pieces less than two days
+    /// The pieces sorted by start, cut into clusters of pieces less than two days
     /// apart: each cluster is read with one index range scan.
-    fn clusters(&self) -> Vec<Vec<usize>> {
-        let mut order: Vec<usize> = (0..self.lo.len()).collect();
-        order.sort_by_key(|&i| self.lo[i]);
-        let mut out: Vec<Vec<usize>> = Vec::new();
-        for i in order {
-            let near = |c: &Vec<usize>| {
-                c.last()
-                    .is_some_and(|&j| self.lo[i] - self.hi[j] < Duration::days(2))
-            };
+    fn clusters(&self) -> Vec<Vec<Piece>> {
+        let mut sorted = self.0.clone();
+        sorted.sort_by_key(|p| p.lo);
+        let mut out: Vec<Vec<Piece>> = Vec::new();
+        for p in sorted {
+            let near = |c: &Vec<Piece>| c.last().is_some_and(|q| p.lo - q.hi < Duration::days(2));
             match out.last_mut() {
-                Some(c) if near(c) => c.push(i),
-                _ => out.push(vec![i]),
+                Some(c) if near(c) => c.push(p),
+                _ => out.push(vec![p]),
             }
         }
         out
     }
+}
 
-    /// The label of the piece (among `cluster`, sorted and disjoint) holding `t`.
-    fn label_of(&self, cluster: &[usize], t: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        let n = cluster.partition_point(|&i| self.lo[i] <= t);
-        let i = *cluster.get(n.checked_sub(1)?)?;
-        (t < self.hi[i]).then_some(self.label[i])
-    }
+/// The label of the piece (among `cluster`, sorted and disjoint) holding `t`.
+fn label_of(cluster: &[Piece], t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    let n = cluster.partition_point(|p| p.lo <= t);
+    let p = cluster.get(n.checked_sub(1)?)?;
+    (t < p.hi).then_some(p.label)
 }
 
 /// Totals per label, customer and service over labeled ranges. Ranges may not overlap
@@ -125,27 +124,25 @@ pub(crate) async fn totals(
     let sources: Vec<(Grain, &Pieces)> = match who {
         Who::One(_) => vec![(Grain::Day, &days), (Grain::Hour, &hours)],
         Who::All => {
-            for i in 0..days.lo.len() {
-                hours.push(days.label[i], days.lo[i], days.hi[i]);
-            }
+            hours.0.append(&mut days.0);
             vec![(Grain::Hour, &hours)]
         }
     };
     for (grain, pieces) in sources {
         // Each cluster with its span (pieces are non-empty, so every span is too).
-        let (clusters, spans): (Vec<Vec<usize>>, Vec<TimeRange>) = pieces
+        let (clusters, spans): (Vec<Vec<Piece>>, Vec<TimeRange>) = pieces
             .clusters()
             .into_iter()
             .filter_map(|c| {
-                let lo = pieces.lo[*c.first()?];
-                let hi = c.iter().map(|&i| pieces.hi[i]).max()?;
+                let lo = c.first()?.lo;
+                let hi = c.iter().map(|p| p.hi).max()?;
                 Some((c, TimeRange::new(lo, hi).ok()?))
             })
             .unzip();
         let rows = store.rollup_rows(who, grain, services, &spans).await?;
         for (cluster, rows) in clusters.iter().zip(rows) {
             for row in rows {
-                if let Some(label) = pieces.label_of(cluster, row.bucket) {
+                if let Some(label) = label_of(cluster, row.bucket) {
                     add((label, row.service), row.totals)?;
                 }
             }
@@ -153,8 +150,10 @@ pub(crate) async fn totals(
     }
 
     // Raw events for the sub-hour edges: short pieces, one BRIN-assisted range each.
-    let edges: Vec<(DateTime<Utc>, TimeRange)> = (0..raw.label.len())
-        .filter_map(|i| Some((raw.label[i], TimeRange::new(raw.lo[i], raw.hi[i]).ok()?)))
+    let edges: Vec<(DateTime<Utc>, TimeRange)> = raw
+        .0
+        .iter()
+        .filter_map(|p| Some((p.label, TimeRange::new(p.lo, p.hi).ok()?)))
         .collect();
     for row in store.raw_totals(who, services, &edges).await? {
         add((row.bucket, row.service), row.totals)?;
@@ -189,34 +188,36 @@ mod tests {
         let (mut d, mut h, mut r) = (Pieces::default(), Pieces::default(), Pieces::default());
         let range = TimeRange::new(t("2026-01-01T10:07:00Z"), t("2026-01-04T05:30:00Z")).unwrap();
         decompose(range.from(), range, &mut d, &mut h, &mut r);
+        let lo = |p: &Pieces| p.0.iter().map(|x| x.lo).collect::<Vec<_>>();
+        let hi = |p: &Pieces| p.0.iter().map(|x| x.hi).collect::<Vec<_>>();
         assert_eq!(
-            r.lo,
+            lo(&r),
             vec![t("2026-01-01T10:07:00Z"), t("2026-01-04T05:00:00Z")]
         );
         assert_eq!(
-            r.hi,
+            hi(&r),
             vec![t("2026-01-01T11:00:00Z"), t("2026-01-04T05:30:00Z")]
         );
         assert_eq!(
-            (h.lo[0], h.hi[0]),
+            (h.0[0].lo, h.0[0].hi),
             (t("2026-01-01T11:00:00Z"), t("2026-01-02T00:00:00Z"))
         );
         assert_eq!(
-            (d.lo[0], d.hi[0]),
+            (d.0[0].lo, d.0[0].hi),
             (t("2026-01-02T00:00:00Z"), t("2026-01-04T00:00:00Z"))
         );
         assert_eq!(
-            (h.lo[1], h.hi[1]),
+            (h.0[1].lo, h.0[1].hi),
             (t("2026-01-04T00:00:00Z"), t("2026-01-04T05:00:00Z"))
         );
         // A Kolkata hour straddles two UTC hours: one raw piece. A Berlin day is whole hours.
         let (mut d, mut h, mut r) = (Pieces::default(), Pieces::default(), Pieces::default());
         let k = TimeRange::new(t("2026-01-01T09:30:00Z"), t("2026-01-01T10:30:00Z")).unwrap();
         decompose(k.from(), k, &mut d, &mut h, &mut r);
-        assert_eq!((r.lo.len(), h.lo.len(), d.lo.len()), (1, 0, 0));
+        assert_eq!((r.0.len(), h.0.len(), d.0.len()), (1, 0, 0));
         let (mut d, mut h, mut r) = (Pieces::default(), Pieces::default(), Pieces::default());
         let b = TimeRange::new(t("2026-03-28T23:00:00Z"), t("2026-03-29T22:00:00Z")).unwrap();
         decompose(b.from(), b, &mut d, &mut h, &mut r);
-        assert_eq!((r.lo.len(), h.lo.len(), d.lo.len()), (0, 1, 0));
+        assert_eq!((r.0.len(), h.0.len(), d.0.len()), (0, 1, 0));
     }
 }

@@ -4,6 +4,11 @@
 //! is reported on stderr naming the flag and the value, with exit code 2. Failures
 //! while running exit with 1. See `docs/cli.md`.
 
+#![cfg_attr(
+    not(test),
+    warn(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
+
 use std::{io::IsTerminal, path::PathBuf, process::ExitCode, sync::Arc};
 
 mod compact;

@@ -177,10 +177,15 @@ impl Tabular for Summary {
             })
             .collect();
         if table {
-            let mut total = vec![String::new(); 6];
-            total[0] = "total".into();
-            total[5] = money(self.total_amount);
-            rows.push(total);
+            let blank = String::new;
+            rows.push(vec![
+                "total".into(),
+                blank(),
+                blank(),
+                blank(),
+                blank(),
+                money(self.total_amount),
+            ]);
         }
         rows
     }

@@ -649,3 +649,77 @@ async fn a_closed_stdout_ends_quietly() {
     );
     assert_eq!(out.status.code(), Some(0), "{err}");
 }
+
+#[tokio::test]
+async fn an_import_killed_midway_and_rerun_stores_every_row_once() {
+    let db = TestDb::new().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big.csv");
+    // No event ids: the ids derived from each row's content and occurrence make the
+    // rerun dedupe exactly.
+    let mut text = String::from("customer_id,service,quantity,recorded_at\n");
+    let rows = 150_000u32;
+    for i in 0..rows {
+        text.push_str(&format!(
+            "c{},api,0.5,2026-10-{:02}T{:02}:00:00Z\n",
+            i % 97,
+            1 + i % 28,
+            i % 24
+        ));
+    }
+    std::fs::write(&path, text).unwrap();
+    let file = path.to_str().unwrap();
+    let client = db.client().await.unwrap();
+    let stored = || async {
+        client
+            .query_one("SELECT count(*) FROM usage_event_keys", &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args(["import", file, "--batch-size", "5000"])
+        .env("DATABASE_URL", db.url())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill it (SIGKILL: no cleanup at all) once some batches, not all, are committed.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let n = stored().await;
+        if n > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing was ever committed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let before = stored().await;
+    assert!(
+        before > 0 && before < i64::from(rows),
+        "killed too late: {before}"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args(["import", file, "--format", "json"])
+        .env("DATABASE_URL", db.url())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        r["inserted"].as_i64().unwrap() + before,
+        i64::from(rows),
+        "{r}"
+    );
+    let v = events(&db);
+    assert_eq!(v, i64::from(rows));
+}

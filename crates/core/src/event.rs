@@ -25,7 +25,9 @@ impl EventId {
         use sha2::{Digest, Sha256};
         let digest = Sha256::digest(bytes);
         let mut b = [0u8; 16];
-        b.copy_from_slice(&digest[..16]);
+        if let Some(first) = digest.first_chunk::<16>() {
+            b = *first;
+        }
         EventId(uuid::Builder::from_custom_bytes(b).into_uuid())
     }
 

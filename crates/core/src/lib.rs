@@ -31,6 +31,11 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+#![cfg_attr(
+    not(test),
+    warn(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
+
 mod alert;
 pub mod convert;
 mod customer;
@@ -58,7 +63,7 @@ pub use time::{
     Granularity, TimeRange, Zone, check_instant, normalize_instant, parse_instant, parse_month,
     supported_instants,
 };
-pub use totals::Totals;
+pub use totals::{Totals, exact_sum};
 
 /// Re-exported so users of Tally's types need not pin their own versions.
 pub use chrono;

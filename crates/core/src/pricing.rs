@@ -210,10 +210,14 @@ impl Price {
                 if q.is_zero() {
                     return Ok(Decimal::ZERO);
                 }
-                let tier = tiers
-                    .iter()
-                    .find(|t| t.up_to.is_none_or(|u| q <= u))
-                    .expect("last tier is unbounded");
+                // Validation makes the last tier unbounded, so one always matches.
+                let Some(tier) = tiers.iter().find(|t| t.up_to.is_none_or(|u| q <= u)) else {
+                    return Err(Error::invalid(
+                        "tiers",
+                        q,
+                        "no tier holds this quantity (the last tier must be unbounded)",
+                    ));
+                };
                 q.checked_mul(tier.unit_price)
                     .and_then(|x| x.checked_add(tier.flat_fee))
                     .ok_or(overflow)

@@ -231,11 +231,17 @@ impl Zone {
         // Offsets change only at transitions; sampling every 1st and 15th of each month
         // catches every offset that lasted at least half a month, which covers all
         // zones in the database (short offsets are DST, always in whole hours or 30 min).
-        let mut date = NaiveDate::from_ymd_opt(1970, 1, 1).expect("valid date");
-        let end = NaiveDate::from_ymd_opt(2100, 1, 1).expect("valid date");
+        let (Some(mut date), Some(end)) = (
+            NaiveDate::from_ymd_opt(1970, 1, 1),
+            NaiveDate::from_ymd_opt(2100, 1, 1),
+        ) else {
+            return false;
+        };
         while date < end {
             for day in [1, 15] {
-                let d = date.with_day(day).expect("valid day");
+                let Some(d) = date.with_day(day) else {
+                    continue;
+                };
                 let t = Utc.from_utc_datetime(&d.and_time(NaiveTime::MIN));
                 let off = self
                     .0
@@ -246,9 +252,10 @@ impl Zone {
                     return false;
                 }
             }
-            date = date
-                .checked_add_months(chrono::Months::new(1))
-                .expect("in range");
+            let Some(next) = date.checked_add_months(chrono::Months::new(1)) else {
+                break;
+            };
+            date = next;
         }
         true
     }
@@ -286,7 +293,8 @@ impl Zone {
             }
             Granularity::Day => self.start_of_day(local.date_naive()),
             Granularity::Month => {
-                self.start_of_day(local.date_naive().with_day(1).expect("day 1 exists"))
+                let d = local.date_naive();
+                self.start_of_day(d.with_day(1).unwrap_or(d))
             }
         }
     }
@@ -295,15 +303,21 @@ impl Zone {
     pub fn next_bucket(&self, start: DateTime<Utc>, granularity: Granularity) -> DateTime<Utc> {
         match granularity {
             Granularity::Hour => start + Duration::hours(1),
-            Granularity::Day => {
-                self.start_of_day(self.date_of(start).succ_opt().expect("date in range"))
-            }
+            // The fallbacks are for dates at the end of chrono's calendar, far past the
+            // supported range; they still move forward, so a bucket loop always ends.
+            Granularity::Day => match self.date_of(start).succ_opt() {
+                Some(next) => self.start_of_day(next),
+                None => start + Duration::days(1),
+            },
             Granularity::Month => {
-                let d = self.date_of(start).with_day(1).expect("day 1 exists");
-                self.start_of_day(
-                    d.checked_add_months(chrono::Months::new(1))
-                        .expect("date in range"),
-                )
+                let d = self.date_of(start);
+                match d
+                    .with_day(1)
+                    .and_then(|first| first.checked_add_months(chrono::Months::new(1)))
+                {
+                    Some(next) => self.start_of_day(next),
+                    None => start + Duration::days(31),
+                }
             }
         }
     }

@@ -39,6 +39,17 @@ pub(crate) fn exact_add(a: Decimal, b: Decimal) -> Option<Decimal> {
     (s.scale() >= a.scale().max(b.scale())).then_some(s)
 }
 
+/// The exact sum of `values`, refused (never rounded) past [`Totals::MAX_QUANTITY`].
+pub fn exact_sum(values: impl IntoIterator<Item = Decimal>) -> Result<Decimal> {
+    values.into_iter().try_fold(Decimal::ZERO, |acc, v| {
+        exact_add(acc, v)
+            .filter(|s| s.abs() <= Totals::MAX_QUANTITY)
+            .ok_or(Error::Overflow {
+                what: "a usage total: the largest Tally sums exactly is 79228162514264.337593543950335",
+            })
+    })
+}
+
 impl Totals {
     /// The largest total Tally adds up exactly: 2^96 − 1 units of 10^-15, i.e.
     /// 79 228 162 514 264.337593543950335. The rollup tables refuse rows past it

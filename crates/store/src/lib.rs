@@ -29,6 +29,11 @@
 //! # Ok(()) }
 //! ```
 
+#![cfg_attr(
+    not(test),
+    warn(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
+
 mod error;
 mod import;
 mod ingest;

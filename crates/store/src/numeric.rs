@@ -19,7 +19,8 @@ impl<'a> FromSql<'a> for Numeric {
     fn from_sql(_: &Type, raw: &'a [u8]) -> Result<Numeric, Box<dyn StdError + Sync + Send>> {
         let word = |i: usize| -> Result<u16, Box<dyn StdError + Sync + Send>> {
             raw.get(i..i + 2)
-                .map(|b| u16::from_be_bytes([b[0], b[1]]))
+                .and_then(|b| <[u8; 2]>::try_from(b).ok())
+                .map(u16::from_be_bytes)
                 .ok_or_else(|| "numeric: message too short".into())
         };
         let groups = usize::from(word(0)?);

@@ -380,13 +380,13 @@ async fn dispatcher(
             Some(Msg::Events(events)) => {
                 for e in events {
                     let w = (route.hash_one(e.customer.as_str()) % workers.len() as u64) as usize;
-                    batches[w].push(e);
-                    if batches[w].len() >= config.batch_size {
-                        let full = std::mem::replace(
-                            &mut batches[w],
-                            Vec::with_capacity(config.batch_size),
-                        );
-                        send(&workers[w], full).await;
+                    let (Some(batch), Some(worker)) = (batches.get_mut(w), workers.get(w)) else {
+                        continue; // w < workers.len() == batches.len(): never taken
+                    };
+                    batch.push(e);
+                    if batch.len() >= config.batch_size {
+                        let full = std::mem::replace(batch, Vec::with_capacity(config.batch_size));
+                        send(worker, full).await;
                     }
                 }
                 if batches.iter().all(Vec::is_empty) {

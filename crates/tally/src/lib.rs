@@ -32,14 +32,20 @@
 //! Names that would collide or that only some programs need are grouped:
 //! [`pricing`] (price books), [`report`] (read results), [`import`] (file import).
 
+#![cfg_attr(
+    not(test),
+    warn(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
+
 use std::io::Read;
 
 use tally_analytics::Analytics;
 
 pub use tally_core::{
     BuiltIn, Catalog, CustomerId, EventId, Granularity, Level, Limit, Metadata, Meter, Quantity,
-    Service, Thresholds, TimeRange, Totals, Usage, UsageEvent, Zone, chrono, convert,
-    parse_instant, parse_month, rust_decimal, serde_fmt, track, uuid,
+    Service, Thresholds, TimeRange, Totals, Usage, UsageEvent, Zone, check_instant, chrono,
+    convert, normalize_instant, parse_instant, parse_month, rust_decimal, serde_fmt,
+    supported_instants, track, uuid,
 };
 pub use tally_store::{
     Error, ErrorKind, MigrateReport, PartitionStatus, Recorder, RecorderConfig, RecorderStatus,

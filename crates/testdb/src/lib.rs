@@ -109,6 +109,14 @@ impl TestDb {
         TestDb::create(admin_url, &template).await
     }
 
+    /// A new database cloned from the migrated template on `cluster` (a private one,
+    /// for fault tests).
+    pub async fn new_on(cluster: &Cluster) -> Result<TestDb> {
+        let admin_url = cluster.admin_url();
+        let template = build_template(&admin_url).await?;
+        TestDb::create(admin_url, &template).await
+    }
+
     /// A new database without Tally's schema (for migration tests).
     pub async fn empty() -> Result<TestDb> {
         TestDb::create(admin_url()?, "template0").await
@@ -298,8 +306,10 @@ async fn build_template(admin_url: &str) -> Result<String> {
 #[derive(Debug)]
 pub struct Cluster {
     dir: PathBuf,
-    // Holding the write end keeps the watcher waiting; the OS closes it at exit.
-    _watch: Mutex<Child>,
+    bin: PathBuf,
+    // Holding the write end keeps the watcher waiting; the OS closes it at exit. A
+    // line `restart` on it restarts the server.
+    watch: Mutex<Child>,
 }
 
 static CLUSTER: OnceLock<Result<Cluster, Failure>> = OnceLock::new();
@@ -332,6 +342,57 @@ impl Cluster {
     /// The superuser connection string (Unix socket, trust auth).
     pub fn admin_url(&self) -> String {
         format!("host={} user=postgres dbname=postgres", self.dir.display())
+    }
+
+    /// A cluster of the caller's own (not shared with other tests), for fault tests
+    /// that restart the server. Stopped when dropped or when the process exits.
+    pub fn private() -> Result<Cluster> {
+        Cluster::start()
+    }
+
+    /// Restarts the server the way an operator's restart does (a fast shutdown:
+    /// sessions are ended with SQLSTATE 57P01), and waits until it accepts
+    /// connections again.
+    pub fn restart(&self) -> Result<()> {
+        {
+            let mut child = self
+                .watch
+                .lock()
+                .map_err(|_| Error::Cluster("watcher lock poisoned".into()))?;
+            let stdin = child
+                .stdin
+                .as_mut()
+                .ok_or_else(|| Error::Cluster("the cluster was stopped".into()))?;
+            std::io::Write::write_all(stdin, b"restart\n")
+                .and_then(|()| std::io::Write::flush(stdin))
+                .map_err(|e| Error::Cluster(format!("asking for a restart: {e}")))?;
+        }
+        // The old server takes a moment to go down; wait for it, then for the new one.
+        std::thread::sleep(Duration::from_millis(300));
+        self.wait_ready()
+    }
+
+    fn wait_ready(&self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ready = Command::new(self.bin.join("pg_isready"))
+                .arg("-h")
+                .arg(&self.dir)
+                .args(["-U", "postgres", "-q"])
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            if ready {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let log = std::fs::read_to_string(self.dir.join("log")).unwrap_or_default();
+                return Err(Error::Cluster(format!(
+                    "server did not become ready in 60 s; its log:\n{log}"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     fn start() -> Result<Cluster> {
@@ -398,14 +459,24 @@ impl Cluster {
                 String::from_utf8_lossy(&out.stderr).trim()
             )));
         }
-        // The watcher starts the server, waits for EOF on stdin (our process exiting),
-        // then stops the server and removes the directory.
+        // The watcher starts the server, restarts it on each line `restart`, and at EOF
+        // on stdin (our process exiting, or `stop`) stops the server and removes the
+        // directory.
         let script = r#"
-            "$1/postgres" -D "$2/data" -k "$2" -c listen_addresses= -c fsync=off -c synchronous_commit=off \
-                -c full_page_writes=off -c max_connections=300 -c shared_buffers=256MB -c timezone=UTC \
-                >"$2/log" 2>&1 &
-            pid=$!
-            cat >/dev/null
+            start() {
+                "$1/postgres" -D "$2/data" -k "$2" -c listen_addresses= -c fsync=off -c synchronous_commit=off \
+                    -c full_page_writes=off -c max_connections=300 -c shared_buffers=256MB -c timezone=UTC \
+                    >>"$2/log" 2>&1 &
+                pid=$!
+            }
+            start "$1" "$2"
+            while read -r cmd; do
+                if [ "$cmd" = restart ]; then
+                    kill -INT "$pid" 2>/dev/null
+                    wait "$pid"
+                    start "$1" "$2"
+                fi
+            done
             kill -INT "$pid" 2>/dev/null
             wait "$pid"
             rm -rf "$2"
@@ -420,37 +491,26 @@ impl Cluster {
             .spawn()
             .map_err(|e| Error::Cluster(format!("starting postgres: {e}")))?;
         let cluster = Cluster {
-            dir: dir.clone(),
-            _watch: Mutex::new(watch),
+            dir,
+            bin,
+            watch: Mutex::new(watch),
         };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let ready = Command::new(bin.join("pg_isready"))
-                .arg("-h")
-                .arg(&dir)
-                .args(["-U", "postgres", "-q"])
-                .status()
-                .map(|s| s.success())
-                .unwrap_or(false);
-            if ready {
-                return Ok(cluster);
-            }
-            if Instant::now() > deadline {
-                let log = std::fs::read_to_string(dir.join("log")).unwrap_or_default();
-                return Err(Error::Cluster(format!(
-                    "server did not become ready in 60 s; its log:\n{log}"
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        cluster.wait_ready()?;
+        Ok(cluster)
     }
 
     /// Stops the server now (otherwise it stops when the process exits).
     pub fn stop(&self) {
-        if let Ok(mut child) = self._watch.lock() {
+        if let Ok(mut child) = self.watch.lock() {
             drop(child.stdin.take());
             let _ = child.wait();
         }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 

@@ -1,0 +1,92 @@
+//! Fault tests (issue 8): PostgreSQL restarted under a recorder, the database down when
+//! a recorder starts. Each is bounded well under a minute.
+
+use std::time::Duration;
+
+use tally::{RecorderConfig, Service, Tally, UsageEvent};
+use tally_testdb::{Cluster, TestDb};
+use tally_tests::{Proxy, event};
+
+fn events(n: u128, offset: u128) -> Vec<UsageEvent> {
+    (0..n)
+        .map(|i| {
+            event(
+                offset + i + 1,
+                &format!("c{}", i % 11),
+                Service::API,
+                "1",
+                "2026-11-01T10:00:00Z",
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_restart_under_a_recorder_loses_and_doubles_nothing() {
+    // A server of this test's own, restarted (fast shutdown: every session is ended
+    // with 57P01) while the recorder streams events and flushes. Everything flush()
+    // acknowledged before, and everything recorded after, is stored exactly once.
+    let cluster = Cluster::private().unwrap();
+    let db = TestDb::new_on(&cluster).await.unwrap();
+    let rec = db.tally().recorder(
+        RecorderConfig::default()
+            .batch_size(500)
+            .batch_timeout(Duration::from_millis(20))
+            .retry_backoff(Duration::from_millis(20), Duration::from_millis(300)),
+    );
+    let mut acknowledged = 0u128;
+    for round in 0..20u128 {
+        rec.record_many(events(1_000, round * 1_000)).await.unwrap();
+        if round == 8 {
+            // Restart from another thread while batches are in flight.
+            let c = &cluster;
+            std::thread::scope(|s| {
+                s.spawn(|| c.restart().unwrap());
+            });
+        }
+        rec.flush_within(Duration::from_secs(40)).await.unwrap();
+        acknowledged = (round + 1) * 1_000;
+    }
+    rec.close().await.unwrap();
+    let s = rec.status();
+    assert!(s.failed_attempts > 0, "the restart was never felt: {s:?}");
+    assert_eq!(s.dead_lettered, 0, "{s:?}");
+    let v = db.tally().verify().await.unwrap();
+    assert_eq!(
+        (v.events as u128, v.mismatches, v.key_mismatches),
+        (acknowledged, 0, 0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recorder_started_while_the_database_is_down_waits_then_commits_everything() {
+    let db = TestDb::new().await.unwrap();
+    let proxy = Proxy::start(db.url()).await;
+    proxy.down();
+    let tally = Tally::with_pool_size(&proxy.url(db.url()), 2).unwrap();
+    let rec = tally.recorder(
+        RecorderConfig::default()
+            .batch_size(50)
+            .queue_capacity(200)
+            .batch_timeout(Duration::from_millis(20))
+            .retry_backoff(Duration::from_millis(20), Duration::from_millis(200)),
+    );
+    rec.record_many(events(200, 0)).await.unwrap();
+    // Memory stays bounded: the queue is full, so the next record waits.
+    let blocked = tokio::time::timeout(
+        Duration::from_millis(300),
+        rec.record(events(1, 500).remove(0)),
+    )
+    .await;
+    assert!(
+        blocked.is_err(),
+        "record should wait while the queue is full"
+    );
+    assert!(rec.flush_within(Duration::from_millis(300)).await.is_err());
+    assert_eq!(rec.status().pending, 200);
+    proxy.up();
+    rec.flush_within(Duration::from_secs(30)).await.unwrap();
+    rec.close().await.unwrap();
+    let v = db.tally().verify().await.unwrap();
+    assert_eq!((v.events, v.mismatches), (200, 0));
+}
