@@ -90,3 +90,40 @@ async fn a_recorder_started_while_the_database_is_down_waits_then_commits_everyt
     let v = db.tally().verify().await.unwrap();
     assert_eq!((v.events, v.mismatches), (200, 0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_rides_out_a_postgres_restart() {
+    // The server is restarted (57P01 to every session) a third of the way through a
+    // lenient import: the batch in flight is retried and the import completes, every
+    // row stored once.
+    let cluster = std::sync::Arc::new(Cluster::private().unwrap());
+    let db = TestDb::new_on(&cluster).await.unwrap();
+    let mut text = String::from("event_id,customer_id,service,quantity,recorded_at\n");
+    for i in 0..60_000u32 {
+        text.push_str(&format!(
+            "00000000-0000-7000-8000-{i:012},c{},api,1,2026-11-01T{:02}:00:00Z\n",
+            i % 13,
+            i % 24
+        ));
+    }
+    let size = text.len() as u64;
+    let restarted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (c, r) = (cluster.clone(), restarted.clone());
+    let progress: tally::import::Progress = std::sync::Arc::new(move |read: u64| {
+        if read > size / 3 && !r.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            c.restart().unwrap();
+        }
+    });
+    let mut opts = tally::import::ImportOptions::new(tally::import::ImportFormat::Csv);
+    opts.batch_size = 2_000;
+    let report = db
+        .tally()
+        .import(std::io::Cursor::new(text), opts, Some(progress))
+        .await
+        .unwrap();
+    assert!(restarted.load(std::sync::atomic::Ordering::SeqCst));
+    assert_eq!(report.inserted + report.duplicates, 60_000, "{report:?}");
+    let v = db.tally().verify().await.unwrap();
+    assert_eq!((v.events, v.mismatches, v.key_mismatches), (60_000, 0, 0));
+    drop(db);
+}
