@@ -572,7 +572,13 @@ async fn invoice_applies_the_spec_tier_table_and_dated_prices() {
         ("c250", "155.00", "25.00"),
     ] {
         let inv = a.invoice(&customer.parse().unwrap(), nov).await.unwrap();
-        let amount = |s: &str| inv.lines.iter().find(|l| l.service == s).unwrap().amount;
+        let amount = |s: &str| {
+            inv.lines
+                .iter()
+                .find(|l| l.service.as_deref() == Some(s))
+                .unwrap()
+                .amount
+        };
         assert_eq!(amount("api"), d(graduated), "{customer} graduated");
         assert_eq!(amount("compute"), d(volume), "{customer} volume");
         let storage = if customer == "c201" {
@@ -587,7 +593,11 @@ async fn invoice_applies_the_spec_tier_table_and_dated_prices() {
         );
     }
     let c201 = a.invoice(&"c201".parse().unwrap(), nov).await.unwrap();
-    let storage = c201.lines.iter().find(|l| l.service == "storage").unwrap();
+    let storage = c201
+        .lines
+        .iter()
+        .find(|l| l.service.as_deref() == Some("storage"))
+        .unwrap();
     assert_eq!(
         (storage.quantity, storage.billable_quantity, storage.amount),
         (d("201"), d("101"), d("10.00"))

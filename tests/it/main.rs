@@ -10,5 +10,6 @@ mod invariants;
 mod layering;
 mod migrate;
 mod partitions;
+mod pricing;
 mod recorder;
 mod testdb;

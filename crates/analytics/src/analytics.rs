@@ -4,7 +4,8 @@ use chrono::{DateTime, Duration, NaiveDate, Utc};
 use rust_decimal::{Decimal, RoundingStrategy};
 use serde::{Serialize, Serializer, ser::SerializeStruct};
 use tally_core::{
-    Catalog, CustomerId, Granularity, Limit, PriceBook, Service, TimeRange, Totals, Zone, serde_fmt,
+    Catalog, CustomerId, Granularity, Limit, Metered, PriceBook, Service, TimeRange, Totals, Zone,
+    round_to, serde_fmt,
 };
 use tally_store::{Result, Store, Who};
 
@@ -228,18 +229,35 @@ pub struct Peak {
     pub events: i64,
 }
 
+/// What an invoice line is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LineKind {
+    /// A service's usage priced (also listed at zero usage when the price charges
+    /// something then, e.g. a first-tier flat fee).
+    Usage,
+    /// Makes a service's line up to its price's minimum.
+    TrueUp,
+    /// Takes off what a service's line has above its price's maximum (negative).
+    Cap,
+    /// Makes the invoice up to the price book's minimum (no service).
+    Minimum,
+}
+
 /// One line of an invoice.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct InvoiceLine {
-    /// The service.
-    pub service: String,
+    /// The service (`None` for an invoice-level minimum).
+    pub service: Option<String>,
+    /// What the line is for.
+    pub kind: LineKind,
     /// Units used in the period.
     #[serde(serialize_with = "serde_fmt::decimal")]
     pub quantity: Decimal,
     /// Units billed after the included allowance.
     #[serde(serialize_with = "serde_fmt::decimal")]
     pub billable_quantity: Decimal,
-    /// The amount, rounded half-up to cents once.
+    /// The amount, rounded half-up to the currency's minor unit once.
     #[serde(serialize_with = "serde_fmt::money")]
     pub amount: Decimal,
 }
@@ -391,14 +409,24 @@ impl Analytics {
             .await?,
         )?;
         let mut lines = Vec::new();
-        let mut total_amount = Decimal::ZERO;
+        let mut total_amount = round_to(Decimal::ZERO, self.prices.exponent());
         for (i, s) in services.iter().enumerate() {
             let agg = sums.get(&i);
             let quantity = agg.map_or(Decimal::ZERO, |a| a.quantity);
             let price = self.prices.price_at(s, range.from());
+            let exponent = self.prices.exponent();
             let amount = match price {
-                Some(p) => p.line(quantity)?.amount,
-                None => Decimal::ZERO,
+                Some(p) => {
+                    let mut metered = Metered::new(quantity, agg.map_or(0, |a| a.events));
+                    if p.needs_events() {
+                        metered.per_event = Some(match agg {
+                            Some(_) => self.store.event_quantities(customer, s, range).await?,
+                            None => Vec::new(),
+                        });
+                    }
+                    p.priced(&metered, exponent)?.amount
+                }
+                None => round_to(Decimal::ZERO, exponent),
             };
             total_amount = add_money(total_amount, amount)?;
             lines.push(ServiceLine {
@@ -608,8 +636,12 @@ impl Analytics {
             .collect())
     }
 
-    /// An invoice preview for `period` (normally a calendar month): a line per service
-    /// used, priced with the price in force at the period's start.
+    /// An invoice preview for `period` (normally a calendar month), priced with the
+    /// price in force at the period's start: a usage line per service used, or
+    /// charging something without use (a first-tier flat fee, a minimum); a true-up
+    /// line where a service is below its minimum, a cap line where it is above its
+    /// maximum; an invoice minimum line where the total is below the book's minimum.
+    /// Amounts are rounded to the currency's minor unit ([`PriceBook::exponent`]).
     pub async fn invoice(&self, customer: &CustomerId, period: TimeRange) -> Result<Invoice> {
         let (services, _) = self.services(None).await?;
         let sums: BTreeMap<usize, Totals> = by_service(
@@ -621,27 +653,70 @@ impl Analytics {
             )
             .await?,
         )?;
+        let exponent = self.prices.exponent();
+        let money = |d: Decimal| round_to(d, exponent);
         let mut lines = Vec::new();
-        let mut total = Decimal::ZERO;
         for (i, s) in services.iter().enumerate() {
-            let Some(agg) = sums.get(&i) else {
+            let used = sums.get(&i);
+            let (quantity, events) = used.map_or((Decimal::ZERO, 0), |t| (t.quantity, t.events));
+            let line = |kind, quantity, billable_quantity, amount| InvoiceLine {
+                service: Some(s.to_string()),
+                kind,
+                quantity,
+                billable_quantity,
+                amount,
+            };
+            let Some(price) = self.prices.price_at(s, period.from()) else {
+                // Used, but without a price: listed, at zero.
+                if used.is_some() {
+                    lines.push(line(
+                        LineKind::Usage,
+                        quantity,
+                        quantity,
+                        money(Decimal::ZERO),
+                    ));
+                }
                 continue;
             };
-            let line = match self.prices.price_at(s, period.from()) {
-                Some(p) => p.line(agg.quantity)?,
-                None => tally_core::Line {
-                    quantity: agg.quantity,
-                    billable_quantity: agg.quantity,
-                    amount: Decimal::ZERO,
-                },
-            };
-            total = add_money(total, line.amount)?;
+            let mut metered = Metered::new(quantity, events);
+            if price.needs_events() {
+                metered.per_event = Some(match used {
+                    Some(_) => self.store.event_quantities(customer, s, period).await?,
+                    None => Vec::new(),
+                });
+            }
+            let charge = price.charge(&metered, exponent)?;
+            if used.is_none() && charge.line.amount.is_zero() && charge.true_up.is_none() {
+                continue; // nothing used, nothing charged
+            }
+            lines.push(line(
+                LineKind::Usage,
+                charge.line.quantity,
+                charge.line.billable_quantity,
+                charge.line.amount,
+            ));
+            if let Some(up) = charge.true_up {
+                lines.push(line(LineKind::TrueUp, Decimal::ZERO, Decimal::ZERO, up));
+            }
+            if let Some(cap) = charge.cap {
+                lines.push(line(LineKind::Cap, Decimal::ZERO, Decimal::ZERO, cap));
+            }
+        }
+        let mut total = money(Decimal::ZERO);
+        for l in &lines {
+            total = add_money(total, l.amount)?;
+        }
+        if let Some(min) = self.prices.minimum.map(money)
+            && total < min
+        {
             lines.push(InvoiceLine {
-                service: s.to_string(),
-                quantity: line.quantity,
-                billable_quantity: line.billable_quantity,
-                amount: line.amount,
+                service: None,
+                kind: LineKind::Minimum,
+                quantity: Decimal::ZERO,
+                billable_quantity: Decimal::ZERO,
+                amount: money(min - total),
             });
+            total = min;
         }
         Ok(Invoice {
             customer_id: customer.to_string(),
@@ -649,7 +724,7 @@ impl Analytics {
             period_end: period.to(),
             currency: self.prices.currency.clone(),
             lines,
-            total,
+            total: money(total),
         })
     }
 }

@@ -36,6 +36,6 @@ mod analytics;
 mod totals;
 
 pub use analytics::{
-    Aggregation, Analytics, Bucket, DayLine, Invoice, InvoiceLine, Over, Peak, ServiceLine, Stats,
-    Summary, TrendDay, percentile_cont,
+    Aggregation, Analytics, Bucket, DayLine, Invoice, InvoiceLine, LineKind, Over, Peak,
+    ServiceLine, Stats, Summary, TrendDay, percentile_cont,
 };

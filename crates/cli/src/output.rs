@@ -9,9 +9,9 @@ use tally::{
     VerifyReport, Zone,
     chrono::{DateTime, Utc},
     import::ImportReport,
-    report::{Aggregation, Invoice, Peak, Stats, Summary, TrendDay},
+    report::{Aggregation, Invoice, LineKind, Peak, Stats, Summary, TrendDay},
     rust_decimal::Decimal,
-    serde_fmt::rfc3339,
+    serde_fmt::{money_text, rfc3339},
 };
 
 use crate::{Failure, compact::format_compact};
@@ -114,7 +114,7 @@ fn dec(d: Decimal) -> String {
 }
 
 fn money(d: Decimal) -> String {
-    format!("{d:.2}")
+    money_text(d)
 }
 
 /// Exact in CSV, compact (1.50M) in tables.
@@ -302,7 +302,7 @@ impl Tabular for Peaks {
 
 impl Tabular for Invoice {
     fn header(&self) -> &'static [&'static str] {
-        &["service", "quantity", "billable_quantity", "amount"]
+        &["service", "kind", "quantity", "billable_quantity", "amount"]
     }
 
     fn rows(&self, table: bool) -> Vec<Vec<String>> {
@@ -310,8 +310,15 @@ impl Tabular for Invoice {
             .lines
             .iter()
             .map(|l| {
+                let kind = match l.kind {
+                    LineKind::Usage => "usage",
+                    LineKind::TrueUp => "true_up",
+                    LineKind::Cap => "cap",
+                    LineKind::Minimum => "minimum",
+                };
                 vec![
-                    l.service.clone(),
+                    l.service.clone().unwrap_or_default(),
+                    kind.into(),
                     num(table, l.quantity),
                     num(table, l.billable_quantity),
                     money(l.amount),
@@ -321,6 +328,7 @@ impl Tabular for Invoice {
         if table {
             rows.push(vec![
                 "total".into(),
+                String::new(),
                 String::new(),
                 String::new(),
                 money(self.total),

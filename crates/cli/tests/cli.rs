@@ -480,3 +480,113 @@ async fn a_price_book_file_is_validated_at_the_edge() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("period \"2026-13\""));
 }
+
+#[tokio::test]
+async fn invoice_shows_zero_usage_true_up_cap_and_minimum_lines() {
+    let db = TestDb::new().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let prices = dir.path().join("prices.json");
+    std::fs::write(
+        &prices,
+        r#"{"currency": "USD", "minimum": "100", "services": {
+            "api": [{"effective_from": "2020-01-01T00:00:00Z", "model": "graduated",
+                     "tiers": [{"up_to": "1000", "unit_price": "0", "flat_fee": "5"}, {"up_to": null, "unit_price": "0.01"}]}],
+            "storage": [{"effective_from": "2020-01-01T00:00:00Z", "model": "per_unit", "unit_price": "1", "minimum": "10"}],
+            "bandwidth": [{"effective_from": "2020-01-01T00:00:00Z", "model": "per_unit", "unit_price": "2", "maximum": "5"}]
+        }}"#,
+    )
+    .unwrap();
+    for (service, quantity) in [("storage", "3"), ("bandwidth", "4")] {
+        let out = tally(
+            &db,
+            &[
+                "record",
+                "--customer",
+                "acme",
+                "--service",
+                service,
+                "--quantity",
+                quantity,
+                "--at",
+                "2026-10-05T00:00:00Z",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let p = prices.to_str().unwrap();
+    let args = [
+        "invoice",
+        "--customer",
+        "acme",
+        "--period",
+        "2026-10",
+        "--prices",
+        p,
+    ];
+    let inv = json(&tally(&db, &[&args[..], &["--format", "json"]].concat()));
+    let lines: Vec<(String, String, String)> = inv["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            (
+                l["service"].as_str().unwrap_or("-").to_owned(),
+                l["kind"].as_str().unwrap().to_owned(),
+                l["amount"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let want: Vec<(String, String, String)> = [
+        // No api usage, but its first tier's flat fee is charged.
+        ("api", "usage", "5.00"),
+        // 2 × 4 = 8, capped at 5.
+        ("bandwidth", "usage", "8.00"),
+        ("bandwidth", "cap", "-3.00"),
+        // 1 × 3 = 3, made up to the minimum of 10.
+        ("storage", "usage", "3.00"),
+        ("storage", "true_up", "7.00"),
+        // 5 + 5 + 10 = 20, made up to the invoice minimum of 100.
+        ("-", "minimum", "80.00"),
+    ]
+    .iter()
+    .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()))
+    .collect();
+    assert_eq!(lines, want);
+    assert_eq!(inv["total"], "100.00");
+    let csv =
+        String::from_utf8(tally(&db, &[&args[..], &["--format", "csv"]].concat()).stdout).unwrap();
+    assert!(
+        csv.starts_with("service,kind,quantity,billable_quantity,amount\n"),
+        "{csv}"
+    );
+    assert!(
+        csv.contains("storage,true_up,0,0,7.00\n") && csv.contains(",minimum,0,0,80.00\n"),
+        "{csv}"
+    );
+    let table = String::from_utf8(tally(&db, &args).stdout).unwrap();
+    for needle in ["true_up", "cap", "minimum", "-3.00", "100.00"] {
+        assert!(table.contains(needle), "{needle} in:\n{table}");
+    }
+    // A currency without a minor unit keeps none.
+    std::fs::write(
+        &prices,
+        r#"{"currency": "JPY", "services": {"storage": [{"effective_from": "2020-01-01T00:00:00Z", "model": "per_unit", "unit_price": "333.4"}]}}"#,
+    )
+    .unwrap();
+    let inv = json(&tally(&db, &[&args[..], &["--format", "json"]].concat()));
+    let storage = inv["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["service"] == "storage")
+        .unwrap();
+    // 3 × 333.4 = 1000.2 yen, rounded to whole yen.
+    assert_eq!(
+        (storage["amount"].as_str(), inv["total"].as_str()),
+        (Some("1000"), Some("1000"))
+    );
+}

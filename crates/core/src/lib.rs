@@ -55,7 +55,8 @@ pub use error::{Error, Result};
 pub use event::{EventId, Metadata, Usage, UsageEvent, track};
 pub use limit::Limit;
 pub use pricing::{
-    Line, MONEY_SCALE, Price, PriceBook, PriceModel, PriceVersion, Tier, round_money,
+    Charge, Line, MONEY_SCALE, Metered, Price, PriceBook, PriceModel, PriceVersion, Rounding, Tier,
+    currency_exponent, round_money, round_to,
 };
 pub use quantity::Quantity;
 pub use service::{BuiltIn, Catalog, Meter, Service};

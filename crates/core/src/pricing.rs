@@ -1,8 +1,11 @@
-//! Price books and tier math (SPEC §9).
+//! Price books and tier math (SPEC §9), with the rules of the billing systems users
+//! migrate from (Lago, OpenMeter): a first-tier flat fee charged at zero usage, minimums
+//! with true-up, caps, per-tier rounding, currency exponents and percentage charges.
+//! docs/pricing.md has every model with a worked example.
 //!
-//! Amounts are exact decimals until [`round_money`], the single rounding point: a line's
-//! amount is rounded half-up to the currency's minor unit (cents) once, and totals are
-//! sums of rounded lines.
+//! Amounts are exact decimals until one rounding point: by default a line's amount is
+//! rounded half-up to the currency's minor unit once ([`Rounding::Line`]), and totals
+//! are sums of rounded lines.
 
 use std::collections::BTreeMap;
 
@@ -17,7 +20,61 @@ pub const MONEY_SCALE: u32 = 2;
 
 /// Rounds an exact amount half-up (away from zero) to cents: the one rounding point.
 pub fn round_money(amount: Decimal) -> Decimal {
-    amount.round_dp_with_strategy(MONEY_SCALE, RoundingStrategy::MidpointAwayFromZero)
+    round_to(amount, MONEY_SCALE)
+}
+
+/// Rounds half-up (away from zero) to `exponent` fractional digits, keeping exactly
+/// that many (so `5` in a two-digit currency is `5.00`).
+pub fn round_to(amount: Decimal, exponent: u32) -> Decimal {
+    let mut d = amount.round_dp_with_strategy(exponent, RoundingStrategy::MidpointAwayFromZero);
+    d.rescale(exponent);
+    d
+}
+
+/// Digits of a currency's minor unit (ISO 4217): 0 for JPY, KRW…, 3 for BHD, KWD…,
+/// 2 for the rest.
+pub fn currency_exponent(code: &str) -> u32 {
+    match code.to_ascii_uppercase().as_str() {
+        "BIF" | "CLP" | "DJF" | "GNF" | "ISK" | "JPY" | "KMF" | "KRW" | "PYG" | "RWF" | "UGX"
+        | "UYI" | "VND" | "VUV" | "XAF" | "XOF" | "XPF" => 0,
+        "BHD" | "IQD" | "JOD" | "KWD" | "LYD" | "OMR" | "TND" => 3,
+        _ => 2,
+    }
+}
+
+/// Where amounts are rounded to the currency's minor unit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Rounding {
+    /// Exact tier math, then the line rounded once (Tally's default).
+    #[default]
+    Line,
+    /// Each tier's amount (units × price + flat fee) rounded first, then added
+    /// (OpenMeter's behaviour).
+    PerTier,
+}
+
+/// What a price is applied to: the period's usage of one service.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Metered {
+    /// Units used.
+    pub quantity: Decimal,
+    /// Events recorded (for per-event fees).
+    pub events: i64,
+    /// Each event's quantity, when the price needs them (percentage with per-event
+    /// bounds; see [`Price::needs_events`]).
+    pub per_event: Option<Vec<Decimal>>,
+}
+
+impl Metered {
+    /// `quantity` units over `events` events.
+    pub fn new(quantity: Decimal, events: i64) -> Metered {
+        Metered {
+            quantity,
+            events,
+            per_event: None,
+        }
+    }
 }
 
 /// One tier of a graduated or volume price. `up_to` is inclusive; `None` is the last,
@@ -72,9 +129,33 @@ pub enum PriceModel {
         /// Tiers in increasing order.
         tiers: Vec<Tier>,
     },
+    /// A rate in percent of the quantity (for services whose quantity is money, such
+    /// as payment volume), plus an optional fee per event; with per-event bounds, each
+    /// event's fee is held between them (Lago's percentage charge).
+    Percentage {
+        /// Percent of the billable quantity (`1.5` is 1.5 %).
+        rate: Decimal,
+        /// Added once per event.
+        #[serde(default)]
+        fixed_fee: Decimal,
+        /// Least fee per event.
+        #[serde(default)]
+        per_event_min: Option<Decimal>,
+        /// Most fee per event.
+        #[serde(default)]
+        per_event_max: Option<Decimal>,
+    },
 }
 
-/// A price: a model and an included allowance that is free.
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
+/// A price: a model, an included allowance that is free, and what bounds the line.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Price {
     /// The model.
@@ -83,6 +164,35 @@ pub struct Price {
     /// Units included for free before the model applies.
     #[serde(default)]
     pub included: Decimal,
+    /// Whether the first tier's flat fee is charged at zero billable usage, as Lago and
+    /// OpenMeter do (default). `false` charges nothing at zero.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub flat_fee_at_zero: bool,
+    /// Least amount for the line: below it, a true-up line makes up the difference.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minimum: Option<Decimal>,
+    /// Most amount for the line (a cap): above it, a negative cap line takes the excess
+    /// off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maximum: Option<Decimal>,
+    /// Where the amount is rounded.
+    #[serde(default, skip_serializing_if = "is_line")]
+    pub rounding: Rounding,
+}
+
+fn is_line(r: &Rounding) -> bool {
+    *r == Rounding::Line
+}
+
+/// What a price charges for a period: the usage line and what bounds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Charge {
+    /// The usage line.
+    pub line: Line,
+    /// Added when the line is below the price's minimum (≥ 0).
+    pub true_up: Option<Decimal>,
+    /// Added when the line is above the price's maximum (≤ 0).
+    pub cap: Option<Decimal>,
 }
 
 /// A priced line: what was used, what is billed, and the rounded amount.
@@ -94,6 +204,18 @@ pub struct Line {
     pub billable_quantity: Decimal,
     /// The amount, rounded to cents.
     pub amount: Decimal,
+}
+
+fn overflow() -> Error {
+    Error::Overflow {
+        what: "price amount",
+    }
+}
+
+fn exact_total(terms: &[Decimal]) -> Result<Decimal> {
+    terms
+        .iter()
+        .try_fold(Decimal::ZERO, |a, t| a.checked_add(*t).ok_or_else(overflow))
 }
 
 fn check_non_negative(field: &'static str, d: Decimal) -> Result<()> {
@@ -141,9 +263,35 @@ fn check_tiers(tiers: &[Tier]) -> Result<()> {
 }
 
 impl Price {
-    /// A validated price.
+    /// A validated price (flat fee at zero, no minimum or maximum, line rounding).
     pub fn new(model: PriceModel, included: Decimal) -> Result<Price> {
+        Price {
+            model,
+            included,
+            flat_fee_at_zero: true,
+            minimum: None,
+            maximum: None,
+            rounding: Rounding::Line,
+        }
+        .validated()
+    }
+
+    /// Checks every field (after deserializing, or after setting fields by hand).
+    pub fn validated(self) -> Result<Price> {
+        let Price {
+            model, included, ..
+        } = &self;
+        let included = *included;
         check_non_negative("included", included)?;
+        if let Some(m) = self.minimum {
+            check_non_negative("minimum", m)?;
+        }
+        if let Some(m) = self.maximum {
+            check_non_negative("maximum", m)?;
+            if self.minimum.is_some_and(|min| min > m) {
+                return Err(Error::invalid("maximum", m, "must not be below minimum"));
+            }
+        }
         match &model {
             PriceModel::PerUnit { unit_price } => check_non_negative("unit_price", *unit_price)?,
             PriceModel::Package { size, price } => {
@@ -157,8 +305,50 @@ impl Price {
                 check_non_negative("price", *price)?;
             }
             PriceModel::Graduated { tiers } | PriceModel::Volume { tiers } => check_tiers(tiers)?,
+            PriceModel::Percentage {
+                rate,
+                fixed_fee,
+                per_event_min,
+                per_event_max,
+            } => {
+                check_non_negative("rate", *rate)?;
+                check_non_negative("fixed_fee", *fixed_fee)?;
+                for (f, v) in [
+                    ("per_event_min", per_event_min),
+                    ("per_event_max", per_event_max),
+                ] {
+                    if let Some(v) = v {
+                        check_non_negative(f, *v)?;
+                    }
+                }
+                if let (Some(lo), Some(hi)) = (per_event_min, per_event_max)
+                    && lo > hi
+                {
+                    return Err(Error::invalid(
+                        "per_event_max",
+                        hi,
+                        "must not be below per_event_min",
+                    ));
+                }
+                if (per_event_min.is_some() || per_event_max.is_some()) && !included.is_zero() {
+                    return Err(Error::invalid(
+                        "included",
+                        included,
+                        "cannot be combined with per-event bounds (each event is priced alone)",
+                    ));
+                }
+            }
         }
-        Ok(Price { model, included })
+        Ok(self)
+    }
+
+    /// Whether [`Price::charge`] needs each event's quantity ([`Metered::per_event`]).
+    pub fn needs_events(&self) -> bool {
+        matches!(
+            self.model,
+            PriceModel::Percentage { per_event_min, per_event_max, .. }
+                if per_event_min.is_some() || per_event_max.is_some()
+        )
     }
 
     /// A per-unit price without allowance.
@@ -166,6 +356,10 @@ impl Price {
         Price {
             model: PriceModel::PerUnit { unit_price },
             included: Decimal::ZERO,
+            flat_fee_at_zero: true,
+            minimum: None,
+            maximum: None,
+            rounding: Rounding::Line,
         }
     }
 
@@ -174,41 +368,46 @@ impl Price {
         (quantity - self.included).max(Decimal::ZERO)
     }
 
-    /// The exact, unrounded amount for `quantity` used.
+    /// The exact, unrounded amount for `quantity` used (no per-event fees).
     pub fn exact_amount(&self, quantity: Decimal) -> Result<Decimal> {
-        let q = self.billable(quantity);
-        let overflow = Error::Overflow {
-            what: "price amount",
-        };
+        self.terms(&Metered::new(quantity, 0))?
+            .into_iter()
+            .try_fold(Decimal::ZERO, |a, t| a.checked_add(t).ok_or_else(overflow))
+    }
+
+    /// The amount's terms before rounding: one per tier reached (graduated), or one.
+    fn terms(&self, used: &Metered) -> Result<Vec<Decimal>> {
+        let q = self.billable(used.quantity);
+        let mul = |a: Decimal, b: Decimal| a.checked_mul(b).ok_or_else(overflow);
+        let add = |a: Decimal, b: Decimal| a.checked_add(b).ok_or_else(overflow);
         match &self.model {
-            PriceModel::PerUnit { unit_price } => q.checked_mul(*unit_price).ok_or(overflow),
+            PriceModel::PerUnit { unit_price } => Ok(vec![mul(q, *unit_price)?]),
             PriceModel::Package { size, price } => {
-                let packages = (q / size).ceil();
-                packages.checked_mul(*price).ok_or(overflow)
+                let packages = q.checked_div(*size).ok_or_else(overflow)?.ceil();
+                Ok(vec![mul(packages, *price)?])
             }
             PriceModel::Graduated { tiers } => {
-                let mut total = Decimal::ZERO;
+                if q.is_zero() {
+                    return Ok(vec![self.zero_fee(tiers)]);
+                }
+                let mut terms = Vec::new();
                 let mut lower = Decimal::ZERO;
                 for t in tiers {
                     if q <= lower {
                         break;
                     }
                     let upper = t.up_to.map_or(q, |u| u.min(q));
-                    let units = upper - lower;
-                    total = total
-                        .checked_add(units.checked_mul(t.unit_price).ok_or(overflow.clone())?)
-                        .and_then(|x| x.checked_add(t.flat_fee))
-                        .ok_or(overflow.clone())?;
+                    terms.push(add(mul(upper - lower, t.unit_price)?, t.flat_fee)?);
                     match t.up_to {
                         Some(u) => lower = u,
                         None => break,
                     }
                 }
-                Ok(total)
+                Ok(terms)
             }
             PriceModel::Volume { tiers } => {
                 if q.is_zero() {
-                    return Ok(Decimal::ZERO);
+                    return Ok(vec![self.zero_fee(tiers)]);
                 }
                 // Validation makes the last tier unbounded, so one always matches.
                 let Some(tier) = tiers.iter().find(|t| t.up_to.is_none_or(|u| q <= u)) else {
@@ -218,20 +417,89 @@ impl Price {
                         "no tier holds this quantity (the last tier must be unbounded)",
                     ));
                 };
-                q.checked_mul(tier.unit_price)
-                    .and_then(|x| x.checked_add(tier.flat_fee))
-                    .ok_or(overflow)
+                Ok(vec![add(mul(q, tier.unit_price)?, tier.flat_fee)?])
+            }
+            PriceModel::Percentage {
+                rate,
+                fixed_fee,
+                per_event_min,
+                per_event_max,
+            } => {
+                let rate = rate
+                    .checked_div(Decimal::ONE_HUNDRED)
+                    .ok_or_else(overflow)?;
+                if per_event_min.is_none() && per_event_max.is_none() {
+                    let events = Decimal::from(used.events.max(0));
+                    return Ok(vec![add(mul(q, rate)?, mul(events, *fixed_fee)?)?]);
+                }
+                let Some(each) = &used.per_event else {
+                    return Err(Error::invalid(
+                        "per_event",
+                        "none",
+                        "a percentage price with per-event bounds needs each event's quantity",
+                    ));
+                };
+                let mut total = Decimal::ZERO;
+                for e in each {
+                    let mut fee = add(mul(*e, rate)?, *fixed_fee)?;
+                    if let Some(lo) = per_event_min {
+                        fee = fee.max(*lo);
+                    }
+                    if let Some(hi) = per_event_max {
+                        fee = fee.min(*hi);
+                    }
+                    total = add(total, fee)?;
+                }
+                Ok(vec![total])
             }
         }
     }
 
-    /// The priced line for `quantity`, rounded once.
+    /// At zero billable usage: the first tier's flat fee, unless turned off.
+    fn zero_fee(&self, tiers: &[Tier]) -> Decimal {
+        match tiers.first() {
+            Some(t) if self.flat_fee_at_zero => t.flat_fee,
+            _ => Decimal::ZERO,
+        }
+    }
+
+    /// The priced line for `quantity`, rounded once to cents (no per-event fees).
     pub fn line(&self, quantity: Decimal) -> Result<Line> {
+        self.priced(&Metered::new(quantity, 0), MONEY_SCALE)
+    }
+
+    /// The usage line for `used`, rounded to `exponent` digits by the price's
+    /// [`Rounding`].
+    pub fn priced(&self, used: &Metered, exponent: u32) -> Result<Line> {
+        let terms = self.terms(used)?;
+        let amount = match self.rounding {
+            Rounding::Line => round_to(exact_total(&terms)?, exponent),
+            Rounding::PerTier => {
+                let rounded: Vec<Decimal> = terms.iter().map(|t| round_to(*t, exponent)).collect();
+                round_to(exact_total(&rounded)?, exponent)
+            }
+        };
         Ok(Line {
-            quantity,
-            billable_quantity: self.billable(quantity),
-            amount: round_money(self.exact_amount(quantity)?),
+            quantity: used.quantity,
+            billable_quantity: self.billable(used.quantity),
+            amount,
         })
+    }
+
+    /// The usage line with its minimum true-up and its cap, each rounded to `exponent`.
+    pub fn charge(&self, used: &Metered, exponent: u32) -> Result<Charge> {
+        let line = self.priced(used, exponent)?;
+        let true_up = self
+            .minimum
+            .map(|m| round_to(m, exponent))
+            .filter(|m| line.amount < *m)
+            .map(|m| round_to(m - line.amount, exponent));
+        let cap = self
+            .maximum
+            .map(|m| round_to(m, exponent))
+            .filter(|m| line.amount > *m)
+            .map(|m| round_to(m - line.amount, exponent));
+        Ok(Charge { line, true_up, cap })
     }
 
     /// The per-unit price, where the model has one (for reports).
@@ -257,9 +525,15 @@ pub struct PriceVersion {
 /// and never rewrites past periods.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PriceBook {
-    /// ISO currency code (amounts are rounded to its 2-digit minor unit).
+    /// ISO currency code; amounts are rounded to its minor unit ([`currency_exponent`]).
     #[serde(default = "default_currency")]
     pub currency: String,
+    /// Digits of the minor unit, when the currency code's own should not be used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minor_units: Option<u32>,
+    /// Least total of an invoice: below it, a true-up line makes up the difference.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minimum: Option<Decimal>,
     /// Versions per service name, in any order.
     pub services: BTreeMap<String, Vec<PriceVersion>>,
 }
@@ -286,6 +560,8 @@ impl Default for PriceBook {
             .collect();
         PriceBook {
             currency: default_currency(),
+            minor_units: None,
+            minimum: None,
             services,
         }
     }
@@ -296,8 +572,16 @@ impl PriceBook {
     pub fn empty() -> PriceBook {
         PriceBook {
             currency: default_currency(),
+            minor_units: None,
+            minimum: None,
             services: BTreeMap::new(),
         }
+    }
+
+    /// Digits of the minor unit amounts are rounded to.
+    pub fn exponent(&self) -> u32 {
+        self.minor_units
+            .unwrap_or_else(|| currency_exponent(&self.currency))
     }
 
     /// Adds a price for `service` from `effective_from` on.
@@ -321,9 +605,19 @@ impl PriceBook {
 
     /// Validates every price (after deserializing a file).
     pub fn validate(&self) -> Result<()> {
+        if let Some(m) = self.minimum {
+            check_non_negative("minimum", m)?;
+        }
+        if self.minor_units.is_some_and(|d| d > 6) {
+            return Err(Error::invalid(
+                "minor_units",
+                self.minor_units.unwrap_or_default(),
+                "must be from 0 to 6",
+            ));
+        }
         for versions in self.services.values() {
             for v in versions {
-                Price::new(v.price.model.clone(), v.price.included)?;
+                v.price.clone().validated()?;
             }
         }
         Ok(())
@@ -414,7 +708,13 @@ mod tests {
             Decimal::ZERO,
         )
         .unwrap();
-        assert_eq!(g.line(dec!(0)).unwrap().amount, dec!(0));
+        // At zero usage the first tier's flat fee is charged (Lago, OpenMeter)...
+        assert_eq!(g.line(dec!(0)).unwrap().amount, dec!(10));
+        // ...unless the price says otherwise (Tally's rule before issue 14).
+        let mut old_rule = g.clone();
+        old_rule.flat_fee_at_zero = false;
+        assert_eq!(old_rule.line(dec!(0)).unwrap().amount, dec!(0));
+        assert_eq!(old_rule.line(dec!(50)).unwrap().amount, dec!(60));
         assert_eq!(g.line(dec!(50)).unwrap().amount, dec!(60));
         assert_eq!(g.line(dec!(100)).unwrap().amount, dec!(110));
         assert_eq!(g.line(dec!(101)).unwrap().amount, dec!(130.50));

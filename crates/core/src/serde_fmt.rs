@@ -7,8 +7,6 @@ use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
 use rust_decimal::Decimal;
 use serde::Serializer;
 
-use crate::MONEY_SCALE;
-
 /// An exact decimal as a string, trailing zeros dropped (`"1000"`, `"0.5"`).
 pub fn decimal<S: Serializer>(d: &Decimal, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(&d.normalize())
@@ -22,9 +20,16 @@ pub fn opt_decimal<S: Serializer>(d: &Option<Decimal>, s: S) -> Result<S::Ok, S:
     }
 }
 
-/// Money with exactly [`MONEY_SCALE`] places (`"0.10"`).
+/// Money as rounded: with the currency's minor-unit places (`"0.10"` in USD, `"1500"`
+/// in JPY). Every amount is rescaled to those places at its one rounding point
+/// ([`crate::round_to`]), so its own scale is the one to show.
 pub fn money<S: Serializer>(d: &Decimal, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(&format_args!("{d:.prec$}", prec = MONEY_SCALE as usize))
+    s.collect_str(&money_text(*d))
+}
+
+/// The text of an amount (see [`money`]).
+pub fn money_text(d: Decimal) -> String {
+    d.to_string()
 }
 
 /// An optional value with two places (percentages), or `null`.

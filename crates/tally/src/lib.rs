@@ -56,15 +56,16 @@ pub use tally_store::{
 /// rounding point.
 pub mod pricing {
     pub use tally_core::{
-        Line, MONEY_SCALE, Price, PriceBook, PriceModel, PriceVersion, Tier, round_money,
+        Charge, Line, MONEY_SCALE, Metered, Price, PriceBook, PriceModel, PriceVersion, Rounding,
+        Tier, currency_exponent, round_money, round_to,
     };
 }
 
 /// What the read calls return. Each serializes to the JSON of the CLI contract.
 pub mod report {
     pub use tally_analytics::{
-        Aggregation, Bucket, DayLine, Invoice, InvoiceLine, Over, Peak, ServiceLine, Stats,
-        Summary, TrendDay, percentile_cont,
+        Aggregation, Bucket, DayLine, Invoice, InvoiceLine, LineKind, Over, Peak, ServiceLine,
+        Stats, Summary, TrendDay, percentile_cont,
     };
 }
 
