@@ -121,11 +121,7 @@ impl Store {
                  WHERE service = ANY($1::text[]) AND bucket >= $2 AND bucket < $3 AND $4::text IS NULL"
             }
         };
-        let client = self
-            .pool()
-            .get()
-            .await
-            .map_err(Error::pool("reading usage"))?;
+        let client = self.client("reading usage").await?;
         let stmt = client
             .prepare_cached(sql)
             .await
@@ -180,11 +176,7 @@ impl Store {
         let labels: Vec<DateTime<Utc>> = pieces.iter().map(|(l, _)| *l).collect();
         let lo: Vec<DateTime<Utc>> = pieces.iter().map(|(_, r)| r.from()).collect();
         let hi: Vec<DateTime<Utc>> = pieces.iter().map(|(_, r)| r.to()).collect();
-        let client = self
-            .pool()
-            .get()
-            .await
-            .map_err(Error::pool("reading usage"))?;
+        let client = self.client("reading usage").await?;
         let stmt = client
             .prepare_cached(sql)
             .await
@@ -209,11 +201,7 @@ impl Store {
         service: &Service,
         range: TimeRange,
     ) -> Result<Vec<Decimal>> {
-        let client = self
-            .pool()
-            .get()
-            .await
-            .map_err(Error::pool("reading events"))?;
+        let client = self.client("reading events").await?;
         let rows = client
             .query(
                 "SELECT quantity FROM usage_events
@@ -248,11 +236,7 @@ impl Store {
                  WHERE customer_id = $1 AND service = $2 GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT $3"
             }
         };
-        let client = self
-            .pool()
-            .get()
-            .await
-            .map_err(Error::pool("reading peaks"))?;
+        let client = self.client("reading peaks").await?;
         let rows = client
             .query(
                 sql,

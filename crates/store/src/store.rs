@@ -70,6 +70,11 @@ impl Store {
         self.ingest.pool()
     }
 
+    /// A pooled connection, for doing `context`.
+    pub(crate) async fn client(&self, context: &'static str) -> Result<deadpool_postgres::Client> {
+        self.pool().get().await.map_err(Error::pool(context))
+    }
+
     pub(crate) fn ingest(&self) -> &Ingest {
         &self.ingest
     }
@@ -77,7 +82,7 @@ impl Store {
     /// Applies missing migrations (see [`crate::migrate()`]) and creates the events
     /// partitions for this month and the next three.
     pub async fn migrate(&self) -> Result<MigrateReport> {
-        let mut client = self.pool().get().await.map_err(Error::pool("migrating"))?;
+        let mut client = self.client("migrating").await?;
         let report = migrate::migrate(&mut client).await?;
         drop(client);
         // Cached statements may refer to the old schema.
@@ -118,11 +123,7 @@ impl Store {
 
     /// The built-in services and the meters defined in the database.
     pub async fn catalog(&self) -> Result<Catalog> {
-        let client = self
-            .pool()
-            .get()
-            .await
-            .map_err(Error::pool("reading meters"))?;
+        let client = self.client("reading meters").await?;
         let rows = client
             .query(
                 "SELECT service, unit FROM tally_meters WHERE NOT built_in ORDER BY service",
@@ -143,11 +144,7 @@ impl Store {
 
     /// Defines (or re-units) a user meter.
     pub async fn define_meter(&self, meter: &Meter) -> Result<()> {
-        let client = self
-            .pool()
-            .get()
-            .await
-            .map_err(Error::pool("defining a meter"))?;
+        let client = self.client("defining a meter").await?;
         client
             .execute(
                 "INSERT INTO tally_meters (service, unit) VALUES ($1, $2)
@@ -163,7 +160,7 @@ impl Store {
     ///
     /// Scans all raw events: an operator's check, not a hot path.
     pub async fn verify(&self) -> Result<VerifyReport> {
-        let client = self.pool().get().await.map_err(Error::pool("verifying"))?;
+        let client = self.client("verifying").await?;
         let totals = client
             .query_one(
                 "SELECT count(*), coalesce(sum(quantity), 0) FROM usage_events",
@@ -205,11 +202,7 @@ impl Store {
 
     /// Lists the monthly partitions and counts what the default partition holds.
     pub async fn partition_status(&self) -> Result<PartitionStatus> {
-        let client = self
-            .pool()
-            .get()
-            .await
-            .map_err(Error::pool("reading partitions"))?;
+        let client = self.client("reading partitions").await?;
         let rows = client
             .query(
                 "SELECT to_date(substr(c.relname, 14), 'YYYY_MM') FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
