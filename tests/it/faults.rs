@@ -127,3 +127,44 @@ async fn an_import_rides_out_a_postgres_restart() {
     assert_eq!((v.events, v.mismatches, v.key_mismatches), (60_000, 0, 0));
     drop(db);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_database_holds_the_events_instead_of_dead_lettering_them() {
+    // A permanent failure that is about the database, not the events (25006): nothing
+    // is dead-lettered; the events wait, and commit once writes are allowed again.
+    let db = TestDb::new().await.unwrap();
+    let admin = db.client().await.unwrap();
+    let set = |on: bool| {
+        format!(
+            "ALTER DATABASE {} SET default_transaction_read_only = {}",
+            db.name(),
+            if on { "on" } else { "off" }
+        )
+    };
+    admin.batch_execute(&set(true)).await.unwrap();
+    let tally = Tally::with_pool_size(db.url(), 2).unwrap();
+    let rec = tally.recorder(
+        RecorderConfig::default()
+            .batch_size(50)
+            .batch_timeout(Duration::from_millis(20))
+            .retry_backoff(Duration::from_millis(20), Duration::from_millis(100)),
+    );
+    rec.record_many(events(100, 0)).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while rec.status().consecutive_failures == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "failure never reported"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let s = rec.status();
+    assert_eq!((s.dead_lettered, s.pending), (0, 100), "{s:?}");
+    assert!(s.last_error.unwrap().1.contains("25006"));
+    admin.batch_execute(&set(false)).await.unwrap();
+    rec.flush_within(Duration::from_secs(30)).await.unwrap();
+    rec.close().await.unwrap();
+    assert_eq!(rec.status().dead_lettered, 0);
+    let v = db.tally().verify().await.unwrap();
+    assert_eq!((v.events, v.mismatches), (100, 0));
+}

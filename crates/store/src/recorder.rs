@@ -180,12 +180,14 @@ enum Job {
 /// Cheap to clone; every clone feeds the same queue. The queue is bounded in events:
 /// `record` waits while it is full, so memory stays bounded and nothing is dropped.
 ///
-/// A batch that fails for a transient reason ([`Error::is_transient`]: connection
-/// lost, server restarting, out of resources, deadlock) stays queued and is retried
-/// with exponential backoff until it commits. A batch that fails for a permanent
-/// reason (a value the database refuses) is split in halves, each written on its own,
-/// until the events that fail are isolated; those go to the dead-letter table
-/// `usage_dead_letters` with the error, and everything else is written. Failures are
+/// A batch that fails because of the database ([`Error::is_transient`] failures —
+/// connection lost, server restarting, out of resources, deadlock — and also a
+/// read-only database, a missing schema or privilege) stays queued and is retried with
+/// exponential backoff until it commits. A batch that fails because of its events (a
+/// value or constraint the database refuses, SQLSTATE 22xxx/23xxx) is split in halves,
+/// each written on its own, until the events that fail are isolated; those go to the
+/// dead-letter table `usage_dead_letters` with the error, and everything else is
+/// written. Failures are
 /// logged and visible in [`Recorder::status`]. Call [`Recorder::close`] before
 /// exiting: events still queued when the runtime shuts down are lost with it.
 #[derive(Clone)]
@@ -476,6 +478,18 @@ async fn writer(
     }
 }
 
+/// Whether a failure is about the events themselves — a value or a constraint the
+/// database refuses (SQLSTATE classes 22 and 23), or a total Tally cannot hold — so that
+/// isolating and dead-lettering them lets the rest through. Any other failure is about
+/// the database: unreachable or restarting (transient), or read-only, without the
+/// schema or a privilege (permanent, but an operator's to fix, and the events are not
+/// at fault): the batch waits and is retried with backoff, visible in `status()`.
+fn about_the_events(e: &Error) -> bool {
+    e.kind() == crate::ErrorKind::Invalid
+        || e.sqlstate()
+            .is_some_and(|c| c.starts_with("22") || c.starts_with("23"))
+}
+
 fn note_failure(shared: &Shared, e: &Error) {
     let mut s = shared.status();
     s.failed_attempts += 1;
@@ -505,8 +519,9 @@ async fn write_isolating(
                 s.batches += 1;
                 s.consecutive_failures = 0;
             }
-            Err(e) if e.is_transient() => {
+            Err(e) if !about_the_events(&e) => {
                 tracing::error!(error = %e, events = slice.len(), retry_in_ms = backoff.as_millis() as u64,
+                    transient = e.is_transient(),
                     "writing a batch failed; it stays queued and will be retried");
                 note_failure(shared, &e);
                 todo.push(slice);
