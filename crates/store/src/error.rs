@@ -236,8 +236,9 @@ impl Error {
     /// server refused, a missing schema, a read-only database, a migration mismatch —
     /// fails the same way every time and is permanent.
     ///
-    /// The recorder retries transient failures with backoff and isolates the events
-    /// of a permanent one (see `Recorder`).
+    /// The recorder retries transient failures with backoff; of the permanent ones it
+    /// isolates and dead-letters only those about the events themselves (see
+    /// `Recorder`).
     pub fn is_transient(&self) -> bool {
         match &*self.0 {
             Repr::Pool { .. } | Repr::Timeout { .. } => true,
