@@ -25,6 +25,7 @@ struct Args {
     events: usize,
     shape: Shape,
     batch_size: usize,
+    max_batch_size: Option<usize>,
     workers: usize,
     baseline: bool,
     keep: bool,
@@ -35,6 +36,7 @@ fn args() -> Result<Args, String> {
         events: 1_000_000,
         shape: Shape::Live,
         batch_size: 10_000,
+        max_batch_size: None,
         workers: 2,
         baseline: true,
         keep: false,
@@ -50,6 +52,9 @@ fn args() -> Result<Args, String> {
             "--events" => a.events = number("--events", value("--events")?)?,
             "--batch-size" => a.batch_size = number("--batch-size", value("--batch-size")?)?,
             "--workers" => a.workers = number("--workers", value("--workers")?)?,
+            "--max-batch-size" => {
+                a.max_batch_size = Some(number("--max-batch-size", value("--max-batch-size")?)?)
+            }
             "--shape" => {
                 a.shape = match value("--shape")?.as_str() {
                     "live" => Shape::Live,
@@ -161,11 +166,15 @@ async fn main() {
         chunks.push(chunk);
     }
     let store = db.tally().clone();
-    let recorder = store.recorder(
-        RecorderConfig::default()
+    let recorder = store.recorder({
+        let c = RecorderConfig::default()
             .batch_size(a.batch_size)
-            .workers(a.workers),
-    );
+            .workers(a.workers);
+        match a.max_batch_size {
+            Some(m) => c.max_batch_size(m),
+            None => c,
+        }
+    });
     let t = Instant::now();
     for chunk in chunks {
         recorder.record_many(chunk).await.unwrap();
@@ -181,6 +190,7 @@ async fn main() {
         "events": n,
         "duplicates_in_workload": dups,
         "batch_size": a.batch_size,
+        "max_batch_size": a.max_batch_size,
         "workers": a.workers,
         "recorder_events_per_s": rate.round(),
         "recorder_seconds": (secs * 10.0).round() / 10.0,

@@ -25,6 +25,7 @@ async fn flush_commits_everything_recorded_before_it() {
     let rec = db.tally().recorder(
         RecorderConfig::default()
             .batch_size(100)
+            .max_batch_size(100)
             .batch_timeout(Duration::from_secs(3600)),
     );
     for e in events(1050, 0) {
@@ -102,7 +103,8 @@ async fn batch_settings_come_from_the_environment() {
     ]))
     .unwrap();
     let db = TestDb::new().await.unwrap();
-    let rec = db.tally().recorder(cfg.workers(1));
+    // Group commit off, so batches are cut at exactly the size.
+    let rec = db.tally().recorder(cfg.workers(1).max_batch_size(3));
     rec.record_many(events(7, 0)).await.unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     // 3 + 3 by size, the last 1 by the 0.1 s timeout.
@@ -338,4 +340,36 @@ async fn errors_say_what_kind_they_are_and_name_the_field() {
     let e = down.verify().await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Connection, "{e}");
     assert!(e.is_transient(), "{e}");
+}
+
+#[tokio::test]
+async fn a_busy_writer_gets_fewer_larger_batches_and_a_trickle_small_ones() {
+    // Group commit: with one writer kept busy, batches of 100 grow (up to 5 000) instead
+    // of the dispatcher waiting for each; a lone event still goes by the timeout.
+    let db = TestDb::new().await.unwrap();
+    let rec = db.tally().recorder(
+        RecorderConfig::default()
+            .workers(1)
+            .batch_size(100)
+            .max_batch_size(5_000)
+            .batch_timeout(Duration::from_millis(50)),
+    );
+    rec.record_many(events(20_000, 0)).await.unwrap();
+    rec.flush().await.unwrap();
+    let s = rec.status();
+    assert_eq!(s.inserted, 20_000);
+    assert!(
+        s.batches < 100,
+        "{} batches for 20 000 events in batches of 100",
+        s.batches
+    );
+    rec.record(events(1, 50_000).remove(0)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        rec.status().inserted,
+        20_001,
+        "the trickle waits only for the timeout"
+    );
+    rec.close().await.unwrap();
+    assert_eq!(db.tally().verify().await.unwrap().mismatches, 0);
 }

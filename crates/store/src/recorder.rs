@@ -16,7 +16,11 @@ use chrono::{DateTime, Utc};
 use futures_util::future::join_all;
 use tally_core::UsageEvent;
 use tokio::{
-    sync::{Semaphore, mpsc, oneshot},
+    sync::{
+        Semaphore,
+        mpsc::{self, error::TrySendError},
+        oneshot,
+    },
     task::JoinHandle,
     time::Instant,
 };
@@ -30,6 +34,7 @@ use crate::{
 #[derive(Debug, Clone)]
 pub struct RecorderConfig {
     batch_size: usize,
+    max_batch_size: usize,
     batch_timeout: Duration,
     queue_capacity: usize,
     workers: usize,
@@ -38,12 +43,14 @@ pub struct RecorderConfig {
 }
 
 impl Default for RecorderConfig {
-    /// 10 000 events per batch, 5 s timeout, a queue of 4 batches, 2 writers.
+    /// Batches of 10 000 events, growing to 100 000 while their writer is busy (group
+    /// commit); 5 s timeout; a queue of 200 000 events; 2 writers.
     fn default() -> Self {
         RecorderConfig {
             batch_size: 10_000,
+            max_batch_size: 100_000,
             batch_timeout: Duration::from_secs(5),
-            queue_capacity: 40_000,
+            queue_capacity: 200_000,
             workers: 2,
             retry_initial: Duration::from_millis(100),
             retry_max: Duration::from_secs(10),
@@ -94,10 +101,21 @@ impl RecorderConfig {
         Ok(c)
     }
 
-    /// Events per batch (at least 1). The queue grows to hold at least four batches.
+    /// Events per batch (at least 1): a batch is handed to its writer once it has this
+    /// many. While the writer is still busy with earlier batches it keeps growing, up
+    /// to [`RecorderConfig::max_batch_size`] (group commit: large batches under load,
+    /// small ones for a trickle). The queue grows to hold at least four batches.
     pub fn batch_size(mut self, n: usize) -> Self {
         self.batch_size = n.max(1);
+        self.max_batch_size = self.max_batch_size.max(self.batch_size);
         self.queue_capacity = self.queue_capacity.max(4 * self.batch_size);
+        self
+    }
+
+    /// The most a batch grows to while its writer is busy (at least the batch size).
+    /// Set it to the batch size to turn group commit off.
+    pub fn max_batch_size(mut self, n: usize) -> Self {
+        self.max_batch_size = n.max(self.batch_size);
         self
     }
 
@@ -388,7 +406,24 @@ async fn dispatcher(
                     batch.push(e);
                     if batch.len() >= config.batch_size {
                         let full = std::mem::replace(batch, Vec::with_capacity(config.batch_size));
-                        send(worker, full).await;
+                        // Group commit: a busy writer's next batch keeps growing (one
+                        // transaction for more events) until it is free or the batch
+                        // reaches the maximum; only then does the dispatcher wait.
+                        match worker.try_send(Job::Batch(full)) {
+                            Ok(()) => {}
+                            Err(TrySendError::Full(Job::Batch(back)))
+                            | Err(TrySendError::Closed(Job::Batch(back))) => {
+                                *batch = back;
+                                if batch.len() >= config.max_batch_size {
+                                    let full = std::mem::replace(
+                                        batch,
+                                        Vec::with_capacity(config.batch_size),
+                                    );
+                                    send(worker, full).await;
+                                }
+                            }
+                            Err(_) => {} // only batches are sent here
+                        }
                     }
                 }
                 if batches.iter().all(Vec::is_empty) {
