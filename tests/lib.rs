@@ -132,3 +132,48 @@ impl Proxy {
         self.up.store(true, Ordering::SeqCst);
     }
 }
+
+/// `n` API events of quantity 1 for customers `c0`–`c6`, ids from `offset + 1`.
+pub fn api_events(n: u128, offset: u128) -> Vec<UsageEvent> {
+    (0..n)
+        .map(|i| {
+            event(
+                offset + i + 1,
+                &format!("c{}", i % 7),
+                Service::API,
+                "1",
+                "2026-11-01T10:00:00Z",
+            )
+        })
+        .collect()
+}
+
+/// A CSV of `rows` API events with explicit ids (so a retried batch dedupes), one unit
+/// each, spread over 13 customers and the hours of 2026-11-01.
+pub fn numbered_csv(rows: u32) -> String {
+    let mut text = String::from("event_id,customer_id,service,quantity,recorded_at\n");
+    for i in 0..rows {
+        text.push_str(&format!(
+            "00000000-0000-7000-8000-{i:012},c{},api,1,2026-11-01T{:02}:00:00Z\n",
+            i % 13,
+            i % 24
+        ));
+    }
+    text
+}
+
+/// An import progress callback that runs `fault` once, when a third of `size` bytes
+/// has been read; the flag says whether it ran.
+pub fn fault_at_a_third(
+    size: u64,
+    fault: impl Fn() + Send + Sync + 'static,
+) -> (tally::import::Progress, Arc<AtomicBool>) {
+    let fired = Arc::new(AtomicBool::new(false));
+    let f = fired.clone();
+    let progress: tally::import::Progress = Arc::new(move |read: u64| {
+        if read > size / 3 && !f.swap(true, Ordering::SeqCst) {
+            fault();
+        }
+    });
+    (progress, fired)
+}

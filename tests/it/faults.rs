@@ -3,23 +3,9 @@
 
 use std::time::Duration;
 
-use tally::{RecorderConfig, Service, Tally, UsageEvent};
+use tally::{RecorderConfig, Tally};
 use tally_testdb::{Cluster, TestDb};
-use tally_tests::{Proxy, event};
-
-fn events(n: u128, offset: u128) -> Vec<UsageEvent> {
-    (0..n)
-        .map(|i| {
-            event(
-                offset + i + 1,
-                &format!("c{}", i % 11),
-                Service::API,
-                "1",
-                "2026-11-01T10:00:00Z",
-            )
-        })
-        .collect()
-}
+use tally_tests::{Proxy, api_events as events};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgres_restart_under_a_recorder_loses_and_doubles_nothing() {
@@ -98,22 +84,10 @@ async fn an_import_rides_out_a_postgres_restart() {
     // row stored once.
     let cluster = std::sync::Arc::new(Cluster::private().unwrap());
     let db = TestDb::new_on(&cluster).await.unwrap();
-    let mut text = String::from("event_id,customer_id,service,quantity,recorded_at\n");
-    for i in 0..60_000u32 {
-        text.push_str(&format!(
-            "00000000-0000-7000-8000-{i:012},c{},api,1,2026-11-01T{:02}:00:00Z\n",
-            i % 13,
-            i % 24
-        ));
-    }
-    let size = text.len() as u64;
-    let restarted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (c, r) = (cluster.clone(), restarted.clone());
-    let progress: tally::import::Progress = std::sync::Arc::new(move |read: u64| {
-        if read > size / 3 && !r.swap(true, std::sync::atomic::Ordering::SeqCst) {
-            c.restart().unwrap();
-        }
-    });
+    let text = tally_tests::numbered_csv(60_000);
+    let c = cluster.clone();
+    let (progress, restarted) =
+        tally_tests::fault_at_a_third(text.len() as u64, move || c.restart().unwrap());
     let mut opts = tally::import::ImportOptions::new(tally::import::ImportFormat::Csv);
     opts.batch_size = 2_000;
     let report = db

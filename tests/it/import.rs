@@ -248,26 +248,15 @@ async fn a_lenient_import_rides_out_a_dropped_connection() {
     let db = TestDb::new().await.unwrap();
     let proxy = std::sync::Arc::new(tally_tests::Proxy::start(db.url()).await);
     let tally = tally::Tally::with_pool_size(&proxy.url(db.url()), 2).unwrap();
-    let mut text = String::from("event_id,customer_id,service,quantity,recorded_at\n");
-    for i in 0..60_000u32 {
-        text.push_str(&format!(
-            "00000000-0000-7000-8000-{i:012},c{},api,1,2026-11-01T{:02}:00:00Z\n",
-            i % 13,
-            i % 24
-        ));
-    }
-    let size = text.len() as u64;
-    let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (p, c) = (proxy.clone(), cut.clone());
-    let progress: tally::import::Progress = std::sync::Arc::new(move |read: u64| {
-        if read > size / 3 && !c.swap(true, std::sync::atomic::Ordering::SeqCst) {
-            p.down();
-            let p = p.clone();
-            std::thread::spawn(move || {
-                std::thread::sleep(std::time::Duration::from_millis(1500));
-                p.up();
-            });
-        }
+    let text = tally_tests::numbered_csv(60_000);
+    let p = proxy.clone();
+    let (progress, cut) = tally_tests::fault_at_a_third(text.len() as u64, move || {
+        p.down();
+        let p = p.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(1500));
+            p.up();
+        });
     });
     let mut opts = csv_opts();
     opts.batch_size = 2_000;

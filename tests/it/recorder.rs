@@ -1,23 +1,9 @@
 use std::time::Duration;
 
 use rust_decimal::Decimal;
-use tally::{ErrorKind, RecorderConfig, Service, Tally, UsageEvent};
+use tally::{ErrorKind, RecorderConfig, Service, Tally};
 use tally_testdb::TestDb;
-use tally_tests::{Proxy, event};
-
-fn events(n: u128, offset: u128) -> Vec<UsageEvent> {
-    (0..n)
-        .map(|i| {
-            event(
-                offset + i + 1,
-                &format!("c{}", i % 7),
-                Service::API,
-                "1",
-                "2026-11-01T10:00:00Z",
-            )
-        })
-        .collect()
-}
+use tally_tests::{Proxy, api_events as events, event};
 
 #[tokio::test]
 async fn flush_commits_everything_recorded_before_it() {

@@ -1,27 +1,11 @@
 //! The `tally` binary end to end, against a real database.
 
-use std::process::{Command, Output};
-
 use rust_decimal::Decimal;
 use tally_testdb::TestDb;
 
-fn tally(db: &TestDb, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tally"))
-        .args(args)
-        .env("DATABASE_URL", db.url())
-        .output()
-        .unwrap()
-}
+mod common;
 
-fn json(out: &Output) -> serde_json::Value {
-    assert!(
-        out.status.success(),
-        "stdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
+use common::{json, tally};
 
 #[tokio::test]
 async fn import_then_verify_shows_exact_totals() {

@@ -7,6 +7,8 @@ use std::process::{Command, Output, Stdio};
 
 use tally_testdb::TestDb;
 
+mod common;
+
 struct Case {
     args: Vec<String>,
     /// Written to a file whose path replaces `{file}` in `args`.
@@ -517,19 +519,7 @@ async fn refused_input_exits_with_its_code_names_the_problem_and_writes_nothing(
 async fn accepted_edge_cases_store_what_they_echo() {
     let db = TestDb::new().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let json = |args: &[&str]| -> serde_json::Value {
-        let out = Command::new(env!("CARGO_BIN_EXE_tally"))
-            .args(args)
-            .env("DATABASE_URL", db.url())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
-    };
+    let json = |args: &[&str]| common::json(&common::tally(&db, args));
     // A leap second is the first instant of the next second, in the event and in every
     // rollup (it used to land in 2016's last hour in the rollups and 2017 in the table).
     let leap = json(&[

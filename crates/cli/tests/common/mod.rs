@@ -1,0 +1,27 @@
+//! Running the `tally` binary against a test database, for the CLI test files.
+
+#![allow(dead_code)] // each test file uses its own share of these
+
+use std::process::{Command, Output};
+
+use tally_testdb::TestDb;
+
+/// Runs `tally args…` with `DATABASE_URL` set to the test database.
+pub(crate) fn tally(db: &TestDb, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args(args)
+        .env("DATABASE_URL", db.url())
+        .output()
+        .unwrap()
+}
+
+/// The JSON a successful run printed (fails the test, showing both streams, otherwise).
+pub(crate) fn json(out: &Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "stdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
