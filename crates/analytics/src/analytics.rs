@@ -380,6 +380,33 @@ impl Analytics {
         &self.prices
     }
 
+    /// What `price` is applied to: the totals, and each event's quantity when the
+    /// price needs them (read from raw events only then).
+    async fn metered(
+        &self,
+        price: &tally_core::Price,
+        used: Option<&Totals>,
+        customer: &CustomerId,
+        service: &Service,
+        range: TimeRange,
+    ) -> Result<Metered> {
+        let mut metered = Metered::new(
+            used.map_or(Decimal::ZERO, |t| t.quantity),
+            used.map_or(0, |t| t.events),
+        );
+        if price.needs_events() {
+            metered.per_event = Some(match used {
+                Some(_) => {
+                    self.store
+                        .event_quantities(customer, service, range)
+                        .await?
+                }
+                None => Vec::new(),
+            });
+        }
+        Ok(metered)
+    }
+
     async fn services(&self, filter: Option<&Service>) -> Result<(Vec<Service>, Catalog)> {
         let catalog = self.store.catalog().await?;
         let services = match filter {
@@ -409,21 +436,15 @@ impl Analytics {
             .await?,
         )?;
         let mut lines = Vec::new();
-        let mut total_amount = round_to(Decimal::ZERO, self.prices.exponent());
+        let exponent = self.prices.exponent();
+        let mut total_amount = round_to(Decimal::ZERO, exponent);
         for (i, s) in services.iter().enumerate() {
             let agg = sums.get(&i);
             let quantity = agg.map_or(Decimal::ZERO, |a| a.quantity);
             let price = self.prices.price_at(s, range.from());
-            let exponent = self.prices.exponent();
             let amount = match price {
                 Some(p) => {
-                    let mut metered = Metered::new(quantity, agg.map_or(0, |a| a.events));
-                    if p.needs_events() {
-                        metered.per_event = Some(match agg {
-                            Some(_) => self.store.event_quantities(customer, s, range).await?,
-                            None => Vec::new(),
-                        });
-                    }
+                    let metered = self.metered(p, agg, customer, s, range).await?;
                     p.priced(&metered, exponent)?.amount
                 }
                 None => round_to(Decimal::ZERO, exponent),
@@ -658,7 +679,7 @@ impl Analytics {
         let mut lines = Vec::new();
         for (i, s) in services.iter().enumerate() {
             let used = sums.get(&i);
-            let (quantity, events) = used.map_or((Decimal::ZERO, 0), |t| (t.quantity, t.events));
+            let quantity = used.map_or(Decimal::ZERO, |t| t.quantity);
             let line = |kind, quantity, billable_quantity, amount| InvoiceLine {
                 service: Some(s.to_string()),
                 kind,
@@ -678,13 +699,7 @@ impl Analytics {
                 }
                 continue;
             };
-            let mut metered = Metered::new(quantity, events);
-            if price.needs_events() {
-                metered.per_event = Some(match used {
-                    Some(_) => self.store.event_quantities(customer, s, period).await?,
-                    None => Vec::new(),
-                });
-            }
+            let metered = self.metered(price, used, customer, s, period).await?;
             let charge = price.charge(&metered, exponent)?;
             if used.is_none() && charge.line.amount.is_zero() && charge.true_up.is_none() {
                 continue; // nothing used, nothing charged

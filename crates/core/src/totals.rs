@@ -39,15 +39,18 @@ pub(crate) fn exact_add(a: Decimal, b: Decimal) -> Option<Decimal> {
     (s.scale() >= a.scale().max(b.scale())).then_some(s)
 }
 
+/// `a + b` as a usage total: exact and at most [`Totals::MAX_QUANTITY`], or refused.
+fn add_total(a: Decimal, b: Decimal) -> Result<Decimal> {
+    exact_add(a, b)
+        .filter(|s| s.abs() <= Totals::MAX_QUANTITY)
+        .ok_or(Error::Overflow {
+            what: "a usage total: the largest Tally sums exactly is 79228162514264.337593543950335",
+        })
+}
+
 /// The exact sum of `values`, refused (never rounded) past [`Totals::MAX_QUANTITY`].
 pub fn exact_sum(values: impl IntoIterator<Item = Decimal>) -> Result<Decimal> {
-    values.into_iter().try_fold(Decimal::ZERO, |acc, v| {
-        exact_add(acc, v)
-            .filter(|s| s.abs() <= Totals::MAX_QUANTITY)
-            .ok_or(Error::Overflow {
-                what: "a usage total: the largest Tally sums exactly is 79228162514264.337593543950335",
-            })
-    })
+    values.into_iter().try_fold(Decimal::ZERO, add_total)
 }
 
 impl Totals {
@@ -74,11 +77,7 @@ impl Totals {
     /// Absorbs `other`: counts and sums add, minimum and maximum widen. Fails, leaving
     /// `self` unchanged, when the sum cannot be held exactly.
     pub fn merge(&mut self, other: Totals) -> Result<()> {
-        let quantity = exact_add(self.quantity, other.quantity)
-            .filter(|q| *q <= Totals::MAX_QUANTITY)
-            .ok_or(Error::Overflow {
-                what: "a usage total: the largest Tally sums exactly is 79228162514264.337593543950335",
-            })?;
+        let quantity = add_total(self.quantity, other.quantity)?;
         let events = self
             .events
             .checked_add(other.events)

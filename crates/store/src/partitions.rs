@@ -67,7 +67,7 @@ impl Partitions {
             return Ok(());
         }
         missing.sort();
-        self.create(db, &missing, false).await
+        self.create(db, &missing, true).await
     }
 
     /// Creates the partitions for the current month and `ahead` months after it.
@@ -78,7 +78,7 @@ impl Partitions {
     ) -> Result<Vec<NaiveDate>> {
         let now = month_of(Utc::now());
         let months: Vec<NaiveDate> = (0..=ahead).map(|i| now + Months::new(i)).collect();
-        self.create(db, &months, true).await?;
+        self.create(db, &months, false).await?;
         Ok(months)
     }
 
@@ -95,7 +95,7 @@ impl Partitions {
         &self,
         db: &tokio_postgres::Config,
         months: &[NaiveDate],
-        required: bool,
+        on_demand: bool,
     ) -> Result<()> {
         let (client, conn) = db
             .connect(tokio_postgres::NoTls)
@@ -109,7 +109,7 @@ impl Partitions {
             {
                 Ok(row) => row.try_get(0).map_err(Error::db("creating a partition"))?,
                 Err(e)
-                    if !required
+                    if on_demand
                         && e.code()
                             == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) =>
                 {
