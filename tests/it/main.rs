@@ -1,6 +1,7 @@
 //! Integration tests: every test gets its own database on a real PostgreSQL (see
 //! `tally-testdb`), so they run in parallel and leave nothing behind.
 
+mod alerts;
 mod analytics;
 mod faults;
 mod fuzz;

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap, hash_map::Entry};
 
-use chrono::{DateTime, Duration, DurationRound, Utc};
+use chrono::{DateTime, Duration, Utc};
 use tally_core::{Service, TimeRange, Totals};
 use tally_store::{Grain, Store, Who};
 
@@ -32,17 +32,6 @@ impl Pieces {
     }
 }
 
-fn floor(t: DateTime<Utc>, unit: Duration) -> DateTime<Utc> {
-    // Truncating to an hour or a day fails only near the ends of chrono's range, which
-    // the range checks keep instants away from; `t` itself is then the safe answer.
-    t.duration_trunc(unit).unwrap_or(t)
-}
-
-fn ceil(t: DateTime<Utc>, unit: Duration) -> DateTime<Utc> {
-    let f = floor(t, unit);
-    if f == t { t } else { f + unit }
-}
-
 /// Splits `[lo, hi)` into whole UTC days, whole UTC hours and sub-hour edges.
 fn decompose(
     label: DateTime<Utc>,
@@ -51,21 +40,15 @@ fn decompose(
     hours: &mut Pieces,
     raw: &mut Pieces,
 ) {
-    let (hour, day) = (Duration::hours(1), Duration::days(1));
-    let (h0, h1) = (ceil(r.from(), hour), floor(r.to(), hour));
-    if h0 >= h1 {
-        raw.push(label, r.from(), r.to());
-        return;
-    }
-    raw.push(label, r.from(), h0);
-    raw.push(label, h1, r.to());
-    let (d0, d1) = (ceil(h0, day), floor(h1, day));
-    if d0 < d1 {
-        hours.push(label, h0, d0);
-        days.push(label, d0, d1);
-        hours.push(label, d1, h1);
-    } else {
-        hours.push(label, h0, h1);
+    let split = r.utc_split();
+    for (into, pieces) in [
+        (days, split.days.as_slice()),
+        (hours, &split.hours),
+        (raw, &split.raw),
+    ] {
+        for p in pieces {
+            into.push(label, p.from(), p.to());
+        }
     }
 }
 

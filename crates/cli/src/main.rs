@@ -13,6 +13,7 @@ use std::{io::IsTerminal, path::PathBuf, process::ExitCode, sync::Arc};
 
 mod compact;
 mod output;
+mod quotas;
 mod reads;
 
 use clap::{Args, Parser, Subcommand};
@@ -69,6 +70,15 @@ enum Command {
     Peaks(reads::PeaksArgs),
     /// An invoice preview for a billing period.
     Invoice(reads::InvoiceArgs),
+    /// Plans: named sets of limits.
+    #[command(subcommand)]
+    Plan(quotas::PlanCommand),
+    /// Quotas: a customer's limits and plan.
+    #[command(subcommand)]
+    Quota(quotas::QuotaCommand),
+    /// Alerts: evaluate quotas now, or list the history.
+    #[command(subcommand)]
+    Alerts(quotas::AlertsCommand),
 }
 
 #[derive(Args)]
@@ -378,6 +388,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Trends(a) => reads::trends(cli.database_url, a).await?,
         Command::Peaks(a) => reads::peaks(cli.database_url, a).await?,
         Command::Invoice(a) => reads::invoice(cli.database_url, a).await?,
+        Command::Plan(c) => quotas::plan(cli.database_url, c).await?,
+        Command::Quota(c) => quotas::quota(cli.database_url, c).await?,
+        Command::Alerts(c) => quotas::alerts(cli.database_url, c).await?,
         Command::Partitions(a) => {
             let o = a.output;
             let tally = tally_for(cli.database_url)?;
@@ -411,6 +424,7 @@ async fn write_one(tally: &Tally, usage: Usage, a: &EventArgs) -> Result<(), Fai
         event = event.with_id(id.parse::<EventId>().map_err(bad)?);
     }
     let outcome = tally.write(std::slice::from_ref(&event)).await?;
+    settle_alerts(tally).await;
     let recorded = Recorded {
         recorded_at: event.recorded_at,
         inserted: outcome.inserted == 1,
@@ -431,6 +445,20 @@ async fn write_one(tally: &Tally, usage: Usage, a: &EventArgs) -> Result<(), Fai
             rfc3339(recorded.recorded_at)
         )),
         f => emit(f, &recorded),
+    }
+}
+
+/// Fires the alerts a write reached before the program exits, and delivers them to
+/// the `USAGE_ALERT_LOG` file when set. The write has committed either way: a failure
+/// here is a warning, and `tally alerts check` catches up.
+async fn settle_alerts(tally: &Tally) {
+    if let Some(path) = std::env::var_os("USAGE_ALERT_LOG") {
+        tally
+            .alerts()
+            .add_sink(Arc::new(tally::alerts::LogFileSink::new(path)));
+    }
+    if let Err(e) = tally.alerts().settle().await {
+        eprintln!("warning: evaluating alerts failed: {e} (run `tally alerts check`)");
     }
 }
 
@@ -590,6 +618,9 @@ async fn import(url: Option<String>, a: ImportArgs) -> Result<(), Failure> {
     options.strict = a.strict;
     options.batch_size = a.batch_size;
     let result = tally.import(reader, options, progress).await;
+    if result.is_ok() {
+        settle_alerts(&tally).await;
+    }
     if let Some(b) = bar {
         b.finish_and_clear();
     }

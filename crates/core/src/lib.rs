@@ -3,7 +3,8 @@
 //! No I/O, no async, no database: customer ids, services and meters with their units,
 //! exact quantities and the seed's unit conversions, usage events with UUIDv7 ids,
 //! half-open time ranges and calendar buckets in any IANA zone, price books with
-//! per-unit, package, graduated and volume prices, alert levels, the one rollup
+//! per-unit, package, graduated and volume prices, plans, quotas, billing periods and
+//! alert levels, the one rollup
 //! aggregate ([`Totals`]) and how results are written in JSON ([`serde_fmt`]).
 //! Every constructor that takes text from outside validates it and names the field and
 //! the value when it refuses.
@@ -44,6 +45,7 @@ mod event;
 mod limit;
 mod pricing;
 mod quantity;
+mod quota;
 pub mod serde_fmt;
 mod service;
 mod time;
@@ -59,10 +61,14 @@ pub use pricing::{
     currency_exponent, round_money, round_to,
 };
 pub use quantity::Quantity;
+pub use quota::{
+    Alert, AnchorDay, BillingCycle, Decision, Mode, Plan, PlanName, Quota, QuotaLimit, QuotaSource,
+    percent_of,
+};
 pub use service::{BuiltIn, Catalog, Meter, Service};
 pub use time::{
-    Granularity, TimeRange, Zone, check_instant, normalize_instant, parse_instant, parse_month,
-    supported_instants,
+    Granularity, TimeRange, UtcSplit, Zone, check_instant, normalize_instant, parse_instant,
+    parse_month, supported_instants,
 };
 pub use totals::{Totals, exact_sum};
 

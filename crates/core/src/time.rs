@@ -3,8 +3,8 @@
 use std::{fmt, str::FromStr};
 
 use chrono::{
-    DateTime, Datelike, Duration, LocalResult, NaiveDate, NaiveDateTime, NaiveTime, Offset,
-    TimeZone, Timelike, Utc,
+    DateTime, Datelike, Duration, DurationRound, LocalResult, NaiveDate, NaiveDateTime, NaiveTime,
+    Offset, TimeZone, Timelike, Utc,
 };
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
@@ -100,6 +100,28 @@ pub fn parse_month(field: &'static str, s: &str) -> Result<TimeRange> {
     TimeRange::new(Zone::UTC.start_of_day(first), Zone::UTC.start_of_day(next))
 }
 
+/// A [`TimeRange`] cut along UTC buckets ([`TimeRange::utc_split`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UtcSplit {
+    /// Whole UTC days.
+    pub days: Option<TimeRange>,
+    /// Whole UTC hours not in those days.
+    pub hours: Vec<TimeRange>,
+    /// Sub-hour edges.
+    pub raw: Vec<TimeRange>,
+}
+
+fn floor_to(t: DateTime<Utc>, unit: Duration) -> DateTime<Utc> {
+    // Truncating fails only near the ends of chrono's range, which the range checks
+    // keep instants away from; `t` itself is then the safe answer.
+    t.duration_trunc(unit).unwrap_or(t)
+}
+
+fn ceil_to(t: DateTime<Utc>, unit: Duration) -> DateTime<Utc> {
+    let f = floor_to(t, unit);
+    if f == t { t } else { f + unit }
+}
+
 /// A half-open range of instants `[from, to)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct TimeRange {
@@ -141,6 +163,35 @@ impl TimeRange {
     /// Whether `t` lies in `[from, to)`.
     pub fn contains(&self, t: DateTime<Utc>) -> bool {
         self.from <= t && t < self.to
+    }
+
+    /// The range cut along UTC buckets: whole UTC days, whole UTC hours outside them,
+    /// and the sub-hour edges (at most two of each kind besides the days). Rollups
+    /// answer the first two exactly; only the edges need raw events.
+    pub fn utc_split(&self) -> UtcSplit {
+        let (hour, day) = (Duration::hours(1), Duration::days(1));
+        let mut out = UtcSplit::default();
+        let push = |v: &mut Vec<TimeRange>, lo, hi| {
+            if lo < hi {
+                v.push(TimeRange { from: lo, to: hi });
+            }
+        };
+        let (h0, h1) = (ceil_to(self.from, hour), floor_to(self.to, hour));
+        if h0 >= h1 {
+            push(&mut out.raw, self.from, self.to);
+            return out;
+        }
+        push(&mut out.raw, self.from, h0);
+        push(&mut out.raw, h1, self.to);
+        let (d0, d1) = (ceil_to(h0, day), floor_to(h1, day));
+        if d0 < d1 {
+            push(&mut out.hours, h0, d0);
+            push(&mut out.hours, d1, h1);
+            out.days = Some(TimeRange { from: d0, to: d1 });
+        } else {
+            push(&mut out.hours, h0, h1);
+        }
+        out
     }
     /// The range between two optional bounds from outside (`field` names as in
     /// [`parse_instant`]), each parsed in `zone`. A missing bound defaults to the start

@@ -150,6 +150,7 @@ impl Store {
         };
         let mut fatal = None;
         let mut staged = 0u64;
+        let mut touched = std::collections::BTreeSet::new();
         while let Some(item) = rx.recv().await {
             match item {
                 Parsed::Batch(batch) => {
@@ -161,6 +162,11 @@ impl Store {
                         Some(load) => {
                             load.stage(&batch).await?;
                             staged += batch.len() as u64;
+                            touched.extend(
+                                batch
+                                    .iter()
+                                    .map(|e| (e.customer.clone(), e.service.clone())),
+                            );
                         }
                         None => {
                             total.add(self.write_riding_out(&batch).await?);
@@ -191,6 +197,9 @@ impl Store {
         if let Some(mut load) = load {
             let (inserted, quantity) = load.apply_staged().await?;
             load.commit().await?;
+            self.ingest()
+                .local()
+                .notify(&touched.into_iter().collect::<Vec<_>>());
             report.batches = 1;
             total.add(WriteOutcome {
                 inserted,
@@ -215,15 +224,24 @@ impl Store {
     async fn write_riding_out(&self, batch: &[UsageEvent]) -> Result<WriteOutcome> {
         let started = tokio::time::Instant::now();
         let mut backoff = std::time::Duration::from_millis(100);
+        let local = self.ingest().local();
+        local.recorded(batch);
         loop {
             match self.ingest().write(batch, Lane::next()).await {
+                Ok(outcome) => {
+                    local.committed(batch);
+                    return Ok(outcome);
+                }
                 Err(e) if e.is_transient() && started.elapsed() + backoff < IMPORT_RETRY_FOR => {
                     tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64,
                         "an import batch failed for a transient reason; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
                 }
-                other => return other,
+                Err(e) => {
+                    local.settled(batch);
+                    return Err(e);
+                }
             }
         }
     }

@@ -24,7 +24,7 @@ use tokio_postgres::{
     types::{IsNull, ToSql, Type, WrongType},
 };
 
-use crate::{Error, Result, partitions::Partitions};
+use crate::{Error, Result, local::Local, partitions::Partitions};
 
 /// What writing a batch did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -229,6 +229,8 @@ pub(crate) struct Ingest {
     // For connections outside the pool (partition creation).
     config: Arc<tokio_postgres::Config>,
     partitions: Arc<Partitions>,
+    // What this process is writing, and the commit listeners.
+    local: Arc<Local>,
 }
 
 impl Ingest {
@@ -237,7 +239,12 @@ impl Ingest {
             pool,
             config: Arc::new(config),
             partitions: Arc::new(Partitions::default()),
+            local: Arc::new(Local::default()),
         }
+    }
+
+    pub(crate) fn local(&self) -> &Arc<Local> {
+        &self.local
     }
 
     /// Makes sure this month and `ahead` months after it have partitions (the

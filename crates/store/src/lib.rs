@@ -37,10 +37,12 @@
 mod error;
 mod import;
 mod ingest;
+mod local;
 mod migrate;
 mod numeric;
 mod partitions;
 mod pool;
+mod quotas;
 mod reads;
 mod recorder;
 mod rollup;
@@ -51,7 +53,9 @@ pub use import::{
     ImportFormat, ImportOptions, ImportReport, LineError, MAX_LINE_BYTES, Progress, parse_file,
 };
 pub use ingest::WriteOutcome;
+pub use local::{CommitHook, LocalMark};
 pub use migrate::{MigrateReport, schema_fingerprint};
+pub use quotas::{AlertFilter, Claimed, DeliveryClaim, Reached};
 pub use reads::{Grain, TopBucket, UsageRow, Who};
 pub use recorder::{Recorder, RecorderConfig, RecorderStatus};
 pub use store::{PartitionStatus, Store, VerifyReport};

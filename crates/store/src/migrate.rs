@@ -48,6 +48,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         name: "0004_rollup_limits.sql",
         sql: include_str!("../../../migrations/0004_rollup_limits.sql"),
     },
+    Migration {
+        version: 5,
+        name: "0005_quotas_alerts.sql",
+        sql: include_str!("../../../migrations/0005_quotas_alerts.sql"),
+    },
 ];
 
 /// A fingerprint of the whole embedded schema (test harnesses key template databases

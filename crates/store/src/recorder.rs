@@ -28,6 +28,7 @@ use tokio::{
 use crate::{
     Error, Result,
     ingest::{Ingest, Lane},
+    local::Local,
 };
 
 /// How the recorder batches and retries.
@@ -213,6 +214,7 @@ pub struct Recorder {
     tx: mpsc::Sender<Msg>,
     shared: Arc<Shared>,
     capacity: usize,
+    local: Arc<Local>,
 }
 
 impl std::fmt::Debug for Recorder {
@@ -250,11 +252,13 @@ impl Recorder {
             )));
         }
         let capacity = config.queue_capacity;
+        let local = ingest.local().clone();
         tokio::spawn(dispatcher(rx, workers, handles, config));
         Recorder {
             tx,
             shared,
             capacity,
+            local,
         }
     }
 
@@ -295,7 +299,11 @@ impl Recorder {
         self.shared
             .pending
             .fetch_add(u64::from(n), Ordering::Relaxed);
-        if self.tx.send(Msg::Events(events)).await.is_err() {
+        self.local.recorded(&events);
+        if let Err(mpsc::error::SendError(msg)) = self.tx.send(Msg::Events(events)).await {
+            if let Msg::Events(events) = msg {
+                self.local.settled(&events);
+            }
             self.shared
                 .pending
                 .fetch_sub(u64::from(n), Ordering::Relaxed);
@@ -547,6 +555,7 @@ async fn write_isolating(
     while let Some(slice) = todo.pop() {
         match ingest.write(slice, lane).await {
             Ok(outcome) => {
+                ingest.local().committed(slice);
                 backoff = config.retry_initial;
                 let mut s = shared.status();
                 s.inserted += outcome.inserted;
@@ -574,6 +583,7 @@ async fn write_isolating(
             Err(e) => {
                 note_failure(shared, &e);
                 dead_letter(ingest, slice, &e, shared, config).await;
+                ingest.local().settled(slice);
             }
         }
     }

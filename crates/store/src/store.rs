@@ -2,10 +2,10 @@ use chrono::NaiveDate;
 use deadpool_postgres::Pool;
 use rust_decimal::Decimal;
 use serde::Serialize;
-use tally_core::{Catalog, Meter, Service, UsageEvent, serde_fmt};
+use tally_core::{Catalog, CustomerId, Meter, Service, UsageEvent, serde_fmt};
 
 use crate::{
-    Error, Recorder, RecorderConfig, Result,
+    CommitHook, Error, LocalMark, Recorder, RecorderConfig, Result,
     ingest::{Ingest, Lane, WriteOutcome},
     migrate::{self, MigrateReport},
 };
@@ -113,7 +113,43 @@ impl Store {
         for e in events {
             e.check()?;
         }
-        self.ingest.write(events, Lane::next()).await
+        let local = self.ingest.local();
+        local.recorded(events);
+        let result = self.ingest.write(events, Lane::next()).await;
+        match result {
+            Ok(_) => local.committed(events),
+            Err(_) => local.settled(events),
+        }
+        result
+    }
+
+    /// Registers `hook`, called after every batch this handle's write path commits
+    /// ([`Store::write`], the recorders, import) with the customer and service pairs
+    /// it touched. Hooks run on the writer's task: they must be quick (hand the keys
+    /// over, don't do I/O).
+    pub fn on_commit(&self, hook: CommitHook) {
+        self.ingest.local().on_commit(hook);
+    }
+
+    /// Marks how much of `customer`'s `service` usage this process has written so far;
+    /// take it just before reading that usage from the database, and add
+    /// [`Store::local_since`] to what was read.
+    pub fn local_mark(&self, customer: &CustomerId, service: &Service) -> LocalMark {
+        self.ingest.local().mark(customer, service)
+    }
+
+    /// What this process has handed to its write path for `customer` and `service`
+    /// that a database read after `mark` may not include: everything recorded since,
+    /// plus what was still uncommitted at the mark. It may count an event twice (one
+    /// committed between the mark and the read) but never misses one. `None` when the
+    /// mark is too old to tell (read again).
+    pub fn local_since(
+        &self,
+        customer: &CustomerId,
+        service: &Service,
+        mark: LocalMark,
+    ) -> Option<Decimal> {
+        self.ingest.local().since(customer, service, mark)
     }
 
     /// A recorder writing to this store.

@@ -2,13 +2,14 @@
 //!
 //! This is the one crate to depend on. [`Tally`] is a handle on a Tally database: it
 //! records usage exactly once (directly or through a batching [`Recorder`]), imports
-//! files, verifies the rollups, and reads summaries, aggregations, statistics, trends,
-//! peaks and invoices. Every call returns the one error type, [`Error`]. The crate
-//! only re-exports and delegates: the logic lives in `tally-core` (domain, pricing),
-//! `tally-store` (PostgreSQL) and `tally-analytics` (reads).
+//! files, verifies the rollups, reads summaries, aggregations, statistics, trends,
+//! peaks and invoices, checks quotas and fires and delivers alerts. Every call returns
+//! the one error type, [`Error`]. The crate only re-exports and delegates: the logic
+//! lives in `tally-core` (domain, pricing), `tally-store` (PostgreSQL),
+//! `tally-analytics` (reads) and `tally-alerts` (quotas and alerts).
 //!
 //! ```no_run
-//! use tally::{CustomerId, RecorderConfig, Tally, TimeRange, Zone, track};
+//! use tally::{CustomerId, RecorderConfig, Service, Tally, TimeRange, Zone, track};
 //!
 //! # async fn run() -> Result<(), tally::Error> {
 //! let tally = Tally::connect("postgres://postgres@127.0.0.1/app")?;
@@ -25,12 +26,18 @@
 //! let month = TimeRange::from_bounds(None, None, Zone::UTC, tally::chrono::Utc::now())?;
 //! let summary = tally.summary(&customer, month, None, None).await?;
 //! println!("{} due", summary.total_amount);
+//!
+//! // Quotas: on the free plan (hard limits), a request past the limit is blocked.
+//! tally.alerts().assign_plan(&customer, &"free".parse()?, None).await?;
+//! let decision = tally.check_quota(&customer, &Service::API, "1".parse()?).await?;
+//! if !decision.allowed() { /* answer 429 */ }
 //! assert_eq!(tally.verify().await?.mismatches, 0);
 //! # Ok(()) }
 //! ```
 //!
 //! Names that would collide or that only some programs need are grouped:
-//! [`pricing`] (price books), [`report`] (read results), [`import`] (file import).
+//! [`pricing`] (price books), [`report`] (read results), [`import`] (file import),
+//! [`alerts`] (quotas, plans, alerts and sinks).
 
 #![cfg_attr(
     not(test),
@@ -39,6 +46,7 @@
 
 use std::io::Read;
 
+use tally_alerts::{AlertConfig, Alerts};
 use tally_analytics::Analytics;
 
 pub use tally_core::{
@@ -69,6 +77,18 @@ pub mod report {
     };
 }
 
+/// Quotas, plans, alerts and where alerts are delivered.
+pub mod alerts {
+    pub use tally_alerts::{
+        AlertConfig, Alerts, Delivery, DeliveryReport, LogFileSink, Sink, SinkError, StderrSink,
+    };
+    pub use tally_core::{
+        Alert, AnchorDay, BillingCycle, Decision, Mode, Plan, PlanName, Quota, QuotaLimit,
+        QuotaSource, percent_of,
+    };
+    pub use tally_store::AlertFilter;
+}
+
 /// Bulk import of CSV and NDJSON files.
 pub mod import {
     #[doc(hidden)]
@@ -95,11 +115,13 @@ use report::{Aggregation, Invoice, Over, Peak, Stats, Summary, TrendDay};
 pub struct Tally {
     store: tally_store::Store,
     analytics: Analytics,
+    alerts: Alerts,
 }
 
 impl Tally {
     /// A handle for `url` (`postgres://…` or `host=… dbname=…`) with a pool of 8
-    /// connections; connects lazily.
+    /// connections; connects lazily. Alert thresholds come from `USAGE_ALERT_WARNING`,
+    /// `USAGE_ALERT_CRITICAL` and `USAGE_ALERT_EXCEEDED` when set.
     pub fn connect(url: &str) -> Result<Tally> {
         Tally::with_pool_size(url, 8)
     }
@@ -108,7 +130,35 @@ impl Tally {
     pub fn with_pool_size(url: &str, pool_size: usize) -> Result<Tally> {
         let store = tally_store::Store::with_pool_size(url, pool_size)?;
         let analytics = Analytics::new(store.clone());
-        Ok(Tally { store, analytics })
+        let alerts = Alerts::new(store.clone(), AlertConfig::from_env()?);
+        Ok(Tally {
+            store,
+            analytics,
+            alerts,
+        })
+    }
+
+    /// The same database with alerts configured by `config` (sinks added so far are
+    /// not carried over).
+    pub fn with_alert_config(mut self, config: AlertConfig) -> Tally {
+        self.alerts = Alerts::new(self.store.clone(), config);
+        self
+    }
+
+    /// Quotas, plans, alert history and delivery.
+    pub fn alerts(&self) -> &Alerts {
+        &self.alerts
+    }
+
+    /// May `customer` use `requested` more of `service` now? Allow, warn or block;
+    /// see [`Alerts::check_quota`].
+    pub async fn check_quota(
+        &self,
+        customer: &CustomerId,
+        service: &Service,
+        requested: Quantity,
+    ) -> Result<alerts::Decision> {
+        self.alerts.check_quota(customer, service, requested).await
     }
 
     /// The same database, pricing reads with `prices` (default: the built-in per-unit
@@ -128,13 +178,16 @@ impl Tally {
         self.store.migrate().await
     }
 
-    /// A batching recorder.
+    /// A batching recorder. Alerts are evaluated after each batch it commits.
     pub fn recorder(&self, config: RecorderConfig) -> Recorder {
+        self.alerts.watch();
         self.store.recorder(config)
     }
 
-    /// Writes events exactly once, now, in one transaction.
+    /// Writes events exactly once, now, in one transaction; alerts are evaluated
+    /// after it commits.
     pub async fn write(&self, events: &[UsageEvent]) -> Result<WriteOutcome> {
+        self.alerts.watch();
         self.store.write(events).await
     }
 
@@ -145,6 +198,7 @@ impl Tally {
         options: ImportOptions,
         progress: Option<Progress>,
     ) -> Result<ImportReport> {
+        self.alerts.watch();
         self.store.import(reader, options, progress).await
     }
 

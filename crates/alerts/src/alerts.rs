@@ -1,0 +1,619 @@
+//! Quota checks, alert evaluation and delivery.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, Weak},
+    time::Duration,
+};
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use tally_core::{
+    Alert, BillingCycle, CustomerId, Decision, Mode, Plan, PlanName, Quantity, Quota, QuotaLimit,
+    Service, Thresholds, TimeRange,
+};
+use tally_store::{AlertFilter, LocalMark, Reached, Result, Store};
+use tokio::{sync::Notify, time::Instant};
+
+use crate::sink::Sink;
+
+/// How alerts are evaluated and delivered.
+#[derive(Debug, Clone)]
+pub struct AlertConfig {
+    thresholds: Thresholds,
+    cache_ttl: Duration,
+    retry_initial: Duration,
+    retry_max: Duration,
+    delivery_timeout: Duration,
+}
+
+impl Default for AlertConfig {
+    /// Levels at 75, 90 and 100 %; quota reads cached for 1 s; a failing sink retried
+    /// after 100 ms, doubling up to 60 s; a sink that takes over 30 s has failed.
+    fn default() -> Self {
+        AlertConfig {
+            thresholds: Thresholds::default(),
+            cache_ttl: Duration::from_secs(1),
+            retry_initial: Duration::from_millis(100),
+            retry_max: Duration::from_secs(60),
+            delivery_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl AlertConfig {
+    /// The defaults with thresholds from `USAGE_ALERT_WARNING`, `USAGE_ALERT_CRITICAL`
+    /// and `USAGE_ALERT_EXCEEDED` (percent) when set; a bad value is an error naming
+    /// the variable.
+    pub fn from_env() -> Result<AlertConfig> {
+        AlertConfig::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// As [`AlertConfig::from_env`], reading the variables through `lookup`.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<AlertConfig> {
+        Ok(AlertConfig {
+            thresholds: Thresholds::from_lookup(lookup)?,
+            ..AlertConfig::default()
+        })
+    }
+
+    /// The installation's thresholds (a plan may have its own).
+    pub fn thresholds(mut self, t: Thresholds) -> Self {
+        self.thresholds = t;
+        self
+    }
+
+    /// How long a quota check reuses what it read from the database for a customer
+    /// and service (this process's own writes are always added on top). Zero reads
+    /// every time.
+    pub fn cache_ttl(mut self, d: Duration) -> Self {
+        self.cache_ttl = d;
+        self
+    }
+
+    /// How long a sink may take with one alert before the attempt counts as failed
+    /// (and is retried later).
+    pub fn delivery_timeout(mut self, d: Duration) -> Self {
+        self.delivery_timeout = d.max(Duration::from_millis(1));
+        self
+    }
+
+    /// First and longest wait before a failing sink is tried again.
+    pub fn retry_backoff(mut self, initial: Duration, max: Duration) -> Self {
+        self.retry_initial = initial.max(Duration::from_millis(1));
+        self.retry_max = max.max(self.retry_initial);
+        self
+    }
+}
+
+type Key = (CustomerId, Service);
+
+/// What a quota check read for one key.
+struct Cached {
+    quota: Option<Quota>,
+    // For a limited quota: its period, the usage read and the mark taken before it.
+    period: Option<TimeRange>,
+    usage: Decimal,
+    mark: LocalMark,
+    read_at: Instant,
+}
+
+#[derive(Default)]
+struct Backoff {
+    failures: u32,
+    until: Option<Instant>,
+}
+
+struct Inner {
+    store: Store,
+    config: AlertConfig,
+    cache: Mutex<HashMap<Key, Cached>>,
+    sinks: RwLock<Vec<Arc<dyn Sink>>>,
+    // Keys touched by commits, waiting for evaluation.
+    dirty: Mutex<HashSet<Key>>,
+    wake: Arc<Notify>,
+    watching: Mutex<bool>,
+    // One evaluation-and-delivery pass at a time in this process.
+    pass: tokio::sync::Mutex<()>,
+    backoff: Mutex<HashMap<String, Backoff>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// What [`Alerts::deliver`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeliveryReport {
+    /// Alerts acknowledged by a sink in this pass (one per sink and alert).
+    pub delivered: u64,
+    /// Sinks that failed, with the error; their alerts stay pending.
+    pub failed: Vec<(String, String)>,
+}
+
+/// Quotas and alerts on a [`Store`]: quota checks, evaluation after commits and on
+/// demand, delivery to [`Sink`]s. Cheap to clone.
+#[derive(Clone)]
+pub struct Alerts {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Alerts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Alerts")
+            .field("config", &self.inner.config)
+            .field("sinks", &self.sink_names())
+            .finish()
+    }
+}
+
+impl Alerts {
+    /// Quotas and alerts on `store`. Nothing is evaluated in the background until
+    /// [`Alerts::watch`].
+    pub fn new(store: Store, config: AlertConfig) -> Alerts {
+        Alerts {
+            inner: Arc::new(Inner {
+                store,
+                config,
+                cache: Mutex::default(),
+                sinks: RwLock::default(),
+                dirty: Mutex::default(),
+                wake: Arc::new(Notify::new()),
+                watching: Mutex::new(false),
+                pass: tokio::sync::Mutex::new(()),
+                backoff: Mutex::default(),
+            }),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &AlertConfig {
+        &self.inner.config
+    }
+
+    /// Adds a sink; alerts not yet delivered to a sink of its name (including ones
+    /// fired before, by any process) will be.
+    pub fn add_sink(&self, sink: Arc<dyn Sink>) {
+        self.inner
+            .sinks
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(sink);
+        self.inner.wake.notify_one();
+    }
+
+    fn sink_names(&self) -> Vec<String> {
+        self.sinks().iter().map(|s| s.name().to_owned()).collect()
+    }
+
+    fn sinks(&self) -> Vec<Arc<dyn Sink>> {
+        self.inner
+            .sinks
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Evaluates alerts after every batch the store commits, for the customers and
+    /// services it touched, and delivers them, on a background task of the current
+    /// tokio runtime. Idempotent. The task ends when every handle is dropped.
+    pub fn watch(&self) {
+        let mut watching = lock(&self.inner.watching);
+        if *watching {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!("alerts are not watched: no tokio runtime");
+            return;
+        };
+        *watching = true;
+        let weak = Arc::downgrade(&self.inner);
+        let hook_weak = weak.clone();
+        self.inner.store.on_commit(Arc::new(move |keys| {
+            if let Some(inner) = hook_weak.upgrade() {
+                lock(&inner.dirty).extend(keys.iter().cloned());
+                inner.wake.notify_one();
+            }
+        }));
+        rt.spawn(background(weak, self.inner.wake.clone()));
+    }
+
+    /// Evaluates what commits have touched since the last pass and delivers what is
+    /// pending, now. Returns the alerts fired. Call it before exiting (or in tests) to
+    /// be sure the background task has nothing left.
+    pub async fn settle(&self) -> Result<Vec<Alert>> {
+        let _pass = self.inner.pass.lock().await;
+        let keys: Vec<Key> = lock(&self.inner.dirty).drain().collect();
+        let fired = match self.evaluate(&keys, Utc::now()).await {
+            Ok(f) => f,
+            Err(e) => {
+                lock(&self.inner.dirty).extend(keys);
+                return Err(e);
+            }
+        };
+        self.deliver_pass(true).await?;
+        Ok(fired)
+    }
+
+    // ----- plans and quotas -----
+
+    fn forget(&self, customer: Option<&CustomerId>) {
+        let mut cache = lock(&self.inner.cache);
+        match customer {
+            Some(c) => cache.retain(|(k, _), _| k != c),
+            None => cache.clear(),
+        }
+    }
+
+    /// Creates or replaces a plan.
+    pub async fn set_plan(&self, plan: &Plan) -> Result<()> {
+        self.inner.store.set_plan(plan).await?;
+        self.forget(None);
+        Ok(())
+    }
+
+    /// Every plan.
+    pub async fn plans(&self) -> Result<Vec<Plan>> {
+        self.inner.store.plans().await
+    }
+
+    /// Puts `customer` on `plan`, optionally with the day and zone their periods
+    /// start.
+    pub async fn assign_plan(
+        &self,
+        customer: &CustomerId,
+        plan: &PlanName,
+        cycle: Option<BillingCycle>,
+    ) -> Result<()> {
+        self.inner.store.assign_plan(customer, plan, cycle).await?;
+        self.forget(Some(customer));
+        Ok(())
+    }
+
+    /// Sets when `customer`'s billing periods start.
+    pub async fn set_billing_cycle(
+        &self,
+        customer: &CustomerId,
+        cycle: BillingCycle,
+    ) -> Result<()> {
+        self.inner.store.set_billing_cycle(customer, cycle).await?;
+        self.forget(Some(customer));
+        Ok(())
+    }
+
+    /// Sets `customer`'s own quota for `service` (beats the plan's).
+    pub async fn set_quota(
+        &self,
+        customer: &CustomerId,
+        service: &Service,
+        limit: QuotaLimit,
+        mode: Mode,
+    ) -> Result<()> {
+        self.inner
+            .store
+            .set_quota(customer, service, limit, mode)
+            .await?;
+        self.forget(Some(customer));
+        Ok(())
+    }
+
+    /// Removes `customer`'s own quota for `service`; returns whether there was one.
+    pub async fn remove_quota(&self, customer: &CustomerId, service: &Service) -> Result<bool> {
+        let removed = self.inner.store.remove_quota(customer, service).await?;
+        self.forget(Some(customer));
+        Ok(removed)
+    }
+
+    /// The quotas in force, for one customer or all.
+    pub async fn quotas(&self, customer: Option<&CustomerId>) -> Result<Vec<Quota>> {
+        self.inner.store.quotas(customer).await
+    }
+
+    /// The usage of `quota`'s current period (at `now`), from the database.
+    pub async fn period_usage(
+        &self,
+        quotas: &[Quota],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<(TimeRange, Decimal)>> {
+        let mut keys = Vec::with_capacity(quotas.len());
+        for q in quotas {
+            keys.push((
+                q.customer_id.clone(),
+                q.service.clone(),
+                q.cycle.period_at(now)?,
+            ));
+        }
+        let usage = self.inner.store.period_usage(&keys).await?;
+        Ok(keys.into_iter().map(|k| k.2).zip(usage).collect())
+    }
+
+    // ----- checks -----
+
+    fn thresholds(&self, quota: &Quota) -> Thresholds {
+        quota.thresholds.unwrap_or(self.inner.config.thresholds)
+    }
+
+    /// May `customer` use `requested` more of `service` now? `Allow`, `Warn` (usage
+    /// with the request reaches an alert level) or `Block` (a hard quota the request
+    /// would pass). Usage is the current period's from the database, plus everything
+    /// this process has handed to its write path and the database may not show yet.
+    ///
+    /// The database read is reused for [`AlertConfig::cache_ttl`]; this process's own
+    /// writes are always counted, so within one process a hard limit holds exactly.
+    /// What other processes wrote since the read is seen at the next read.
+    pub async fn check_quota(
+        &self,
+        customer: &CustomerId,
+        service: &Service,
+        requested: Quantity,
+    ) -> Result<Decision> {
+        let now = Utc::now();
+        let key = (customer.clone(), service.clone());
+        let cached = {
+            let cache = lock(&self.inner.cache);
+            cache.get(&key).and_then(|c| {
+                let fresh = c.read_at.elapsed() < self.inner.config.cache_ttl
+                    && c.period.is_none_or(|p| p.contains(now));
+                fresh.then(|| (c.quota.clone(), c.usage, c.mark))
+            })
+        };
+        if let Some((quota, usage, mark)) = cached {
+            let Some(quota) = quota else {
+                return Ok(Decision::Allow);
+            };
+            if quota.limit == QuotaLimit::Unlimited {
+                return Ok(Decision::Allow);
+            }
+            if let Some(local) = self.inner.store.local_since(customer, service, mark) {
+                return Ok(self.decide(&quota, usage, local, requested));
+            }
+        }
+        let quota = self.inner.store.quota(customer, service).await?;
+        let (period, usage, mark, local) = match &quota {
+            Some(q) if q.limit != QuotaLimit::Unlimited => {
+                let period = q.cycle.period_at(now)?;
+                let keys = [(customer.clone(), service.clone(), period)];
+                // Mark first: anything committed after it is counted again, never lost.
+                let mark = self.inner.store.local_mark(customer, service);
+                let usage = self
+                    .inner
+                    .store
+                    .period_usage(&keys)
+                    .await?
+                    .first()
+                    .copied()
+                    .unwrap_or_default();
+                // The mark is void only if the ledger was pruned meanwhile; then what
+                // is pending now is all that can be missing.
+                let local = self
+                    .inner
+                    .store
+                    .local_since(customer, service, mark)
+                    .unwrap_or_default();
+                (Some(period), usage, mark, local)
+            }
+            _ => (
+                None,
+                Decimal::ZERO,
+                self.inner.store.local_mark(customer, service),
+                Decimal::ZERO,
+            ),
+        };
+        let decision = match &quota {
+            Some(q) => self.decide(q, usage, local, requested),
+            None => Decision::Allow,
+        };
+        if !self.inner.config.cache_ttl.is_zero() {
+            lock(&self.inner.cache).insert(
+                key,
+                Cached {
+                    quota,
+                    period,
+                    usage,
+                    mark,
+                    read_at: Instant::now(),
+                },
+            );
+        }
+        Ok(decision)
+    }
+
+    fn decide(&self, quota: &Quota, db: Decimal, local: Decimal, requested: Quantity) -> Decision {
+        let usage = db.checked_add(local).unwrap_or(Decimal::MAX);
+        Decision::decide(
+            usage,
+            requested.value(),
+            quota.limit,
+            quota.mode,
+            &self.thresholds(quota),
+        )
+    }
+
+    // ----- evaluation -----
+
+    /// Evaluates every quota in force (of `customer`, or everyone's) against the
+    /// committed usage of its current period, records the levels reached (each once per
+    /// period) and delivers what is pending. Returns the alerts this call fired.
+    pub async fn check(&self, customer: Option<&CustomerId>) -> Result<Vec<Alert>> {
+        let _pass = self.inner.pass.lock().await;
+        let quotas = self.inner.store.quotas(customer).await?;
+        let fired = self.evaluate_quotas(quotas, Utc::now()).await?;
+        self.deliver_pass(true).await?;
+        Ok(fired)
+    }
+
+    async fn evaluate(&self, keys: &[Key], now: DateTime<Utc>) -> Result<Vec<Alert>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut quotas = Vec::new();
+        for (customer, service) in keys {
+            if let Some(q) = self.inner.store.quota(customer, service).await? {
+                quotas.push(q);
+            }
+        }
+        self.evaluate_quotas(quotas, now).await
+    }
+
+    async fn evaluate_quotas(&self, quotas: Vec<Quota>, now: DateTime<Utc>) -> Result<Vec<Alert>> {
+        let limited: Vec<Quota> = quotas
+            .into_iter()
+            .filter(|q| q.limit != QuotaLimit::Unlimited)
+            .collect();
+        let mut fired = Vec::new();
+        // Bounded statements however many customers there are.
+        for chunk in limited.chunks(1000) {
+            let usage = self.period_usage(chunk, now).await?;
+            for (q, (period, usage)) in chunk.iter().zip(usage) {
+                let QuotaLimit::Limited(limit) = q.limit else {
+                    continue;
+                };
+                if usage.is_zero() {
+                    continue; // nothing used: no level, even of a zero limit
+                }
+                let levels = self.thresholds(q).reached(usage, limit);
+                let reached = Reached {
+                    customer: &q.customer_id,
+                    service: &q.service,
+                    period,
+                    usage,
+                    limit,
+                    levels: &levels,
+                };
+                let new = self.inner.store.record_alerts(&reached).await?;
+                for a in &new {
+                    tracing::info!(customer = %a.customer_id, service = %a.service, level = %a.level,
+                        usage = %a.usage, limit = %a.limit, "alert fired");
+                }
+                fired.extend(new);
+            }
+        }
+        Ok(fired)
+    }
+
+    // ----- history and delivery -----
+
+    /// Alerts matching `filter`, newest first.
+    pub async fn list(&self, filter: &AlertFilter) -> Result<Vec<Alert>> {
+        self.inner.store.alerts(filter).await
+    }
+
+    /// Delivers every pending alert to every sink now (sinks waiting out a backoff
+    /// included).
+    pub async fn deliver(&self) -> Result<DeliveryReport> {
+        let _pass = self.inner.pass.lock().await;
+        self.deliver_pass(true).await
+    }
+
+    async fn deliver_pass(&self, force: bool) -> Result<DeliveryReport> {
+        let mut report = DeliveryReport::default();
+        for sink in self.sinks() {
+            let name = sink.name().to_owned();
+            if !force
+                && lock(&self.inner.backoff)
+                    .get(&name)
+                    .and_then(|b| b.until)
+                    .is_some_and(|u| Instant::now() < u)
+            {
+                continue;
+            }
+            while let Some(claimed) = self.inner.store.claim_delivery(&name).await? {
+                let timeout = self.inner.config.delivery_timeout;
+                let attempt = tokio::time::timeout(timeout, sink.deliver(&claimed.alert))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(format!("no answer within {} ms", timeout.as_millis()).into())
+                    });
+                match attempt {
+                    Ok(()) => {
+                        claimed.claim.delivered().await?;
+                        report.delivered += 1;
+                        lock(&self.inner.backoff).remove(&name);
+                    }
+                    Err(e) => {
+                        claimed.claim.release().await?;
+                        let wait = self.note_failure(&name);
+                        tracing::warn!(sink = %name, alert = claimed.alert.id, error = %e,
+                            retry_in_ms = wait.as_millis() as u64,
+                            "delivering an alert failed; it stays pending");
+                        report.failed.push((name.clone(), e.to_string()));
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    fn note_failure(&self, sink: &str) -> Duration {
+        let c = &self.inner.config;
+        let mut backoff = lock(&self.inner.backoff);
+        let b = backoff.entry(sink.to_owned()).or_default();
+        let wait = c
+            .retry_initial
+            .saturating_mul(2u32.saturating_pow(b.failures.min(20)))
+            .min(c.retry_max);
+        b.failures += 1;
+        b.until = Some(Instant::now() + wait);
+        wait
+    }
+
+    /// The earliest retry still ahead.
+    fn next_retry(&self) -> Option<Instant> {
+        let now = Instant::now();
+        lock(&self.inner.backoff)
+            .values()
+            .filter_map(|b| b.until)
+            .filter(|t| *t > now)
+            .min()
+    }
+}
+
+const EVALUATION: &str = "\u{0}evaluation";
+const DELIVERY: &str = "\u{0}delivery";
+
+/// The background pass: evaluate touched keys, deliver, sleep until woken or a retry
+/// is due. Holds the alerts weakly, so dropping every handle ends it.
+async fn background(weak: Weak<Inner>, wake: Arc<Notify>) {
+    loop {
+        let Some(inner) = weak.upgrade() else {
+            return;
+        };
+        let alerts = Alerts { inner };
+        {
+            let _pass = alerts.inner.pass.lock().await;
+            let keys: Vec<Key> = lock(&alerts.inner.dirty).drain().collect();
+            // Database failures here are retried with the sinks' backoff, under
+            // names no sink has.
+            match alerts.evaluate(&keys, Utc::now()).await {
+                Ok(_) => {
+                    lock(&alerts.inner.backoff).remove(EVALUATION);
+                }
+                Err(e) => {
+                    let wait = alerts.note_failure(EVALUATION);
+                    tracing::error!(error = %e, retry_in_ms = wait.as_millis() as u64,
+                        "evaluating alerts failed; will retry");
+                    lock(&alerts.inner.dirty).extend(keys);
+                }
+            }
+            match alerts.deliver_pass(false).await {
+                Ok(_) => {
+                    lock(&alerts.inner.backoff).remove(DELIVERY);
+                }
+                Err(e) => {
+                    let wait = alerts.note_failure(DELIVERY);
+                    tracing::error!(error = %e, retry_in_ms = wait.as_millis() as u64,
+                        "delivering alerts failed; will retry");
+                }
+            }
+        }
+        let wait = alerts.next_retry().map_or(Duration::from_secs(30), |t| {
+            t.saturating_duration_since(Instant::now())
+        });
+        drop(alerts);
+        tokio::select! {
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}

@@ -1,0 +1,516 @@
+//! `plan`, `quota` and `alerts`: plans, quotas and alert history.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use clap::{Args, Subcommand};
+use serde::Serialize;
+use tally::{
+    CustomerId, Level, Service, Tally, Thresholds, TimeRange, Zone,
+    alerts::{
+        Alert, AlertFilter, AnchorDay, BillingCycle, LogFileSink, Mode, Plan, PlanName, Quota,
+        QuotaLimit, QuotaSource, StderrSink, percent_of,
+    },
+    chrono::{Duration, Utc},
+    rust_decimal::Decimal,
+    serde_fmt::{self, rfc3339},
+};
+
+use crate::{
+    Failure, bad,
+    output::{Format, Tabular, emit, out},
+    tally_for,
+};
+
+fn parse_opt<T: std::str::FromStr<Err = tally::InvalidInput>>(
+    v: &Option<String>,
+) -> Result<Option<T>, Failure> {
+    v.as_deref().map(str::parse).transpose().map_err(bad)
+}
+
+/// The alert log file: `--log`, else `USAGE_ALERT_LOG`.
+#[derive(Args)]
+pub(crate) struct LogArg {
+    /// Also append each alert to this file (one line per alert).
+    #[arg(long, env = "USAGE_ALERT_LOG", value_name = "FILE")]
+    log: Option<std::path::PathBuf>,
+}
+
+impl LogArg {
+    pub(crate) fn add_sink(&self, tally: &Tally) {
+        if let Some(path) = &self.log {
+            tally.alerts().add_sink(Arc::new(LogFileSink::new(path)));
+        }
+    }
+}
+
+// ----- plan -----
+
+#[derive(Subcommand)]
+pub(crate) enum PlanCommand {
+    /// Create or replace a plan.
+    Set(PlanSetArgs),
+    /// List the plans and their limits.
+    List(FormatArg),
+}
+
+#[derive(Args)]
+pub(crate) struct FormatArg {
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table")]
+    format: Format,
+}
+
+#[derive(Args)]
+pub(crate) struct PlanSetArgs {
+    /// The plan's name (1-64 of A-Z a-z 0-9 _ . -).
+    name: String,
+    /// soft (warn) or hard (block).
+    #[arg(long, default_value = "soft")]
+    mode: String,
+    /// A limit, SERVICE=N or SERVICE=unlimited; repeat for each service.
+    #[arg(long = "limit", value_name = "SERVICE=N", allow_hyphen_values = true)]
+    limits: Vec<String>,
+    /// Alert thresholds of this plan in percent (all three, or none for the defaults).
+    #[arg(long, requires_all = ["critical", "exceeded"])]
+    warning: Option<String>,
+    #[arg(long, requires_all = ["warning", "exceeded"])]
+    critical: Option<String>,
+    #[arg(long, requires_all = ["warning", "critical"])]
+    exceeded: Option<String>,
+}
+
+fn percent(field: &'static str, v: &str) -> Result<Decimal, Failure> {
+    Decimal::from_str_exact(v.trim()).map_err(|_| {
+        Failure::Usage(format!(
+            "invalid --{field} {v:?}: expected a number of percent"
+        ))
+    })
+}
+
+pub(crate) async fn plan(url: Option<String>, cmd: PlanCommand) -> Result<(), Failure> {
+    match cmd {
+        PlanCommand::Set(a) => {
+            let mut plan = Plan::new(a.name.parse().map_err(bad)?, a.mode.parse().map_err(bad)?);
+            let mut limits = Vec::new();
+            for l in &a.limits {
+                let (service, value) = l.split_once('=').ok_or_else(|| {
+                    Failure::Usage(format!(
+                        "invalid --limit {l:?}: expected SERVICE=N or SERVICE=unlimited"
+                    ))
+                })?;
+                limits.push((
+                    service.to_owned(),
+                    value.parse::<QuotaLimit>().map_err(bad)?,
+                ));
+            }
+            if let (Some(w), Some(c), Some(e)) = (&a.warning, &a.critical, &a.exceeded) {
+                plan.thresholds = Some(
+                    Thresholds::new(
+                        percent("warning", w)?,
+                        percent("critical", c)?,
+                        percent("exceeded", e)?,
+                    )
+                    .map_err(bad)?,
+                );
+            }
+            let tally = tally_for(url)?;
+            let catalog = tally.catalog().await?;
+            for (service, limit) in limits {
+                let service = catalog.service(&service).map_err(bad)?;
+                plan = plan.limit(&service, limit);
+            }
+            tally.alerts().set_plan(&plan).await?;
+            out(format_args!("plan {} saved\n", plan.name))
+        }
+        PlanCommand::List(f) => {
+            let tally = tally_for(url)?;
+            let plans = Plans {
+                plans: tally.alerts().plans().await?,
+            };
+            emit(f.format, &plans)
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Plans {
+    plans: Vec<Plan>,
+}
+
+impl Tabular for Plans {
+    fn header(&self) -> &'static [&'static str] {
+        &["plan", "mode", "service", "limit", "thresholds"]
+    }
+
+    fn rows(&self, _table: bool) -> Vec<Vec<String>> {
+        let mut rows = Vec::new();
+        for p in &self.plans {
+            let th = p.thresholds.map_or_else(
+                || "default".to_owned(),
+                |t| {
+                    Level::ALL
+                        .iter()
+                        .map(|l| t.percent(*l).normalize().to_string())
+                        .collect::<Vec<_>>()
+                        .join("/")
+                },
+            );
+            if p.limits.is_empty() {
+                rows.push(vec![
+                    p.name.to_string(),
+                    p.mode.to_string(),
+                    String::new(),
+                    String::new(),
+                    th.clone(),
+                ]);
+            }
+            for (service, limit) in &p.limits {
+                rows.push(vec![
+                    p.name.to_string(),
+                    p.mode.to_string(),
+                    service.clone(),
+                    limit.to_string(),
+                    th.clone(),
+                ]);
+            }
+        }
+        rows
+    }
+}
+
+// ----- quota -----
+
+#[derive(Subcommand)]
+pub(crate) enum QuotaCommand {
+    /// Set a customer's limit for a service, or put them on a plan (--plan).
+    Set(QuotaSetArgs),
+    /// The quotas in force with this period's usage.
+    List(QuotaListArgs),
+    /// Remove a customer's own limit for a service (their plan's applies again).
+    Remove(QuotaRemoveArgs),
+}
+
+#[derive(Args)]
+pub(crate) struct QuotaSetArgs {
+    #[arg(long)]
+    customer: String,
+    /// The service the limit is for.
+    #[arg(long, requires = "limit", conflicts_with = "plan")]
+    service: Option<String>,
+    /// The limit per billing period in the service's unit, or unlimited.
+    #[arg(long, requires = "service", allow_hyphen_values = true)]
+    limit: Option<String>,
+    /// soft (warn) or hard (block).
+    #[arg(long, default_value = "soft", conflicts_with = "plan")]
+    mode: String,
+    /// Put the customer on this plan instead.
+    #[arg(long)]
+    plan: Option<String>,
+    /// Day of the month billing periods start (1-31; 31 = the month's last day).
+    #[arg(long, allow_hyphen_values = true)]
+    anchor_day: Option<String>,
+    /// Time zone whose midnight starts the periods.
+    #[arg(long)]
+    tz: Option<String>,
+}
+
+#[derive(Args)]
+pub(crate) struct QuotaListArgs {
+    #[arg(long)]
+    customer: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table")]
+    format: Format,
+}
+
+#[derive(Args)]
+pub(crate) struct QuotaRemoveArgs {
+    #[arg(long)]
+    customer: String,
+    #[arg(long)]
+    service: String,
+}
+
+pub(crate) async fn quota(url: Option<String>, cmd: QuotaCommand) -> Result<(), Failure> {
+    match cmd {
+        QuotaCommand::Set(a) => {
+            let customer: CustomerId = a.customer.parse().map_err(bad)?;
+            let limit: Option<QuotaLimit> = parse_opt(&a.limit)?;
+            let mode: Mode = a.mode.parse().map_err(bad)?;
+            let plan: Option<PlanName> = parse_opt(&a.plan)?;
+            let anchor: Option<AnchorDay> = parse_opt(&a.anchor_day)?;
+            let zone: Option<Zone> = parse_opt(&a.tz)?;
+            let cycle = (anchor.is_some() || zone.is_some()).then(|| BillingCycle {
+                anchor: anchor.unwrap_or(AnchorDay::FIRST),
+                zone: zone.unwrap_or(Zone::UTC),
+            });
+            if a.service.is_none() && plan.is_none() && cycle.is_none() {
+                return Err(Failure::Usage(
+                    "nothing to set: pass --service S --limit N, --plan P, or --anchor-day/--tz"
+                        .into(),
+                ));
+            }
+            let tally = tally_for(url)?;
+            let alerts = tally.alerts();
+            let mut said = Vec::new();
+            if let Some(plan) = &plan {
+                alerts.assign_plan(&customer, plan, cycle).await?;
+                said.push(format!("{customer} is on plan {plan}"));
+            } else if let Some(cycle) = cycle {
+                alerts.set_billing_cycle(&customer, cycle).await?;
+            }
+            if let (Some(service), Some(limit)) = (&a.service, limit) {
+                let service = tally.catalog().await?.service(service).map_err(bad)?;
+                alerts.set_quota(&customer, &service, limit, mode).await?;
+                said.push(format!("{customer} {service}: {limit} ({mode})"));
+            }
+            if let Some(c) = cycle {
+                said.push(format!(
+                    "{customer}'s periods start on day {} at midnight {}",
+                    c.anchor.get(),
+                    c.zone
+                ));
+            }
+            out(format_args!("{}\n", said.join("\n")))
+        }
+        QuotaCommand::List(a) => {
+            let customer: Option<CustomerId> = parse_opt(&a.customer)?;
+            let tally = tally_for(url)?;
+            let quotas = tally.alerts().quotas(customer.as_ref()).await?;
+            let usage = tally.alerts().period_usage(&quotas, Utc::now()).await?;
+            let list = QuotaList {
+                quotas: quotas
+                    .into_iter()
+                    .zip(usage)
+                    .map(|(quota, (period, usage))| QuotaRow {
+                        percent: quota.limit.value().and_then(|l| percent_of(usage, l)),
+                        quota,
+                        period,
+                        usage,
+                    })
+                    .collect(),
+            };
+            emit(a.format, &list)
+        }
+        QuotaCommand::Remove(a) => {
+            let customer: CustomerId = a.customer.parse().map_err(bad)?;
+            let tally = tally_for(url)?;
+            let service = tally.catalog().await?.service(&a.service).map_err(bad)?;
+            if tally.alerts().remove_quota(&customer, &service).await? {
+                out(format_args!("removed {customer}'s own {service} quota\n"))
+            } else {
+                Err(Failure::Usage(format!(
+                    "invalid --service {:?}: {customer} has no quota of their own for it",
+                    service.as_str()
+                )))
+            }
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct QuotaRow {
+    #[serde(flatten)]
+    quota: Quota,
+    #[serde(flatten, serialize_with = "period_bounds")]
+    period: TimeRange,
+    #[serde(serialize_with = "serde_fmt::decimal")]
+    usage: Decimal,
+    #[serde(serialize_with = "serde_fmt::opt_decimal")]
+    percent: Option<Decimal>,
+}
+
+fn period_bounds<S: serde::Serializer>(p: &TimeRange, s: S) -> Result<S::Ok, S::Error> {
+    let mut m = BTreeMap::new();
+    m.insert("period_start", rfc3339(p.from()));
+    m.insert("period_end", rfc3339(p.to()));
+    m.serialize(s)
+}
+
+#[derive(Serialize)]
+struct QuotaList {
+    quotas: Vec<QuotaRow>,
+}
+
+impl Tabular for QuotaList {
+    fn header(&self) -> &'static [&'static str] {
+        &[
+            "customer_id",
+            "service",
+            "limit",
+            "mode",
+            "source",
+            "period_start",
+            "period_end",
+            "usage",
+            "percent",
+        ]
+    }
+
+    fn rows(&self, _table: bool) -> Vec<Vec<String>> {
+        self.quotas
+            .iter()
+            .map(|r| {
+                vec![
+                    r.quota.customer_id.to_string(),
+                    r.quota.service.to_string(),
+                    r.quota.limit.to_string(),
+                    r.quota.mode.to_string(),
+                    match &r.quota.source {
+                        QuotaSource::Plan(p) => format!("plan {p}"),
+                        QuotaSource::Customer => "customer".to_owned(),
+                    },
+                    rfc3339(r.period.from()),
+                    rfc3339(r.period.to()),
+                    r.usage.normalize().to_string(),
+                    r.percent.map(|p| p.to_string()).unwrap_or_default(),
+                ]
+            })
+            .collect()
+    }
+}
+
+// ----- alerts -----
+
+#[derive(Subcommand)]
+pub(crate) enum AlertsCommand {
+    /// Evaluate quotas now: fire the levels reached and deliver pending alerts (to
+    /// stderr and --log).
+    Check(AlertsCheckArgs),
+    /// Alerts of the last N days, newest first.
+    List(AlertsListArgs),
+}
+
+#[derive(Args)]
+pub(crate) struct AlertsCheckArgs {
+    /// One customer; default everyone with a quota.
+    #[arg(long)]
+    customer: Option<String>,
+    #[command(flatten)]
+    log: LogArg,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table")]
+    format: Format,
+}
+
+#[derive(Args)]
+pub(crate) struct AlertsListArgs {
+    #[arg(long)]
+    customer: Option<String>,
+    /// The whole window of the last N days.
+    #[arg(long, default_value_t = 30)]
+    days: u32,
+    #[arg(long)]
+    service: Option<String>,
+    /// warning, critical or exceeded.
+    #[arg(long)]
+    level: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table")]
+    format: Format,
+}
+
+pub(crate) async fn alerts(url: Option<String>, cmd: AlertsCommand) -> Result<(), Failure> {
+    match cmd {
+        AlertsCommand::Check(a) => {
+            let customer: Option<CustomerId> = parse_opt(&a.customer)?;
+            let tally = tally_for(url)?;
+            tally.alerts().add_sink(Arc::new(StderrSink));
+            a.log.add_sink(&tally);
+            let fired = tally.alerts().check(customer.as_ref()).await?;
+            emit(a.format, &Fired { fired })
+        }
+        AlertsCommand::List(a) => {
+            if a.days == 0 || a.days > 36_500 {
+                return Err(Failure::Usage(format!(
+                    "invalid --days {}: must be 1 to 36500",
+                    a.days
+                )));
+            }
+            let filter = AlertFilter {
+                since: Some(Utc::now() - Duration::days(i64::from(a.days))),
+                customer: parse_opt(&a.customer)?,
+                service: None,
+                level: parse_opt::<Level>(&a.level)?,
+            };
+            let tally = tally_for(url)?;
+            let service: Option<Service> = match &a.service {
+                Some(s) => Some(tally.catalog().await?.service(s).map_err(bad)?),
+                None => None,
+            };
+            let alerts = tally
+                .alerts()
+                .list(&AlertFilter { service, ..filter })
+                .await?;
+            emit(a.format, &Listed { alerts })
+        }
+    }
+}
+
+fn alert_rows(alerts: &[Alert], with_time: bool) -> Vec<Vec<String>> {
+    alerts
+        .iter()
+        .map(|a| {
+            let mut row = vec![
+                a.customer_id.to_string(),
+                a.service.to_string(),
+                a.level.to_string(),
+                a.usage.normalize().to_string(),
+                a.limit.normalize().to_string(),
+                a.percent.map(|p| p.to_string()).unwrap_or_default(),
+                rfc3339(a.period_start),
+            ];
+            if with_time {
+                row.push(rfc3339(a.triggered_at));
+            }
+            row
+        })
+        .collect()
+}
+
+#[derive(Serialize)]
+struct Fired {
+    fired: Vec<Alert>,
+}
+
+impl Tabular for Fired {
+    fn header(&self) -> &'static [&'static str] {
+        &[
+            "customer_id",
+            "service",
+            "level",
+            "usage",
+            "limit",
+            "percent",
+            "period_start",
+        ]
+    }
+
+    fn rows(&self, _table: bool) -> Vec<Vec<String>> {
+        alert_rows(&self.fired, false)
+    }
+}
+
+#[derive(Serialize)]
+struct Listed {
+    alerts: Vec<Alert>,
+}
+
+impl Tabular for Listed {
+    fn header(&self) -> &'static [&'static str] {
+        &[
+            "customer_id",
+            "service",
+            "level",
+            "usage",
+            "limit",
+            "percent",
+            "period_start",
+            "triggered_at",
+        ]
+    }
+
+    fn rows(&self, _table: bool) -> Vec<Vec<String>> {
+        alert_rows(&self.alerts, true)
+    }
+}

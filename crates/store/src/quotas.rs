@@ -1,0 +1,603 @@
+//! Plans, quotas, billing cycles, period usage and the alerts outbox: the SQL of the
+//! alerts layer. The logic (periods, levels, caching, delivery) lives in `tally-alerts`.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use tally_core::{
+    Alert, AnchorDay, BillingCycle, CustomerId, Level, Mode, Plan, PlanName, Quota, QuotaLimit,
+    QuotaSource, Service, Thresholds, TimeRange, Zone, percent_of,
+};
+use tokio_postgres::{Row, types::ToSql};
+
+use crate::{Error, Numeric, Result, Store};
+
+/// A service name as stored: a built-in or a meter.
+fn stored_service(name: &str) -> Result<Service> {
+    Ok(name.parse().or_else(|_| Service::custom(name))?)
+}
+
+fn numeric_opt(row: &Row, i: usize, ctx: &'static str) -> Result<Option<Decimal>> {
+    Ok(row
+        .try_get::<_, Option<Numeric>>(i)
+        .map_err(Error::db(ctx))?
+        .map(|n| n.0))
+}
+
+fn get<'a, T: tokio_postgres::types::FromSql<'a>>(
+    row: &'a Row,
+    i: usize,
+    ctx: &'static str,
+) -> Result<T> {
+    row.try_get(i).map_err(Error::db(ctx))
+}
+
+fn limit_of(v: Option<Decimal>) -> QuotaLimit {
+    v.map_or(QuotaLimit::Unlimited, QuotaLimit::Limited)
+}
+
+fn thresholds_of(row: &Row, first: usize, ctx: &'static str) -> Result<Option<Thresholds>> {
+    match (
+        numeric_opt(row, first, ctx)?,
+        numeric_opt(row, first + 1, ctx)?,
+        numeric_opt(row, first + 2, ctx)?,
+    ) {
+        (Some(w), Some(c), Some(e)) => Ok(Some(Thresholds::new(w, c, e)?)),
+        _ => Ok(None),
+    }
+}
+
+/// Which alerts [`Store::alerts`] returns.
+#[derive(Debug, Clone, Default)]
+pub struct AlertFilter {
+    /// Fired at or after this instant.
+    pub since: Option<DateTime<Utc>>,
+    /// Of this customer.
+    pub customer: Option<CustomerId>,
+    /// Of this service.
+    pub service: Option<Service>,
+    /// Of this level.
+    pub level: Option<Level>,
+}
+
+/// Levels one evaluation found reached, to record (see [`Store::record_alerts`]).
+#[derive(Debug, Clone)]
+pub struct Reached<'a> {
+    /// The customer.
+    pub customer: &'a CustomerId,
+    /// The service.
+    pub service: &'a Service,
+    /// The billing period.
+    pub period: TimeRange,
+    /// Usage of the period.
+    pub usage: Decimal,
+    /// The limit.
+    pub limit: Decimal,
+    /// Every level reached, lowest first.
+    pub levels: &'a [Level],
+}
+
+const QUOTA_COLUMNS: &str =
+    "k.customer_id, k.service, k.quota_limit, k.mode, k.from_plan, c.plan, c.anchor_day, c.zone,
+     p.warning_pct, p.critical_pct, p.exceeded_pct";
+
+fn quota_of(row: &Row) -> Result<Quota> {
+    const CTX: &str = "reading quotas";
+    let customer: &str = get(row, 0, CTX)?;
+    let plan: Option<&str> = get(row, 5, CTX)?;
+    let from_plan: bool = get(row, 4, CTX)?;
+    let anchor: Option<i16> = get(row, 6, CTX)?;
+    let zone: Option<&str> = get(row, 7, CTX)?;
+    Ok(Quota {
+        customer_id: CustomerId::new(customer)?,
+        service: stored_service(get(row, 1, CTX)?)?,
+        limit: limit_of(numeric_opt(row, 2, CTX)?),
+        mode: get::<&str>(row, 3, CTX)?.parse()?,
+        source: match (from_plan, plan) {
+            (true, Some(p)) => QuotaSource::Plan(PlanName::new(p)?),
+            _ => QuotaSource::Customer,
+        },
+        cycle: BillingCycle {
+            anchor: anchor.map_or(Ok(AnchorDay::FIRST), |a| AnchorDay::new(a.into()))?,
+            zone: zone.map_or(Ok(Zone::UTC), str::parse::<Zone>)?,
+        },
+        thresholds: thresholds_of(row, 8, CTX)?,
+    })
+}
+
+fn alert_of(row: &Row) -> Result<Alert> {
+    const CTX: &str = "reading alerts";
+    let usage = numeric_opt(row, 4, CTX)?.unwrap_or_default();
+    let limit = numeric_opt(row, 5, CTX)?.unwrap_or_default();
+    Ok(Alert {
+        id: get(row, 0, CTX)?,
+        customer_id: CustomerId::new(get::<&str>(row, 1, CTX)?)?,
+        service: stored_service(get(row, 2, CTX)?)?,
+        level: get::<&str>(row, 3, CTX)?.parse()?,
+        usage,
+        limit,
+        percent: percent_of(usage, limit),
+        period_start: get(row, 6, CTX)?,
+        period_end: get(row, 7, CTX)?,
+        triggered_at: get(row, 8, CTX)?,
+        notify: get(row, 9, CTX)?,
+    })
+}
+
+const ALERT_COLUMNS: &str = "alert_id, customer_id, service, level, usage, quota_limit, period_start, period_end, triggered_at, notify";
+
+impl Store {
+    /// Creates or replaces `plan`: its mode, thresholds and exactly its limits. Every
+    /// service must be known (a built-in or a defined meter).
+    pub async fn set_plan(&self, plan: &Plan) -> Result<()> {
+        let catalog = self.catalog().await?;
+        for service in plan.limits.keys() {
+            catalog.service(service)?;
+        }
+        let mut client = self.client("saving a plan").await?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(Error::db("saving a plan"))?;
+        let pct = |l: Level| plan.thresholds.map(|t| t.percent(l));
+        tx.execute(
+            "INSERT INTO tally_plans (plan, mode, warning_pct, critical_pct, exceeded_pct)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (plan) DO UPDATE SET mode = excluded.mode, warning_pct = excluded.warning_pct,
+                 critical_pct = excluded.critical_pct, exceeded_pct = excluded.exceeded_pct",
+            &[
+                &plan.name.as_str(),
+                &plan.mode.as_str(),
+                &pct(Level::Warning),
+                &pct(Level::Critical),
+                &pct(Level::Exceeded),
+            ],
+        )
+        .await
+        .map_err(Error::db("saving a plan"))?;
+        let services: Vec<&str> = plan.limits.keys().map(String::as_str).collect();
+        let limits: Vec<Option<Decimal>> = plan.limits.values().map(|l| l.value()).collect();
+        tx.execute(
+            "DELETE FROM tally_plan_limits WHERE plan = $1",
+            &[&plan.name.as_str()],
+        )
+        .await
+        .map_err(Error::db("saving a plan's limits"))?;
+        tx.execute(
+            "INSERT INTO tally_plan_limits (plan, service, quota_limit)
+             SELECT $1, s, l FROM unnest($2::text[], $3::numeric[]) AS u(s, l)",
+            &[&plan.name.as_str(), &services, &limits],
+        )
+        .await
+        .map_err(Error::db("saving a plan's limits"))?;
+        tx.commit().await.map_err(Error::db("saving a plan"))
+    }
+
+    /// Every plan, by name.
+    pub async fn plans(&self) -> Result<Vec<Plan>> {
+        const CTX: &str = "reading plans";
+        let client = self.client(CTX).await?;
+        let rows = client
+            .query(
+                "SELECT p.plan, p.mode, p.warning_pct, p.critical_pct, p.exceeded_pct, l.service, l.quota_limit
+                 FROM tally_plans p LEFT JOIN tally_plan_limits l ON l.plan = p.plan
+                 ORDER BY p.plan, l.service",
+                &[],
+            )
+            .await
+            .map_err(Error::db(CTX))?;
+        let mut plans: BTreeMap<String, Plan> = BTreeMap::new();
+        for row in &rows {
+            let name: &str = get(row, 0, CTX)?;
+            let plan = match plans.get_mut(name) {
+                Some(p) => p,
+                None => plans.entry(name.to_owned()).or_insert(Plan {
+                    name: PlanName::new(name)?,
+                    mode: get::<&str>(row, 1, CTX)?.parse()?,
+                    limits: BTreeMap::new(),
+                    thresholds: thresholds_of(row, 2, CTX)?,
+                }),
+            };
+            if let Some(service) = get::<Option<&str>>(row, 5, CTX)? {
+                plan.limits
+                    .insert(service.to_owned(), limit_of(numeric_opt(row, 6, CTX)?));
+            }
+        }
+        Ok(plans.into_values().collect())
+    }
+
+    /// Puts `customer` on `plan` (which must exist); `cycle`, when given, sets when
+    /// their periods start (otherwise what was set before, or the 1st, UTC).
+    pub async fn assign_plan(
+        &self,
+        customer: &CustomerId,
+        plan: &PlanName,
+        cycle: Option<BillingCycle>,
+    ) -> Result<()> {
+        let client = self.client("assigning a plan").await?;
+        let n = client
+            .execute(
+                "INSERT INTO tally_customers (customer_id, plan, anchor_day, zone)
+                 SELECT $1, p.plan, coalesce($3::int2, 1), coalesce($4::text, 'UTC') FROM tally_plans p WHERE p.plan = $2
+                 ON CONFLICT (customer_id) DO UPDATE SET plan = excluded.plan,
+                     anchor_day = coalesce($3, tally_customers.anchor_day),
+                     zone = coalesce($4, tally_customers.zone)",
+                &[
+                    &customer.as_str(),
+                    &plan.as_str(),
+                    &cycle.map(|c| i16::from(c.anchor.get())),
+                    &cycle.map(|c| c.zone.name()),
+                ],
+            )
+            .await
+            .map_err(Error::db("assigning a plan"))?;
+        if n == 0 {
+            return Err(Error::invalid(
+                "plan",
+                plan.as_str(),
+                "no such plan (see `tally plan list`)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Sets when `customer`'s billing periods start.
+    pub async fn set_billing_cycle(
+        &self,
+        customer: &CustomerId,
+        cycle: BillingCycle,
+    ) -> Result<()> {
+        let client = self.client("setting a billing cycle").await?;
+        client
+            .execute(
+                "INSERT INTO tally_customers (customer_id, anchor_day, zone) VALUES ($1, $2, $3)
+                 ON CONFLICT (customer_id) DO UPDATE SET anchor_day = excluded.anchor_day, zone = excluded.zone",
+                &[
+                    &customer.as_str(),
+                    &i16::from(cycle.anchor.get()),
+                    &cycle.zone.name(),
+                ],
+            )
+            .await
+            .map_err(Error::db("setting a billing cycle"))?;
+        Ok(())
+    }
+
+    /// Sets `customer`'s own quota for `service` (beats their plan's). The service must
+    /// be known.
+    pub async fn set_quota(
+        &self,
+        customer: &CustomerId,
+        service: &Service,
+        limit: QuotaLimit,
+        mode: Mode,
+    ) -> Result<()> {
+        let client = self.client("setting a quota").await?;
+        let n = client
+            .execute(
+                "INSERT INTO tally_quotas (customer_id, service, quota_limit, mode)
+                 SELECT $1, m.service, $3, $4 FROM tally_meters m WHERE m.service = $2
+                 ON CONFLICT (customer_id, service) DO UPDATE SET quota_limit = excluded.quota_limit, mode = excluded.mode",
+                &[&customer.as_str(), &service.as_str(), &limit.value(), &mode.as_str()],
+            )
+            .await
+            .map_err(Error::db("setting a quota"))?;
+        if n == 0 {
+            return Err(Error::invalid(
+                "service",
+                service.as_str(),
+                "unknown service; define the meter first",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Removes `customer`'s own quota for `service` (their plan's applies again).
+    /// Returns whether there was one.
+    pub async fn remove_quota(&self, customer: &CustomerId, service: &Service) -> Result<bool> {
+        let client = self.client("removing a quota").await?;
+        let n = client
+            .execute(
+                "DELETE FROM tally_quotas WHERE customer_id = $1 AND service = $2",
+                &[&customer.as_str(), &service.as_str()],
+            )
+            .await
+            .map_err(Error::db("removing a quota"))?;
+        Ok(n > 0)
+    }
+
+    /// The quotas in force, per customer and service (a customer's own beats the
+    /// plan's), for one customer or all, ordered by customer and service.
+    pub async fn quotas(&self, customer: Option<&CustomerId>) -> Result<Vec<Quota>> {
+        let client = self.client("reading quotas").await?;
+        let sql = format!(
+            "SELECT {QUOTA_COLUMNS} FROM (
+                 SELECT q.customer_id, q.service, q.quota_limit, q.mode, false AS from_plan FROM tally_quotas q
+                 UNION ALL
+                 SELECT c.customer_id, l.service, l.quota_limit, p.mode, true
+                 FROM tally_customers c JOIN tally_plans p ON p.plan = c.plan JOIN tally_plan_limits l ON l.plan = c.plan
+                 WHERE NOT EXISTS (SELECT 1 FROM tally_quotas q WHERE q.customer_id = c.customer_id AND q.service = l.service)
+             ) k
+             LEFT JOIN tally_customers c ON c.customer_id = k.customer_id
+             LEFT JOIN tally_plans p ON p.plan = c.plan
+             WHERE $1::text IS NULL OR k.customer_id = $1
+             ORDER BY k.customer_id, k.service"
+        );
+        let rows = client
+            .query(&sql, &[&customer.map(CustomerId::as_str)])
+            .await
+            .map_err(Error::db("reading quotas"))?;
+        rows.iter().map(quota_of).collect()
+    }
+
+    /// The quota in force for `customer` and `service`, if any: one indexed lookup
+    /// (the hot path of a quota check).
+    pub async fn quota(&self, customer: &CustomerId, service: &Service) -> Result<Option<Quota>> {
+        let client = self.client("reading a quota").await?;
+        let sql = format!(
+            "SELECT {QUOTA_COLUMNS}
+             FROM (SELECT $1::text COLLATE \"C\" AS customer_id) me
+             LEFT JOIN tally_customers c ON c.customer_id = me.customer_id
+             LEFT JOIN tally_plans p ON p.plan = c.plan
+             CROSS JOIN LATERAL (
+                 SELECT * FROM (
+                     SELECT me.customer_id, q.service, q.quota_limit, q.mode, false AS from_plan, 0 AS pri
+                     FROM tally_quotas q WHERE q.customer_id = me.customer_id AND q.service = $2
+                     UNION ALL
+                     SELECT me.customer_id, l.service, l.quota_limit, p.mode, true, 1
+                     FROM tally_plan_limits l WHERE l.plan = c.plan AND l.service = $2
+                 ) u ORDER BY pri LIMIT 1
+             ) k"
+        );
+        let stmt = client
+            .prepare_cached(&sql)
+            .await
+            .map_err(Error::db("preparing a quota lookup"))?;
+        let row = client
+            .query_opt(&stmt, &[&customer.as_str(), &service.as_str()])
+            .await
+            .map_err(Error::db("reading a quota"))?;
+        row.as_ref().map(quota_of).transpose()
+    }
+
+    /// The total quantity of each `(customer, service, range)`, exactly, in one round
+    /// trip: whole UTC days and hours from the rollups, sub-hour edges from raw events.
+    pub async fn period_usage(
+        &self,
+        keys: &[(CustomerId, Service, TimeRange)],
+    ) -> Result<Vec<Decimal>> {
+        let (mut idx, mut customers, mut services, mut kinds, mut lo, mut hi) =
+            (vec![], vec![], vec![], vec![], vec![], vec![]);
+        for (i, (c, s, range)) in keys.iter().enumerate() {
+            let split = range.utc_split();
+            let pieces = split
+                .days
+                .iter()
+                .map(|r| (0i16, r))
+                .chain(split.hours.iter().map(|r| (1, r)))
+                .chain(split.raw.iter().map(|r| (2, r)));
+            for (kind, r) in pieces {
+                idx.push(i32::try_from(i).map_err(|_| {
+                    Error::invalid("keys", keys.len().to_string(), "too many at once")
+                })?);
+                customers.push(c.as_str());
+                services.push(s.as_str());
+                kinds.push(kind);
+                lo.push(r.from());
+                hi.push(r.to());
+            }
+        }
+        let client = self.client("reading period usage").await?;
+        // The kind tests are one-time filters: each piece reads one source only.
+        let stmt = client
+            .prepare_cached(
+                "SELECT p.i, sum(x.q)
+                 FROM unnest($1::int4[], $2::text[], $3::text[], $4::int2[], $5::timestamptz[], $6::timestamptz[])
+                      AS p(i, customer_id, service, kind, lo, hi)
+                 CROSS JOIN LATERAL (
+                     SELECT sum(d.quantity) AS q FROM usage_daily d
+                     WHERE p.kind = 0 AND d.customer_id = p.customer_id AND d.service = p.service
+                       AND d.bucket >= p.lo AND d.bucket < p.hi
+                     UNION ALL
+                     SELECT sum(h.quantity) FROM usage_hourly h
+                     WHERE p.kind = 1 AND h.customer_id = p.customer_id AND h.service = p.service
+                       AND h.bucket >= p.lo AND h.bucket < p.hi
+                     UNION ALL
+                     SELECT sum(e.quantity) FROM usage_events e
+                     WHERE p.kind = 2 AND e.customer_id = p.customer_id AND e.service = p.service
+                       AND e.recorded_at >= p.lo AND e.recorded_at < p.hi
+                 ) x
+                 GROUP BY p.i",
+            )
+            .await
+            .map_err(Error::db("preparing a period usage read"))?;
+        let params: [&(dyn ToSql + Sync); 6] = [&idx, &customers, &services, &kinds, &lo, &hi];
+        let rows = client
+            .query(&stmt, &params)
+            .await
+            .map_err(Error::db("reading period usage"))?;
+        let mut out = vec![Decimal::ZERO; keys.len()];
+        for row in &rows {
+            let i: i32 = get(row, 0, "reading period usage")?;
+            let q = numeric_opt(row, 1, "reading period usage")?.unwrap_or_default();
+            if let Some(slot) = usize::try_from(i).ok().and_then(|i| out.get_mut(i)) {
+                *slot = q;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Records the levels `reached` for its period, each at most once per customer,
+    /// service and period whoever else records at the same time (a unique key decides).
+    /// The highest level is marked to be announced. Returns the alerts this call added.
+    pub async fn record_alerts(&self, reached: &Reached<'_>) -> Result<Vec<Alert>> {
+        let Some(top) = reached.levels.iter().max() else {
+            return Ok(Vec::new());
+        };
+        let levels: Vec<&str> = reached.levels.iter().map(|l| l.as_str()).collect();
+        let client = self.client("recording alerts").await?;
+        let sql = format!(
+            "INSERT INTO tally_alerts (customer_id, service, level, period_start, period_end, usage, quota_limit, notify)
+             SELECT $1, $2, l, $3, $4, $5, $6, l = $8 FROM unnest($7::text[]) AS l
+             ON CONFLICT (customer_id, service, period_start, level) DO NOTHING
+             RETURNING {ALERT_COLUMNS}"
+        );
+        let rows = client
+            .query(
+                &sql,
+                &[
+                    &reached.customer.as_str(),
+                    &reached.service.as_str(),
+                    &reached.period.from(),
+                    &reached.period.to(),
+                    &reached.usage,
+                    &reached.limit,
+                    &levels,
+                    &top.as_str(),
+                ],
+            )
+            .await
+            .map_err(Error::db("recording alerts"))?;
+        let mut out = rows.iter().map(alert_of).collect::<Result<Vec<_>>>()?;
+        out.sort_by_key(|a| a.level);
+        Ok(out)
+    }
+
+    /// The alerts matching `filter`, newest first.
+    pub async fn alerts(&self, filter: &AlertFilter) -> Result<Vec<Alert>> {
+        let client = self.client("reading alerts").await?;
+        let sql = format!(
+            "SELECT {ALERT_COLUMNS} FROM tally_alerts
+             WHERE ($1::timestamptz IS NULL OR triggered_at >= $1)
+               AND ($2::text IS NULL OR customer_id = $2)
+               AND ($3::text IS NULL OR service = $3)
+               AND ($4::text IS NULL OR level = $4)
+             ORDER BY triggered_at DESC, alert_id DESC"
+        );
+        let rows = client
+            .query(
+                &sql,
+                &[
+                    &filter.since,
+                    &filter.customer.as_ref().map(CustomerId::as_str),
+                    &filter.service.as_ref().map(Service::as_str),
+                    &filter.level.map(Level::as_str),
+                ],
+            )
+            .await
+            .map_err(Error::db("reading alerts"))?;
+        rows.iter().map(alert_of).collect()
+    }
+
+    /// Claims the oldest announced alert `sink` has not acknowledged, for delivery.
+    /// `None` when there is none, or when another handle (in this process or another)
+    /// is delivering to a sink of that name right now: one deliverer per sink at a
+    /// time keeps delivery in order and exactly once.
+    pub async fn claim_delivery(&self, sink: &str) -> Result<Option<Claimed>> {
+        const CTX: &str = "claiming an alert for delivery";
+        let client = self.client(CTX).await?;
+        let mut claim = DeliveryClaim {
+            client: Some(client),
+            sink: sink.to_owned(),
+            alert_id: 0,
+        };
+        let c = claim.client()?;
+        c.batch_execute("BEGIN").await.map_err(Error::db(CTX))?;
+        let locked: bool = c
+            .query_one(
+                "SELECT pg_try_advisory_xact_lock(hashtext('tally_alert_sink'), hashtext($1))",
+                &[&sink],
+            )
+            .await
+            .map_err(Error::db(CTX))?
+            .try_get(0)
+            .map_err(Error::db(CTX))?;
+        if !locked {
+            claim.release().await?;
+            return Ok(None);
+        }
+        let sql = format!(
+            "SELECT {ALERT_COLUMNS} FROM tally_alerts a
+             WHERE a.notify AND NOT EXISTS (
+                 SELECT 1 FROM tally_alert_deliveries d WHERE d.sink = $1 AND d.alert_id = a.alert_id)
+             ORDER BY a.alert_id LIMIT 1"
+        );
+        let row = c.query_opt(&sql, &[&sink]).await.map_err(Error::db(CTX))?;
+        match row {
+            None => {
+                claim.release().await?;
+                Ok(None)
+            }
+            Some(row) => {
+                let alert = alert_of(&row)?;
+                claim.alert_id = alert.id;
+                Ok(Some(claim.with(alert)))
+            }
+        }
+    }
+}
+
+/// An alert claimed for one sink (see [`Store::claim_delivery`]): holds a transaction
+/// that [`DeliveryClaim::delivered`] commits with the acknowledgement. Dropped without
+/// it — the sink failed, the task was cancelled, the process died — the claim lapses
+/// and the alert stays pending for that sink.
+#[derive(Debug)]
+pub struct DeliveryClaim {
+    // Taken when finished; still here on drop means "roll back".
+    client: Option<deadpool_postgres::Client>,
+    sink: String,
+    alert_id: i64,
+}
+
+/// A [`DeliveryClaim`] and the alert it is for.
+#[derive(Debug)]
+pub struct Claimed {
+    /// The claim.
+    pub claim: DeliveryClaim,
+    /// The alert to deliver.
+    pub alert: Alert,
+}
+
+impl DeliveryClaim {
+    fn client(&self) -> Result<&deadpool_postgres::Client> {
+        self.client.as_ref().ok_or_else(Error::closed)
+    }
+
+    fn with(self, alert: Alert) -> Claimed {
+        Claimed { claim: self, alert }
+    }
+
+    /// Records that the sink has the alert; it is never handed to that sink again.
+    pub async fn delivered(mut self) -> Result<()> {
+        const CTX: &str = "acknowledging a delivery";
+        let client = self.client.take().ok_or_else(Error::closed)?;
+        client
+            .execute(
+                "INSERT INTO tally_alert_deliveries (alert_id, sink) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                &[&self.alert_id, &self.sink],
+            )
+            .await
+            .map_err(Error::db(CTX))?;
+        client.batch_execute("COMMIT").await.map_err(Error::db(CTX))
+    }
+
+    /// Gives the claim up (the sink failed): the alert stays pending.
+    pub async fn release(mut self) -> Result<()> {
+        let client = self.client.take().ok_or_else(Error::closed)?;
+        client
+            .batch_execute("ROLLBACK")
+            .await
+            .map_err(Error::db("releasing a delivery claim"))
+    }
+}
+
+impl Drop for DeliveryClaim {
+    fn drop(&mut self) {
+        // Not finished: close the connection rather than pool it mid-transaction; the
+        // server rolls back and frees the sink's lock.
+        if let Some(client) = self.client.take() {
+            drop(deadpool_postgres::Object::take(client));
+        }
+    }
+}
