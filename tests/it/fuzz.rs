@@ -4,7 +4,8 @@
 
 use proptest::prelude::*;
 use tally::{
-    CustomerId, Metadata, Quantity, UsageEvent, Zone,
+    CustomerId, Metadata, Quantity, Thresholds, UsageEvent, Zone,
+    alerts::{AnchorDay, BillingCycle, Mode, PlanName, QuotaLimit},
     import::{ImportFormat, parse_file},
     parse_instant, supported_instants,
 };
@@ -125,5 +126,47 @@ proptest! {
     fn ndjson_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..400)) {
         let (events, _, _) = parse_file(&bytes, ImportFormat::Ndjson);
         prop_assert!(events.iter().all(valid_event));
+    }
+
+    #[test]
+    fn quota_inputs_parse_or_name_the_field(
+        limit in numberish(),
+        day in numberish(),
+        name in "\\PC{0,70}",
+        pct in (numberish(), numberish(), numberish()),
+        now in (-2_208_988_800i64..7_258_118_400i64),
+        zone in prop::sample::select(vec!["UTC", "Asia/Kolkata", "Asia/Kathmandu", "America/St_Johns", "Pacific/Chatham", "America/Santiago"]),
+    ) {
+        match limit.parse::<QuotaLimit>() {
+            Ok(QuotaLimit::Limited(v)) => prop_assert!(v >= rust_decimal::Decimal::ZERO),
+            Ok(QuotaLimit::Unlimited) => {}
+            Err(e) => prop_assert_eq!(e.field(), Some("limit")),
+        }
+        let anchor = match day.parse::<AnchorDay>() {
+            Ok(a) => { prop_assert!((1..=31).contains(&a.get())); a }
+            Err(e) => { prop_assert_eq!(e.field(), Some("anchor_day")); AnchorDay::FIRST }
+        };
+        if let Err(e) = name.parse::<PlanName>() {
+            prop_assert_eq!(e.field(), Some("plan"));
+        }
+        if let Err(e) = name.parse::<Mode>() {
+            prop_assert_eq!(e.field(), Some("mode"));
+        }
+        let env = |k: &str| match k {
+            "USAGE_ALERT_WARNING" => Some(pct.0.clone()),
+            "USAGE_ALERT_CRITICAL" => Some(pct.1.clone()),
+            _ => Some(pct.2.clone()),
+        };
+        if let Err(e) = Thresholds::from_lookup(env) {
+            prop_assert!(e.field().is_some());
+        }
+        // Every instant in range lies in exactly the period computed for it.
+        let t = tally::chrono::DateTime::from_timestamp(now, 0).unwrap();
+        let cycle = BillingCycle { anchor, zone: zone.parse().unwrap() };
+        if let Ok(p) = cycle.period_at(t) {
+            prop_assert!(p.contains(t));
+            prop_assert!(p.to() - p.from() >= tally::chrono::Duration::days(27));
+            prop_assert!(p.to() - p.from() <= tally::chrono::Duration::days(32));
+        }
     }
 }

@@ -482,6 +482,94 @@ async fn refused_input_exits_with_its_code_names_the_problem_and_writes_nothing(
     ] {
         cases.push(with_file(&["import", "{file}", "--input", "ndjson", "--format", "json"], content, 0, fragment));
     }
+    // Quotas, plans and alerts (issue 9): refused before anything is written.
+    fn quota<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+        let mut v = vec!["quota", "set", "--customer", "acme"];
+        v.extend_from_slice(extra);
+        v
+    }
+    for (args, fragment) in [
+        (
+            quota(&["--service", "api", "--limit", "1e400"]),
+            "invalid limit",
+        ),
+        (
+            quota(&["--service", "api", "--limit", "NaN"]),
+            "invalid limit",
+        ),
+        (
+            quota(&["--service", "api", "--limit", "unlimitedx"]),
+            "invalid limit",
+        ),
+        (
+            quota(&["--service", "api", "--limit", "-0.000001"]),
+            "must not be negative",
+        ),
+        (
+            quota(&["--service", "api", "--limit", "5", "--anchor-day", "0"]),
+            "anchor_day",
+        ),
+        (
+            quota(&[
+                "--service",
+                "api",
+                "--limit",
+                "5",
+                "--anchor-day",
+                "99999999999999999999",
+            ]),
+            "anchor_day",
+        ),
+        (
+            quota(&["--service", "api", "--limit", "5", "--tz", "Mars/Olympus"]),
+            "Mars/Olympus",
+        ),
+        (
+            quota(&["--plan", "free'; DROP TABLE tally_plans; --"]),
+            "invalid plan",
+        ),
+        (quota(&["--plan", ""]), "invalid plan"),
+        (quota(&[]), "nothing to set"),
+        (
+            vec!["quota", "set", "--customer", "a b", "--plan", "free"],
+            "customer_id",
+        ),
+        (
+            vec!["quota", "remove", "--customer", "acme", "--service", "api"],
+            "no quota of their own",
+        ),
+        (
+            vec!["plan", "set", "p", "--limit", "api=-1"],
+            "must not be negative",
+        ),
+        (
+            vec!["plan", "set", "p", "--limit", "teleport=5"],
+            "invalid service",
+        ),
+        (
+            vec![
+                "plan",
+                "set",
+                "p",
+                "--warning",
+                "90",
+                "--critical",
+                "75",
+                "--exceeded",
+                "100",
+            ],
+            "critical",
+        ),
+        (vec!["plan", "set", "p q"], "invalid plan"),
+        (vec!["alerts", "list", "--days", "0"], "--days"),
+        (vec!["alerts", "list", "--level", ""], "invalid level"),
+        (
+            vec!["alerts", "check", "--customer", "\u{202e}evil"],
+            "customer_id",
+        ),
+    ] {
+        cases.push(case(&args, 2, fragment));
+    }
     assert!(cases.len() >= 60, "{} cases", cases.len());
 
     let mut failures = Vec::new();
@@ -513,6 +601,21 @@ async fn refused_input_exits_with_its_code_names_the_problem_and_writes_nothing(
         failures.join("\n")
     );
     assert_eq!(events(&db), 0, "a refused input wrote something");
+    let client = db.client().await.unwrap();
+    for table in ["tally_quotas", "tally_customers", "tally_alerts"] {
+        let n: i64 = client
+            .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 0, "a refused input wrote to {table}");
+    }
+    let plans: i64 = client
+        .query_one("SELECT count(*) FROM tally_plans", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(plans, 4, "a refused plan was saved");
 }
 
 #[tokio::test]
