@@ -1,5 +1,30 @@
 -- Quotas, plans and alerts (SPEC §5). See docs/alerts.md.
 
+-- The hourly rollup also keeps the sums of the first 15, 30 and 45 minutes of each
+-- hour, so a range that starts or ends on a quarter hour (a billing period starting at
+-- local midnight in Asia/Kolkata is 18:30 UTC) is exact from rollups instead of a scan
+-- of raw events. Existing rows are filled from the raw events under them.
+ALTER TABLE usage_hourly
+    ADD COLUMN quantity_by_15 numeric NOT NULL DEFAULT 0,
+    ADD COLUMN quantity_by_30 numeric NOT NULL DEFAULT 0,
+    ADD COLUMN quantity_by_45 numeric NOT NULL DEFAULT 0;
+UPDATE usage_hourly h
+SET quantity_by_15 = r.q15, quantity_by_30 = r.q30, quantity_by_45 = r.q45
+FROM (
+    SELECT customer_id, service, b,
+           coalesce(sum(quantity) FILTER (WHERE recorded_at < b + interval '15 minutes'), 0) AS q15,
+           coalesce(sum(quantity) FILTER (WHERE recorded_at < b + interval '30 minutes'), 0) AS q30,
+           coalesce(sum(quantity) FILTER (WHERE recorded_at < b + interval '45 minutes'), 0) AS q45
+    FROM (SELECT *, date_bin('1 hour', recorded_at, timestamptz '2000-01-01 00:00:00+00') AS b
+          FROM usage_events) e
+    GROUP BY 1, 2, 3
+) r
+WHERE h.customer_id = r.customer_id AND h.service = r.service AND h.bucket = r.b;
+ALTER TABLE usage_hourly
+    ALTER COLUMN quantity_by_15 DROP DEFAULT,
+    ALTER COLUMN quantity_by_30 DROP DEFAULT,
+    ALTER COLUMN quantity_by_45 DROP DEFAULT;
+
 -- A plan: a named set of limits with one mode and, optionally, its own alert
 -- thresholds (percent; NULL = the installation's USAGE_ALERT_* defaults).
 CREATE TABLE tally_plans (

@@ -725,3 +725,49 @@ async fn plans_and_quotas_refuse_bad_input_and_write_nothing() {
     assert!(ent.limits.values().all(|l| *l == QuotaLimit::Unlimited));
     assert_eq!(ent.limits.len(), 6);
 }
+
+#[tokio::test]
+async fn quarter_hour_edges_are_exact_on_both_write_paths() {
+    let db = TestDb::new().await.unwrap();
+    let t = db.tally();
+    let base = tally_tests::at("2026-11-14T18:00:00Z");
+    // Events at every 5 minutes and on the quarter boundaries (± 1 µs), through the
+    // fast path; then replays mixed with new events (the slow path).
+    let mut events = Vec::new();
+    let mut n = 0u128;
+    for minute in (0..120).step_by(5) {
+        for off_us in [-1i64, 0, 1] {
+            n += 1;
+            let at =
+                base + chrono::Duration::minutes(minute) + chrono::Duration::microseconds(off_us);
+            events.push(
+                use_at("edges", &format!("{n}"), at)
+                    .with_id(tally::EventId::from(uuid::Uuid::from_u128(n))),
+            );
+        }
+    }
+    let (first, second) = events.split_at(events.len() / 2);
+    t.write(first).await.unwrap();
+    t.write(&[first, second].concat()).await.unwrap();
+    assert_eq!(t.verify().await.unwrap().mismatches, 0);
+    // Every quarter-aligned range within the two hours, against a sum computed here.
+    for a in (0..=8).map(|q| base + chrono::Duration::minutes(15 * q)) {
+        for b in (0..=8).map(|q| base + chrono::Duration::minutes(15 * q)) {
+            if a >= b {
+                continue;
+            }
+            let range = tally::TimeRange::new(a, b).unwrap();
+            let expect: Decimal = events
+                .iter()
+                .filter(|e| range.contains(e.recorded_at))
+                .map(|e| e.quantity.value())
+                .sum();
+            let got = t
+                .alerts()
+                .usage(&cust("edges"), &Service::API, range)
+                .await
+                .unwrap();
+            assert_eq!(got, expect, "{a} .. {b}");
+        }
+    }
+}

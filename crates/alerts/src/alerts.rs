@@ -327,6 +327,19 @@ impl Alerts {
         Ok(keys.into_iter().map(|k| k.2).zip(usage).collect())
     }
 
+    /// `customer`'s committed usage of `service` over `range`, exactly, the way quota
+    /// periods are read.
+    pub async fn usage(
+        &self,
+        customer: &CustomerId,
+        service: &Service,
+        range: TimeRange,
+    ) -> Result<Decimal> {
+        let keys = [(customer.clone(), service.clone(), range)];
+        let usage = self.inner.store.period_usage(&keys).await?;
+        Ok(usage.first().copied().unwrap_or_default())
+    }
+
     // ----- checks -----
 
     fn thresholds(&self, quota: &Quota) -> Thresholds {

@@ -76,18 +76,35 @@ macro_rules! merge {
     };
 }
 
+// The hourly rollup also keeps the sums of its first 15, 30 and 45 minutes, so that a
+// range starting or ending on a quarter hour (local midnight in Asia/Kolkata, a
+// billing period's start) is exact from rollups; they add like the sum.
+macro_rules! merge_quarters {
+    () => {
+        "      , quantity_by_15 = r.quantity_by_15 + excluded.quantity_by_15,
+        quantity_by_30 = r.quantity_by_30 + excluded.quantity_by_30,
+        quantity_by_45 = r.quantity_by_45 + excluded.quantity_by_45
+"
+    };
+}
+
 // Bucket expressions: date_bin on a UTC origin is plain arithmetic, unlike
 // date_trunc(…, 'UTC'), which converts time zones row by row.
 macro_rules! rollup_upserts {
     () => {
         concat!(
         "hourly AS (
-    INSERT INTO usage_hourly AS r (customer_id, service, bucket, events, quantity, min_quantity, max_quantity)
-    SELECT customer_id, service, date_bin('1 hour', recorded_at, timestamptz '2000-01-01 00:00:00+00'),
-           count(*), sum(quantity), min(quantity), max(quantity)
-    FROM ins GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+    INSERT INTO usage_hourly AS r (customer_id, service, bucket, events, quantity, min_quantity, max_quantity,
+                                   quantity_by_15, quantity_by_30, quantity_by_45)
+    SELECT customer_id, service, b, count(*), sum(quantity), min(quantity), max(quantity),
+           coalesce(sum(quantity) FILTER (WHERE recorded_at < b + interval '15 minutes'), 0),
+           coalesce(sum(quantity) FILTER (WHERE recorded_at < b + interval '30 minutes'), 0),
+           coalesce(sum(quantity) FILTER (WHERE recorded_at < b + interval '45 minutes'), 0)
+    FROM (SELECT *, date_bin('1 hour', recorded_at, timestamptz '2000-01-01 00:00:00+00') AS b FROM ins) i
+    GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
     ",
         merge!("customer_id, service, bucket"),
+        merge_quarters!(),
         "
     RETURNING 1
 ), daily AS (
@@ -144,10 +161,13 @@ const INSERT_NEW_SQL: &str = concat!(
     SELECT event_id, customer_id, service, quantity, recorded_at, metadata FROM tally_stage
     RETURNING 1
 ), hourly AS (
-    INSERT INTO usage_hourly AS r (customer_id, service, bucket, events, quantity, min_quantity, max_quantity)
-    SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::int8[], $5::numeric[], $6::numeric[], $7::numeric[])
+    INSERT INTO usage_hourly AS r (customer_id, service, bucket, events, quantity, min_quantity, max_quantity,
+                                   quantity_by_15, quantity_by_30, quantity_by_45)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::int8[], $5::numeric[], $6::numeric[], $7::numeric[],
+                         $22::numeric[], $23::numeric[], $24::numeric[])
     ",
         merge!("customer_id, service, bucket"),
+        merge_quarters!(),
         "
     RETURNING 1
 ), daily AS (
@@ -504,6 +524,25 @@ fn add<'a>(
     }
 }
 
+/// Adds `q` at `t` to the hour's sums of its first 15, 30 and 45 minutes.
+fn add_quarters<'a>(
+    quarters: &mut BTreeMap<(&'a str, &'a str, DateTime<Utc>), [Decimal; 3]>,
+    key: (&'a str, &'a str, DateTime<Utc>),
+    t: DateTime<Utc>,
+    q: Decimal,
+) -> Result<()> {
+    let into_hour = t.timestamp().rem_euclid(3600);
+    let sums = quarters.entry(key).or_default();
+    for (sum, end) in sums.iter_mut().zip([900, 1800, 2700]) {
+        if into_hour < end {
+            *sum = sum
+                .checked_add(q)
+                .ok_or(tally_core::Error::Overflow { what: "a rollup" })?;
+        }
+    }
+    Ok(())
+}
+
 /// Start of the UTC hour / day holding `t` (what `date_bin` gives in SQL).
 fn utc_floor(t: DateTime<Utc>, seconds: i64) -> DateTime<Utc> {
     let s = t.timestamp().div_euclid(seconds) * seconds;
@@ -540,6 +579,7 @@ async fn insert_new(
         stored.insert((id, customer));
     }
     let mut hourly = Deltas::new();
+    let mut quarters: BTreeMap<(&str, &str, DateTime<Utc>), [Decimal; 3]> = BTreeMap::new();
     let mut daily = Deltas::new();
     let mut totals = Deltas::new();
     let mut total = Decimal::ZERO;
@@ -552,7 +592,9 @@ async fn insert_new(
         }
         let q = e.quantity.value();
         let (c, s) = (e.customer.as_str(), e.service.as_str());
-        add(&mut hourly, (c, s, utc_floor(e.recorded_at, 3600)), q)?;
+        let hour = utc_floor(e.recorded_at, 3600);
+        add(&mut hourly, (c, s, hour), q)?;
+        add_quarters(&mut quarters, (c, s, hour), e.recorded_at, q)?;
         add(&mut daily, (c, s, utc_floor(e.recorded_at, 86_400)), q)?;
         // All customers added up: the customer part of the key is empty.
         add(&mut totals, ("", s, utc_floor(e.recorded_at, 3600)), q)?;
@@ -560,6 +602,13 @@ async fn insert_new(
         new += 1;
     }
     let h = Columns::from(&hourly);
+    // Same keys, same order as `h`.
+    let [q15, q30, q45] = [0, 1, 2].map(|i| {
+        quarters
+            .values()
+            .map(|q| q.get(i).copied().unwrap_or_default())
+            .collect::<Vec<Decimal>>()
+    });
     let d = Columns::from(&daily);
     let t = Columns::from(&totals);
     let insert = client
@@ -591,6 +640,9 @@ async fn insert_new(
                 &t.min,
                 &t.max,
                 &lane.0,
+                &q15,
+                &q30,
+                &q45,
             ],
         )
         .await

@@ -78,6 +78,77 @@ pub struct Reached<'a> {
     pub levels: &'a [Level],
 }
 
+/// What a piece of a period is read from.
+#[derive(Clone, Copy)]
+enum Piece {
+    /// Whole UTC days: the daily rollup.
+    Days,
+    /// Whole UTC hours: the hourly rollup.
+    Hours,
+    /// Quarters `a..b` of one hour: the hourly rollup's partial sums.
+    Quarters(i16, i16),
+}
+
+/// Pieces of periods as query parameters.
+#[derive(Default)]
+struct Pieces<'a> {
+    idx: Vec<i32>,
+    customers: Vec<&'a str>,
+    services: Vec<&'a str>,
+    kinds: Vec<i16>,
+    lo: Vec<DateTime<Utc>>,
+    hi: Vec<DateTime<Utc>>,
+    qa: Vec<i16>,
+    qb: Vec<i16>,
+}
+
+impl<'a> Pieces<'a> {
+    fn push(
+        &mut self,
+        i: i32,
+        c: &'a CustomerId,
+        s: &'a Service,
+        piece: Piece,
+        lo: DateTime<Utc>,
+        hi: DateTime<Utc>,
+    ) {
+        let (kind, qa, qb) = match piece {
+            Piece::Days => (0, 0, 0),
+            Piece::Hours => (1, 0, 0),
+            Piece::Quarters(a, b) => (2, a, b),
+        };
+        self.idx.push(i);
+        self.customers.push(c.as_str());
+        self.services.push(s.as_str());
+        self.kinds.push(kind);
+        self.lo.push(lo);
+        self.hi.push(hi);
+        self.qa.push(qa);
+        self.qb.push(qb);
+    }
+}
+
+/// `r` (shorter than a day, off the hour) as parts of UTC hours, each `(hour, a, b)`:
+/// quarters `a` to `b` of `hour` (0–4). `None` unless both ends are on a quarter hour.
+fn quarters_of(r: TimeRange) -> Option<Vec<(DateTime<Utc>, i16, i16)>> {
+    let quarter = |t: DateTime<Utc>| {
+        (t.timestamp_subsec_nanos() == 0 && t.timestamp().rem_euclid(900) == 0)
+            .then(|| t.timestamp().div_euclid(900))
+    };
+    let (lo, hi) = (quarter(r.from())?, quarter(r.to())?);
+    let mut out = Vec::new();
+    let mut q = lo;
+    while q < hi {
+        let hour = q.div_euclid(4);
+        let end = hi.min((hour + 1) * 4);
+        let a = i16::try_from(q - hour * 4).ok()?;
+        let b = i16::try_from(end - hour * 4).ok()?;
+        out.push((DateTime::from_timestamp(hour * 3600, 0)?, a, b));
+        q = end;
+    }
+    Some(out)
+}
+
 const QUOTA_COLUMNS: &str =
     "k.customer_id, k.service, k.quota_limit, k.mode, k.from_plan, c.plan, c.anchor_day, c.zone,
      p.warning_pct, p.critical_pct, p.exceeded_pct";
@@ -361,68 +432,113 @@ impl Store {
         row.as_ref().map(quota_of).transpose()
     }
 
-    /// The total quantity of each `(customer, service, range)`, exactly, in one round
-    /// trip: whole UTC days and hours from the rollups, sub-hour edges from raw events.
+    /// The total quantity of each `(customer, service, range)`, exactly, all keys in one
+    /// statement by primary key: whole UTC days from the daily rollup, whole UTC hours
+    /// from the hourly rollup, and edges on a quarter hour (a period starting at local
+    /// midnight in Asia/Kolkata starts at 18:30 UTC) from the hourly rollup's sums of
+    /// its first 15, 30 and 45 minutes. Only an edge off the quarter hour (historic
+    /// local-mean-time offsets) reads raw events, one scan per edge.
     pub async fn period_usage(
         &self,
         keys: &[(CustomerId, Service, TimeRange)],
     ) -> Result<Vec<Decimal>> {
-        let (mut idx, mut customers, mut services, mut kinds, mut lo, mut hi) =
-            (vec![], vec![], vec![], vec![], vec![], vec![]);
+        const CTX: &str = "reading period usage";
+        let mut p = Pieces::default();
+        let mut edges = Vec::new();
         for (i, (c, s, range)) in keys.iter().enumerate() {
             let split = range.utc_split();
-            let pieces = split
-                .days
-                .iter()
-                .map(|r| (0i16, r))
-                .chain(split.hours.iter().map(|r| (1, r)))
-                .chain(split.raw.iter().map(|r| (2, r)));
-            for (kind, r) in pieces {
-                idx.push(i32::try_from(i).map_err(|_| {
-                    Error::invalid("keys", keys.len().to_string(), "too many at once")
-                })?);
-                customers.push(c.as_str());
-                services.push(s.as_str());
-                kinds.push(kind);
-                lo.push(r.from());
-                hi.push(r.to());
+            let i = i32::try_from(i)
+                .map_err(|_| Error::invalid("keys", keys.len().to_string(), "too many at once"))?;
+            for r in split.days.iter() {
+                p.push(i, c, s, Piece::Days, r.from(), r.to());
+            }
+            for r in &split.hours {
+                p.push(i, c, s, Piece::Hours, r.from(), r.to());
+            }
+            for r in &split.raw {
+                match quarters_of(*r) {
+                    Some(parts) => {
+                        for (hour, a, b) in parts {
+                            p.push(i, c, s, Piece::Quarters(a, b), hour, hour);
+                        }
+                    }
+                    None => edges.push((i, c, s, *r)),
+                }
             }
         }
-        let client = self.client("reading period usage").await?;
-        // The kind tests are one-time filters: each piece reads one source only.
-        let stmt = client
-            .prepare_cached(
-                "SELECT p.i, sum(x.q)
-                 FROM unnest($1::int4[], $2::text[], $3::text[], $4::int2[], $5::timestamptz[], $6::timestamptz[])
-                      AS p(i, customer_id, service, kind, lo, hi)
-                 CROSS JOIN LATERAL (
-                     SELECT sum(d.quantity) AS q FROM usage_daily d
-                     WHERE p.kind = 0 AND d.customer_id = p.customer_id AND d.service = p.service
-                       AND d.bucket >= p.lo AND d.bucket < p.hi
-                     UNION ALL
-                     SELECT sum(h.quantity) FROM usage_hourly h
-                     WHERE p.kind = 1 AND h.customer_id = p.customer_id AND h.service = p.service
-                       AND h.bucket >= p.lo AND h.bucket < p.hi
-                     UNION ALL
-                     SELECT sum(e.quantity) FROM usage_events e
-                     WHERE p.kind = 2 AND e.customer_id = p.customer_id AND e.service = p.service
-                       AND e.recorded_at >= p.lo AND e.recorded_at < p.hi
-                 ) x
-                 GROUP BY p.i",
-            )
-            .await
-            .map_err(Error::db("preparing a period usage read"))?;
-        let params: [&(dyn ToSql + Sync); 6] = [&idx, &customers, &services, &kinds, &lo, &hi];
-        let rows = client
-            .query(&stmt, &params)
-            .await
-            .map_err(Error::db("reading period usage"))?;
+        let client = self.client(CTX).await?;
         let mut out = vec![Decimal::ZERO; keys.len()];
-        for row in &rows {
-            let i: i32 = get(row, 0, "reading period usage")?;
-            let q = numeric_opt(row, 1, "reading period usage")?.unwrap_or_default();
+        let mut add = |i: i32, q: Decimal| -> Result<()> {
             if let Some(slot) = usize::try_from(i).ok().and_then(|i| out.get_mut(i)) {
-                *slot = q;
+                *slot = slot.checked_add(q).ok_or(tally_core::Error::Overflow {
+                    what: "period usage",
+                })?;
+            }
+            Ok(())
+        };
+        if !p.idx.is_empty() {
+            // The kind tests are one-time filters: each piece reads one rollup only.
+            // Quarter pieces take a part of one hour: its sum up to quarter `b` minus
+            // its sum up to quarter `a` (0 = nothing, 4 = the whole hour).
+            let stmt = client
+                .prepare_cached(
+                    "SELECT p.i, sum(x.q)
+                     FROM unnest($1::int4[], $2::text[], $3::text[], $4::int2[], $5::timestamptz[], $6::timestamptz[],
+                                 $7::int2[], $8::int2[])
+                          AS p(i, customer_id, service, kind, lo, hi, qa, qb)
+                     CROSS JOIN LATERAL (
+                         SELECT sum(d.quantity) AS q FROM usage_daily d
+                         WHERE p.kind = 0 AND d.customer_id = p.customer_id AND d.service = p.service
+                           AND d.bucket >= p.lo AND d.bucket < p.hi
+                         UNION ALL
+                         SELECT sum(h.quantity) FROM usage_hourly h
+                         WHERE p.kind = 1 AND h.customer_id = p.customer_id AND h.service = p.service
+                           AND h.bucket >= p.lo AND h.bucket < p.hi
+                         UNION ALL
+                         SELECT sum(CASE p.qb WHEN 1 THEN h.quantity_by_15 WHEN 2 THEN h.quantity_by_30
+                                              WHEN 3 THEN h.quantity_by_45 ELSE h.quantity END
+                                  - CASE p.qa WHEN 1 THEN h.quantity_by_15 WHEN 2 THEN h.quantity_by_30
+                                              WHEN 3 THEN h.quantity_by_45 ELSE 0 END)
+                         FROM usage_hourly h
+                         WHERE p.kind = 2 AND h.customer_id = p.customer_id AND h.service = p.service
+                           AND h.bucket = p.lo
+                     ) x
+                     GROUP BY p.i",
+                )
+                .await
+                .map_err(Error::db("preparing a period usage read"))?;
+            let params: [&(dyn ToSql + Sync); 8] = [
+                &p.idx,
+                &p.customers,
+                &p.services,
+                &p.kinds,
+                &p.lo,
+                &p.hi,
+                &p.qa,
+                &p.qb,
+            ];
+            for row in client.query(&stmt, &params).await.map_err(Error::db(CTX))? {
+                add(
+                    get(&row, 0, CTX)?,
+                    numeric_opt(&row, 1, CTX)?.unwrap_or_default(),
+                )?;
+            }
+        }
+        if !edges.is_empty() {
+            let stmt = client
+                .prepare_cached(
+                    "SELECT sum(quantity) FROM usage_events
+                     WHERE recorded_at >= $3 AND recorded_at < $4 AND customer_id = $1 AND service = $2",
+                )
+                .await
+                .map_err(Error::db("preparing a period usage read"))?;
+            // Not on a quarter hour (historic local-mean-time offsets): raw events.
+            for (i, c, s, r) in edges {
+                let row = client
+                    .query_one(&stmt, &[&c.as_str(), &s.as_str(), &r.from(), &r.to()])
+                    .await
+                    .map_err(Error::db(CTX))?;
+                add(i, numeric_opt(&row, 0, CTX)?.unwrap_or_default())?;
             }
         }
         Ok(out)
@@ -599,5 +715,38 @@ impl Drop for DeliveryClaim {
         if let Some(client) = self.client.take() {
             drop(deadpool_postgres::Object::take(client));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn quarter_edges_become_parts_of_hours() {
+        let r = |a, b| TimeRange::new(t(a), t(b)).unwrap();
+        assert_eq!(
+            quarters_of(r("2026-11-14T18:30:00Z", "2026-11-14T19:00:00Z")),
+            Some(vec![(t("2026-11-14T18:00:00Z"), 2, 4)])
+        );
+        assert_eq!(
+            quarters_of(r("2026-11-14T10:45:00Z", "2026-11-14T11:15:00Z")),
+            Some(vec![
+                (t("2026-11-14T10:00:00Z"), 3, 4),
+                (t("2026-11-14T11:00:00Z"), 0, 1)
+            ])
+        );
+        assert_eq!(
+            quarters_of(r("2026-11-14T10:45:00Z", "2026-11-14T10:50:00Z")),
+            None
+        );
+        assert_eq!(
+            quarters_of(r("2026-11-14T10:45:00.000001Z", "2026-11-14T11:00:00Z")),
+            None
+        );
     }
 }

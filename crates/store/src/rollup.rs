@@ -13,6 +13,8 @@ pub(crate) struct Rollup {
     pub(crate) key: &'static str,
     /// Bucket width, as a `date_bin` interval on the UTC origin.
     pub(crate) width: &'static str,
+    /// Whether rows also hold the sums of their first 15, 30 and 45 minutes.
+    pub(crate) quarters: bool,
 }
 
 /// UTC origin of every bucket: `date_bin` on it is plain arithmetic.
@@ -25,16 +27,19 @@ pub(crate) const ROLLUPS: [Rollup; 3] = [
         table: "usage_hourly",
         key: "customer_id, service",
         width: "1 hour",
+        quarters: true,
     },
     Rollup {
         table: "usage_daily",
         key: "customer_id, service",
         width: "1 day",
+        quarters: false,
     },
     Rollup {
         table: "usage_hourly_total",
         key: "service",
         width: "1 hour",
+        quarters: false,
     },
 ];
 
@@ -43,19 +48,38 @@ impl Rollup {
     /// either side included). Table, key and width come from [`ROLLUPS`], never from
     /// input.
     pub(crate) fn verify_sql(&self) -> String {
-        let Rollup { table, key, width } = self;
+        let Rollup {
+            table,
+            key,
+            width,
+            quarters,
+        } = self;
+        let (raw_q, r_q, differ_q) = if *quarters {
+            (
+                ", coalesce(sum(quantity) FILTER (WHERE recorded_at < b + interval '15 minutes'), 0) AS q15
+                 , coalesce(sum(quantity) FILTER (WHERE recorded_at < b + interval '30 minutes'), 0) AS q30
+                 , coalesce(sum(quantity) FILTER (WHERE recorded_at < b + interval '45 minutes'), 0) AS q45",
+                ", sum(quantity_by_15) AS q15, sum(quantity_by_30) AS q30, sum(quantity_by_45) AS q45",
+                " OR raw.q15 IS DISTINCT FROM r.q15 OR raw.q30 IS DISTINCT FROM r.q30
+                  OR raw.q45 IS DISTINCT FROM r.q45",
+            )
+        } else {
+            ("", "", "")
+        };
         format!(
             "WITH raw AS (
-                SELECT {key}, date_bin('{width}', recorded_at, {ORIGIN}) AS bucket,
+                SELECT {key}, b AS bucket,
                        count(*) AS events, sum(quantity) AS quantity, min(quantity) AS lo, max(quantity) AS hi
-                FROM usage_events GROUP BY {key}, bucket)
+                       {raw_q}
+                FROM (SELECT *, date_bin('{width}', recorded_at, {ORIGIN}) AS b FROM usage_events) e
+                GROUP BY {key}, b)
              , r AS (
                 SELECT {key}, bucket, sum(events) AS events, sum(quantity) AS quantity,
-                       min(min_quantity) AS lo, max(max_quantity) AS hi
+                       min(min_quantity) AS lo, max(max_quantity) AS hi {r_q}
                 FROM {table} GROUP BY {key}, bucket)
              SELECT count(*) FROM raw FULL JOIN r USING ({key}, bucket)
              WHERE raw.events IS DISTINCT FROM r.events OR raw.quantity IS DISTINCT FROM r.quantity
-                OR raw.lo IS DISTINCT FROM r.lo OR raw.hi IS DISTINCT FROM r.hi"
+                OR raw.lo IS DISTINCT FROM r.lo OR raw.hi IS DISTINCT FROM r.hi{differ_q}"
         )
     }
 }
