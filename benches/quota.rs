@@ -23,7 +23,7 @@ fn percentiles(mut d: Vec<Duration>) -> (f64, f64) {
     d.sort();
     let at = |p: f64| {
         let i = ((d.len() as f64 - 1.0) * p).round() as usize;
-        d[i].as_secs_f64() * 1e3
+        d[i].as_secs_f64() * 1e6
     };
     (at(0.50), at(0.99))
 }
@@ -117,7 +117,7 @@ fn quota(c: &mut Criterion) {
         percentiles(d)
     });
     println!(
-        "{{\"case\":\"select_1_baseline\",\"p50_ms\":{:.3},\"p99_ms\":{:.3}}}",
+        "{{\"case\":\"select_1_baseline\",\"p50_us\":{:.1},\"p99_us\":{:.1}}}",
         base.0, base.1
     );
     for (name, t, cust) in cases {
@@ -131,7 +131,7 @@ fn quota(c: &mut Criterion) {
             percentiles(d)
         });
         println!(
-            "{{\"case\":\"{name}\",\"p50_ms\":{p50:.3},\"p99_ms\":{p99:.3},\"p50_vs_select_1\":{:.2},\"p99_vs_select_1\":{:.2}}}",
+            "{{\"case\":\"{name}\",\"p50_us\":{p50:.1},\"p99_us\":{p99:.1},\"p50_vs_select_1\":{:.3},\"p99_vs_select_1\":{:.3}}}",
             p50 / base.0,
             p99 / base.1
         );

@@ -88,6 +88,9 @@ impl AlertConfig {
 
 type Key = (CustomerId, Service);
 
+// Past this many cached keys, expired entries are dropped before adding one.
+const CACHE_KEYS: usize = 100_000;
+
 /// What a quota check read for one key.
 struct Cached {
     quota: Option<Quota>,
@@ -417,7 +420,12 @@ impl Alerts {
             None => Decision::Allow,
         };
         if !self.inner.config.cache_ttl.is_zero() {
-            lock(&self.inner.cache).insert(
+            let mut cache = lock(&self.inner.cache);
+            if cache.len() >= CACHE_KEYS {
+                let ttl = self.inner.config.cache_ttl;
+                cache.retain(|_, c| c.read_at.elapsed() < ttl);
+            }
+            cache.insert(
                 key,
                 Cached {
                     quota,
@@ -460,10 +468,9 @@ impl Alerts {
             return Ok(Vec::new());
         }
         let mut quotas = Vec::new();
-        for (customer, service) in keys {
-            if let Some(q) = self.inner.store.quota(customer, service).await? {
-                quotas.push(q);
-            }
+        // Bounded statements however many keys a commit touched.
+        for chunk in keys.chunks(1000) {
+            quotas.extend(self.inner.store.quotas_for(chunk).await?);
         }
         self.evaluate_quotas(quotas, now).await
     }

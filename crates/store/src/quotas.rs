@@ -432,6 +432,41 @@ impl Store {
         row.as_ref().map(quota_of).transpose()
     }
 
+    /// The quotas in force for each of `keys` that has one, in one statement (what an
+    /// evaluation after a commit reads for the keys the batch touched).
+    pub async fn quotas_for(&self, keys: &[(CustomerId, Service)]) -> Result<Vec<Quota>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let customers: Vec<&str> = keys.iter().map(|(c, _)| c.as_str()).collect();
+        let services: Vec<&str> = keys.iter().map(|(_, s)| s.as_str()).collect();
+        let client = self.client("reading quotas").await?;
+        let sql = format!(
+            "SELECT {QUOTA_COLUMNS}
+             FROM unnest($1::text[], $2::text[]) AS me(customer_id, service)
+             LEFT JOIN tally_customers c ON c.customer_id = me.customer_id
+             LEFT JOIN tally_plans p ON p.plan = c.plan
+             CROSS JOIN LATERAL (
+                 SELECT * FROM (
+                     SELECT me.customer_id, q.service, q.quota_limit, q.mode, false AS from_plan, 0 AS pri
+                     FROM tally_quotas q WHERE q.customer_id = me.customer_id AND q.service = me.service
+                     UNION ALL
+                     SELECT me.customer_id, l.service, l.quota_limit, p.mode, true, 1
+                     FROM tally_plan_limits l WHERE l.plan = c.plan AND l.service = me.service
+                 ) u ORDER BY pri LIMIT 1
+             ) k"
+        );
+        let stmt = client
+            .prepare_cached(&sql)
+            .await
+            .map_err(Error::db("preparing a quota lookup"))?;
+        let rows = client
+            .query(&stmt, &[&customers, &services])
+            .await
+            .map_err(Error::db("reading quotas"))?;
+        rows.iter().map(quota_of).collect()
+    }
+
     /// The total quantity of each `(customer, service, range)`, exactly, all keys in one
     /// statement by primary key: whole UTC days from the daily rollup, whole UTC hours
     /// from the hourly rollup, and edges on a quarter hour (a period starting at local
