@@ -80,7 +80,7 @@ CREATE TABLE tally_quotas (
 -- Alerts: one row per level reached, at most once per customer, service and period
 -- (the unique key makes concurrent evaluators agree). `notify` marks the row an
 -- evaluation announces (its highest new level); the others are history only.
-CREATE TABLE tally_alerts (
+CREATE TABLE usage_alerts (
     alert_id      bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     customer_id   text COLLATE "C" NOT NULL,
     service       text COLLATE "C" NOT NULL,
@@ -93,11 +93,11 @@ CREATE TABLE tally_alerts (
     triggered_at  timestamptz NOT NULL DEFAULT now(),
     UNIQUE (customer_id, service, period_start, level)
 );
-CREATE INDEX tally_alerts_triggered_at ON tally_alerts (triggered_at);
+CREATE INDEX usage_alerts_triggered_at ON usage_alerts (triggered_at);
 
 -- The outbox's other half: which sink has acknowledged which alert.
-CREATE TABLE tally_alert_deliveries (
-    alert_id      bigint NOT NULL REFERENCES tally_alerts ON DELETE CASCADE,
+CREATE TABLE usage_alert_deliveries (
+    alert_id      bigint NOT NULL REFERENCES usage_alerts ON DELETE CASCADE,
     sink          text NOT NULL,
     delivered_at  timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (sink, alert_id)

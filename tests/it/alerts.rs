@@ -633,7 +633,7 @@ async fn history_covers_the_whole_window_newest_first_and_filters() {
     let client = db.client().await.unwrap();
     client
         .execute(
-            "UPDATE tally_alerts SET triggered_at = triggered_at - interval '5 days' WHERE customer_id = 'h1'",
+            "UPDATE usage_alerts SET triggered_at = triggered_at - interval '5 days' WHERE customer_id = 'h1'",
             &[],
         )
         .await

@@ -5,17 +5,25 @@
 
 use std::path::{Path, PathBuf};
 
-const TABLES: &[&str] = &[
-    "usage_events",
-    "usage_event_keys",
-    "usage_hourly",
-    "usage_daily",
-    "usage_hourly_total",
-    "usage_dead_letters",
-    "tally_meters",
-    "tally_migrations",
-    "tally_stage",
-];
+/// Every table the migrations create, plus the write path's temporary staging table.
+fn tables() -> Vec<String> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations");
+    let mut out = vec!["tally_stage".to_owned(), "tally_migrations".to_owned()];
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let sql = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        for part in sql.split("CREATE TABLE ").skip(1) {
+            let name: String = part
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            // `CREATE TABLE %I` in a function makes partitions (named usage_events_…).
+            if !name.is_empty() {
+                out.push(name);
+            }
+        }
+    }
+    out
+}
 
 const SQL: &[&str] = &[
     "SELECT ",
@@ -52,6 +60,8 @@ fn has_word(text: &str, word: &str) -> bool {
 #[test]
 fn only_the_store_speaks_sql_or_names_a_table() {
     let crates = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crates");
+    let tables = tables();
+    assert!(tables.len() >= 14, "{tables:?}");
     let mut found = Vec::new();
     let mut checked = 0;
     for entry in std::fs::read_dir(&crates).unwrap() {
@@ -65,7 +75,7 @@ fn only_the_store_speaks_sql_or_names_a_table() {
         for file in files {
             checked += 1;
             let text = std::fs::read_to_string(&file).unwrap();
-            for t in TABLES {
+            for t in &tables {
                 if has_word(&text, t) {
                     found.push(format!("{} names table {t}", file.display()));
                 }

@@ -602,7 +602,7 @@ async fn refused_input_exits_with_its_code_names_the_problem_and_writes_nothing(
     );
     assert_eq!(events(&db), 0, "a refused input wrote something");
     let client = db.client().await.unwrap();
-    for table in ["tally_quotas", "tally_customers", "tally_alerts"] {
+    for table in ["tally_quotas", "tally_customers", "usage_alerts"] {
         let n: i64 = client
             .query_one(&format!("SELECT count(*) FROM {table}"), &[])
             .await

@@ -589,7 +589,7 @@ impl Store {
         let levels: Vec<&str> = reached.levels.iter().map(|l| l.as_str()).collect();
         let client = self.client("recording alerts").await?;
         let sql = format!(
-            "INSERT INTO tally_alerts (customer_id, service, level, period_start, period_end, usage, quota_limit, notify)
+            "INSERT INTO usage_alerts (customer_id, service, level, period_start, period_end, usage, quota_limit, notify)
              SELECT $1, $2, l, $3, $4, $5, $6, l = $8 FROM unnest($7::text[]) AS l
              ON CONFLICT (customer_id, service, period_start, level) DO NOTHING
              RETURNING {ALERT_COLUMNS}"
@@ -619,7 +619,7 @@ impl Store {
     pub async fn alerts(&self, filter: &AlertFilter) -> Result<Vec<Alert>> {
         let client = self.client("reading alerts").await?;
         let sql = format!(
-            "SELECT {ALERT_COLUMNS} FROM tally_alerts
+            "SELECT {ALERT_COLUMNS} FROM usage_alerts
              WHERE ($1::timestamptz IS NULL OR triggered_at >= $1)
                AND ($2::text IS NULL OR customer_id = $2)
                AND ($3::text IS NULL OR service = $3)
@@ -669,9 +669,9 @@ impl Store {
             return Ok(None);
         }
         let sql = format!(
-            "SELECT {ALERT_COLUMNS} FROM tally_alerts a
+            "SELECT {ALERT_COLUMNS} FROM usage_alerts a
              WHERE a.notify AND NOT EXISTS (
-                 SELECT 1 FROM tally_alert_deliveries d WHERE d.sink = $1 AND d.alert_id = a.alert_id)
+                 SELECT 1 FROM usage_alert_deliveries d WHERE d.sink = $1 AND d.alert_id = a.alert_id)
              ORDER BY a.alert_id LIMIT 1"
         );
         let row = c.query_opt(&sql, &[&sink]).await.map_err(Error::db(CTX))?;
@@ -725,7 +725,7 @@ impl DeliveryClaim {
         let client = self.client.take().ok_or_else(Error::closed)?;
         client
             .execute(
-                "INSERT INTO tally_alert_deliveries (alert_id, sink) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                "INSERT INTO usage_alert_deliveries (alert_id, sink) VALUES ($1, $2) ON CONFLICT DO NOTHING",
                 &[&self.alert_id, &self.sink],
             )
             .await
