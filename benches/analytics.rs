@@ -7,11 +7,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use criterion::{Criterion, criterion_group, criterion_main};
-use tally::{
-    CustomerId, Granularity, RecorderConfig, Service, Tally, TimeRange, Zone, report::Over,
-};
-use tally_benches::{Shape, generate, test_mode};
-use tally_testdb::TestDb;
+use tally::{CustomerId, Granularity, Service, Tally, TimeRange, Zone, report::Over};
+use tally_benches::bench_database;
 
 fn analytics(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -19,26 +16,8 @@ fn analytics(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let (_db, url, a) = rt.block_on(async {
-        match std::env::var("TALLY_BENCH_URL") {
-            Ok(url) => (None, url.clone(), Tally::connect(&url).unwrap()),
-            Err(_) => {
-                let db = TestDb::new()
-                    .await
-                    .expect("the analytics bench needs PostgreSQL");
-                let n = if test_mode() { 2_000 } else { 200_000 };
-                let rec = db
-                    .tally()
-                    .recorder(RecorderConfig::default().batch_size(50_000));
-                rec.record_many(generate(n, Shape::Backfill, Utc::now(), 7))
-                    .await
-                    .unwrap();
-                rec.close().await.unwrap();
-                let (url, tally) = (db.url().to_owned(), db.tally().clone());
-                (Some(db), url, tally)
-            }
-        }
-    });
+    let (_db, url) = rt.block_on(bench_database("analytics"));
+    let a = Tally::connect(&url).unwrap();
     // The month: the 30 whole UTC days ending with the last day that has data.
     let end: DateTime<Utc> = rt.block_on(async {
         let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)

@@ -133,3 +133,26 @@ pub fn duplicates(events: &[UsageEvent]) -> usize {
 pub fn test_mode() -> bool {
     std::env::args().any(|a| a == "--test") || !std::env::args().any(|a| a == "--bench")
 }
+
+/// The database a read bench runs on: `TALLY_BENCH_URL` when set (filled by `tally-load
+/// --keep`), else a fresh test database with a backfill of its own (200 000 events;
+/// 2 000 in test mode), so the bench always runs. Keep the `TestDb` alive while the
+/// bench runs: dropping it drops the database.
+pub async fn bench_database(bench: &str) -> (Option<tally_testdb::TestDb>, String) {
+    if let Ok(url) = std::env::var("TALLY_BENCH_URL") {
+        return (None, url);
+    }
+    let db = tally_testdb::TestDb::new()
+        .await
+        .unwrap_or_else(|e| panic!("the {bench} bench needs PostgreSQL: {e}"));
+    let n = if test_mode() { 2_000 } else { 200_000 };
+    let rec = db
+        .tally()
+        .recorder(tally::RecorderConfig::default().batch_size(50_000));
+    rec.record_many(generate(n, Shape::Backfill, Utc::now(), 7))
+        .await
+        .unwrap();
+    rec.close().await.unwrap();
+    let url = db.url().to_owned();
+    (Some(db), url)
+}

@@ -9,14 +9,12 @@
 
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
 use criterion::{Criterion, criterion_group, criterion_main};
 use tally::{
-    CustomerId, Quantity, RecorderConfig, Service, Tally,
+    CustomerId, Quantity, Service, Tally,
     alerts::{AlertConfig, AnchorDay, BillingCycle},
 };
-use tally_benches::{Shape, generate, test_mode};
-use tally_testdb::TestDb;
+use tally_benches::{bench_database, test_mode};
 use tokio_postgres::NoTls;
 
 fn percentiles(mut d: Vec<Duration>) -> (f64, f64) {
@@ -34,26 +32,7 @@ fn quota(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let (_db, url) = rt.block_on(async {
-        match std::env::var("TALLY_BENCH_URL") {
-            Ok(url) => (None, url),
-            Err(_) => {
-                let db = TestDb::new()
-                    .await
-                    .expect("the quota bench needs PostgreSQL");
-                let n = if test_mode() { 2_000 } else { 200_000 };
-                let rec = db
-                    .tally()
-                    .recorder(RecorderConfig::default().batch_size(50_000));
-                rec.record_many(generate(n, Shape::Backfill, Utc::now(), 7))
-                    .await
-                    .unwrap();
-                rec.close().await.unwrap();
-                let url = db.url().to_owned();
-                (Some(db), url)
-            }
-        }
-    });
+    let (_db, url) = rt.block_on(bench_database("quota"));
     let cached = Tally::connect(&url).unwrap();
     let uncached = Tally::connect(&url)
         .unwrap()

@@ -473,17 +473,21 @@ struct Fired {
     fired: Vec<Alert>,
 }
 
+/// Columns of an alert; `alerts check` shows all but the last.
+const ALERT_HEADER: [&str; 8] = [
+    "customer_id",
+    "service",
+    "level",
+    "usage",
+    "limit",
+    "percent",
+    "period_start",
+    "triggered_at",
+];
+
 impl Tabular for Fired {
     fn header(&self) -> &'static [&'static str] {
-        &[
-            "customer_id",
-            "service",
-            "level",
-            "usage",
-            "limit",
-            "percent",
-            "period_start",
-        ]
+        ALERT_HEADER.split_last().map_or(&[], |(_, rest)| rest)
     }
 
     fn rows(&self, _table: bool) -> Vec<Vec<String>> {
@@ -498,16 +502,7 @@ struct Listed {
 
 impl Tabular for Listed {
     fn header(&self) -> &'static [&'static str] {
-        &[
-            "customer_id",
-            "service",
-            "level",
-            "usage",
-            "limit",
-            "percent",
-            "period_start",
-            "triggered_at",
-        ]
+        &ALERT_HEADER
     }
 
     fn rows(&self, _table: bool) -> Vec<Vec<String>> {
