@@ -12,6 +12,7 @@
 use std::{io::IsTerminal, path::PathBuf, process::ExitCode, sync::Arc};
 
 mod compact;
+mod files;
 mod output;
 mod quotas;
 mod reads;
@@ -70,6 +71,8 @@ enum Command {
     Peaks(reads::PeaksArgs),
     /// An invoice preview for a billing period.
     Invoice(reads::InvoiceArgs),
+    /// Export raw usage as CSV, JSON or XLSX.
+    Export(files::ExportArgs),
     /// Plans: named sets of limits.
     #[command(subcommand)]
     Plan(quotas::PlanCommand),
@@ -388,6 +391,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Trends(a) => reads::trends(cli.database_url, a).await?,
         Command::Peaks(a) => reads::peaks(cli.database_url, a).await?,
         Command::Invoice(a) => reads::invoice(cli.database_url, a).await?,
+        Command::Export(a) => files::export(cli.database_url, a).await?,
         Command::Plan(c) => quotas::plan(cli.database_url, c).await?,
         Command::Quota(c) => quotas::quota(cli.database_url, c).await?,
         Command::Alerts(c) => quotas::alerts(cli.database_url, c).await?,

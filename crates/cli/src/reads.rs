@@ -124,19 +124,21 @@ pub(crate) struct InvoiceArgs {
 }
 
 async fn setup(url: Option<String>, common: &Common) -> Result<Tally, Failure> {
-    let prices = match &common.prices {
-        None => PriceBook::default(),
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| Failure::Usage(format!("invalid --prices {path:?}: {e}")))?;
-            let book: PriceBook = serde_json::from_str(&text)
-                .map_err(|e| Failure::Usage(format!("invalid --prices {path:?}: {e}")))?;
-            book.validate()
-                .map_err(|e| Failure::Usage(format!("invalid --prices {path:?}: {e}")))?;
-            book
-        }
-    };
+    let prices = price_book(common.prices.as_deref())?.unwrap_or_default();
     Ok(tally_for(url)?.with_prices(prices))
+}
+
+/// The price book of `--prices FILE`, validated; `None` without the flag.
+pub(crate) fn price_book(path: Option<&str>) -> Result<Option<PriceBook>, Failure> {
+    let Some(path) = path else {
+        return Ok(None);
+    };
+    let bad_file =
+        |e: &dyn std::fmt::Display| Failure::Usage(format!("invalid --prices {path:?}: {e}"));
+    let text = std::fs::read_to_string(path).map_err(|e| bad_file(&e))?;
+    let book: PriceBook = serde_json::from_str(&text).map_err(|e| bad_file(&e))?;
+    book.validate().map_err(|e| bad_file(&e))?;
+    Ok(Some(book))
 }
 
 async fn service(tally: &Tally, name: &str) -> Result<Service, Failure> {

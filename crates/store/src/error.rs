@@ -264,6 +264,14 @@ impl From<tally_core::Error> for Error {
     }
 }
 
+/// A file or stream failure of a layer above the store (an export's output file):
+/// kind [`ErrorKind::Io`]. The layer puts what it was doing into the message.
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Error {
+        Error::io("file I/O", e)
+    }
+}
+
 impl fmt::Debug for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(&self.0, f)

@@ -35,6 +35,7 @@
 )]
 
 mod error;
+mod export;
 mod import;
 mod ingest;
 mod local;
@@ -49,6 +50,7 @@ mod rollup;
 mod store;
 
 pub use error::{Error, ErrorKind, Result};
+pub use export::{EventFilter, StoredEvent};
 pub use import::{
     ImportFormat, ImportOptions, ImportReport, LineError, MAX_LINE_BYTES, Progress, parse_file,
 };

@@ -6,7 +6,8 @@
 //! peaks and invoices, checks quotas and fires and delivers alerts. Every call returns
 //! the one error type, [`Error`]. The crate only re-exports and delegates: the logic
 //! lives in `tally-core` (domain, pricing), `tally-store` (PostgreSQL),
-//! `tally-analytics` (reads) and `tally-alerts` (quotas and alerts).
+//! `tally-analytics` (reads), `tally-alerts` (quotas and alerts) and `tally-export`
+//! (files).
 //!
 //! ```no_run
 //! use tally::{CustomerId, RecorderConfig, Service, Tally, TimeRange, Zone, track};
@@ -37,7 +38,7 @@
 //!
 //! Names that would collide or that only some programs need are grouped:
 //! [`pricing`] (price books), [`report`] (read results), [`import`] (file import),
-//! [`alerts`] (quotas, plans, alerts and sinks).
+//! [`alerts`] (quotas, plans, alerts and sinks), [`export`] (CSV, JSON, XLSX).
 
 #![cfg_attr(
     not(test),
@@ -87,6 +88,15 @@ pub mod alerts {
         QuotaSource, percent_of,
     };
     pub use tally_store::AlertFilter;
+}
+
+/// Exports of raw usage as CSV, JSON or XLSX.
+pub mod export {
+    pub use tally_export::{
+        COLUMNS, ExportFormat, ExportReport, Exporter, Progress, ServiceTotal, XLSX_MAX_ROWS,
+        create_output, default_file_name,
+    };
+    pub use tally_store::{EventFilter, StoredEvent};
 }
 
 /// Bulk import of CSV and NDJSON files.
@@ -143,6 +153,23 @@ impl Tally {
     pub fn with_alert_config(mut self, config: AlertConfig) -> Tally {
         self.alerts = Alerts::new(self.store.clone(), config);
         self
+    }
+
+    /// An exporter over this database, pricing rows with [`Tally::prices`].
+    pub fn exporter(&self) -> export::Exporter {
+        export::Exporter::new(self.store.clone(), self.analytics.clone())
+    }
+
+    /// Writes the raw events matching `filter` to `out` as CSV, JSON or XLSX,
+    /// streaming; see [`export::Exporter::export`].
+    pub async fn export(
+        &self,
+        format: export::ExportFormat,
+        filter: export::EventFilter,
+        out: Box<dyn std::io::Write + Send>,
+        progress: Option<export::Progress>,
+    ) -> Result<export::ExportReport> {
+        self.exporter().export(format, filter, out, progress).await
     }
 
     /// Quotas, plans, alert history and delivery.

@@ -1,0 +1,682 @@
+//! The three writers and what they share: rows priced as they stream, totals per
+//! service and per day, and a summary priced by the analytics crate at the end.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    fmt,
+    io::Write,
+    path::{Path, PathBuf},
+    str::FromStr,
+    sync::Arc,
+};
+
+use chrono::{DateTime, NaiveDate, Utc};
+use rust_decimal::{Decimal, prelude::ToPrimitive};
+use rust_xlsxwriter::{Chart, ChartType, Format, Workbook, XlsxError};
+use serde::Serialize;
+use tally_analytics::Analytics;
+use tally_core::{Catalog, CustomerId, PriceBook, Service, TimeRange, serde_fmt};
+use tally_store::{EventFilter, Result, StoredEvent};
+
+/// Rows per Excel sheet: the format's 1 048 576 less the header row.
+pub const XLSX_MAX_ROWS: u32 = 1_048_575;
+
+/// The columns of the CSV and of the XLSX "Usage" sheets, in order.
+pub const COLUMNS: [&str; 9] = [
+    "recorded_at",
+    "customer_id",
+    "service",
+    "quantity",
+    "unit",
+    "unit_price",
+    "cost",
+    "metadata",
+    "event_id",
+];
+
+/// Called with the number of rows written so far.
+pub type Progress = Arc<dyn Fn(u64) + Send + Sync>;
+
+/// An export's file format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ExportFormat {
+    /// RFC 4180 CSV with one header row.
+    Csv,
+    /// One JSON document: records, then a summary.
+    Json,
+    /// An Excel workbook: usage sheets, a summary sheet with a daily chart.
+    Xlsx,
+}
+
+impl ExportFormat {
+    /// The file extension.
+    pub fn extension(self) -> &'static str {
+        match self {
+            ExportFormat::Csv => "csv",
+            ExportFormat::Json => "json",
+            ExportFormat::Xlsx => "xlsx",
+        }
+    }
+}
+
+impl FromStr for ExportFormat {
+    type Err = tally_core::Error;
+    fn from_str(s: &str) -> std::result::Result<ExportFormat, tally_core::Error> {
+        match s {
+            "csv" => Ok(ExportFormat::Csv),
+            "json" => Ok(ExportFormat::Json),
+            "xlsx" => Ok(ExportFormat::Xlsx),
+            _ => Err(tally_core::Error::Invalid {
+                field: "format",
+                value: s.chars().take(300).collect(),
+                reason: "expected csv, json or xlsx".into(),
+            }),
+        }
+    }
+}
+
+impl fmt::Display for ExportFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.extension())
+    }
+}
+
+/// Totals of one service in an export.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ServiceTotal {
+    /// Events exported.
+    pub events: u64,
+    /// Their total quantity, exact.
+    #[serde(serialize_with = "serde_fmt::decimal")]
+    pub quantity: Decimal,
+    /// The service's unit.
+    pub unit: String,
+    /// What it costs for the range, priced like an invoice (tiers, allowances) per
+    /// customer and added up, rounded once per customer line.
+    #[serde(serialize_with = "serde_fmt::money")]
+    pub cost: Decimal,
+}
+
+/// What an export wrote.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ExportReport {
+    /// Rows (events) written.
+    pub rows: u64,
+    /// Per service.
+    pub services: BTreeMap<String, ServiceTotal>,
+    /// Sum of the service costs.
+    #[serde(serialize_with = "serde_fmt::money")]
+    pub total_cost: Decimal,
+    /// Usage sheets (XLSX only).
+    pub sheets: u32,
+}
+
+/// Running totals while rows stream.
+#[derive(Default)]
+struct Tally {
+    rows: u64,
+    services: BTreeMap<String, ServiceTotal>,
+    customers: BTreeSet<String>,
+    daily: BTreeMap<NaiveDate, BTreeMap<String, Decimal>>,
+}
+
+impl Tally {
+    fn add(&mut self, e: &StoredEvent, unit: &str) {
+        self.rows += 1;
+        let t = self.services.entry(e.service.clone()).or_default();
+        t.events += 1;
+        t.quantity = t.quantity.checked_add(e.quantity).unwrap_or(t.quantity);
+        if t.unit.is_empty() {
+            t.unit = unit.to_owned();
+        }
+        if !self.customers.contains(&e.customer_id) {
+            self.customers.insert(e.customer_id.clone());
+        }
+        let day = self
+            .daily
+            .entry(e.recorded_at.date_naive())
+            .or_default()
+            .entry(e.service.clone())
+            .or_default();
+        *day = day.checked_add(e.quantity).unwrap_or(*day);
+    }
+}
+
+/// Prices rows as they stream: unit and per-unit price of the service at the event's
+/// time. Models without a per-unit price (tiers, packages) leave both price columns
+/// empty: their cost exists only for a total, in the summary.
+struct Pricer {
+    catalog: Catalog,
+    prices: PriceBook,
+    services: HashMap<String, Service>,
+}
+
+impl Pricer {
+    fn service(&mut self, name: &str) -> Option<Service> {
+        if let Some(s) = self.services.get(name) {
+            return Some(s.clone());
+        }
+        let s = self.catalog.service(name).ok()?;
+        self.services.insert(name.to_owned(), s.clone());
+        Some(s)
+    }
+
+    /// (unit, unit price, cost) of one row.
+    fn price(&mut self, e: &StoredEvent) -> (String, Option<Decimal>, Option<Decimal>) {
+        let Some(service) = self.service(&e.service) else {
+            return (String::new(), None, None);
+        };
+        let unit = self.catalog.unit(&service).unwrap_or_default().to_owned();
+        let unit_price = self
+            .prices
+            .price_at(&service, e.recorded_at)
+            .and_then(|p| p.unit_price());
+        let cost = unit_price
+            .and_then(|p| p.checked_mul(e.quantity))
+            .map(|c| c.normalize());
+        (unit, unit_price, cost)
+    }
+}
+
+fn text(d: Option<Decimal>) -> String {
+    d.map(|d| d.normalize().to_string()).unwrap_or_default()
+}
+
+fn io(what: &str) -> impl Fn(std::io::Error) -> std::io::Error + '_ {
+    move |e| std::io::Error::new(e.kind(), format!("{what}: {e}"))
+}
+
+fn xlsx_error(e: XlsxError) -> std::io::Error {
+    std::io::Error::other(format!("writing XLSX: {e}"))
+}
+
+fn json_error(e: serde_json::Error) -> std::io::Error {
+    std::io::Error::other(format!("writing JSON: {e}"))
+}
+
+/// Exports raw usage as CSV, JSON or XLSX, streaming from the database in bounded
+/// chunks (memory stays flat however many rows), priced with the same price book as
+/// invoices. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Exporter {
+    analytics: Analytics,
+    store: tally_store::Store,
+    rows_per_sheet: u32,
+}
+
+/// Where an export is going and the writers' state between the row phase and the
+/// summary phase.
+enum Sink {
+    Csv(csv::Writer<Box<dyn Write + Send>>),
+    Json(Box<dyn Write + Send>),
+    Xlsx {
+        workbook: Box<Workbook>,
+        out: Box<dyn Write + Send>,
+        sheet: usize,
+        row: u32,
+        sheets: Vec<(usize, u32)>,
+    },
+}
+
+impl Exporter {
+    /// An exporter over `store`, pricing with `analytics`' price book.
+    pub fn new(store: tally_store::Store, analytics: Analytics) -> Exporter {
+        Exporter {
+            analytics,
+            store,
+            rows_per_sheet: XLSX_MAX_ROWS,
+        }
+    }
+
+    /// Data rows per XLSX usage sheet before the next ("Usage (2)", …) starts; at most
+    /// (and by default) Excel's [`XLSX_MAX_ROWS`].
+    pub fn rows_per_sheet(mut self, n: u32) -> Exporter {
+        self.rows_per_sheet = n.clamp(1, XLSX_MAX_ROWS);
+        self
+    }
+
+    /// Writes the events matching `filter` to `out` in `format`. `progress`, if given,
+    /// hears the rows written so far now and then.
+    pub async fn export(
+        &self,
+        format: ExportFormat,
+        filter: EventFilter,
+        out: Box<dyn Write + Send>,
+        progress: Option<Progress>,
+    ) -> Result<ExportReport> {
+        let catalog = self.store.catalog().await?;
+        let pricer = Pricer {
+            catalog,
+            prices: self.analytics.prices().clone(),
+            services: HashMap::new(),
+        };
+        let sink = match format {
+            ExportFormat::Csv => Sink::Csv(
+                csv::WriterBuilder::new()
+                    .buffer_capacity(256 * 1024)
+                    .from_writer(out),
+            ),
+            ExportFormat::Json => Sink::Json(out),
+            ExportFormat::Xlsx => {
+                let mut workbook = Box::new(Workbook::new());
+                workbook
+                    .set_tempdir(std::env::temp_dir())
+                    .map_err(xlsx_error)?;
+                Sink::Xlsx {
+                    workbook,
+                    out,
+                    sheet: 0,
+                    row: 0,
+                    sheets: Vec::new(),
+                }
+            }
+        };
+        let rows = self.store.events(filter.clone(), 5_000);
+        let rows_per_sheet = self.rows_per_sheet;
+        let head = Head {
+            customer: filter.customer.clone(),
+            range: filter.range,
+            exported_at: Utc::now(),
+        };
+        // Phase 1, blocking: stream the rows.
+        let (sink, tally, head) = tokio::task::spawn_blocking(move || {
+            let (sink, tally) = write_rows(sink, rows, pricer, &head, rows_per_sheet, progress)?;
+            Ok::<_, tally_store::Error>((sink, tally, head))
+        })
+        .await
+        .map_err(|e| std::io::Error::other(format!("export writer: {e}")))??;
+        // Phase 2: price the totals per customer, as invoices do.
+        let mut report = ExportReport {
+            rows: tally.rows,
+            services: tally.services.clone(),
+            total_cost: Decimal::ZERO,
+            sheets: 0,
+        };
+        for customer in &tally.customers {
+            let Ok(c) = CustomerId::new(customer.as_str()) else {
+                continue;
+            };
+            let summary = self
+                .analytics
+                .summary(&c, head.range, filter.service.as_ref(), None)
+                .await?;
+            for line in summary.services {
+                if let Some(t) = report.services.get_mut(&line.service) {
+                    t.cost = t.cost.checked_add(line.amount).unwrap_or(t.cost);
+                }
+            }
+        }
+        report.total_cost = report
+            .services
+            .values()
+            .fold(Decimal::ZERO, |a, t| a.checked_add(t.cost).unwrap_or(a));
+        // Phase 3, blocking: the summary and the chart, then close.
+        let daily = tally.daily;
+        let report = tokio::task::spawn_blocking(move || finish(sink, &head, report, &daily))
+            .await
+            .map_err(|e| std::io::Error::other(format!("export writer: {e}")))??;
+        Ok(report)
+    }
+}
+
+/// What the JSON document says before its records.
+struct Head {
+    customer: Option<CustomerId>,
+    range: TimeRange,
+    exported_at: DateTime<Utc>,
+}
+
+/// One JSON record (`usage_records[]`).
+#[derive(Serialize)]
+struct Record<'a> {
+    event_id: String,
+    customer_id: &'a str,
+    service: &'a str,
+    quantity: String,
+    unit: &'a str,
+    unit_price: Option<String>,
+    cost: Option<String>,
+    recorded_at: String,
+    metadata: &'a serde_json::value::RawValue,
+}
+
+fn write_rows(
+    mut sink: Sink,
+    mut rows: tokio::sync::mpsc::Receiver<Result<Vec<StoredEvent>>>,
+    mut pricer: Pricer,
+    head: &Head,
+    rows_per_sheet: u32,
+    progress: Option<Progress>,
+) -> Result<(Sink, Tally)> {
+    let mut tally = Tally::default();
+    let date = Format::new().set_num_format("yyyy-mm-dd hh:mm:ss.000");
+    let number = Format::new().set_num_format("0.############");
+    let bold = Format::new().set_bold();
+    match &mut sink {
+        Sink::Csv(w) => w.write_record(COLUMNS).map_err(csv_error)?,
+        Sink::Json(w) => {
+            let start = serde_json::json!({
+                "start": serde_fmt::rfc3339(head.range.from()),
+                "end": serde_fmt::rfc3339(head.range.to()),
+            });
+            write!(
+                w,
+                "{{\"customer_id\":{},\"export_date\":\"{}\",\"period\":{},\"usage_records\":[",
+                serde_json::to_string(&head.customer.as_ref().map(CustomerId::as_str))
+                    .map_err(json_error)?,
+                serde_fmt::rfc3339(head.exported_at),
+                start
+            )
+            .map_err(io("writing JSON"))?;
+        }
+        Sink::Xlsx { .. } => {}
+    }
+    while let Some(chunk) = rows.blocking_recv() {
+        for e in chunk? {
+            let (unit, unit_price, cost) = pricer.price(&e);
+            match &mut sink {
+                Sink::Csv(w) => w
+                    .write_record([
+                        serde_fmt::rfc3339(e.recorded_at).as_str(),
+                        &e.customer_id,
+                        &e.service,
+                        &e.quantity.normalize().to_string(),
+                        &unit,
+                        &text(unit_price),
+                        &text(cost),
+                        &e.metadata,
+                        &e.event_id.to_string(),
+                    ])
+                    .map_err(csv_error)?,
+                Sink::Json(w) => {
+                    if tally.rows > 0 {
+                        w.write_all(b",").map_err(io("writing JSON"))?;
+                    }
+                    let metadata: &serde_json::value::RawValue =
+                        serde_json::from_str(&e.metadata).map_err(json_error)?;
+                    let record = Record {
+                        event_id: e.event_id.to_string(),
+                        customer_id: &e.customer_id,
+                        service: &e.service,
+                        quantity: e.quantity.normalize().to_string(),
+                        unit: &unit,
+                        unit_price: unit_price.map(|p| p.normalize().to_string()),
+                        cost: cost.map(|c| c.normalize().to_string()),
+                        recorded_at: serde_fmt::rfc3339(e.recorded_at),
+                        metadata,
+                    };
+                    serde_json::to_writer(&mut *w, &record).map_err(json_error)?;
+                }
+                Sink::Xlsx {
+                    workbook,
+                    sheet,
+                    row,
+                    sheets,
+                    ..
+                } => {
+                    if *row == 0 || *row > rows_per_sheet {
+                        let name = match sheets.len() {
+                            0 => "Usage".to_owned(),
+                            n => format!("Usage ({})", n + 1),
+                        };
+                        let ws = workbook
+                            .add_worksheet_with_constant_memory()
+                            .map_err(xlsx_error)?;
+                        ws.set_name(&name).map_err(xlsx_error)?;
+                        ws.write_row_with_format(0, 0, COLUMNS, &bold)
+                            .map_err(xlsx_error)?;
+                        ws.set_freeze_panes(1, 0).map_err(xlsx_error)?;
+                        for (col, width) in [
+                            (0, 24),
+                            (1, 16),
+                            (2, 12),
+                            (3, 16),
+                            (4, 12),
+                            (5, 12),
+                            (6, 12),
+                            (7, 40),
+                            (8, 38),
+                        ] {
+                            ws.set_column_width(col, width).map_err(xlsx_error)?;
+                        }
+                        *sheet = workbook.worksheets().len() - 1;
+                        sheets.push((*sheet, 0));
+                        *row = 1;
+                    }
+                    let ws = workbook.worksheet_from_index(*sheet).map_err(xlsx_error)?;
+                    let r = *row;
+                    ws.write_datetime_with_format(r, 0, e.recorded_at.naive_utc(), &date)
+                        .map_err(xlsx_error)?;
+                    ws.write_string(r, 1, &e.customer_id).map_err(xlsx_error)?;
+                    ws.write_string(r, 2, &e.service).map_err(xlsx_error)?;
+                    if let Some(q) = e.quantity.to_f64() {
+                        ws.write_number_with_format(r, 3, q, &number)
+                            .map_err(xlsx_error)?;
+                    }
+                    ws.write_string(r, 4, &unit).map_err(xlsx_error)?;
+                    if let Some(p) = unit_price.and_then(|p| p.to_f64()) {
+                        ws.write_number_with_format(r, 5, p, &number)
+                            .map_err(xlsx_error)?;
+                    }
+                    if let Some(c) = cost.and_then(|c| c.to_f64()) {
+                        ws.write_number_with_format(r, 6, c, &number)
+                            .map_err(xlsx_error)?;
+                    }
+                    ws.write_string(r, 7, &e.metadata).map_err(xlsx_error)?;
+                    ws.write_string(r, 8, e.event_id.to_string())
+                        .map_err(xlsx_error)?;
+                    if let Some(last) = sheets.last_mut() {
+                        last.1 = r;
+                    }
+                    *row += 1;
+                }
+            }
+            tally.add(&e, &unit);
+        }
+        if let Some(p) = &progress {
+            p(tally.rows);
+        }
+    }
+    Ok((sink, tally))
+}
+
+fn csv_error(e: csv::Error) -> std::io::Error {
+    match e.into_kind() {
+        csv::ErrorKind::Io(e) => io("writing CSV")(e),
+        other => std::io::Error::other(format!("writing CSV: {other:?}")),
+    }
+}
+
+fn finish(
+    sink: Sink,
+    head: &Head,
+    mut report: ExportReport,
+    daily: &BTreeMap<NaiveDate, BTreeMap<String, Decimal>>,
+) -> Result<ExportReport> {
+    match sink {
+        Sink::Csv(w) => {
+            let mut out = w
+                .into_inner()
+                .map_err(|e| io("writing CSV")(std::io::Error::other(e.to_string())))?;
+            out.flush().map_err(io("writing CSV"))?;
+        }
+        Sink::Json(mut w) => {
+            let summary = serde_json::json!({
+                "total_events": report.rows,
+                "total_cost": serde_fmt::money_text(report.total_cost),
+                "services": report.services.keys().collect::<Vec<_>>(),
+                "per_service": report.services,
+            });
+            write!(w, "],\"summary\":{summary}}}").map_err(io("writing JSON"))?;
+            w.flush().map_err(io("writing JSON"))?;
+        }
+        Sink::Xlsx {
+            mut workbook,
+            mut out,
+            sheets,
+            ..
+        } => {
+            report.sheets = u32::try_from(sheets.len()).unwrap_or(u32::MAX);
+            if sheets.is_empty() {
+                // No rows: still a usage sheet with its header.
+                let bold = Format::new().set_bold();
+                let ws = workbook.add_worksheet();
+                ws.set_name("Usage").map_err(xlsx_error)?;
+                ws.write_row_with_format(0, 0, COLUMNS, &bold)
+                    .map_err(xlsx_error)?;
+                report.sheets = 1;
+            }
+            for (index, last) in &sheets {
+                let ws = workbook.worksheet_from_index(*index).map_err(xlsx_error)?;
+                ws.autofilter(0, 0, (*last).max(1), 8).map_err(xlsx_error)?;
+            }
+            summary_sheets(&mut workbook, head, &report, daily)?;
+            workbook.set_zip_compression_level(3);
+            workbook.save_to_writer(&mut out).map_err(xlsx_error)?;
+            out.flush().map_err(io("writing XLSX"))?;
+        }
+    }
+    Ok(report)
+}
+
+fn summary_sheets(
+    workbook: &mut Workbook,
+    head: &Head,
+    report: &ExportReport,
+    daily: &BTreeMap<NaiveDate, BTreeMap<String, Decimal>>,
+) -> Result<()> {
+    let bold = Format::new().set_bold();
+    let number = Format::new().set_num_format("0.############");
+    let money = Format::new().set_num_format("#,##0.00");
+    let day = Format::new().set_num_format("yyyy-mm-dd");
+    let services: Vec<&String> = report.services.keys().collect();
+
+    // Daily totals per service: the chart's data.
+    let ws = workbook.add_worksheet();
+    ws.set_name("Daily").map_err(xlsx_error)?;
+    ws.write_string_with_format(0, 0, "date", &bold)
+        .map_err(xlsx_error)?;
+    for (i, s) in services.iter().enumerate() {
+        let col = u16::try_from(i + 1).unwrap_or(u16::MAX);
+        ws.write_string_with_format(0, col, s.as_str(), &bold)
+            .map_err(xlsx_error)?;
+    }
+    let mut r = 0u32;
+    for (date, per) in daily {
+        r += 1;
+        ws.write_date_with_format(r, 0, *date, &day)
+            .map_err(xlsx_error)?;
+        for (i, s) in services.iter().enumerate() {
+            let col = u16::try_from(i + 1).unwrap_or(u16::MAX);
+            let q = per.get(*s).copied().unwrap_or_default();
+            ws.write_number_with_format(r, col, q.to_f64().unwrap_or_default(), &number)
+                .map_err(xlsx_error)?;
+        }
+    }
+    ws.set_column_width(0, 12).map_err(xlsx_error)?;
+
+    let ws = workbook.add_worksheet();
+    ws.set_name("Summary").map_err(xlsx_error)?;
+    let who = head
+        .customer
+        .as_ref()
+        .map_or("all customers".to_owned(), |c| c.to_string());
+    ws.write_string_with_format(0, 0, "customer", &bold)
+        .map_err(xlsx_error)?;
+    ws.write_string(0, 1, who).map_err(xlsx_error)?;
+    ws.write_string_with_format(1, 0, "period", &bold)
+        .map_err(xlsx_error)?;
+    ws.write_string(
+        1,
+        1,
+        format!(
+            "{} to {}",
+            serde_fmt::rfc3339(head.range.from()),
+            serde_fmt::rfc3339(head.range.to())
+        ),
+    )
+    .map_err(xlsx_error)?;
+    ws.write_string_with_format(2, 0, "exported", &bold)
+        .map_err(xlsx_error)?;
+    ws.write_string(2, 1, serde_fmt::rfc3339(head.exported_at))
+        .map_err(xlsx_error)?;
+    ws.write_row_with_format(
+        4,
+        0,
+        ["service", "unit", "events", "quantity", "cost"],
+        &bold,
+    )
+    .map_err(xlsx_error)?;
+    let mut r = 4u32;
+    for (name, t) in &report.services {
+        r += 1;
+        ws.write_string(r, 0, name.as_str()).map_err(xlsx_error)?;
+        ws.write_string(r, 1, t.unit.as_str()).map_err(xlsx_error)?;
+        ws.write_number(r, 2, t.events as f64).map_err(xlsx_error)?;
+        ws.write_number_with_format(r, 3, t.quantity.to_f64().unwrap_or_default(), &number)
+            .map_err(xlsx_error)?;
+        ws.write_number_with_format(r, 4, t.cost.to_f64().unwrap_or_default(), &money)
+            .map_err(xlsx_error)?;
+    }
+    r += 1;
+    ws.write_string_with_format(r, 0, "total", &bold)
+        .map_err(xlsx_error)?;
+    ws.write_number_with_format(r, 2, report.rows as f64, &bold)
+        .map_err(xlsx_error)?;
+    ws.write_number_with_format(r, 4, report.total_cost.to_f64().unwrap_or_default(), &money)
+        .map_err(xlsx_error)?;
+    for (col, width) in [(0, 14), (1, 40), (2, 12), (3, 18), (4, 14)] {
+        ws.set_column_width(col, width).map_err(xlsx_error)?;
+    }
+
+    // The chart: daily usage per service.
+    let days = u32::try_from(daily.len()).unwrap_or(u32::MAX);
+    if days > 0 {
+        let mut chart = Chart::new(ChartType::Line);
+        for (i, s) in services.iter().enumerate() {
+            let col = u16::try_from(i + 1).unwrap_or(u16::MAX);
+            chart
+                .add_series()
+                .set_name(s.as_str())
+                .set_categories(("Daily", 1, 0, days, 0))
+                .set_values(("Daily", 1, col, days, col));
+        }
+        chart.title().set_name("Daily usage per service");
+        chart.x_axis().set_name("day");
+        chart.y_axis().set_name("quantity (each service's unit)");
+        ws.insert_chart(r + 2, 0, &chart).map_err(xlsx_error)?;
+    }
+    Ok(())
+}
+
+/// The default file name: `usage_YYYYMMDD_HHMMSS.<ext>` (UTC).
+pub fn default_file_name(format: ExportFormat, now: DateTime<Utc>) -> PathBuf {
+    PathBuf::from(format!(
+        "usage_{}.{}",
+        now.format("%Y%m%d_%H%M%S"),
+        format.extension()
+    ))
+}
+
+/// Opens `path` for an export: a new file, never an existing one unless `force`
+/// (then it is replaced). Refusing names the file.
+pub fn create_output(path: &Path, force: bool) -> Result<std::fs::File> {
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true);
+    if force {
+        o.create(true).truncate(true);
+    } else {
+        o.create_new(true);
+    }
+    o.open(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            tally_store::Error::from(tally_core::Error::Invalid {
+                field: "output",
+                value: path.display().to_string(),
+                reason: "exists; choose another name or pass --force to replace it".into(),
+            })
+        } else {
+            io(&format!("creating {}", path.display()))(e).into()
+        }
+    })
+}
