@@ -207,7 +207,7 @@ pub struct Exporter {
 /// Where an export is going and the writers' state between the row phase and the
 /// summary phase.
 enum Sink {
-    Csv(csv::Writer<Box<dyn Write + Send>>),
+    Csv(Box<csv::Writer<Box<dyn Write + Send>>>),
     Json(Box<dyn Write + Send>),
     Xlsx {
         workbook: Box<Workbook>,
@@ -251,11 +251,11 @@ impl Exporter {
             services: HashMap::new(),
         };
         let sink = match format {
-            ExportFormat::Csv => Sink::Csv(
+            ExportFormat::Csv => Sink::Csv(Box::new(
                 csv::WriterBuilder::new()
                     .buffer_capacity(256 * 1024)
                     .from_writer(out),
-            ),
+            )),
             ExportFormat::Json => Sink::Json(out),
             ExportFormat::Xlsx => {
                 let mut workbook = Box::new(Workbook::new());

@@ -1,0 +1,283 @@
+//! Exports read back with real parsers (csv, serde_json, calamine) and compared with
+//! what was written (issue 10).
+
+use std::{
+    io::Write,
+    sync::{Arc, Mutex},
+};
+
+use calamine::{Data, Reader, Xlsx, open_workbook};
+use rust_decimal::Decimal;
+use tally::{
+    CustomerId, Metadata, Service, TimeRange, UsageEvent,
+    export::{EventFilter, ExportFormat, create_output},
+};
+use tally_testdb::TestDb;
+use tally_tests::at;
+
+/// A `Write` that keeps what it got, for reading back.
+#[derive(Clone, Default)]
+struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Buffer {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Buffer {
+    fn bytes(&self) -> Vec<u8> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+const TRICKY: &str = r#"{"note":"comma, \"quotes\"\nnew line","ü":"ñ✓","n":1.50}"#;
+
+/// 30 events over three days: two customers, two services, one with tricky metadata.
+async fn setup() -> (TestDb, Vec<UsageEvent>) {
+    let db = TestDb::new().await.unwrap();
+    let mut events = Vec::new();
+    for i in 0..30u32 {
+        let customer: CustomerId = if i % 3 == 0 { "bob" } else { "acme" }.parse().unwrap();
+        let service = if i % 2 == 0 {
+            Service::API
+        } else {
+            Service::BANDWIDTH
+        };
+        let q: tally::Quantity = format!("{}.{:03}", i + 1, i).parse().unwrap();
+        let mut e = UsageEvent::new(customer, service, q)
+            .at(at("2026-11-10T00:00:00Z") + tally::chrono::Duration::hours(i64::from(i) * 2));
+        if i == 7 {
+            e = e.with_metadata(TRICKY.parse::<Metadata>().unwrap());
+        }
+        events.push(e);
+    }
+    db.tally().write(&events).await.unwrap();
+    (db, events)
+}
+
+fn november() -> TimeRange {
+    TimeRange::new(at("2026-11-01T00:00:00Z"), at("2026-12-01T00:00:00Z")).unwrap()
+}
+
+fn all() -> EventFilter {
+    EventFilter {
+        range: november(),
+        customer: None,
+        service: None,
+    }
+}
+
+#[tokio::test]
+async fn csv_has_one_header_and_every_event_exactly() {
+    let (db, events) = setup().await;
+    let buf = Buffer::default();
+    let report = db
+        .tally()
+        .export(ExportFormat::Csv, all(), Box::new(buf.clone()), None)
+        .await
+        .unwrap();
+    assert_eq!(report.rows, 30);
+    let bytes = buf.bytes();
+    let mut r = csv::Reader::from_reader(bytes.as_slice());
+    assert_eq!(
+        r.headers().unwrap().iter().collect::<Vec<_>>(),
+        tally::export::COLUMNS
+    );
+    let rows: Vec<csv::StringRecord> = r.records().map(Result::unwrap).collect();
+    assert_eq!(rows.len(), 30);
+    let total: Decimal = rows.iter().map(|r| r[3].parse::<Decimal>().unwrap()).sum();
+    let expect: Decimal = events.iter().map(|e| e.quantity.value()).sum();
+    assert_eq!(total, expect);
+    // Metadata survives byte for byte (as PostgreSQL's jsonb prints it).
+    let tricky = rows.iter().find(|r| r[7].contains("quotes")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&tricky[7]).unwrap();
+    assert_eq!(
+        v,
+        serde_json::from_str::<serde_json::Value>(TRICKY).unwrap()
+    );
+    // Priced: api at 0.0001 per request, cost = quantity × price.
+    let api = rows.iter().find(|r| &r[2] == "api").unwrap();
+    assert_eq!(&api[4], "requests");
+    assert_eq!(&api[5], "0.0001");
+    assert_eq!(
+        api[6].parse::<Decimal>().unwrap(),
+        api[3].parse::<Decimal>().unwrap() * "0.0001".parse::<Decimal>().unwrap()
+    );
+    assert!(report.total_cost > Decimal::ZERO);
+}
+
+#[tokio::test]
+async fn json_is_the_seed_document_streamed() {
+    let (db, events) = setup().await;
+    let buf = Buffer::default();
+    let filter = EventFilter {
+        customer: Some("acme".parse().unwrap()),
+        ..all()
+    };
+    db.tally()
+        .export(ExportFormat::Json, filter, Box::new(buf.clone()), None)
+        .await
+        .unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&buf.bytes()).unwrap();
+    assert_eq!(doc["customer_id"], "acme");
+    assert_eq!(doc["period"]["start"], "2026-11-01T00:00:00Z");
+    assert_eq!(doc["period"]["end"], "2026-12-01T00:00:00Z");
+    assert!(doc["export_date"].as_str().unwrap().ends_with('Z'));
+    let records = doc["usage_records"].as_array().unwrap();
+    let acme: Vec<&UsageEvent> = events
+        .iter()
+        .filter(|e| e.customer.as_str() == "acme")
+        .collect();
+    assert_eq!(records.len(), acme.len());
+    let tricky = records
+        .iter()
+        .find(|r| r["metadata"].get("note").is_some())
+        .unwrap();
+    assert_eq!(
+        tricky["metadata"],
+        serde_json::from_str::<serde_json::Value>(TRICKY).unwrap()
+    );
+    let summary = &doc["summary"];
+    assert_eq!(summary["total_events"], acme.len());
+    assert_eq!(summary["services"], serde_json::json!(["api", "bandwidth"]));
+    let api: Decimal = acme
+        .iter()
+        .filter(|e| e.service == Service::API)
+        .map(|e| e.quantity.value())
+        .sum();
+    assert_eq!(
+        summary["per_service"]["api"]["quantity"]
+            .as_str()
+            .unwrap()
+            .parse::<Decimal>()
+            .unwrap(),
+        api
+    );
+    // The summary's cost is the invoice's: the report of the same range says the same.
+    let report = db
+        .tally()
+        .summary(&"acme".parse().unwrap(), november(), None, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        summary["total_cost"].as_str().unwrap(),
+        tally::serde_fmt::money_text(report.total_amount)
+    );
+}
+
+#[tokio::test]
+async fn xlsx_has_typed_cells_rolling_sheets_a_summary_and_a_chart() {
+    let (db, events) = setup().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("usage.xlsx");
+    let file = create_output(&path, false).unwrap();
+    // 12 rows per sheet: 30 rows make three usage sheets.
+    let report = db
+        .tally()
+        .exporter()
+        .rows_per_sheet(12)
+        .export(ExportFormat::Xlsx, all(), Box::new(file), None)
+        .await
+        .unwrap();
+    assert_eq!((report.rows, report.sheets), (30, 3));
+    let mut wb: Xlsx<_> = open_workbook(&path).unwrap();
+    assert_eq!(
+        wb.sheet_names(),
+        ["Usage", "Usage (2)", "Usage (3)", "Daily", "Summary"]
+    );
+    let mut rows = 0;
+    let mut total = 0.0;
+    for name in ["Usage", "Usage (2)", "Usage (3)"] {
+        let range = wb.worksheet_range(name).unwrap();
+        let mut it = range.rows();
+        let header: Vec<String> = it.next().unwrap().iter().map(|c| c.to_string()).collect();
+        assert_eq!(header, tally::export::COLUMNS);
+        for row in it {
+            rows += 1;
+            assert!(
+                matches!(row[0], Data::DateTime(_)),
+                "time is a date: {:?}",
+                row[0]
+            );
+            match row[3] {
+                Data::Float(q) => total += q,
+                ref other => panic!("quantity is a number, got {other:?}"),
+            }
+            assert!(matches!(row[5], Data::Float(_)), "unit price: {:?}", row[5]);
+        }
+    }
+    assert_eq!(rows, 30);
+    let expect: f64 = events
+        .iter()
+        .map(|e| e.quantity.value().to_string().parse::<f64>().unwrap())
+        .sum();
+    assert!((total - expect).abs() < 1e-9, "{total} vs {expect}");
+    // The first row's date is the first event's time.
+    let first = wb.worksheet_range("Usage").unwrap();
+    let Data::DateTime(d) = &first[(1, 0)] else {
+        panic!()
+    };
+    assert_eq!(
+        d.as_datetime().unwrap().and_utc(),
+        events.iter().map(|e| e.recorded_at).min().unwrap()
+    );
+    let summary = wb.worksheet_range("Summary").unwrap();
+    let text: Vec<String> = summary.rows().flatten().map(|c| c.to_string()).collect();
+    assert!(text.contains(&"api".to_owned()) && text.contains(&"bandwidth".to_owned()));
+    let daily = wb.worksheet_range("Daily").unwrap();
+    assert_eq!(daily.height(), 1 + 3, "a header and three days");
+    // The chart part is in the package.
+    let bytes = std::fs::read(&path).unwrap();
+    assert!(
+        bytes
+            .windows(b"xl/charts/chart1.xml".len())
+            .any(|w| w == b"xl/charts/chart1.xml"),
+        "no chart in the workbook"
+    );
+    // An existing file is never overwritten.
+    let err = create_output(&path, false).unwrap_err();
+    assert_eq!(err.field(), Some("output"));
+    assert_eq!(std::fs::read(&path).unwrap(), bytes);
+}
+
+#[tokio::test]
+async fn filters_and_empty_exports() {
+    let (db, events) = setup().await;
+    let buf = Buffer::default();
+    let filter = EventFilter {
+        service: Some(Service::BANDWIDTH),
+        customer: Some("bob".parse().unwrap()),
+        range: TimeRange::new(at("2026-11-10T00:00:00Z"), at("2026-11-11T00:00:00Z")).unwrap(),
+    };
+    let expect = events
+        .iter()
+        .filter(|e| {
+            e.service == Service::BANDWIDTH
+                && e.customer.as_str() == "bob"
+                && filter.range.contains(e.recorded_at)
+        })
+        .count();
+    let report = db
+        .tally()
+        .export(ExportFormat::Csv, filter, Box::new(buf.clone()), None)
+        .await
+        .unwrap();
+    assert_eq!(report.rows as usize, expect);
+    let empty = Buffer::default();
+    let nothing = EventFilter {
+        range: TimeRange::new(at("2025-01-01T00:00:00Z"), at("2025-02-01T00:00:00Z")).unwrap(),
+        ..all()
+    };
+    db.tally()
+        .export(ExportFormat::Json, nothing, Box::new(empty.clone()), None)
+        .await
+        .unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&empty.bytes()).unwrap();
+    assert_eq!(doc["usage_records"], serde_json::json!([]));
+    assert_eq!(doc["summary"]["total_events"], 0);
+}
