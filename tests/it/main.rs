@@ -3,6 +3,7 @@
 
 mod alerts;
 mod analytics;
+mod archive;
 mod export;
 mod faults;
 mod fuzz;

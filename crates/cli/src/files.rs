@@ -1,4 +1,5 @@
-//! `export`: raw usage to a CSV, JSON or XLSX file (or stdout).
+//! `export`: raw usage to a CSV, JSON or XLSX file (or stdout); `archive` and
+//! `restore`.
 
 use std::{io::IsTerminal, path::PathBuf, sync::Arc};
 
@@ -110,5 +111,84 @@ pub(crate) async fn export(url: Option<String>, a: ExportArgs) -> Result<(), Fai
             tally::serde_fmt::money_text(report.total_cost)
         )),
         None => Ok(()),
+    }
+}
+
+#[derive(Args)]
+pub(crate) struct ArchiveArgs {
+    /// Archive raw events recorded more than this many days ago.
+    #[arg(long, default_value_t = 90)]
+    older_than: u32,
+    /// Directory for the archive files (created if missing).
+    #[arg(long, default_value = "archive")]
+    dir: PathBuf,
+    /// Also drop the archived events' dedupe keys (a replay of one would then count
+    /// again; see docs/archive.md).
+    #[arg(long)]
+    forget_keys: bool,
+    #[command(flatten)]
+    output: crate::OutputArg,
+}
+
+pub(crate) async fn archive(url: Option<String>, a: ArchiveArgs) -> Result<(), Failure> {
+    if a.older_than > 36_500 {
+        return Err(Failure::Usage(format!(
+            "invalid --older-than {}: must be at most 36500 days",
+            a.older_than
+        )));
+    }
+    let cutoff = Utc::now() - tally::chrono::Duration::days(i64::from(a.older_than));
+    let tally = tally_for(url)?;
+    let report = tally
+        .archive(&tally::archive::ArchiveOptions {
+            cutoff,
+            dir: a.dir,
+            forget_keys: a.forget_keys,
+        })
+        .await?;
+    match a.output.format {
+        crate::output::Format::Table => {
+            let mut text = String::new();
+            for m in &report.archives {
+                text.push_str(&format!(
+                    "archived {} event(s) of {} .. {} to {}\n",
+                    m.events,
+                    tally::serde_fmt::rfc3339(m.range_from),
+                    tally::serde_fmt::rfc3339(m.range_to),
+                    m.file
+                ));
+            }
+            if report.archives.is_empty() {
+                text.push_str("nothing to archive\n");
+            }
+            if report.abandoned > 0 {
+                text.push_str(&format!(
+                    "{} archive(s) of an interrupted run marked abandoned (their events were archived again)\n",
+                    report.abandoned
+                ));
+            }
+            out(format_args!("{text}"))
+        }
+        _ => out(format_args!(
+            "{}\n",
+            serde_json::to_string_pretty(&report)
+                .map_err(|e| Failure::Runtime(format!("writing JSON: {e}")))?
+        )),
+    }
+}
+
+pub(crate) async fn restore(url: Option<String>, file: PathBuf) -> Result<(), Failure> {
+    let tally = tally_for(url)?;
+    let r = tally.restore(&file).await?;
+    if r.already_restored {
+        out(format_args!(
+            "archive {} was restored before: nothing to do\n",
+            r.archive_id
+        ))
+    } else {
+        out(format_args!(
+            "restored {} event(s) from archive {}\n",
+            r.restored, r.archive_id
+        ))
     }
 }

@@ -73,6 +73,13 @@ enum Command {
     Invoice(reads::InvoiceArgs),
     /// Export raw usage as CSV, JSON or XLSX.
     Export(files::ExportArgs),
+    /// Move raw events older than N days to archive files (rollups and keys stay).
+    Archive(files::ArchiveArgs),
+    /// Put an archive's raw events back (not into the rollups again).
+    Restore {
+        /// The archive file (usage_YYYY_MM_N.ndjson.gz).
+        file: PathBuf,
+    },
     /// Plans: named sets of limits.
     #[command(subcommand)]
     Plan(quotas::PlanCommand),
@@ -95,10 +102,10 @@ struct PartitionsArgs {
 }
 
 #[derive(Args)]
-struct OutputArg {
+pub(crate) struct OutputArg {
     /// Output format.
     #[arg(long, value_enum, default_value = "table")]
-    format: Format,
+    pub(crate) format: Format,
 }
 
 #[derive(Args)]
@@ -372,13 +379,23 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let tally = tally_for(cli.database_url)?;
             let r = tally.verify().await?;
             match o.format {
-                Format::Table => out(format_args!(
-                    "events          {}\nquantity        {}\nmismatches      {}\nkey mismatches  {}\n",
-                    r.events,
-                    r.quantity.normalize(),
-                    r.mismatches,
-                    r.key_mismatches
-                ))?,
+                Format::Table => {
+                    let mut text = format!(
+                        "events          {}\nquantity        {}\nmismatches      {}\nkey mismatches  {}\n",
+                        r.events,
+                        r.quantity.normalize(),
+                        r.mismatches,
+                        r.key_mismatches
+                    );
+                    if r.archived_events > 0 {
+                        text.push_str(&format!(
+                            "archived        {} event(s), quantity {}\n",
+                            r.archived_events,
+                            r.archived_quantity.normalize()
+                        ));
+                    }
+                    out(format_args!("{text}"))?
+                }
                 f => emit(f, &r)?,
             }
             if r.mismatches != 0 || r.key_mismatches != 0 {
@@ -392,6 +409,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Peaks(a) => reads::peaks(cli.database_url, a).await?,
         Command::Invoice(a) => reads::invoice(cli.database_url, a).await?,
         Command::Export(a) => files::export(cli.database_url, a).await?,
+        Command::Archive(a) => files::archive(cli.database_url, a).await?,
+        Command::Restore { file } => files::restore(cli.database_url, file).await?,
         Command::Plan(c) => quotas::plan(cli.database_url, c).await?,
         Command::Quota(c) => quotas::quota(cli.database_url, c).await?,
         Command::Alerts(c) => quotas::alerts(cli.database_url, c).await?,

@@ -340,7 +340,14 @@ impl Tabular for Invoice {
 
 impl Tabular for VerifyReport {
     fn header(&self) -> &'static [&'static str] {
-        &["events", "quantity", "mismatches", "key_mismatches"]
+        &[
+            "events",
+            "quantity",
+            "mismatches",
+            "key_mismatches",
+            "archived_events",
+            "archived_quantity",
+        ]
     }
 
     fn rows(&self, _table: bool) -> Vec<Vec<String>> {
@@ -349,6 +356,8 @@ impl Tabular for VerifyReport {
             dec(self.quantity),
             self.mismatches.to_string(),
             self.key_mismatches.to_string(),
+            self.archived_events.to_string(),
+            dec(self.archived_quantity),
         ]]
     }
 }

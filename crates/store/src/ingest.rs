@@ -267,6 +267,26 @@ impl Ingest {
         &self.local
     }
 
+    /// A connection of its own, outside the pool: dropped, it closes, and the server
+    /// rolls back and releases whatever it held (for archive runs).
+    pub(crate) async fn connect_unpooled(
+        &self,
+        context: &'static str,
+    ) -> Result<tokio_postgres::Client> {
+        let (client, conn) = self
+            .config
+            .connect(tokio_postgres::NoTls)
+            .await
+            .map_err(Error::db(context))?;
+        tokio::spawn(conn);
+        Ok(client)
+    }
+
+    /// Forgets that `month` has a partition (after archiving dropped it).
+    pub(crate) fn forget_partition(&self, month: chrono::NaiveDate) {
+        self.partitions.forget(month);
+    }
+
     /// Makes sure this month and `ahead` months after it have partitions (the
     /// default when `None`).
     pub(crate) async fn ensure_partitions_ahead(

@@ -34,6 +34,7 @@
     warn(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
 )]
 
+mod archive;
 mod error;
 mod export;
 mod import;
@@ -49,6 +50,7 @@ mod recorder;
 mod rollup;
 mod store;
 
+pub use archive::{ArchiveOptions, ArchiveReport, Manifest, RestoreReport, ServiceCount};
 pub use error::{Error, ErrorKind, Result};
 pub use export::{EventFilter, StoredEvent};
 pub use import::{

@@ -53,6 +53,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         name: "0005_quotas_alerts.sql",
         sql: include_str!("../../../migrations/0005_quotas_alerts.sql"),
     },
+    Migration {
+        version: 6,
+        name: "0006_archives.sql",
+        sql: include_str!("../../../migrations/0006_archives.sql"),
+    },
 ];
 
 /// A fingerprint of the whole embedded schema (test harnesses key template databases

@@ -82,6 +82,14 @@ impl Partitions {
         Ok(months)
     }
 
+    /// Forgets `month` (its partition was dropped by an archive).
+    pub(crate) fn forget(&self, month: NaiveDate) {
+        self.known
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&month);
+    }
+
     /// Months ahead that `migrate` prepares.
     pub(crate) fn default_ahead(&self) -> u32 {
         self.window.future_months

@@ -54,25 +54,37 @@ impl Rollup {
             width,
             quarters,
         } = self;
-        let (raw_q, r_q, differ_q) = if *quarters {
+        let (raw_q, archived_q, sum_q, r_q, differ_q) = if *quarters {
             (
                 ", coalesce(sum(quantity) FILTER (WHERE recorded_at < b + interval '15 minutes'), 0) AS q15
                  , coalesce(sum(quantity) FILTER (WHERE recorded_at < b + interval '30 minutes'), 0) AS q30
                  , coalesce(sum(quantity) FILTER (WHERE recorded_at < b + interval '45 minutes'), 0) AS q45",
+                ", sum(quantity_by_15), sum(quantity_by_30), sum(quantity_by_45)",
+                ", sum(q15) AS q15, sum(q30) AS q30, sum(q45) AS q45",
                 ", sum(quantity_by_15) AS q15, sum(quantity_by_30) AS q30, sum(quantity_by_45) AS q45",
                 " OR raw.q15 IS DISTINCT FROM r.q15 OR raw.q30 IS DISTINCT FROM r.q30
                   OR raw.q45 IS DISTINCT FROM r.q45",
             )
         } else {
-            ("", "", "")
+            ("", "", "", "", "")
         };
+        // What the rollups were built from: the raw events still here, plus what
+        // complete archives took away (kept per hour in usage_archived_hourly).
         format!(
-            "WITH raw AS (
+            "WITH ev AS (
                 SELECT {key}, b AS bucket,
                        count(*) AS events, sum(quantity) AS quantity, min(quantity) AS lo, max(quantity) AS hi
                        {raw_q}
                 FROM (SELECT *, date_bin('{width}', recorded_at, {ORIGIN}) AS b FROM usage_events) e
-                GROUP BY {key}, b)
+                GROUP BY {key}, b
+                UNION ALL
+                SELECT {key}, date_bin('{width}', bucket, {ORIGIN}),
+                       sum(events), sum(quantity), min(min_quantity), max(max_quantity) {archived_q}
+                FROM usage_archived_hourly GROUP BY {key}, date_bin('{width}', bucket, {ORIGIN}))
+             , raw AS (
+                SELECT {key}, bucket, sum(events) AS events, sum(quantity) AS quantity,
+                       min(lo) AS lo, max(hi) AS hi {sum_q}
+                FROM ev GROUP BY {key}, bucket)
              , r AS (
                 SELECT {key}, bucket, sum(events) AS events, sum(quantity) AS quantity,
                        min(min_quantity) AS lo, max(max_quantity) AS hi {r_q}

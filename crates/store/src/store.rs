@@ -35,8 +35,14 @@ pub struct VerifyReport {
     /// Rollup rows (hourly, daily and all-customer hourly) that differ from a
     /// recomputation from raw events, including rows missing on either side.
     pub mismatches: i64,
-    /// Dedupe keys without an event, or events without a key.
+    /// Events without a dedupe key, plus dedupe keys without an event beyond those
+    /// of archived events (whose keys stay unless archived with `forget_keys`).
     pub key_mismatches: i64,
+    /// Events held in complete archives (not in `events`).
+    pub archived_events: i64,
+    /// Their total quantity.
+    #[serde(serialize_with = "serde_fmt::decimal")]
+    pub archived_quantity: Decimal,
 }
 
 /// The partitions of the events table and what the default partition caught.
@@ -214,17 +220,32 @@ impl Store {
                 .map_err(Error::db("verifying rollups"))?;
             mismatches += n;
         }
-        let key_mismatches: i64 = client
+        let keys = client
             .query_one(
-                "SELECT count(*) FROM usage_event_keys k FULL JOIN usage_events e
+                "SELECT count(*) FILTER (WHERE k.event_id IS NULL), count(*) FILTER (WHERE e.event_id IS NULL)
+                 FROM usage_event_keys k FULL JOIN usage_events e
                    ON e.event_id = k.event_id AND e.customer_id = k.customer_id
                  WHERE k.event_id IS NULL OR e.event_id IS NULL",
                 &[],
             )
             .await
-            .map_err(Error::db("verifying dedupe keys"))?
-            .try_get(0)
             .map_err(Error::db("verifying dedupe keys"))?;
+        let (no_key, no_event): (i64, i64) = (
+            keys.try_get(0)
+                .map_err(Error::db("verifying dedupe keys"))?,
+            keys.try_get(1)
+                .map_err(Error::db("verifying dedupe keys"))?,
+        );
+        let kept: i64 = client
+            .query_one(
+                "SELECT coalesce(sum(events), 0)::int8 FROM usage_archives WHERE state = 'complete' AND keys_kept",
+                &[],
+            )
+            .await
+            .map_err(Error::db("reading the archive ledger"))?
+            .try_get(0)
+            .map_err(Error::db("reading the archive ledger"))?;
+        let (archived_events, archived_quantity) = self.archived_totals().await?;
         Ok(VerifyReport {
             events: totals.try_get(0).map_err(Error::db("counting events"))?,
             quantity: totals
@@ -232,7 +253,9 @@ impl Store {
                 .map_err(Error::db("counting events"))?
                 .0,
             mismatches,
-            key_mismatches,
+            key_mismatches: no_key + (no_event - kept).abs(),
+            archived_events,
+            archived_quantity,
         })
     }
 

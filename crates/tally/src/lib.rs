@@ -38,7 +38,8 @@
 //!
 //! Names that would collide or that only some programs need are grouped:
 //! [`pricing`] (price books), [`report`] (read results), [`import`] (file import),
-//! [`alerts`] (quotas, plans, alerts and sinks), [`export`] (CSV, JSON, XLSX).
+//! [`alerts`] (quotas, plans, alerts and sinks), [`export`] (CSV, JSON, XLSX),
+//! [`archive`] (archive and restore).
 
 #![cfg_attr(
     not(test),
@@ -97,6 +98,11 @@ pub mod export {
         create_output, default_file_name,
     };
     pub use tally_store::{EventFilter, StoredEvent};
+}
+
+/// Archives of old raw events, and restoring them.
+pub mod archive {
+    pub use tally_store::{ArchiveOptions, ArchiveReport, Manifest, RestoreReport, ServiceCount};
 }
 
 /// Bulk import of CSV and NDJSON files.
@@ -170,6 +176,20 @@ impl Tally {
         progress: Option<export::Progress>,
     ) -> Result<export::ExportReport> {
         self.exporter().export(format, filter, out, progress).await
+    }
+
+    /// Moves raw events older than the cutoff to archive files (rollups and dedupe
+    /// keys stay); see docs/archive.md.
+    pub async fn archive(
+        &self,
+        options: &archive::ArchiveOptions,
+    ) -> Result<archive::ArchiveReport> {
+        self.store.archive(options).await
+    }
+
+    /// Puts an archive's raw events back (not into the rollups: they never left).
+    pub async fn restore(&self, file: &std::path::Path) -> Result<archive::RestoreReport> {
+        self.store.restore(file).await
     }
 
     /// Quotas, plans, alert history and delivery.

@@ -1,0 +1,649 @@
+//! Archive and restore: raw events older than a cutoff move to compressed files (one
+//! per UTC month), written and synced before the transaction that removes their rows
+//! commits; rollups and dedupe keys stay. See docs/archive.md.
+
+use std::{
+    collections::BTreeMap,
+    io::{Read, Write},
+    path::{Path, PathBuf},
+};
+
+use chrono::{DateTime, Datelike, Months, NaiveDate, Utc};
+use flate2::{Compression, read::GzDecoder, write::GzEncoder};
+use futures_util::{StreamExt, pin_mut};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tally_core::{TimeRange, Totals, serde_fmt};
+use tokio::io::AsyncWriteExt;
+use tokio_postgres::types::ToSql;
+use uuid::Uuid;
+
+use crate::{Error, Numeric, Result, Store};
+
+// Arbitrary constant key for the archive lock: "archive" in ASCII.
+const LOCK_KEY: i64 = 0x0061_7263_6869_7665;
+
+/// What `archive` does.
+#[derive(Debug, Clone)]
+pub struct ArchiveOptions {
+    /// Raw events recorded before this instant are archived.
+    pub cutoff: DateTime<Utc>,
+    /// Where the archive files go (created if missing).
+    pub dir: PathBuf,
+    /// Also drop the dedupe keys of the archived events: saves ~100 bytes per event,
+    /// but a replay of one of them would then be counted again. Off by default.
+    pub forget_keys: bool,
+}
+
+/// Totals of one service in an archive.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ServiceCount {
+    /// Events.
+    pub events: i64,
+    /// Their total quantity.
+    #[serde(serialize_with = "serde_fmt::decimal")]
+    pub quantity: Decimal,
+}
+
+/// An archive's manifest: what its file holds. Written next to the file
+/// (`<file>.manifest.json`) and kept in the ledger.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Manifest {
+    /// The ledger's id.
+    pub archive_id: i64,
+    /// The file's name (in the archive directory).
+    pub file: String,
+    /// First instant covered.
+    #[serde(serialize_with = "serde_fmt::instant")]
+    pub range_from: DateTime<Utc>,
+    /// First instant after.
+    #[serde(serialize_with = "serde_fmt::instant")]
+    pub range_to: DateTime<Utc>,
+    /// Events in the file.
+    pub events: i64,
+    /// Their total quantity.
+    #[serde(serialize_with = "serde_fmt::decimal")]
+    pub quantity: Decimal,
+    /// Per service.
+    pub services: BTreeMap<String, ServiceCount>,
+    /// SHA-256 of the file's bytes, hex.
+    pub sha256: String,
+}
+
+/// One archive run's result.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ArchiveReport {
+    /// The archives written (each complete: rows removed, file synced).
+    pub archives: Vec<Manifest>,
+    /// Archives of earlier runs that died before their delete committed: their rows
+    /// were never removed (they are archived again now); their files are left as they
+    /// were and marked `abandoned` in the ledger.
+    pub abandoned: u64,
+}
+
+/// What `restore` did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RestoreReport {
+    /// The archive.
+    pub archive_id: i64,
+    /// Raw events put back (0 when it was restored before).
+    pub restored: u64,
+    /// Whether it had been restored before (then nothing was done).
+    pub already_restored: bool,
+}
+
+/// One line of an archive file: the columns of a raw event (the import format).
+#[derive(Serialize, Deserialize)]
+struct Line {
+    event_id: Uuid,
+    customer_id: String,
+    service: String,
+    #[serde(
+        serialize_with = "serde_fmt::decimal",
+        deserialize_with = "decimal_text"
+    )]
+    quantity: Decimal,
+    recorded_at: DateTime<Utc>,
+    metadata: Box<serde_json::value::RawValue>,
+}
+
+fn decimal_text<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Decimal, D::Error> {
+    let s = String::deserialize(d)?;
+    Decimal::from_str_exact(&s).map_err(serde::de::Error::custom)
+}
+
+fn month_start(t: DateTime<Utc>) -> NaiveDate {
+    let d = t.date_naive();
+    d.with_day(1).unwrap_or(d)
+}
+
+fn at_midnight(d: NaiveDate) -> DateTime<Utc> {
+    d.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc()
+}
+
+fn io(context: &str) -> impl Fn(std::io::Error) -> Error + '_ {
+    move |e| Error::io(context.to_owned(), e)
+}
+
+/// Test hook: `TALLY_FAILPOINT=archive-before-commit` ends the process right after an
+/// archive file is synced and before the transaction removing its rows commits — the
+/// worst moment to crash, which the tests use to prove nothing is lost.
+fn failpoint(name: &str) {
+    if std::env::var("TALLY_FAILPOINT").is_ok_and(|v| v == name) {
+        tracing::error!(failpoint = name, "failpoint reached: exiting");
+        std::process::exit(86);
+    }
+}
+
+/// Per customer, service and hour: the rollup shape of what an archive holds.
+type Hours = BTreeMap<(String, String, DateTime<Utc>), (Totals, [Decimal; 3])>;
+
+fn add_hour(hours: &mut Hours, l: &Line) -> Result<()> {
+    let secs = l.recorded_at.timestamp();
+    let hour = DateTime::from_timestamp(secs - secs.rem_euclid(3600), 0).unwrap_or(l.recorded_at);
+    let key = (l.customer_id.clone(), l.service.clone(), hour);
+    let into = secs.rem_euclid(3600);
+    match hours.get_mut(&key) {
+        Some((t, q)) => {
+            t.add(l.quantity)?;
+            for (sum, end) in q.iter_mut().zip([900, 1800, 2700]) {
+                if into < end {
+                    *sum = sum
+                        .checked_add(l.quantity)
+                        .ok_or(tally_core::Error::Overflow { what: "an archive" })?;
+                }
+            }
+        }
+        None => {
+            let q = [900, 1800, 2700].map(|end| {
+                if into < end {
+                    l.quantity
+                } else {
+                    Decimal::ZERO
+                }
+            });
+            hours.insert(key, (Totals::of(l.quantity), q));
+        }
+    }
+    Ok(())
+}
+
+impl Store {
+    /// Archives the raw events recorded before `options.cutoff`, one file per UTC
+    /// month (see docs/archive.md). Only one archive or restore runs at a time.
+    pub async fn archive(&self, options: &ArchiveOptions) -> Result<ArchiveReport> {
+        tokio::fs::create_dir_all(&options.dir)
+            .await
+            .map_err(io("creating the archive directory"))?;
+        let mut client = self.ingest().connect_unpooled("archiving").await?;
+        lock(&client).await?;
+        let abandoned = client
+            .execute(
+                "UPDATE usage_archives SET state = 'abandoned', finished_at = now() WHERE state = 'writing'",
+                &[],
+            )
+            .await
+            .map_err(Error::db("resolving earlier archive runs"))?;
+        let oldest: Option<DateTime<Utc>> = client
+            .query_one(
+                "SELECT min(recorded_at) FROM usage_events WHERE recorded_at < $1",
+                &[&options.cutoff],
+            )
+            .await
+            .map_err(Error::db("finding what to archive"))?
+            .try_get(0)
+            .map_err(Error::db("finding what to archive"))?;
+        let mut report = ArchiveReport {
+            archives: Vec::new(),
+            abandoned,
+        };
+        let Some(oldest) = oldest else {
+            return Ok(report);
+        };
+        let mut month = month_start(oldest);
+        while at_midnight(month) < options.cutoff {
+            let next = month.checked_add_months(Months::new(1)).ok_or_else(|| {
+                Error::invalid("cutoff", options.cutoff.to_rfc3339(), "out of range")
+            })?;
+            let range = TimeRange::new(at_midnight(month), at_midnight(next).min(options.cutoff))?;
+            if let Some(m) = self
+                .archive_range(&mut client, range, month, options)
+                .await?
+            {
+                report.archives.push(m);
+            }
+            month = next;
+        }
+        Ok(report)
+    }
+
+    async fn archive_range(
+        &self,
+        client: &mut tokio_postgres::Client,
+        range: TimeRange,
+        month: NaiveDate,
+        options: &ArchiveOptions,
+    ) -> Result<Option<Manifest>> {
+        const CTX: &str = "archiving";
+        let partition = format!("usage_events_{:04}_{:02}", month.year(), month.month());
+        let whole_month = range.to() == at_midnight(month.checked_add_months(Months::new(1)).unwrap_or(month))
+            && client
+                .query_one(
+                    "SELECT EXISTS (SELECT 1 FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+                     WHERE i.inhparent = 'usage_events'::regclass AND c.relname = $1)",
+                    &[&partition],
+                )
+                .await
+                .map_err(Error::db(CTX))?
+                .try_get::<_, bool>(0)
+                .map_err(Error::db(CTX))?;
+        // The ledger row first, committed: a crash from here on leaves `writing`.
+        let id: i64 = client
+            .query_one(
+                "INSERT INTO usage_archives (range_from, range_to, file_name, state)
+                 VALUES ($1, $2, 'pending-' || gen_random_uuid(), 'writing') RETURNING archive_id",
+                &[&range.from(), &range.to()],
+            )
+            .await
+            .map_err(Error::db(CTX))?
+            .try_get(0)
+            .map_err(Error::db(CTX))?;
+        let name = format!(
+            "usage_{:04}_{:02}_{id}.ndjson.gz",
+            month.year(),
+            month.month()
+        );
+        client
+            .execute(
+                "UPDATE usage_archives SET file_name = $2 WHERE archive_id = $1",
+                &[&id, &name],
+            )
+            .await
+            .map_err(Error::db(CTX))?;
+        let path = options.dir.join(&name);
+        let partial = options.dir.join(format!("{name}.partial"));
+
+        let tx = client.transaction().await.map_err(Error::db(CTX))?;
+        // Whole month: block writers of the partition, read it, drop it. Part of a
+        // month: delete exactly what is written, by the same predicate, returning it.
+        let rows = if whole_month {
+            tx.batch_execute(&format!("LOCK TABLE {partition} IN SHARE MODE"))
+                .await
+                .map_err(Error::db(CTX))?;
+            let sql = format!(
+                "SELECT event_id, customer_id, service, quantity, recorded_at, metadata::text FROM {partition}"
+            );
+            tx.query_raw(&sql, std::iter::empty::<&(dyn ToSql + Sync)>())
+                .await
+                .map_err(Error::db(CTX))?
+        } else {
+            let params: [&(dyn ToSql + Sync); 2] = [&range.from(), &range.to()];
+            tx.query_raw(
+                "DELETE FROM usage_events WHERE recorded_at >= $1 AND recorded_at < $2
+                 RETURNING event_id, customer_id, service, quantity, recorded_at, metadata::text",
+                params,
+            )
+            .await
+            .map_err(Error::db(CTX))?
+        };
+        pin_mut!(rows);
+        let mut file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&partial)
+            .await
+            .map_err(io("creating an archive file"))?;
+        let mut gz = GzEncoder::new(Vec::with_capacity(1 << 20), Compression::fast());
+        let mut sha = Sha256::new();
+        let mut hours = Hours::new();
+        let mut services: BTreeMap<String, ServiceCount> = BTreeMap::new();
+        let (mut events, mut quantity) = (0i64, Decimal::ZERO);
+        let mut keys: (Vec<Uuid>, Vec<String>) = (Vec::new(), Vec::new());
+        while let Some(row) = rows.next().await {
+            let row = row.map_err(Error::db(CTX))?;
+            let metadata: String = row.try_get(5).map_err(Error::db(CTX))?;
+            let line = Line {
+                event_id: row.try_get(0).map_err(Error::db(CTX))?,
+                customer_id: row.try_get(1).map_err(Error::db(CTX))?,
+                service: row.try_get(2).map_err(Error::db(CTX))?,
+                quantity: row.try_get::<_, Numeric>(3).map_err(Error::db(CTX))?.0,
+                recorded_at: row.try_get(4).map_err(Error::db(CTX))?,
+                metadata: serde_json::value::RawValue::from_string(metadata)
+                    .map_err(|e| io("archiving")(std::io::Error::other(e)))?,
+            };
+            serde_json::to_writer(&mut gz, &line).map_err(|e| io("archiving")(e.into()))?;
+            gz.write_all(b"\n").map_err(io("archiving"))?;
+            add_hour(&mut hours, &line)?;
+            let s = services.entry(line.service.clone()).or_default();
+            s.events += 1;
+            s.quantity = s.quantity.checked_add(line.quantity).unwrap_or(s.quantity);
+            events += 1;
+            quantity = quantity.checked_add(line.quantity).unwrap_or(quantity);
+            if options.forget_keys {
+                keys.0.push(line.event_id);
+                keys.1.push(line.customer_id);
+            }
+            if gz.get_ref().len() >= 1 << 20 {
+                let chunk = std::mem::take(gz.get_mut());
+                sha.update(&chunk);
+                file.write_all(&chunk)
+                    .await
+                    .map_err(io("writing an archive"))?;
+            }
+        }
+        if events == 0 {
+            drop(file);
+            let _ = tokio::fs::remove_file(&partial).await;
+            tx.rollback().await.map_err(Error::db(CTX))?;
+            client
+                .execute("DELETE FROM usage_archives WHERE archive_id = $1", &[&id])
+                .await
+                .map_err(Error::db(CTX))?;
+            return Ok(None);
+        }
+        let rest = gz.finish().map_err(io("writing an archive"))?;
+        sha.update(&rest);
+        file.write_all(&rest)
+            .await
+            .map_err(io("writing an archive"))?;
+        // Durable before the delete commits: the data, the name, the directory entry.
+        file.sync_all().await.map_err(io("syncing an archive"))?;
+        drop(file);
+        tokio::fs::rename(&partial, &path)
+            .await
+            .map_err(io("naming an archive"))?;
+        let manifest = Manifest {
+            archive_id: id,
+            file: name.clone(),
+            range_from: range.from(),
+            range_to: range.to(),
+            events,
+            quantity,
+            services,
+            sha256: sha.finalize().iter().map(|b| format!("{b:02x}")).collect(),
+        };
+        let manifest_json =
+            serde_json::to_vec_pretty(&manifest).map_err(|e| io("archiving")(e.into()))?;
+        let side = options.dir.join(format!("{name}.manifest.json"));
+        let mut f = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&side)
+            .await
+            .map_err(io("writing a manifest"))?;
+        f.write_all(&manifest_json)
+            .await
+            .map_err(io("writing a manifest"))?;
+        f.sync_all().await.map_err(io("syncing a manifest"))?;
+        tokio::fs::File::open(&options.dir)
+            .await
+            .map_err(io("syncing the archive directory"))?
+            .sync_all()
+            .await
+            .map_err(io("syncing the archive directory"))?;
+        failpoint("archive-before-commit");
+
+        // What the rollups were built from, per hour, so `verify` stays exact.
+        let n = hours.len();
+        let (mut customers, mut services, mut buckets) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        let mut totals: [Vec<Decimal>; 6] = Default::default();
+        let mut counts: Vec<i64> = Vec::with_capacity(n);
+        for ((c, s, b), (t, quarters)) in &hours {
+            customers.push(c.as_str());
+            services.push(s.as_str());
+            buckets.push(*b);
+            counts.push(t.events);
+            let [q, lo, hi, q15, q30, q45] = &mut totals;
+            q.push(t.quantity);
+            lo.push(t.min);
+            hi.push(t.max);
+            for (v, x) in [q15, q30, q45].into_iter().zip(quarters) {
+                v.push(*x);
+            }
+        }
+        let [q, lo, hi, q15, q30, q45] = &totals;
+        tx.execute(
+            "INSERT INTO usage_archived_hourly (archive_id, customer_id, service, bucket, events, quantity,
+                 min_quantity, max_quantity, quantity_by_15, quantity_by_30, quantity_by_45)
+             SELECT $1, * FROM unnest($2::text[], $3::text[], $4::timestamptz[], $5::int8[], $6::numeric[],
+                 $7::numeric[], $8::numeric[], $9::numeric[], $10::numeric[], $11::numeric[])",
+            &[&id, &customers, &services, &buckets, &counts, q, lo, hi, q15, q30, q45],
+        )
+        .await
+        .map_err(Error::db(CTX))?;
+        if options.forget_keys {
+            tx.execute(
+                "DELETE FROM usage_event_keys k USING unnest($1::uuid[], $2::text[]) AS u(event_id, customer_id)
+                 WHERE k.event_id = u.event_id AND k.customer_id = u.customer_id",
+                &[&keys.0, &keys.1],
+            )
+            .await
+            .map_err(Error::db("forgetting archived keys"))?;
+        }
+        if whole_month {
+            tx.batch_execute(&format!(
+                "ALTER TABLE usage_events DETACH PARTITION {partition}; DROP TABLE {partition};"
+            ))
+            .await
+            .map_err(Error::db("dropping an archived partition"))?;
+        }
+        let manifest_value =
+            serde_json::to_value(&manifest).map_err(|e| io("archiving")(e.into()))?;
+        tx.execute(
+            "UPDATE usage_archives SET state = 'complete', events = $2, quantity = $3, sha256 = $4,
+                 manifest = $5, keys_kept = $6, finished_at = now()
+             WHERE archive_id = $1",
+            &[
+                &id,
+                &events,
+                &quantity,
+                &manifest.sha256,
+                &manifest_value,
+                &!options.forget_keys,
+            ],
+        )
+        .await
+        .map_err(Error::db(CTX))?;
+        tx.commit()
+            .await
+            .map_err(Error::db("committing an archive"))?;
+        if whole_month {
+            self.ingest().forget_partition(month);
+        }
+        tracing::info!(file = %path.display(), events, "archived");
+        Ok(Some(manifest))
+    }
+
+    /// Puts the raw events of the archive `file` back, exactly as they were, without
+    /// adding them to the rollups again (they never left them). The file must be a
+    /// complete archive of this database, unchanged (its SHA-256 is checked); restoring
+    /// one that was restored before does nothing.
+    pub async fn restore(&self, file: &Path) -> Result<RestoreReport> {
+        const CTX: &str = "restoring an archive";
+        let name = file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let mut client = self.ingest().connect_unpooled(CTX).await?;
+        lock(&client).await?;
+        let row = client
+            .query_opt(
+                "SELECT archive_id, state, sha256, events, quantity, keys_kept, range_from
+                 FROM usage_archives WHERE file_name = $1",
+                &[&name],
+            )
+            .await
+            .map_err(Error::db(CTX))?
+            .ok_or_else(|| {
+                Error::invalid(
+                    "file",
+                    file.display().to_string(),
+                    "not an archive of this database",
+                )
+            })?;
+        let id: i64 = row.try_get(0).map_err(Error::db(CTX))?;
+        let state: String = row.try_get(1).map_err(Error::db(CTX))?;
+        match state.as_str() {
+            "restored" => {
+                return Ok(RestoreReport {
+                    archive_id: id,
+                    restored: 0,
+                    already_restored: true,
+                });
+            }
+            "complete" => {}
+            other => {
+                return Err(Error::invalid(
+                    "file",
+                    file.display().to_string(),
+                    format!(
+                        "archive {id} is {other}, not complete: its rows never left the database"
+                    ),
+                ));
+            }
+        }
+        let sha: String = row.try_get(2).map_err(Error::db(CTX))?;
+        let events: i64 = row.try_get(3).map_err(Error::db(CTX))?;
+        let quantity = row.try_get::<_, Numeric>(4).map_err(Error::db(CTX))?.0;
+        let keys_kept: bool = row.try_get(5).map_err(Error::db(CTX))?;
+        let from: DateTime<Utc> = row.try_get(6).map_err(Error::db(CTX))?;
+
+        let bytes = tokio::fs::read(file)
+            .await
+            .map_err(io("reading an archive"))?;
+        let actual: String = Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        if actual != sha {
+            return Err(Error::invalid(
+                "file",
+                file.display().to_string(),
+                format!("checksum {actual} differs from the archive's {sha}: the file changed"),
+            ));
+        }
+        let mut text = String::new();
+        GzDecoder::new(bytes.as_slice())
+            .read_to_string(&mut text)
+            .map_err(io("reading an archive"))?;
+        let mut lines: Vec<Line> = Vec::new();
+        let mut total = Decimal::ZERO;
+        for (n, l) in text.lines().enumerate() {
+            let line: Line = serde_json::from_str(l).map_err(|e| {
+                Error::invalid(
+                    "file",
+                    file.display().to_string(),
+                    format!("line {}: {e}", n + 1),
+                )
+            })?;
+            total = total.checked_add(line.quantity).unwrap_or(total);
+            lines.push(line);
+        }
+        if i64::try_from(lines.len()).ok() != Some(events) || total != quantity {
+            return Err(Error::invalid(
+                "file",
+                file.display().to_string(),
+                format!(
+                    "holds {} events totalling {total}; the manifest says {events} totalling {quantity}",
+                    lines.len()
+                ),
+            ));
+        }
+        let tx = client.transaction().await.map_err(Error::db(CTX))?;
+        tx.execute(
+            "SELECT tally_ensure_month_partition($1)",
+            &[&month_start(from)],
+        )
+        .await
+        .map_err(Error::db("creating the partition to restore into"))?;
+        for chunk in lines.chunks(10_000) {
+            let a: Vec<Uuid> = chunk.iter().map(|l| l.event_id).collect();
+            let b: Vec<&str> = chunk.iter().map(|l| l.customer_id.as_str()).collect();
+            let c: Vec<&str> = chunk.iter().map(|l| l.service.as_str()).collect();
+            let d: Vec<Decimal> = chunk.iter().map(|l| l.quantity).collect();
+            let e: Vec<DateTime<Utc>> = chunk.iter().map(|l| l.recorded_at).collect();
+            let f: Vec<&str> = chunk.iter().map(|l| l.metadata.get()).collect();
+            tx.execute(
+                "INSERT INTO usage_events (event_id, customer_id, service, quantity, recorded_at, metadata)
+                 SELECT u.a, u.b, u.c, u.d, u.e, u.f::jsonb
+                 FROM unnest($1::uuid[], $2::text[], $3::text[], $4::numeric[], $5::timestamptz[], $6::text[])
+                     AS u(a, b, c, d, e, f)",
+                &[&a, &b, &c, &d, &e, &f],
+            )
+            .await
+            .map_err(Error::db(CTX))?;
+            if !keys_kept {
+                tx.execute(
+                    "INSERT INTO usage_event_keys (event_id, customer_id)
+                     SELECT * FROM unnest($1::uuid[], $2::text[]) ON CONFLICT DO NOTHING",
+                    &[&a, &b],
+                )
+                .await
+                .map_err(Error::db(CTX))?;
+            }
+        }
+        tx.execute(
+            "DELETE FROM usage_archived_hourly WHERE archive_id = $1",
+            &[&id],
+        )
+        .await
+        .map_err(Error::db(CTX))?;
+        tx.execute(
+            "UPDATE usage_archives SET state = 'restored', finished_at = now() WHERE archive_id = $1",
+            &[&id],
+        )
+        .await
+        .map_err(Error::db(CTX))?;
+        tx.commit().await.map_err(Error::db(CTX))?;
+        Ok(RestoreReport {
+            archive_id: id,
+            restored: u64::try_from(events).unwrap_or_default(),
+            already_restored: false,
+        })
+    }
+
+    /// The archive ledger's complete archives: how many events and how much they hold
+    /// (what `verify` adds to the raw events).
+    pub(crate) async fn archived_totals(&self) -> Result<(i64, Decimal)> {
+        let client = self.client("reading the archive ledger").await?;
+        let row = client
+            .query_one(
+                "SELECT coalesce(sum(events), 0)::int8, coalesce(sum(quantity), 0) FROM usage_archives WHERE state = 'complete'",
+                &[],
+            )
+            .await
+            .map_err(Error::db("reading the archive ledger"))?;
+        Ok((
+            row.try_get(0)
+                .map_err(Error::db("reading the archive ledger"))?,
+            row.try_get::<_, Numeric>(1)
+                .map_err(Error::db("reading the archive ledger"))?
+                .0,
+        ))
+    }
+}
+
+/// One archive or restore at a time (session lock on the run's own connection: it
+/// goes when the connection does).
+async fn lock(client: &tokio_postgres::Client) -> Result<()> {
+    let got: bool = client
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&LOCK_KEY])
+        .await
+        .map_err(Error::db("locking the archive"))?
+        .try_get(0)
+        .map_err(Error::db("locking the archive"))?;
+    if got {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            "archive",
+            "lock",
+            "another archive or restore is running on this database",
+        ))
+    }
+}

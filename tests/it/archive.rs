@@ -1,0 +1,179 @@
+//! Archive and restore keep exactly-once and the rollups (issue 10).
+
+use rust_decimal::Decimal;
+use tally::{Service, TimeRange, UsageEvent, archive::ArchiveOptions, chrono::Duration};
+use tally_testdb::TestDb;
+use tally_tests::{at, event};
+
+/// 90 events: June and July 2026 whole, and the first half of August, three customers.
+fn events() -> Vec<UsageEvent> {
+    (0..90u32)
+        .map(|i| {
+            let t = at("2026-06-01T00:00:00Z") + Duration::hours(i64::from(i) * 17);
+            let customer = ["acme", "bob", "cleo"][(i % 3) as usize];
+            let service = if i % 2 == 0 {
+                Service::API
+            } else {
+                Service::STORAGE
+            };
+            event(
+                u128::from(i) + 1,
+                customer,
+                service,
+                &format!("{}.5", i + 1),
+                &t.to_rfc3339(),
+            )
+        })
+        .collect()
+}
+
+fn month(m: &str) -> TimeRange {
+    tally::parse_month("period", m).unwrap()
+}
+
+#[tokio::test]
+async fn archive_keeps_reports_and_keys_and_restore_brings_back_the_original() {
+    let db = TestDb::new().await.unwrap();
+    let t = db.tally();
+    let all = events();
+    t.write(&all).await.unwrap();
+    let before = t.verify().await.unwrap();
+    assert_eq!((before.events, before.mismatches), (90, 0));
+    let acme = "acme".parse().unwrap();
+    let july = t
+        .summary(&acme, month("2026-07"), None, None)
+        .await
+        .unwrap();
+    let invoice = t.invoice(&acme, month("2026-07")).await.unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let cutoff = at("2026-08-15T00:00:00Z");
+    let report = t
+        .archive(&ArchiveOptions {
+            cutoff,
+            dir: dir.path().to_owned(),
+            forget_keys: false,
+        })
+        .await
+        .unwrap();
+    // June and July whole (their partitions dropped), August up to the cutoff.
+    assert_eq!(report.archives.len(), 3);
+    let archived: i64 = report.archives.iter().map(|m| m.events).sum();
+    let expect = all.iter().filter(|e| e.recorded_at < cutoff).count() as i64;
+    assert_eq!(archived, expect);
+    for m in &report.archives {
+        assert!(dir.path().join(&m.file).exists());
+        assert!(
+            dir.path()
+                .join(format!("{}.manifest.json", m.file))
+                .exists()
+        );
+    }
+    let months = t.partition_status().await.unwrap().months;
+    assert!(!months.iter().any(|m| m.to_string() == "2026-06-01"));
+    assert!(months.iter().any(|m| m.to_string() == "2026-08-01"));
+
+    // Raw and archived add up; the rollups still agree; reports are unchanged.
+    let after = t.verify().await.unwrap();
+    assert_eq!(after.events, 90 - archived);
+    assert_eq!(after.archived_events, archived);
+    assert_eq!(after.quantity + after.archived_quantity, before.quantity);
+    assert_eq!((after.mismatches, after.key_mismatches), (0, 0));
+    assert_eq!(
+        t.summary(&acme, month("2026-07"), None, None)
+            .await
+            .unwrap(),
+        july
+    );
+    assert_eq!(t.invoice(&acme, month("2026-07")).await.unwrap(), invoice);
+
+    // A retried event that has been archived is still counted once.
+    let replay = t.write(&all[..5]).await.unwrap();
+    assert_eq!((replay.inserted, replay.duplicates), (0, 5));
+
+    // A second run has nothing left before the cutoff and leaves the files alone.
+    let again = t
+        .archive(&ArchiveOptions {
+            cutoff,
+            dir: dir.path().to_owned(),
+            forget_keys: false,
+        })
+        .await
+        .unwrap();
+    assert!(again.archives.is_empty());
+
+    // Restore: raw events back, rollups untouched, verify as at the start.
+    for m in &report.archives {
+        let r = t.restore(&dir.path().join(&m.file)).await.unwrap();
+        assert_eq!(r.restored, m.events as u64);
+    }
+    let restored = t.verify().await.unwrap();
+    assert_eq!(restored.events, before.events);
+    assert_eq!(restored.quantity, before.quantity);
+    assert_eq!((restored.mismatches, restored.key_mismatches), (0, 0));
+    assert_eq!(restored.archived_events, 0);
+    // Twice adds nothing.
+    let twice = t
+        .restore(&dir.path().join(&report.archives[0].file))
+        .await
+        .unwrap();
+    assert!(twice.already_restored);
+    assert_eq!(t.verify().await.unwrap(), restored);
+}
+
+#[tokio::test]
+async fn a_changed_or_foreign_file_is_refused() {
+    let db = TestDb::new().await.unwrap();
+    let t = db.tally();
+    t.write(&events()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let report = t
+        .archive(&ArchiveOptions {
+            cutoff: at("2026-07-01T00:00:00Z"),
+            dir: dir.path().to_owned(),
+            forget_keys: false,
+        })
+        .await
+        .unwrap();
+    let path = dir.path().join(&report.archives[0].file);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+    let err = t.restore(&path).await.unwrap_err();
+    assert_eq!(err.field(), Some("file"));
+    assert!(err.to_string().contains("checksum"), "{err}");
+    let foreign = dir.path().join("usage_2020_01_999.ndjson.gz");
+    std::fs::write(&foreign, b"x").unwrap();
+    assert_eq!(t.restore(&foreign).await.unwrap_err().field(), Some("file"));
+    assert_eq!(t.verify().await.unwrap().mismatches, 0);
+}
+
+#[tokio::test]
+async fn forgetting_keys_is_explicit_and_then_a_replay_counts_again() {
+    let db = TestDb::new().await.unwrap();
+    let t = db.tally();
+    let all = events();
+    t.write(&all).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let report = t
+        .archive(&ArchiveOptions {
+            cutoff: at("2026-07-01T00:00:00Z"),
+            dir: dir.path().to_owned(),
+            forget_keys: true,
+        })
+        .await
+        .unwrap();
+    assert_eq!(report.archives.len(), 1);
+    let v = t.verify().await.unwrap();
+    assert_eq!((v.mismatches, v.key_mismatches), (0, 0));
+    // The trade: an archived event replayed now is new again.
+    let replay = t.write(&all[..1]).await.unwrap();
+    assert_eq!(replay.inserted, 1);
+    let v = t.verify().await.unwrap();
+    assert_eq!((v.mismatches, v.key_mismatches), (0, 0));
+    assert_eq!(
+        v.quantity + v.archived_quantity,
+        all.iter().map(|e| e.quantity.value()).sum::<Decimal>() + all[0].quantity.value()
+    );
+}
