@@ -11,7 +11,8 @@
 //! (2) recording every event through a `Recorder` until `close()` returns, i.e. until
 //! everything is committed with its dedupe keys and rollups. It then verifies the
 //! rollups and prints one JSON line of results. With `--keep` the database is kept and
-//! its URL printed, for `TALLY_BENCH_URL=… cargo bench --bench analytics`.
+//! its URL printed, for `TALLY_BENCH_URL=… cargo bench --bench analytics`. `--end T`
+//! (RFC 3339) ends the workload at T instead of now.
 
 use std::{pin::pin, time::Instant};
 
@@ -29,6 +30,7 @@ struct Args {
     workers: usize,
     baseline: bool,
     keep: bool,
+    end: Option<chrono::DateTime<Utc>>,
 }
 
 fn args() -> Result<Args, String> {
@@ -40,6 +42,7 @@ fn args() -> Result<Args, String> {
         workers: 2,
         baseline: true,
         keep: false,
+        end: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -68,6 +71,14 @@ fn args() -> Result<Args, String> {
             }
             "--no-baseline" => a.baseline = false,
             "--keep" => a.keep = true,
+            "--end" => {
+                let v = value("--end")?;
+                a.end = Some(
+                    chrono::DateTime::parse_from_rfc3339(&v)
+                        .map_err(|_| format!("invalid --end {v:?}: expected RFC 3339"))?
+                        .with_timezone(&Utc),
+                )
+            }
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
@@ -85,7 +96,7 @@ async fn main() {
     };
     let db = TestDb::new().await.expect("a database to load into");
     let t = Instant::now();
-    let events = generate(a.events, a.shape, Utc::now(), 42);
+    let events = generate(a.events, a.shape, a.end.unwrap_or_else(Utc::now), 42);
     let dups = duplicates(&events);
     eprintln!(
         "generated {} events ({} duplicates) in {:.1}s",

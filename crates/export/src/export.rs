@@ -121,24 +121,30 @@ struct Tally {
 }
 
 impl Tally {
-    fn add(&mut self, e: &StoredEvent, unit: &str) {
+    /// Counts `e`; `daily` also keeps the per-day totals (for the XLSX chart).
+    fn add(&mut self, e: &StoredEvent, unit: &str, daily: bool) {
         self.rows += 1;
-        let t = self.services.entry(e.service.clone()).or_default();
+        // Look up before inserting: a row allocates only for a key seen first.
+        let t = match self.services.get_mut(&e.service) {
+            Some(t) => t,
+            None => self.services.entry(e.service.clone()).or_insert_with(|| ServiceTotal {
+                unit: unit.to_owned(),
+                ..ServiceTotal::default()
+            }),
+        };
         t.events += 1;
         t.quantity = t.quantity.checked_add(e.quantity).unwrap_or(t.quantity);
-        if t.unit.is_empty() {
-            t.unit = unit.to_owned();
-        }
         if !self.customers.contains(&e.customer_id) {
             self.customers.insert(e.customer_id.clone());
         }
-        let day = self
-            .daily
-            .entry(e.recorded_at.date_naive())
-            .or_default()
-            .entry(e.service.clone())
-            .or_default();
-        *day = day.checked_add(e.quantity).unwrap_or(*day);
+        if daily {
+            let per = self.daily.entry(e.recorded_at.date_naive()).or_default();
+            let day = match per.get_mut(&e.service) {
+                Some(d) => d,
+                None => per.entry(e.service.clone()).or_default(),
+            };
+            *day = day.checked_add(e.quantity).unwrap_or(*day);
+        }
     }
 }
 
@@ -148,25 +154,27 @@ impl Tally {
 struct Pricer {
     catalog: Catalog,
     prices: PriceBook,
-    services: HashMap<String, Service>,
+    // Per service name: the service and its unit, looked up once.
+    services: HashMap<String, Option<(Service, Arc<str>)>>,
 }
 
 impl Pricer {
-    fn service(&mut self, name: &str) -> Option<Service> {
-        if let Some(s) = self.services.get(name) {
-            return Some(s.clone());
-        }
-        let s = self.catalog.service(name).ok()?;
-        self.services.insert(name.to_owned(), s.clone());
-        Some(s)
-    }
-
     /// (unit, unit price, cost) of one row.
-    fn price(&mut self, e: &StoredEvent) -> (String, Option<Decimal>, Option<Decimal>) {
-        let Some(service) = self.service(&e.service) else {
-            return (String::new(), None, None);
+    fn price(&mut self, e: &StoredEvent) -> (Arc<str>, Option<Decimal>, Option<Decimal>) {
+        let known = match self.services.get(&e.service) {
+            Some(k) => k.clone(),
+            None => {
+                let k = self.catalog.service(&e.service).ok().map(|s| {
+                    let unit: Arc<str> = Arc::from(self.catalog.unit(&s).unwrap_or_default());
+                    (s, unit)
+                });
+                self.services.insert(e.service.clone(), k.clone());
+                k
+            }
         };
-        let unit = self.catalog.unit(&service).unwrap_or_default().to_owned();
+        let Some((service, unit)) = known else {
+            return (Arc::from(""), None, None);
+        };
         let unit_price = self
             .prices
             .price_at(&service, e.recorded_at)
@@ -453,7 +461,7 @@ fn write_rows(
                         ws.write_number_with_format(r, 3, q, &number)
                             .map_err(xlsx_error)?;
                     }
-                    ws.write_string(r, 4, &unit).map_err(xlsx_error)?;
+                    ws.write_string(r, 4, &*unit).map_err(xlsx_error)?;
                     if let Some(p) = unit_price.and_then(|p| p.to_f64()) {
                         ws.write_number_with_format(r, 5, p, &number)
                             .map_err(xlsx_error)?;
@@ -471,7 +479,7 @@ fn write_rows(
                     *row += 1;
                 }
             }
-            tally.add(&e, &unit);
+            tally.add(&e, &unit, matches!(sink, Sink::Xlsx { .. }));
         }
         if let Some(p) = &progress {
             p(tally.rows);

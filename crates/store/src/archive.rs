@@ -14,7 +14,7 @@ use futures_util::{StreamExt, pin_mut};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use tally_core::{TimeRange, Totals, serde_fmt};
+use tally_core::{TimeRange, serde_fmt};
 use tokio::io::AsyncWriteExt;
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
@@ -136,39 +136,6 @@ fn failpoint(name: &str) {
     }
 }
 
-/// Per customer, service and hour: the rollup shape of what an archive holds.
-type Hours = BTreeMap<(String, String, DateTime<Utc>), (Totals, [Decimal; 3])>;
-
-fn add_hour(hours: &mut Hours, l: &Line) -> Result<()> {
-    let secs = l.recorded_at.timestamp();
-    let hour = DateTime::from_timestamp(secs - secs.rem_euclid(3600), 0).unwrap_or(l.recorded_at);
-    let key = (l.customer_id.clone(), l.service.clone(), hour);
-    let into = secs.rem_euclid(3600);
-    match hours.get_mut(&key) {
-        Some((t, q)) => {
-            t.add(l.quantity)?;
-            for (sum, end) in q.iter_mut().zip([900, 1800, 2700]) {
-                if into < end {
-                    *sum = sum
-                        .checked_add(l.quantity)
-                        .ok_or(tally_core::Error::Overflow { what: "an archive" })?;
-                }
-            }
-        }
-        None => {
-            let q = [900, 1800, 2700].map(|end| {
-                if into < end {
-                    l.quantity
-                } else {
-                    Decimal::ZERO
-                }
-            });
-            hours.insert(key, (Totals::of(l.quantity), q));
-        }
-    }
-    Ok(())
-}
-
 impl Store {
     /// Archives the raw events recorded before `options.cutoff`, one file per UTC
     /// month (see docs/archive.md). Only one archive or restore runs at a time.
@@ -265,27 +232,47 @@ impl Store {
         let partial = options.dir.join(format!("{name}.partial"));
 
         let tx = client.transaction().await.map_err(Error::db(CTX))?;
-        // Whole month: block writers of the partition, read it, drop it. Part of a
-        // month: delete exactly what is written, by the same predicate, returning it.
+        // Whole month: block writers of the partition, read it, drop it (below).
+        // The per-hour totals of exactly these rows go to usage_archived_hourly in the
+        // same statement (a data-modifying CTE runs whether or not it is read).
+        let aggregate = |source: &str| {
+            format!(
+                "agg AS (
+                    INSERT INTO usage_archived_hourly (archive_id, customer_id, service, bucket, events, quantity,
+                        min_quantity, max_quantity, quantity_by_15, quantity_by_30, quantity_by_45)
+                    SELECT $1, customer_id, service, b, count(*), sum(quantity), min(quantity), max(quantity),
+                           coalesce(sum(quantity) FILTER (WHERE recorded_at < b + interval '15 minutes'), 0),
+                           coalesce(sum(quantity) FILTER (WHERE recorded_at < b + interval '30 minutes'), 0),
+                           coalesce(sum(quantity) FILTER (WHERE recorded_at < b + interval '45 minutes'), 0)
+                    FROM (SELECT customer_id, service, quantity, recorded_at,
+                                 date_bin('1 hour', recorded_at, timestamptz '2000-01-01 00:00:00+00') AS b
+                          FROM {source}) e
+                    GROUP BY customer_id, service, b)"
+            )
+        };
         let rows = if whole_month {
             tx.batch_execute(&format!("LOCK TABLE {partition} IN SHARE MODE"))
                 .await
                 .map_err(Error::db(CTX))?;
             let sql = format!(
-                "SELECT event_id, customer_id, service, quantity, recorded_at, metadata::text FROM {partition}"
+                "WITH {}
+                 SELECT event_id, customer_id, service, quantity, recorded_at, metadata::text FROM {partition}",
+                aggregate(&partition)
             );
-            tx.query_raw(&sql, std::iter::empty::<&(dyn ToSql + Sync)>())
-                .await
-                .map_err(Error::db(CTX))?
+            let params: [&(dyn ToSql + Sync); 1] = [&id];
+            tx.query_raw(&sql, params).await.map_err(Error::db(CTX))?
         } else {
-            let params: [&(dyn ToSql + Sync); 2] = [&range.from(), &range.to()];
-            tx.query_raw(
-                "DELETE FROM usage_events WHERE recorded_at >= $1 AND recorded_at < $2
-                 RETURNING event_id, customer_id, service, quantity, recorded_at, metadata::text",
-                params,
-            )
-            .await
-            .map_err(Error::db(CTX))?
+            // Part of a month: delete exactly what is written, by the same predicate.
+            let sql = format!(
+                "WITH d AS (
+                    DELETE FROM usage_events WHERE recorded_at >= $2 AND recorded_at < $3
+                    RETURNING event_id, customer_id, service, quantity, recorded_at, metadata),
+                 {}
+                 SELECT event_id, customer_id, service, quantity, recorded_at, metadata::text FROM d",
+                aggregate("d")
+            );
+            let params: [&(dyn ToSql + Sync); 3] = [&id, &range.from(), &range.to()];
+            tx.query_raw(&sql, params).await.map_err(Error::db(CTX))?
         };
         pin_mut!(rows);
         let mut file = tokio::fs::OpenOptions::new()
@@ -296,7 +283,6 @@ impl Store {
             .map_err(io("creating an archive file"))?;
         let mut gz = GzEncoder::new(Vec::with_capacity(1 << 20), Compression::fast());
         let mut sha = Sha256::new();
-        let mut hours = Hours::new();
         let mut services: BTreeMap<String, ServiceCount> = BTreeMap::new();
         let (mut events, mut quantity) = (0i64, Decimal::ZERO);
         let mut keys: (Vec<Uuid>, Vec<String>) = (Vec::new(), Vec::new());
@@ -314,8 +300,10 @@ impl Store {
             };
             serde_json::to_writer(&mut gz, &line).map_err(|e| io("archiving")(e.into()))?;
             gz.write_all(b"\n").map_err(io("archiving"))?;
-            add_hour(&mut hours, &line)?;
-            let s = services.entry(line.service.clone()).or_default();
+            let s = match services.get_mut(&line.service) {
+                Some(s) => s,
+                None => services.entry(line.service.clone()).or_default(),
+            };
             s.events += 1;
             s.quantity = s.quantity.checked_add(line.quantity).unwrap_or(s.quantity);
             events += 1;
@@ -384,38 +372,6 @@ impl Store {
             .map_err(io("syncing the archive directory"))?;
         failpoint("archive-before-commit");
 
-        // What the rollups were built from, per hour, so `verify` stays exact.
-        let n = hours.len();
-        let (mut customers, mut services, mut buckets) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        let mut totals: [Vec<Decimal>; 6] = Default::default();
-        let mut counts: Vec<i64> = Vec::with_capacity(n);
-        for ((c, s, b), (t, quarters)) in &hours {
-            customers.push(c.as_str());
-            services.push(s.as_str());
-            buckets.push(*b);
-            counts.push(t.events);
-            let [q, lo, hi, q15, q30, q45] = &mut totals;
-            q.push(t.quantity);
-            lo.push(t.min);
-            hi.push(t.max);
-            for (v, x) in [q15, q30, q45].into_iter().zip(quarters) {
-                v.push(*x);
-            }
-        }
-        let [q, lo, hi, q15, q30, q45] = &totals;
-        tx.execute(
-            "INSERT INTO usage_archived_hourly (archive_id, customer_id, service, bucket, events, quantity,
-                 min_quantity, max_quantity, quantity_by_15, quantity_by_30, quantity_by_45)
-             SELECT $1, * FROM unnest($2::text[], $3::text[], $4::timestamptz[], $5::int8[], $6::numeric[],
-                 $7::numeric[], $8::numeric[], $9::numeric[], $10::numeric[], $11::numeric[])",
-            &[&id, &customers, &services, &buckets, &counts, q, lo, hi, q15, q30, q45],
-        )
-        .await
-        .map_err(Error::db(CTX))?;
         if options.forget_keys {
             tx.execute(
                 "DELETE FROM usage_event_keys k USING unnest($1::uuid[], $2::text[]) AS u(event_id, customer_id)
