@@ -23,7 +23,7 @@ CREATE TABLE usage_archives (
 -- What each complete archive holds, per customer, service and UTC hour, in the hourly
 -- rollup's shape: `verify` compares the rollups with raw events plus these, exactly.
 CREATE TABLE usage_archived_hourly (
-    archive_id      bigint NOT NULL REFERENCES usage_archives ON DELETE CASCADE,
+    archive_id      bigint NOT NULL,  -- of usage_archives; no foreign key: checking it took 1.8 s of an 11 s archive of 1M events
     customer_id     text COLLATE "C" NOT NULL,
     service         text COLLATE "C" NOT NULL,
     bucket          timestamptz NOT NULL,
