@@ -127,10 +127,13 @@ impl Tally {
         // Look up before inserting: a row allocates only for a key seen first.
         let t = match self.services.get_mut(&e.service) {
             Some(t) => t,
-            None => self.services.entry(e.service.clone()).or_insert_with(|| ServiceTotal {
-                unit: unit.to_owned(),
-                ..ServiceTotal::default()
-            }),
+            None => self
+                .services
+                .entry(e.service.clone())
+                .or_insert_with(|| ServiceTotal {
+                    unit: unit.to_owned(),
+                    ..ServiceTotal::default()
+                }),
         };
         t.events += 1;
         t.quantity = t.quantity.checked_add(e.quantity).unwrap_or(t.quantity);
