@@ -543,9 +543,10 @@ fn default_currency() -> String {
 }
 
 impl Default for PriceBook {
-    /// The seed's per-unit defaults for the six built-ins.
+    /// The seed's per-unit defaults for the six built-ins, in effect from the first
+    /// supported instant (so a range starting before 1970 is priced too).
     fn default() -> Self {
-        let epoch = DateTime::<Utc>::UNIX_EPOCH;
+        let epoch = crate::supported_instants().0;
         let services = BuiltIn::ALL
             .into_iter()
             .map(|b| {

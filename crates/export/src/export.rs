@@ -11,6 +11,7 @@ use std::{
 };
 
 use chrono::{DateTime, NaiveDate, Utc};
+use futures_util::StreamExt;
 use rust_decimal::{Decimal, prelude::ToPrimitive};
 use rust_xlsxwriter::{Chart, ChartType, Format, Workbook, XlsxError};
 use serde::Serialize;
@@ -303,15 +304,23 @@ impl Exporter {
             total_cost: Decimal::ZERO,
             sheets: 0,
         };
-        for customer in &tally.customers {
-            let Ok(c) = CustomerId::new(customer.as_str()) else {
-                continue;
-            };
-            let summary = self
-                .analytics
-                .summary(&c, head.range, filter.service.as_ref(), None)
-                .await?;
-            for line in summary.services {
+        // One summary per customer, a few at a time (each is a handful of reads).
+        let summaries: Vec<Result<tally_analytics::Summary>> = futures_util::stream::iter(
+            tally
+                .customers
+                .iter()
+                .filter_map(|c| CustomerId::new(c.as_str()).ok()),
+        )
+        .map(|c| {
+            let analytics = &self.analytics;
+            let service = filter.service.as_ref();
+            async move { analytics.summary(&c, head.range, service, None).await }
+        })
+        .buffer_unordered(4)
+        .collect()
+        .await;
+        for summary in summaries {
+            for line in summary?.services {
                 if let Some(t) = report.services.get_mut(&line.service) {
                     t.cost = t.cost.checked_add(line.amount).unwrap_or(t.cost);
                 }
