@@ -93,7 +93,20 @@ async fn csv_has_one_header_and_every_event_exactly() {
     let total: Decimal = rows.iter().map(|r| r[3].parse::<Decimal>().unwrap()).sum();
     let expect: Decimal = events.iter().map(|e| e.quantity.value()).sum();
     assert_eq!(total, expect);
-    // Metadata survives byte for byte (as PostgreSQL's jsonb prints it).
+    // Metadata survives byte for byte: each row's text is what the database holds
+    // (PostgreSQL's jsonb text), commas, quotes, newlines and non-ASCII included.
+    let client = db.client().await.unwrap();
+    for row in &rows {
+        let stored: String = client
+            .query_one(
+                "SELECT metadata::text FROM usage_events WHERE event_id = $1::text::uuid",
+                &[&&row[8]],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(&row[7], stored.as_str());
+    }
     let tricky = rows.iter().find(|r| r[7].contains("quotes")).unwrap();
     let v: serde_json::Value = serde_json::from_str(&tricky[7]).unwrap();
     assert_eq!(
