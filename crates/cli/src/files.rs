@@ -17,7 +17,7 @@ pub(crate) struct ExportArgs {
     /// csv, json or xlsx.
     #[arg(long)]
     format: String,
-    /// File to write (default usage_YYYYMMDD_HHMMSS.<ext>); - for stdout (CSV, JSON).
+    /// File to write (default usage_YYYYMMDD_HHMMSS.EXT); - for stdout (CSV, JSON).
     #[arg(long, short)]
     output: Option<String>,
     /// Replace the output file if it exists.

@@ -85,7 +85,7 @@ impl Store {
         &self.ingest
     }
 
-    /// Applies missing migrations (see [`crate::migrate()`]) and creates the events
+    /// Applies missing migrations (advisory-locked, checksummed, idempotent) and creates the events
     /// partitions for this month and the next three.
     pub async fn migrate(&self) -> Result<MigrateReport> {
         let mut client = self.client("migrating").await?;
