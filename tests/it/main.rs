@@ -4,6 +4,7 @@
 mod alerts;
 mod analytics;
 mod archive;
+mod builder;
 mod export;
 mod faults;
 mod fuzz;

@@ -41,7 +41,7 @@ pub enum ErrorKind {
 enum Repr {
     Invalid(tally_core::Error),
     Db {
-        context: &'static str,
+        context: Cow<'static, str>,
         source: tokio_postgres::Error,
     },
     Pool {
@@ -81,19 +81,40 @@ impl Error {
     }
 
     pub(crate) fn db(context: &'static str) -> impl FnOnce(tokio_postgres::Error) -> Error {
-        move |source| Error::new(Repr::Db { context, source })
+        move |source| {
+            Error::new(Repr::Db {
+                context: context.into(),
+                source,
+            })
+        }
     }
 
     pub(crate) fn pool(
         context: &'static str,
     ) -> impl FnOnce(deadpool_postgres::PoolError) -> Error {
         move |e| match e {
-            deadpool_postgres::PoolError::Backend(source) => {
-                Error::new(Repr::Db { context, source })
-            }
+            deadpool_postgres::PoolError::Backend(source) => Error::new(Repr::Db {
+                context: context.into(),
+                source,
+            }),
             other => Error::new(Repr::Pool {
                 context,
                 message: other.to_string(),
+            }),
+        }
+    }
+
+    /// A failure to connect, naming where to (host, port, user, database; never the
+    /// password).
+    pub(crate) fn connect(target: String) -> impl FnOnce(deadpool_postgres::PoolError) -> Error {
+        move |e| match e {
+            deadpool_postgres::PoolError::Backend(source) => Error::new(Repr::Db {
+                context: format!("connecting to {target}").into(),
+                source,
+            }),
+            other => Error::new(Repr::Pool {
+                context: "connecting",
+                message: format!("{target}: {other}"),
             }),
         }
     }

@@ -263,6 +263,10 @@ impl Ingest {
         }
     }
 
+    pub(crate) fn config(&self) -> &tokio_postgres::Config {
+        &self.config
+    }
+
     pub(crate) fn local(&self) -> &Arc<Local> {
         &self.local
     }

@@ -85,6 +85,43 @@ impl Store {
         &self.ingest
     }
 
+    /// Connects now (the pool is otherwise lazy) and runs `SELECT 1`: a server that is
+    /// down, a wrong password or a missing database fails here, with a message naming
+    /// host, port, user and database (never the password).
+    pub async fn check_connection(&self) -> Result<()> {
+        let cfg = self.ingest.config();
+        let hosts: Vec<String> = cfg
+            .get_hosts()
+            .iter()
+            .map(|h| match h {
+                tokio_postgres::config::Host::Tcp(h) => h.clone(),
+                tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+            })
+            .collect();
+        let ports: Vec<String> = cfg.get_ports().iter().map(u16::to_string).collect();
+        let target = format!(
+            "{} port {} as user {} (database {})",
+            if hosts.is_empty() {
+                "localhost".to_owned()
+            } else {
+                hosts.join(",")
+            },
+            if ports.is_empty() {
+                "5432".to_owned()
+            } else {
+                ports.join(",")
+            },
+            cfg.get_user().unwrap_or("(default)"),
+            cfg.get_dbname().unwrap_or("(default)"),
+        );
+        let client = self.pool().get().await.map_err(Error::connect(target))?;
+        client
+            .simple_query("SELECT 1")
+            .await
+            .map_err(Error::db("checking the connection"))?;
+        Ok(())
+    }
+
     /// Applies missing migrations (advisory-locked, checksummed, idempotent) and creates the events
     /// partitions for this month and the next three.
     pub async fn migrate(&self) -> Result<MigrateReport> {

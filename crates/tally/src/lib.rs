@@ -10,18 +10,21 @@
 //! (files).
 //!
 //! ```no_run
-//! use tally::{CustomerId, RecorderConfig, Service, Tally, TimeRange, Zone, track};
+//! use tally::{CustomerId, Service, Tally, TimeRange, Zone, track};
+//! use tally::export::{EventFilter, ExportFormat, create_output};
 //!
 //! # async fn run() -> Result<(), tally::Error> {
-//! let tally = Tally::connect("postgres://postgres@127.0.0.1/app")?;
+//! // Connects now: a wrong URL or password fails here, naming host, port and user.
+//! // (`TallyBuilder::from_env()` reads DATABASE_URL, USAGE_BATCH_* and USAGE_ALERT_*.)
+//! let tally = Tally::builder("postgres://postgres@127.0.0.1/app").build().await?;
 //! tally.migrate().await?;
 //!
 //! // Record from any task: the recorder batches, writes by binary COPY, exactly once.
-//! let recorder = tally.recorder(RecorderConfig::from_env()?);
+//! let recorder = tally.start_recorder();
 //! let customer: CustomerId = "acme".parse()?;
 //! let usage = track::api_request("/v1/things", "GET", 200)?;
 //! recorder.record(usage.for_customer(customer.clone())).await?;
-//! recorder.close().await?;
+//! recorder.flush().await?; // committed; alerts are evaluated after each batch
 //!
 //! // Read it back, priced: this month so far.
 //! let month = TimeRange::from_bounds(None, None, Zone::UTC, tally::chrono::Utc::now())?;
@@ -32,7 +35,12 @@
 //! tally.alerts().assign_plan(&customer, &"free".parse()?, None).await?;
 //! let decision = tally.check_quota(&customer, &Service::API, "1".parse()?).await?;
 //! if !decision.allowed() { /* answer 429 */ }
-//! assert_eq!(tally.verify().await?.mismatches, 0);
+//!
+//! // Export the month for finance, as a workbook that never overwrites a file.
+//! let file = create_output("usage.xlsx".as_ref(), false)?;
+//! let filter = EventFilter { range: month, customer: Some(customer), service: None };
+//! tally.export(ExportFormat::Xlsx, filter, Box::new(file), None).await?;
+//! recorder.close().await?;
 //! # Ok(()) }
 //! ```
 //!
@@ -132,6 +140,136 @@ pub struct Tally {
     store: tally_store::Store,
     analytics: Analytics,
     alerts: Alerts,
+    recorder_config: RecorderConfig,
+    zone: Zone,
+}
+
+/// Configures a [`Tally`]: [`Tally::builder`] or [`TallyBuilder::from_env`], then
+/// [`TallyBuilder::build`], which connects.
+#[must_use]
+pub struct TallyBuilder {
+    url: String,
+    pool_size: usize,
+    recorder: RecorderConfig,
+    alerts: tally_alerts::AlertConfig,
+    prices: Option<PriceBook>,
+    zone: Zone,
+    sinks: Vec<std::sync::Arc<dyn alerts::Sink>>,
+}
+
+impl std::fmt::Debug for TallyBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TallyBuilder")
+            .field("pool_size", &self.pool_size)
+            .field("recorder", &self.recorder)
+            .field("alerts", &self.alerts)
+            .field("zone", &self.zone)
+            .field("sinks", &self.sinks.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl TallyBuilder {
+    /// A builder from the environment, the seed's variables: `DATABASE_URL` (required),
+    /// `USAGE_BATCH_SIZE`, `USAGE_BATCH_TIMEOUT`, `USAGE_ALERT_WARNING`,
+    /// `USAGE_ALERT_CRITICAL`, `USAGE_ALERT_EXCEEDED`. A bad value is an error naming
+    /// the variable.
+    pub fn from_env() -> Result<TallyBuilder> {
+        TallyBuilder::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// As [`TallyBuilder::from_env`], reading the variables through `lookup`.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<TallyBuilder> {
+        let url = lookup("DATABASE_URL")
+            .filter(|u| !u.trim().is_empty())
+            .ok_or_else(|| InvalidInput::Invalid {
+                field: "DATABASE_URL",
+                value: String::new(),
+                reason: "is not set; it names the database (postgres://user@host/db)".into(),
+            })?;
+        let mut b = Tally::builder(url);
+        b.recorder = RecorderConfig::from_lookup(&lookup)?;
+        b.alerts = tally_alerts::AlertConfig::from_lookup(&lookup)?;
+        Ok(b)
+    }
+
+    /// Connections in the pool (default 8).
+    pub fn pool_size(mut self, n: usize) -> Self {
+        self.pool_size = n.max(1);
+        self
+    }
+
+    /// How [`Tally::start_recorder`] batches (default [`RecorderConfig::default`]).
+    pub fn recorder(mut self, config: RecorderConfig) -> Self {
+        self.recorder = config;
+        self
+    }
+
+    /// Events per recorder batch.
+    pub fn batch_size(mut self, n: usize) -> Self {
+        self.recorder = self.recorder.batch_size(n);
+        self
+    }
+
+    /// Longest an event waits in the recorder's queue.
+    pub fn batch_timeout(mut self, d: std::time::Duration) -> Self {
+        self.recorder = self.recorder.batch_timeout(d);
+        self
+    }
+
+    /// Alert thresholds (a plan may have its own).
+    pub fn thresholds(mut self, t: Thresholds) -> Self {
+        self.alerts = self.alerts.thresholds(t);
+        self
+    }
+
+    /// Everything about quota checks and alert delivery.
+    pub fn alert_config(mut self, config: tally_alerts::AlertConfig) -> Self {
+        self.alerts = config;
+        self
+    }
+
+    /// The price book reads and exports use (default: the built-in per-unit prices).
+    pub fn prices(mut self, prices: PriceBook) -> Self {
+        self.prices = Some(prices);
+        self
+    }
+
+    /// The zone the application reports in by default ([`Tally::zone`]).
+    pub fn zone(mut self, zone: Zone) -> Self {
+        self.zone = zone;
+        self
+    }
+
+    /// Adds an alert sink.
+    pub fn sink(mut self, sink: std::sync::Arc<dyn alerts::Sink>) -> Self {
+        self.sinks.push(sink);
+        self
+    }
+
+    /// Connects now: a server that is down, a wrong password or a missing database
+    /// fails here, naming host, port, user and database (never the password). Alerts
+    /// are then evaluated after every batch the write path commits.
+    pub async fn build(self) -> Result<Tally> {
+        let store = tally_store::Store::with_pool_size(&self.url, self.pool_size)?;
+        store.check_connection().await?;
+        let analytics = match self.prices {
+            Some(p) => Analytics::new(store.clone()).with_prices(p),
+            None => Analytics::new(store.clone()),
+        };
+        let alerts = Alerts::new(store.clone(), self.alerts);
+        for s in self.sinks {
+            alerts.add_sink(s);
+        }
+        alerts.watch();
+        Ok(Tally {
+            store,
+            analytics,
+            alerts,
+            recorder_config: self.recorder,
+            zone: self.zone,
+        })
+    }
 }
 
 impl Tally {
@@ -151,7 +289,33 @@ impl Tally {
             store,
             analytics,
             alerts,
+            recorder_config: RecorderConfig::default(),
+            zone: Zone::UTC,
         })
+    }
+
+    /// A builder for `url`: pool size, recorder batching, alert thresholds and sinks,
+    /// price book, default zone; [`TallyBuilder::build`] connects eagerly.
+    pub fn builder(url: impl Into<String>) -> TallyBuilder {
+        TallyBuilder {
+            url: url.into(),
+            pool_size: 8,
+            recorder: RecorderConfig::default(),
+            alerts: AlertConfig::default(),
+            prices: None,
+            zone: Zone::UTC,
+            sinks: Vec::new(),
+        }
+    }
+
+    /// A recorder configured as the builder said (batch size and timeout).
+    pub fn start_recorder(&self) -> Recorder {
+        self.recorder(self.recorder_config.clone())
+    }
+
+    /// The application's default zone (set by the builder; UTC otherwise).
+    pub fn zone(&self) -> Zone {
+        self.zone
     }
 
     /// The same database with alerts configured by `config` (sinks added so far are
