@@ -12,6 +12,7 @@
 use std::{io::IsTerminal, path::PathBuf, process::ExitCode, sync::Arc};
 
 mod compact;
+mod demo;
 mod files;
 mod output;
 mod quotas;
@@ -71,6 +72,9 @@ enum Command {
     Peaks(reads::PeaksArgs),
     /// An invoice preview for a billing period.
     Invoice(reads::InvoiceArgs),
+    /// Run the seed's scenarios end to end on a database of its own (a throwaway
+    /// PostgreSQL when DATABASE_URL is unset).
+    Demo(demo::DemoArgs),
     /// Export raw usage as CSV, JSON or XLSX.
     Export(files::ExportArgs),
     /// Move raw events older than N days to archive files (rollups and keys stay).
@@ -265,7 +269,8 @@ async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("TALLY_LOG")
-                .unwrap_or_else(|_| "warn".into()),
+                // deadpool's own connection warnings repeat what Tally's errors say.
+                .unwrap_or_else(|_| "warn,deadpool=error".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -408,6 +413,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Trends(a) => reads::trends(cli.database_url, a).await?,
         Command::Peaks(a) => reads::peaks(cli.database_url, a).await?,
         Command::Invoice(a) => reads::invoice(cli.database_url, a).await?,
+        Command::Demo(a) => demo::demo(a).await?,
         Command::Export(a) => files::export(cli.database_url, a).await?,
         Command::Archive(a) => files::archive(cli.database_url, a).await?,
         Command::Restore { file } => files::restore(cli.database_url, file).await?,
