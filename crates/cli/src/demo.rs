@@ -291,7 +291,7 @@ async fn scenarios(t: &Tally, events: usize, dir: &std::path::Path) -> Result<()
             m.sha256.get(..12).unwrap_or("")
         ))?;
     }
-    let replay = t.write(&old[..10]).await?;
+    let replay = t.write(old.get(..10).unwrap_or_default()).await?;
     let v = t.verify().await?;
     out(format_args!(
         "  replaying 10 archived events: {} new; verify: {} in the database + {} archived, {} mismatches\n",
