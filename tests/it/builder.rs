@@ -48,14 +48,20 @@ async fn the_builder_wires_recorder_settings_and_alerts() {
     assert_eq!(tally.zone().name(), "Asia/Kolkata");
     let rec = tally.start_recorder();
     rec.record_many(api_events(20, 0)).await.unwrap();
-    // Batches of 7 went out on their own; the last 6 wait for the (hour-long) timeout.
-    for _ in 0..100 {
-        if rec.status().inserted >= 14 {
+    // A batch of 7 goes out on its own, long before the hour-long timeout (with the
+    // default batch of 10 000 nothing would). How many follow depends on group commit
+    // timing, so only the first is asserted.
+    for _ in 0..250 {
+        if rec.status().inserted >= 7 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(rec.status().inserted, 14);
+    let early = rec.status().inserted;
+    assert!(
+        (7..20).contains(&early),
+        "{early} committed before the timeout"
+    );
     rec.close().await.unwrap();
     assert_eq!(tally.verify().await.unwrap().events, 20);
 
