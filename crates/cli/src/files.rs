@@ -5,12 +5,12 @@ use std::{io::IsTerminal, path::PathBuf, sync::Arc};
 
 use clap::Args;
 use tally::{
-    CustomerId, Service, TimeRange, Zone,
+    CustomerId, Service, Zone,
     chrono::Utc,
     export::{EventFilter, ExportFormat, create_output, default_file_name},
 };
 
-use crate::{Failure, bad, output::out, reads, tally_for};
+use crate::{Failure, bad, output::out, parse_opt, reads, tally_for};
 
 #[derive(Args)]
 pub(crate) struct ExportArgs {
@@ -45,14 +45,8 @@ pub(crate) struct ExportArgs {
 pub(crate) async fn export(url: Option<String>, a: ExportArgs) -> Result<(), Failure> {
     let format: ExportFormat = a.format.parse().map_err(bad)?;
     let zone: Zone = a.tz.parse().map_err(bad)?;
-    let customer: Option<CustomerId> = a
-        .customer
-        .as_deref()
-        .map(str::parse)
-        .transpose()
-        .map_err(bad)?;
-    let range = TimeRange::from_bounds(a.from.as_deref(), a.to.as_deref(), zone, Utc::now())
-        .map_err(bad)?;
+    let customer: Option<CustomerId> = parse_opt(&a.customer)?;
+    let range = reads::range(&a.from, &a.to, zone)?;
     let to_stdout = a.output.as_deref() == Some("-");
     if to_stdout && format == ExportFormat::Xlsx {
         return Err(Failure::Usage(
@@ -65,10 +59,7 @@ pub(crate) async fn export(url: Option<String>, a: ExportArgs) -> Result<(), Fai
         Some(p) => tally.with_prices(p),
         None => tally,
     };
-    let service: Option<Service> = match &a.service {
-        Some(s) => Some(tally.catalog().await?.service(s).map_err(bad)?),
-        None => None,
-    };
+    let service: Option<Service> = reads::opt_service(&tally, &a.service).await?;
     let filter = EventFilter {
         range,
         customer,

@@ -264,6 +264,13 @@ pub(crate) fn bad(e: tally::InvalidInput) -> Failure {
     Failure::Usage(e.to_string())
 }
 
+/// An optional flag's value, validated into its type.
+pub(crate) fn parse_opt<T: std::str::FromStr<Err = tally::InvalidInput>>(
+    v: &Option<String>,
+) -> Result<Option<T>, Failure> {
+    v.as_deref().map(str::parse).transpose().map_err(bad)
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()

@@ -18,14 +18,8 @@ use tally::{
 use crate::{
     Failure, bad,
     output::{Format, Tabular, emit, out},
-    tally_for,
+    parse_opt, tally_for,
 };
-
-fn parse_opt<T: std::str::FromStr<Err = tally::InvalidInput>>(
-    v: &Option<String>,
-) -> Result<Option<T>, Failure> {
-    v.as_deref().map(str::parse).transpose().map_err(bad)
-}
 
 /// The alert log file: `--log`, else `USAGE_ALERT_LOG`.
 #[derive(Args)]
@@ -434,10 +428,7 @@ pub(crate) async fn alerts(url: Option<String>, cmd: AlertsCommand) -> Result<()
                 level: parse_opt::<Level>(&a.level)?,
             };
             let tally = tally_for(url)?;
-            let service: Option<Service> = match &a.service {
-                Some(s) => Some(tally.catalog().await?.service(s).map_err(bad)?),
-                None => None,
-            };
+            let service: Option<Service> = crate::reads::opt_service(&tally, &a.service).await?;
             let alerts = tally
                 .alerts()
                 .list(&AlertFilter { service, ..filter })

@@ -9,7 +9,7 @@ use tally::{
 use crate::{
     Failure, bad,
     output::{Format, Peaks, Trends, emit},
-    tally_for,
+    parse_opt, tally_for,
 };
 
 #[derive(Args)]
@@ -145,7 +145,10 @@ async fn service(tally: &Tally, name: &str) -> Result<Service, Failure> {
     tally.catalog().await?.service(name).map_err(bad)
 }
 
-async fn opt_service(tally: &Tally, name: &Option<String>) -> Result<Option<Service>, Failure> {
+pub(crate) async fn opt_service(
+    tally: &Tally,
+    name: &Option<String>,
+) -> Result<Option<Service>, Failure> {
     match name {
         Some(s) => Ok(Some(service(tally, s).await?)),
         None => Ok(None),
@@ -153,7 +156,11 @@ async fn opt_service(tally: &Tally, name: &Option<String>) -> Result<Option<Serv
 }
 
 /// `[from, to)` from the flags, defaulting to the current calendar month in `zone`.
-fn range(from: &Option<String>, to: &Option<String>, zone: Zone) -> Result<TimeRange, Failure> {
+pub(crate) fn range(
+    from: &Option<String>,
+    to: &Option<String>,
+    zone: Zone,
+) -> Result<TimeRange, Failure> {
     TimeRange::from_bounds(from.as_deref(), to.as_deref(), zone, Utc::now()).map_err(bad)
 }
 
@@ -172,12 +179,7 @@ pub(crate) async fn report(url: Option<String>, a: ReportArgs) -> Result<(), Fai
 pub(crate) async fn aggregate(url: Option<String>, a: AggregateArgs) -> Result<(), Failure> {
     let g: Granularity = a.period.parse().map_err(bad)?;
     let zone: Zone = a.tz.parse().map_err(bad)?;
-    let customer: Option<CustomerId> = a
-        .customer
-        .as_deref()
-        .map(str::parse)
-        .transpose()
-        .map_err(bad)?;
+    let customer: Option<CustomerId> = parse_opt(&a.customer)?;
     let range = range(&a.from, &a.to, zone)?;
     let tally = setup(url, &a.common).await?;
     let svc = opt_service(&tally, &a.service).await?;

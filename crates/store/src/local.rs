@@ -84,18 +84,27 @@ impl Local {
 
     /// `events` left the write path: committed, dead-lettered or given back.
     pub(crate) fn settled(&self, events: &[UsageEvent]) {
-        let sums = per_key(events);
+        self.settle(&per_key(events));
+    }
+
+    fn settle(&self, sums: &HashMap<(&str, &Service), Decimal>) {
         let mut l = self.ledger();
         for ((customer, service), q) in sums {
-            if let Some(e) = l.entries.get_mut(customer).and_then(|s| s.get_mut(service)) {
-                e.settled = e.settled.checked_add(q).unwrap_or(Decimal::MAX);
+            if let Some(e) = l
+                .entries
+                .get_mut(*customer)
+                .and_then(|s| s.get_mut(*service))
+            {
+                e.settled = e.settled.checked_add(*q).unwrap_or(Decimal::MAX);
             }
         }
     }
 
-    /// `events` committed: settles them, then tells the hooks which keys they touched.
+    /// `events` committed: settles them, then tells the hooks which keys they touched
+    /// (one pass over the events for both).
     pub(crate) fn committed(&self, events: &[UsageEvent]) {
-        self.settled(events);
+        let sums = per_key(events);
+        self.settle(&sums);
         if self
             .hooks
             .read()
@@ -104,7 +113,7 @@ impl Local {
         {
             return;
         }
-        let mut keys: Vec<(CustomerId, Service)> = per_key(events)
+        let mut keys: Vec<(CustomerId, Service)> = sums
             .into_keys()
             .filter_map(|(c, s)| Some((CustomerId::new(c).ok()?, s.clone())))
             .collect();
