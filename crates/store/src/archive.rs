@@ -145,6 +145,16 @@ impl Store {
             .map_err(io("creating the archive directory"))?;
         let mut client = self.ingest().connect_unpooled("archiving").await?;
         lock(&client).await?;
+        let result = self.archive_locked(&mut client, options).await;
+        unlock(&client).await;
+        result
+    }
+
+    async fn archive_locked(
+        &self,
+        client: &mut tokio_postgres::Client,
+        options: &ArchiveOptions,
+    ) -> Result<ArchiveReport> {
         let abandoned = client
             .execute(
                 "UPDATE usage_archives SET state = 'abandoned', finished_at = now() WHERE state = 'writing'",
@@ -174,10 +184,7 @@ impl Store {
                 Error::invalid("cutoff", options.cutoff.to_rfc3339(), "out of range")
             })?;
             let range = TimeRange::new(at_midnight(month), at_midnight(next).min(options.cutoff))?;
-            if let Some(m) = self
-                .archive_range(&mut client, range, month, options)
-                .await?
-            {
+            if let Some(m) = self.archive_range(client, range, month, options).await? {
                 report.archives.push(m);
             }
             month = next;
@@ -427,6 +434,18 @@ impl Store {
             .unwrap_or_default();
         let mut client = self.ingest().connect_unpooled(CTX).await?;
         lock(&client).await?;
+        let result = self.restore_locked(&mut client, file, &name).await;
+        unlock(&client).await;
+        result
+    }
+
+    async fn restore_locked(
+        &self,
+        client: &mut tokio_postgres::Client,
+        file: &Path,
+        name: &str,
+    ) -> Result<RestoreReport> {
+        const CTX: &str = "restoring an archive";
         let row = client
             .query_opt(
                 "SELECT archive_id, state, sha256, events, quantity, keys_kept, range_from
@@ -584,22 +603,36 @@ impl Store {
     }
 }
 
+/// Releases the lock now, so the next run need not wait for this connection to close
+/// (if this fails, the lock goes with the connection).
+async fn unlock(client: &tokio_postgres::Client) {
+    let _ = client
+        .execute("SELECT pg_advisory_unlock($1)", &[&LOCK_KEY])
+        .await;
+}
+
 /// One archive or restore at a time (session lock on the run's own connection: it
 /// goes when the connection does).
 async fn lock(client: &tokio_postgres::Client) -> Result<()> {
-    let got: bool = client
-        .query_one("SELECT pg_try_advisory_lock($1)", &[&LOCK_KEY])
-        .await
-        .map_err(Error::db("locking the archive"))?
-        .try_get(0)
-        .map_err(Error::db("locking the archive"))?;
-    if got {
-        Ok(())
-    } else {
-        Err(Error::invalid(
-            "archive",
-            "lock",
-            "another archive or restore is running on this database",
-        ))
+    // A run that just ended (or died) may hold it for a moment longer, until the server
+    // has seen its connection close: wait a little before refusing.
+    for attempt in 0..30 {
+        let got: bool = client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&LOCK_KEY])
+            .await
+            .map_err(Error::db("locking the archive"))?
+            .try_get(0)
+            .map_err(Error::db("locking the archive"))?;
+        if got {
+            return Ok(());
+        }
+        if attempt < 29 {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
     }
+    Err(Error::invalid(
+        "archive",
+        "lock",
+        "another archive or restore is running on this database",
+    ))
 }
