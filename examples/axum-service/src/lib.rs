@@ -1,0 +1,250 @@
+//! Embedding Tally in an HTTP service: the example of the main use.
+//!
+//! A small [axum] service that meters itself:
+//!
+//! - every request under `/v1/` passes through `meter`, a tower middleware
+//!   (`axum::middleware::from_fn_with_state`) that reads the customer from the
+//!   [`CUSTOMER_HEADER`] header, asks [`Tally::check_quota`] first and answers
+//!   `429 Too Many Requests` when a hard quota blocks, and otherwise runs the request and
+//!   records one `api` event (endpoint, method, status) through the batching
+//!   [`Recorder`];
+//! - `GET /usage/{customer}` answers the customer's priced usage summary (month to
+//!   date, or `?from=…&to=…`), the report of the CLI contract as JSON;
+//! - [`serve`] runs until its shutdown future completes (the binary: SIGTERM or
+//!   Ctrl-C), lets requests in flight finish, then closes the recorder, which writes
+//!   what is still queued. Nothing recorded is lost on a graceful stop.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), tally::Error> {
+//! let tally = tally::Tally::builder("postgres://postgres@127.0.0.1/app").build().await?;
+//! tally.migrate().await?;
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+//! let recorder = tally.start_recorder();
+//! tally_example_axum::serve(listener, tally, recorder, tally_example_axum::shutdown_signal())
+//!     .await
+//! # }
+//! ```
+//!
+//! Choices an embedding program may make differently (each is one line here):
+//! a blocked request is not recorded (it was not served); when the quota cannot be
+//! read (database down) the request is let through and logged, so metering never takes
+//! the API down with it; the recorder keeps what it could not write yet and retries.
+
+#![cfg_attr(
+    not(test),
+    warn(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
+
+use std::future::Future;
+
+use axum::{
+    Json, Router,
+    extract::{MatchedPath, Path, Query, Request, State},
+    http::{HeaderMap, HeaderValue, StatusCode},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use serde::Deserialize;
+use tally::{
+    CustomerId, ErrorKind, Quantity, Recorder, Service, Tally, TimeRange, alerts::Decision,
+    chrono::Utc, track,
+};
+
+/// The request header that names the customer a request is metered for.
+pub const CUSTOMER_HEADER: &str = "x-customer-id";
+
+/// The response header that carries the alert level a request reached (`warning`,
+/// `critical`, `exceeded`) when it was let through near or past a soft limit.
+pub const QUOTA_HEADER: &str = "x-quota-level";
+
+/// What the handlers share: the Tally handle and the recorder.
+#[derive(Clone)]
+struct AppState {
+    tally: Tally,
+    recorder: Recorder,
+}
+
+/// The service's routes: metered `/v1/…` endpoints, `GET /usage/{customer}` and
+/// `GET /healthz` (neither metered).
+pub fn app(tally: Tally, recorder: Recorder) -> Router {
+    let state = AppState { tally, recorder };
+    // `route_layer` runs the middleware after routing, so it sees the matched route
+    // (`/v1/things/{id}`) and unknown paths get a plain 404 that is not metered.
+    let metered = Router::new()
+        .route("/v1/hello", get(hello))
+        .route("/v1/things/{id}", get(thing))
+        .route_layer(middleware::from_fn_with_state(state.clone(), meter));
+    Router::new()
+        .merge(metered)
+        .route("/usage/{customer}", get(usage))
+        .route("/healthz", get(|| async { "ok" }))
+        .with_state(state)
+}
+
+/// Serves `app` on `listener` until `shutdown` completes, then lets requests in flight
+/// finish and closes `recorder`, which writes every event still queued.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    tally: Tally,
+    recorder: Recorder,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> tally::Result<()> {
+    let served = axum::serve(listener, app(tally, recorder.clone()))
+        .with_graceful_shutdown(shutdown)
+        .await;
+    // Close even when serving failed: what was recorded must still be written.
+    let closed = recorder.close().await;
+    served?;
+    closed
+}
+
+/// Completes on SIGTERM (how a process manager or Kubernetes stops a service) or
+/// Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                term.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down: finishing requests, then flushing the recorder");
+}
+
+/// The metering middleware: quota first, then the request, then one `api` event.
+async fn meter(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let customer = match customer_of(request.headers()) {
+        Ok(customer) => customer,
+        Err(response) => return response,
+    };
+    let level = match state
+        .tally
+        .check_quota(&customer, &Service::API, Quantity::ONE)
+        .await
+    {
+        Ok(Decision::Block { usage, limit }) => {
+            let body = serde_json::json!({
+                "error": "quota exceeded",
+                "service": "api",
+                "usage": usage.to_string(),
+                "limit": limit.to_string(),
+            });
+            return (StatusCode::TOO_MANY_REQUESTS, Json(body)).into_response();
+        }
+        Ok(Decision::Warn { level, .. }) => Some(level),
+        Ok(_) => None,
+        Err(e) => {
+            tracing::warn!(error = %e, customer = %customer, "quota check failed; letting the request through");
+            None
+        }
+    };
+    let method = request.method().as_str().to_owned();
+    // The route, not the path: `/v1/things/{id}` keeps the metadata's cardinality low.
+    let endpoint = request.extensions().get::<MatchedPath>().map_or_else(
+        || request.uri().path().to_owned(),
+        |p| p.as_str().to_owned(),
+    );
+    let mut response = next.run(request).await;
+    if let Some(level) = level
+        && let Ok(value) = HeaderValue::from_str(&level.to_string())
+    {
+        response.headers_mut().insert(QUOTA_HEADER, value);
+    }
+    match track::api_request(&endpoint, &method, response.status().as_u16()) {
+        Ok(usage) => {
+            if let Err(e) = state.recorder.record(usage.for_customer(customer)).await {
+                tracing::error!(error = %e, "could not record an api event");
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "could not describe an api event"),
+    }
+    response
+}
+
+/// The customer named by [`CUSTOMER_HEADER`], validated; a 400 naming the header when
+/// it is missing or not a valid customer id.
+#[allow(clippy::result_large_err)] // the error is the response itself
+fn customer_of(headers: &HeaderMap) -> Result<CustomerId, Response> {
+    let Some(value) = headers.get(CUSTOMER_HEADER) else {
+        return Err(bad_request(format!(
+            "the {CUSTOMER_HEADER} header is missing"
+        )));
+    };
+    let text = value
+        .to_str()
+        .map_err(|_| bad_request(format!("the {CUSTOMER_HEADER} header is not text")))?;
+    text.parse()
+        .map_err(|e: tally::InvalidInput| bad_request(format!("{CUSTOMER_HEADER}: {e}")))
+}
+
+fn bad_request(message: String) -> Response {
+    error_response(StatusCode::BAD_REQUEST, message)
+}
+
+fn error_response(status: StatusCode, message: String) -> Response {
+    (status, Json(serde_json::json!({ "error": message }))).into_response()
+}
+
+/// An error of Tally's as a response: bad input is the client's fault, the rest ours.
+fn tally_error(e: &tally::Error) -> Response {
+    let status = match e.kind() {
+        ErrorKind::Invalid => StatusCode::BAD_REQUEST,
+        ErrorKind::Connection | ErrorKind::Timeout => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    if status.is_server_error() {
+        tracing::error!(error = %e, "usage report failed");
+    }
+    error_response(status, e.to_string())
+}
+
+/// `?from=…&to=…` of `GET /usage/{customer}` (instants or dates; default: this month
+/// so far).
+#[derive(Debug, Deserialize)]
+struct Bounds {
+    from: Option<String>,
+    to: Option<String>,
+}
+
+async fn usage(
+    State(state): State<AppState>,
+    Path(customer): Path<String>,
+    Query(bounds): Query<Bounds>,
+) -> Response {
+    let report = async {
+        let customer: CustomerId = customer.parse()?;
+        let range = TimeRange::from_bounds(
+            bounds.from.as_deref(),
+            bounds.to.as_deref(),
+            state.tally.zone(),
+            Utc::now(),
+        )?;
+        state.tally.summary(&customer, range, None, None).await
+    };
+    match report.await {
+        Ok(summary) => Json(summary).into_response(),
+        Err(e) => tally_error(&e),
+    }
+}
+
+async fn hello() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "hello": "world" }))
+}
+
+async fn thing(Path(id): Path<u64>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "id": id }))
+}
