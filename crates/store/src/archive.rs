@@ -3,12 +3,12 @@
 //! commits; rollups and dedupe keys stay. See docs/archive.md.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     io::{Read, Write},
     path::{Path, PathBuf},
 };
 
-use chrono::{DateTime, Datelike, Months, NaiveDate, Utc};
+use chrono::{DateTime, Datelike, Months, NaiveDate, Timelike, Utc};
 use flate2::{Compression, read::GzDecoder, write::GzEncoder};
 use futures_util::{StreamExt, pin_mut};
 use rust_decimal::Decimal;
@@ -112,6 +112,144 @@ struct Line {
 fn decimal_text<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Decimal, D::Error> {
     let s = String::deserialize(d)?;
     Decimal::from_str_exact(&s).map_err(serde::de::Error::custom)
+}
+
+/// Bytes of archive lines handed to the compressing thread at a time.
+const CHUNK: usize = 256 * 1024;
+
+/// A thread that gzips the chunks it receives into `file`, then finishes the stream
+/// and syncs the file (durable before the rows' delete commits): the SHA-256 of the
+/// bytes written, hex.
+fn spawn_writer(
+    file: std::fs::File,
+) -> (
+    tokio::sync::mpsc::Sender<Vec<u8>>,
+    tokio::task::JoinHandle<std::io::Result<String>>,
+) {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+    let writer = tokio::task::spawn_blocking(move || {
+        let mut gz = GzEncoder::new(Hashing::new(file), Compression::fast());
+        while let Some(chunk) = rx.blocking_recv() {
+            gz.write_all(&chunk)?;
+        }
+        let hashing = gz.finish()?;
+        let file = hashing.file.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        Ok(hashing
+            .sha
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect())
+    });
+    (tx, writer)
+}
+
+/// A file that hashes what is written to it.
+struct Hashing {
+    file: std::io::BufWriter<std::fs::File>,
+    sha: Sha256,
+}
+
+impl Hashing {
+    fn new(file: std::fs::File) -> Hashing {
+        Hashing {
+            file: std::io::BufWriter::with_capacity(1 << 20, file),
+            sha: Sha256::new(),
+        }
+    }
+}
+
+impl Write for Hashing {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let n = self.file.write(bytes)?;
+        self.sha.update(bytes.get(..n).unwrap_or_default());
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
+/// What an archive holds of one customer and service, in the hourly rollup's terms:
+/// `verify` compares it with the rollups over the archived span.
+struct Archived {
+    events: i64,
+    quantity: Decimal,
+    min: Decimal,
+    max: Decimal,
+    /// Sums of what was recorded in the first 15, 30 and 45 minutes of its UTC hour.
+    by: [Decimal; 3],
+}
+
+impl Archived {
+    fn new(line: &Line) -> Archived {
+        let mut a = Archived {
+            events: 0,
+            quantity: Decimal::ZERO,
+            min: line.quantity,
+            max: line.quantity,
+            by: [Decimal::ZERO; 3],
+        };
+        a.add(line);
+        a
+    }
+
+    fn add(&mut self, line: &Line) {
+        let q = line.quantity;
+        self.events += 1;
+        self.quantity = self.quantity.checked_add(q).unwrap_or(self.quantity);
+        self.min = self.min.min(q);
+        self.max = self.max.max(q);
+        let minute = line.recorded_at.minute();
+        for (i, by) in self.by.iter_mut().enumerate() {
+            if minute < 15 * (i as u32 + 1) {
+                *by = by.checked_add(q).unwrap_or(*by);
+            }
+        }
+    }
+}
+
+/// Writes an archive's totals per customer and service, in the archive's transaction.
+async fn insert_totals(
+    tx: &tokio_postgres::Transaction<'_>,
+    id: i64,
+    totals: HashMap<String, HashMap<String, Archived>>,
+) -> Result<()> {
+    let rows: Vec<(String, String, Archived)> = totals
+        .into_iter()
+        .flat_map(|(c, m)| m.into_iter().map(move |(s, a)| (c.clone(), s, a)))
+        .collect();
+    for chunk in rows.chunks(10_000) {
+        let customers: Vec<&str> = chunk.iter().map(|r| r.0.as_str()).collect();
+        let services: Vec<&str> = chunk.iter().map(|r| r.1.as_str()).collect();
+        let events: Vec<i64> = chunk.iter().map(|r| r.2.events).collect();
+        let column = |f: fn(&Archived) -> Decimal| -> Vec<Decimal> {
+            chunk.iter().map(|r| f(&r.2)).collect()
+        };
+        tx.execute(
+            "INSERT INTO usage_archived_totals (archive_id, customer_id, service, events, quantity,
+                 min_quantity, max_quantity, quantity_by_15, quantity_by_30, quantity_by_45)
+             SELECT $1, * FROM unnest($2::text[], $3::text[], $4::int8[], $5::numeric[], $6::numeric[],
+                 $7::numeric[], $8::numeric[], $9::numeric[], $10::numeric[])",
+            &[
+                &id,
+                &customers,
+                &services,
+                &events,
+                &column(|a| a.quantity),
+                &column(|a| a.min),
+                &column(|a| a.max),
+                &column(|a| a.by[0]),
+                &column(|a| a.by[1]),
+                &column(|a| a.by[2]),
+            ],
+        )
+        .await
+        .map_err(Error::db("recording an archive's totals"))?;
+    }
+    Ok(())
 }
 
 fn month_start(t: DateTime<Utc>) -> NaiveDate {
@@ -240,96 +378,104 @@ impl Store {
         let partial = options.dir.join(format!("{name}.partial"));
 
         let tx = client.transaction().await.map_err(Error::db(CTX))?;
-        // Whole month: block writers of the partition, read it, drop it (below).
-        // The per-hour totals of exactly these rows go to usage_archived_hourly in the
-        // same statement (a data-modifying CTE runs whether or not it is read).
-        let aggregate = |source: &str| {
-            format!(
-                "agg AS (
-                    INSERT INTO usage_archived_hourly (archive_id, customer_id, service, bucket, events, quantity,
-                        min_quantity, max_quantity, quantity_by_15, quantity_by_30, quantity_by_45)
-                    SELECT $1, customer_id, service, b, count(*), sum(quantity), min(quantity), max(quantity),
-                           coalesce(sum(quantity) FILTER (WHERE recorded_at < b + interval '15 minutes'), 0),
-                           coalesce(sum(quantity) FILTER (WHERE recorded_at < b + interval '30 minutes'), 0),
-                           coalesce(sum(quantity) FILTER (WHERE recorded_at < b + interval '45 minutes'), 0)
-                    FROM (SELECT customer_id, service, quantity, recorded_at,
-                                 date_bin('1 hour', recorded_at, timestamptz '2000-01-01 00:00:00+00') AS b
-                          FROM {source}) e
-                    GROUP BY customer_id, service, b)"
-            )
-        };
         let rows = if whole_month {
+            // Whole month: block writers of the partition, read it, drop it (below).
             tx.batch_execute(&format!("LOCK TABLE {partition} IN SHARE MODE"))
                 .await
                 .map_err(Error::db(CTX))?;
             let sql = format!(
-                "WITH {}
-                 SELECT event_id, customer_id, service, quantity, recorded_at, metadata::text FROM {partition}",
-                aggregate(&partition)
+                "SELECT event_id, customer_id, service, quantity, recorded_at, metadata::text FROM {partition}"
             );
-            let params: [&(dyn ToSql + Sync); 1] = [&id];
-            tx.query_raw(&sql, params).await.map_err(Error::db(CTX))?
+            tx.query_raw(&sql, std::iter::empty::<&(dyn ToSql + Sync)>())
+                .await
+                .map_err(Error::db(CTX))?
         } else {
             // Part of a month: delete exactly what is written, by the same predicate.
-            let sql = format!(
-                "WITH d AS (
-                    DELETE FROM usage_events WHERE recorded_at >= $2 AND recorded_at < $3
-                    RETURNING event_id, customer_id, service, quantity, recorded_at, metadata),
-                 {}
-                 SELECT event_id, customer_id, service, quantity, recorded_at, metadata::text FROM d",
-                aggregate("d")
-            );
-            let params: [&(dyn ToSql + Sync); 3] = [&id, &range.from(), &range.to()];
-            tx.query_raw(&sql, params).await.map_err(Error::db(CTX))?
+            let params: [&(dyn ToSql + Sync); 2] = [&range.from(), &range.to()];
+            tx.query_raw(
+                "DELETE FROM usage_events WHERE recorded_at >= $1 AND recorded_at < $2
+                 RETURNING event_id, customer_id, service, quantity, recorded_at, metadata::text",
+                params,
+            )
+            .await
+            .map_err(Error::db(CTX))?
         };
         pin_mut!(rows);
-        let mut file = tokio::fs::OpenOptions::new()
+        let file = tokio::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(&partial)
             .await
-            .map_err(io("creating an archive file"))?;
-        let mut gz = GzEncoder::new(Vec::with_capacity(1 << 20), Compression::fast());
-        let mut sha = Sha256::new();
+            .map_err(io("creating an archive file"))?
+            .into_std()
+            .await;
+        // Rows are decoded and written as lines here; gzip, the checksum and the file
+        // run on a thread of their own, so the two halves overlap (docs/performance.md).
+        let (chunks, writer) = spawn_writer(file);
+        let mut buf: Vec<u8> = Vec::with_capacity(CHUNK + 4096);
         let mut services: BTreeMap<String, ServiceCount> = BTreeMap::new();
         let (mut events, mut quantity) = (0i64, Decimal::ZERO);
         let mut keys: (Vec<Uuid>, Vec<String>) = (Vec::new(), Vec::new());
-        while let Some(row) = rows.next().await {
-            let row = row.map_err(Error::db(CTX))?;
-            let metadata: String = row.try_get(5).map_err(Error::db(CTX))?;
-            let line = Line {
-                event_id: row.try_get(0).map_err(Error::db(CTX))?,
-                customer_id: row.try_get(1).map_err(Error::db(CTX))?,
-                service: row.try_get(2).map_err(Error::db(CTX))?,
-                quantity: row.try_get::<_, Numeric>(3).map_err(Error::db(CTX))?.0,
-                recorded_at: row.try_get(4).map_err(Error::db(CTX))?,
-                metadata: serde_json::value::RawValue::from_string(metadata)
-                    .map_err(|e| io("archiving")(std::io::Error::other(e)))?,
-            };
-            serde_json::to_writer(&mut gz, &line).map_err(|e| io("archiving")(e.into()))?;
-            gz.write_all(b"\n").map_err(io("archiving"))?;
-            let s = match services.get_mut(&line.service) {
-                Some(s) => s,
-                None => services.entry(line.service.clone()).or_default(),
-            };
-            s.events += 1;
-            s.quantity = s.quantity.checked_add(line.quantity).unwrap_or(s.quantity);
-            events += 1;
-            quantity = quantity.checked_add(line.quantity).unwrap_or(quantity);
-            if options.forget_keys {
-                keys.0.push(line.event_id);
-                keys.1.push(line.customer_id);
+        let mut totals: HashMap<String, HashMap<String, Archived>> = HashMap::new();
+        let streamed: Result<()> = async {
+            while let Some(row) = rows.next().await {
+                let row = row.map_err(Error::db(CTX))?;
+                let metadata: String = row.try_get(5).map_err(Error::db(CTX))?;
+                let line = Line {
+                    event_id: row.try_get(0).map_err(Error::db(CTX))?,
+                    customer_id: row.try_get(1).map_err(Error::db(CTX))?,
+                    service: row.try_get(2).map_err(Error::db(CTX))?,
+                    quantity: row.try_get::<_, Numeric>(3).map_err(Error::db(CTX))?.0,
+                    recorded_at: row.try_get(4).map_err(Error::db(CTX))?,
+                    metadata: serde_json::value::RawValue::from_string(metadata)
+                        .map_err(|e| io("archiving")(std::io::Error::other(e)))?,
+                };
+                serde_json::to_writer(&mut buf, &line).map_err(|e| io("archiving")(e.into()))?;
+                buf.push(b'\n');
+                let s = match services.get_mut(&line.service) {
+                    Some(s) => s,
+                    None => services.entry(line.service.clone()).or_default(),
+                };
+                s.events += 1;
+                s.quantity = s.quantity.checked_add(line.quantity).unwrap_or(s.quantity);
+                events += 1;
+                quantity = quantity.checked_add(line.quantity).unwrap_or(quantity);
+                let by_service = match totals.get_mut(&line.customer_id) {
+                    Some(t) => t,
+                    None => totals.entry(line.customer_id.clone()).or_default(),
+                };
+                match by_service.get_mut(&line.service) {
+                    Some(t) => t.add(&line),
+                    None => {
+                        by_service.insert(line.service.clone(), Archived::new(&line));
+                    }
+                }
+                if options.forget_keys {
+                    keys.0.push(line.event_id);
+                    keys.1.push(line.customer_id);
+                }
+                if buf.len() >= CHUNK {
+                    let full = std::mem::replace(&mut buf, Vec::with_capacity(CHUNK + 4096));
+                    if chunks.send(full).await.is_err() {
+                        break; // the writer failed: its error is returned below
+                    }
+                }
             }
-            if gz.get_ref().len() >= 1 << 20 {
-                let chunk = std::mem::take(gz.get_mut());
-                sha.update(&chunk);
-                file.write_all(&chunk)
-                    .await
-                    .map_err(io("writing an archive"))?;
+            if !buf.is_empty() {
+                let _ = chunks.send(buf).await;
             }
+            Ok(())
         }
+        .await;
+        drop(chunks);
+        let written = writer.await;
+        streamed?;
+        let sha = match written {
+            Ok(Ok(sha)) => sha,
+            Ok(Err(e)) => return Err(io("writing an archive")(e)),
+            Err(e) => return Err(io("writing an archive")(std::io::Error::other(e))),
+        };
         if events == 0 {
-            drop(file);
             let _ = tokio::fs::remove_file(&partial).await;
             tx.rollback().await.map_err(Error::db(CTX))?;
             client
@@ -338,14 +484,9 @@ impl Store {
                 .map_err(Error::db(CTX))?;
             return Ok(None);
         }
-        let rest = gz.finish().map_err(io("writing an archive"))?;
-        sha.update(&rest);
-        file.write_all(&rest)
-            .await
-            .map_err(io("writing an archive"))?;
-        // Durable before the delete commits: the data, the name, the directory entry.
-        file.sync_all().await.map_err(io("syncing an archive"))?;
-        drop(file);
+        insert_totals(&tx, id, totals).await?;
+        // Durable before the delete commits: the data (synced by its writer), then the
+        // name and the directory entry.
         tokio::fs::rename(&partial, &path)
             .await
             .map_err(io("naming an archive"))?;
@@ -357,7 +498,7 @@ impl Store {
             events,
             quantity,
             services,
-            sha256: sha.finalize().iter().map(|b| format!("{b:02x}")).collect(),
+            sha256: sha,
         };
         let manifest_json =
             serde_json::to_vec_pretty(&manifest).map_err(|e| io("archiving")(e.into()))?;
@@ -564,7 +705,7 @@ impl Store {
             }
         }
         tx.execute(
-            "DELETE FROM usage_archived_hourly WHERE archive_id = $1",
+            "DELETE FROM usage_archived_totals WHERE archive_id = $1",
             &[&id],
         )
         .await

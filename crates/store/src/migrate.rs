@@ -58,6 +58,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         name: "0006_archives.sql",
         sql: include_str!("../../../migrations/0006_archives.sql"),
     },
+    Migration {
+        version: 7,
+        name: "0007_archived_totals.sql",
+        sql: include_str!("../../../migrations/0007_archived_totals.sql"),
+    },
 ];
 
 /// A fingerprint of the whole embedded schema (test harnesses key template databases

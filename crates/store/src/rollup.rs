@@ -69,26 +69,46 @@ impl Rollup {
             ("", "", "", "", "")
         };
         // What the rollups were built from: the raw events still here, plus what
-        // complete archives took away (kept per hour in usage_archived_hourly).
+        // complete archives took away. Archives keep totals per customer and service,
+        // so a bucket that holds archived events is compared as part of its span: the
+        // complete archives' ranges, widened to whole buckets and merged where they
+        // touch (`span`), are each one unit of comparison; every other bucket is its
+        // own.
         format!(
-            "WITH ev AS (
-                SELECT {key}, b AS bucket,
+            "WITH arch AS (
+                SELECT archive_id, date_bin('{width}', range_from, {ORIGIN}) AS lo,
+                       date_bin('{width}', range_to - interval '1 microsecond', {ORIGIN}) + interval '{width}' AS hi
+                FROM usage_archives WHERE state = 'complete')
+             , starts AS (
+                SELECT archive_id, lo, hi,
+                       CASE WHEN lo <= max(hi) OVER (ORDER BY lo, hi ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)
+                            THEN 0 ELSE 1 END AS new_span
+                FROM arch)
+             , numbered AS (
+                SELECT archive_id, lo, hi, sum(new_span) OVER (ORDER BY lo, hi ROWS UNBOUNDED PRECEDING) AS n
+                FROM starts)
+             , span AS (SELECT n, min(lo) AS lo, max(hi) AS hi FROM numbered GROUP BY n)
+             , ev AS (
+                SELECT {key}, coalesce(span.lo, e.b) AS bucket,
                        count(*) AS events, sum(quantity) AS quantity, min(quantity) AS lo, max(quantity) AS hi
                        {raw_q}
                 FROM (SELECT *, date_bin('{width}', recorded_at, {ORIGIN}) AS b FROM usage_events) e
-                GROUP BY {key}, b
+                LEFT JOIN span ON e.b >= span.lo AND e.b < span.hi
+                GROUP BY {key}, coalesce(span.lo, e.b)
                 UNION ALL
-                SELECT {key}, date_bin('{width}', bucket, {ORIGIN}),
+                SELECT {key}, span.lo,
                        sum(events), sum(quantity), min(min_quantity), max(max_quantity) {archived_q}
-                FROM usage_archived_hourly GROUP BY {key}, date_bin('{width}', bucket, {ORIGIN}))
+                FROM usage_archived_totals JOIN numbered USING (archive_id) JOIN span USING (n)
+                GROUP BY {key}, span.lo)
              , raw AS (
                 SELECT {key}, bucket, sum(events) AS events, sum(quantity) AS quantity,
                        min(lo) AS lo, max(hi) AS hi {sum_q}
                 FROM ev GROUP BY {key}, bucket)
              , r AS (
-                SELECT {key}, bucket, sum(events) AS events, sum(quantity) AS quantity,
-                       min(min_quantity) AS lo, max(max_quantity) AS hi {r_q}
-                FROM {table} GROUP BY {key}, bucket)
+                SELECT {key}, coalesce(span.lo, t.bucket) AS bucket, sum(events) AS events,
+                       sum(quantity) AS quantity, min(min_quantity) AS lo, max(max_quantity) AS hi {r_q}
+                FROM {table} t LEFT JOIN span ON t.bucket >= span.lo AND t.bucket < span.hi
+                GROUP BY {key}, coalesce(span.lo, t.bucket))
              SELECT count(*) FROM raw FULL JOIN r USING ({key}, bucket)
              WHERE raw.events IS DISTINCT FROM r.events OR raw.quantity IS DISTINCT FROM r.quantity
                 OR raw.lo IS DISTINCT FROM r.lo OR raw.hi IS DISTINCT FROM r.hi{differ_q}"

@@ -32,8 +32,10 @@ pub struct VerifyReport {
     /// Their total quantity.
     #[serde(serialize_with = "serde_fmt::decimal")]
     pub quantity: Decimal,
-    /// Rollup rows (hourly, daily and all-customer hourly) that differ from a
-    /// recomputation from raw events, including rows missing on either side.
+    /// Rollup buckets (hourly, daily and all-customer hourly) that differ from a
+    /// recomputation from raw events, including rows missing on either side. Buckets
+    /// of archived periods are compared per customer, service and archived span, with
+    /// what the archives hold added (docs/archive.md).
     pub mismatches: i64,
     /// Events without a dedupe key, plus dedupe keys without an event beyond those
     /// of archived events (whose keys stay unless archived with `forget_keys`).
