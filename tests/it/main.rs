@@ -5,6 +5,7 @@ mod alerts;
 mod analytics;
 mod archive;
 mod builder;
+mod citus;
 mod export;
 mod faults;
 mod fuzz;

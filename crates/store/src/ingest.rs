@@ -251,6 +251,8 @@ pub(crate) struct Ingest {
     partitions: Arc<Partitions>,
     // What this process is writing, and the commit listeners.
     local: Arc<Local>,
+    // Whether the database is a Citus cluster (asked once, on the first write).
+    distributed: Arc<tokio::sync::OnceCell<bool>>,
 }
 
 impl Ingest {
@@ -260,6 +262,7 @@ impl Ingest {
             config: Arc::new(config),
             partitions: Arc::new(Partitions::default()),
             local: Arc::new(Local::default()),
+            distributed: Arc::new(tokio::sync::OnceCell::new()),
         }
     }
 
@@ -331,11 +334,17 @@ impl Ingest {
             .get()
             .await
             .map_err(Error::pool("writing events"))?;
+        let distributed = *self
+            .distributed
+            .get_or_try_init(|| crate::migrate::is_citus(&client))
+            .await?;
         let tx = IngestTx {
             client: Some(client),
             ingest: self.clone(),
             lane,
             staged: 0,
+            distributed,
+            applied: (0, Decimal::ZERO),
         };
         tx.client()?
             // Sorts of a 100 000-event batch spill to disk at the default 4 MB.
@@ -388,6 +397,10 @@ pub(crate) struct IngestTx {
     ingest: Ingest,
     lane: Lane,
     staged: u64,
+    // On Citus every staged batch is written at once (see `write_distributed`); this
+    // is what those writes inserted, reported by the next apply.
+    distributed: bool,
+    applied: (u64, Decimal),
 }
 
 impl Drop for IngestTx {
@@ -417,6 +430,18 @@ impl IngestTx {
             .ensure_for(&self.ingest.config, events)
             .await?;
         let client = self.client()?;
+        if self.distributed {
+            let mut seen = HashSet::with_capacity(events.len());
+            let unique: Vec<&UsageEvent> = events
+                .iter()
+                .filter(|e| seen.insert((e.id, e.customer.as_str())))
+                .collect();
+            let (n, q) = write_distributed(client, &unique, self.lane).await?;
+            self.applied.0 += n;
+            self.applied.1 = self.applied.1.checked_add(q).unwrap_or(self.applied.1);
+            self.staged += unique.len() as u64;
+            return Ok(unique);
+        }
         if self.staged == 0 {
             let exists: bool = client
                 .query_one("SELECT to_regclass('pg_temp.tally_stage') IS NOT NULL", &[])
@@ -473,6 +498,9 @@ impl IngestTx {
     /// claimed some of the same keys meanwhile. Returns the events inserted and their
     /// total quantity.
     pub(crate) async fn apply(&mut self, unique: &[&UsageEvent]) -> Result<(u64, Decimal)> {
+        if self.distributed {
+            return Ok(std::mem::take(&mut self.applied));
+        }
         let client = self.client()?;
         client
             .batch_execute("SAVEPOINT tally_fast")
@@ -504,6 +532,9 @@ impl IngestTx {
     /// path's `ON CONFLICT` key claim). Returns the events inserted and their total
     /// quantity.
     pub(crate) async fn apply_staged(&mut self) -> Result<(u64, Decimal)> {
+        if self.distributed {
+            return Ok(std::mem::take(&mut self.applied));
+        }
         let client = self.client()?;
         let stmt = client
             .prepare_cached(APPLY_STAGED_SQL)
@@ -602,39 +633,17 @@ async fn insert_new(
         stored_ids.insert(id);
         stored.insert((id, customer));
     }
-    let mut hourly = Deltas::new();
-    let mut quarters: BTreeMap<(&str, &str, DateTime<Utc>), [Decimal; 3]> = BTreeMap::new();
-    let mut daily = Deltas::new();
-    let mut totals = Deltas::new();
-    let mut total = Decimal::ZERO;
-    let mut new = 0u64;
-    for e in events {
-        if stored_ids.contains(&e.id.uuid())
-            && stored.contains(&(e.id.uuid(), e.customer.as_str().to_owned()))
-        {
-            continue;
-        }
-        let q = e.quantity.value();
-        let (c, s) = (e.customer.as_str(), e.service.as_str());
-        let hour = utc_floor(e.recorded_at, 3600);
-        add(&mut hourly, (c, s, hour), q)?;
-        add_quarters(&mut quarters, (c, s, hour), e.recorded_at, q)?;
-        add(&mut daily, (c, s, utc_floor(e.recorded_at, 86_400)), q)?;
-        // All customers added up: the customer part of the key is empty.
-        add(&mut totals, ("", s, utc_floor(e.recorded_at, 3600)), q)?;
-        total = total.checked_add(q).unwrap_or(total);
-        new += 1;
-    }
-    let h = Columns::from(&hourly);
-    // Same keys, same order as `h`.
-    let [q15, q30, q45] = [0, 1, 2].map(|i| {
-        quarters
-            .values()
-            .map(|q| q.get(i).copied().unwrap_or_default())
-            .collect::<Vec<Decimal>>()
-    });
-    let d = Columns::from(&daily);
-    let t = Columns::from(&totals);
+    let r = Rollups::of(events.iter().copied().filter(|e| {
+        !(stored_ids.contains(&e.id.uuid())
+            && stored.contains(&(e.id.uuid(), e.customer.as_str().to_owned())))
+    }))?;
+    let (h, d, t) = (
+        Columns::from(&r.hourly),
+        Columns::from(&r.daily),
+        Columns::from(&r.totals),
+    );
+    let [q15, q30, q45] = r.quarter_columns();
+    let (new, total) = (r.events, r.quantity);
     let insert = client
         .prepare_cached(INSERT_NEW_SQL)
         .await
@@ -674,6 +683,208 @@ async fn insert_new(
     let inserted: i64 = row.try_get(1).map_err(db("applying a batch"))?;
     debug_assert_eq!(inserted as u64, new, "every staged event left is new");
     Ok((u64::try_from(inserted).unwrap_or_default(), total))
+}
+
+/// The rollup deltas of a set of new events, computed here so that each rollup gets
+/// one row per key (the fast path and the distributed path send them as arrays).
+struct Rollups<'a> {
+    hourly: Deltas<'a>,
+    quarters: BTreeMap<(&'a str, &'a str, DateTime<Utc>), [Decimal; 3]>,
+    daily: Deltas<'a>,
+    totals: Deltas<'a>,
+    events: u64,
+    quantity: Decimal,
+}
+
+impl<'a> Rollups<'a> {
+    fn of(events: impl Iterator<Item = &'a UsageEvent>) -> Result<Rollups<'a>> {
+        let mut r = Rollups {
+            hourly: Deltas::new(),
+            quarters: BTreeMap::new(),
+            daily: Deltas::new(),
+            totals: Deltas::new(),
+            events: 0,
+            quantity: Decimal::ZERO,
+        };
+        for e in events {
+            let q = e.quantity.value();
+            let (c, s) = (e.customer.as_str(), e.service.as_str());
+            let hour = utc_floor(e.recorded_at, 3600);
+            add(&mut r.hourly, (c, s, hour), q)?;
+            add_quarters(&mut r.quarters, (c, s, hour), e.recorded_at, q)?;
+            add(&mut r.daily, (c, s, utc_floor(e.recorded_at, 86_400)), q)?;
+            // All customers added up: the customer part of the key is empty.
+            add(&mut r.totals, ("", s, hour), q)?;
+            r.quantity = r.quantity.checked_add(q).unwrap_or(r.quantity);
+            r.events += 1;
+        }
+        Ok(r)
+    }
+
+    /// The quarter sums as three columns, in the hourly deltas' key order.
+    fn quarter_columns(&self) -> [Vec<Decimal>; 3] {
+        [0, 1, 2].map(|i| {
+            self.quarters
+                .values()
+                .map(|q| q.get(i).copied().unwrap_or_default())
+                .collect::<Vec<Decimal>>()
+        })
+    }
+}
+
+// The distributed path (Citus): no temporary stage, since a coordinator-local temp
+// table cannot be joined to distributed tables. Keys are claimed from arrays with
+// `ON CONFLICT DO NOTHING` (waiting for a concurrent writer of the same key, like the
+// slow path) and `RETURNING` says which are ours — the command tag would not
+// (citus#3377); then the claimed events go in by binary COPY and the rollups by the
+// same merge rule, each statement on its own: Citus routes every row to its shard.
+const CLAIM_KEYS_SQL: &str = "INSERT INTO usage_event_keys (event_id, customer_id)
+    SELECT * FROM unnest($1::uuid[], $2::text[]) ON CONFLICT DO NOTHING
+    RETURNING event_id, customer_id";
+
+const HOURLY_SQL: &str = concat!(
+    "INSERT INTO usage_hourly AS r (customer_id, service, bucket, events, quantity, min_quantity, max_quantity,
+                               quantity_by_15, quantity_by_30, quantity_by_45)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::int8[], $5::numeric[], $6::numeric[],
+                         $7::numeric[], $8::numeric[], $9::numeric[], $10::numeric[])
+",
+    merge!("customer_id, service, bucket"),
+    merge_quarters!()
+);
+
+const DAILY_SQL: &str = concat!(
+    "INSERT INTO usage_daily AS r (customer_id, service, bucket, events, quantity, min_quantity, max_quantity)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::int8[], $5::numeric[], $6::numeric[],
+                         $7::numeric[])
+",
+    merge!("customer_id, service, bucket")
+);
+
+const TOTALS_SQL: &str = concat!(
+    "INSERT INTO usage_hourly_total AS r (service, bucket, lane, events, quantity, min_quantity, max_quantity)
+    SELECT u.service, u.bucket, $7::int2, u.events, u.quantity, u.lo, u.hi
+    FROM unnest($1::text[], $2::timestamptz[], $3::int8[], $4::numeric[], $5::numeric[], $6::numeric[])
+        AS u(service, bucket, events, quantity, lo, hi)
+",
+    merge!("service, bucket, lane")
+);
+
+/// Writes `events` (unique within themselves) exactly once on a Citus cluster, in the
+/// caller's transaction. Returns the events inserted and their total quantity.
+async fn write_distributed(
+    client: &deadpool_postgres::Client,
+    events: &[&UsageEvent],
+    lane: Lane,
+) -> Result<(u64, Decimal)> {
+    let db = Error::db;
+    // Claimed in key order, like every other writer.
+    let mut keys: Vec<(Uuid, &str)> = events
+        .iter()
+        .map(|e| (e.id.uuid(), e.customer.as_str()))
+        .collect();
+    keys.sort_unstable();
+    let (ids, customers): (Vec<Uuid>, Vec<&str>) = keys.into_iter().unzip();
+    let rows = client
+        .query(CLAIM_KEYS_SQL, &[&ids, &customers])
+        .await
+        .map_err(db("claiming event keys"))?;
+    let mut claimed: HashSet<(Uuid, String)> = HashSet::with_capacity(rows.len());
+    for r in &rows {
+        claimed.insert((
+            r.try_get(0).map_err(db("claiming event keys"))?,
+            r.try_get(1).map_err(db("claiming event keys"))?,
+        ));
+    }
+    let new: Vec<&UsageEvent> = events
+        .iter()
+        .copied()
+        .filter(|e| claimed.contains(&(e.id.uuid(), e.customer.as_str().to_owned())))
+        .collect();
+    if new.is_empty() {
+        return Ok((0, Decimal::ZERO));
+    }
+    let sink = client
+        .copy_in("COPY usage_events (event_id, customer_id, service, quantity, recorded_at, metadata) FROM STDIN BINARY")
+        .await
+        .map_err(db("starting COPY into usage_events"))?;
+    let writer = BinaryCopyInWriter::new(sink, &STAGE_TYPES);
+    let mut writer = std::pin::pin!(writer);
+    for e in &new {
+        let (id, quantity) = (e.id.uuid(), e.quantity.value());
+        writer
+            .as_mut()
+            .write(&[
+                &id,
+                &e.customer.as_str(),
+                &e.service.as_str(),
+                &quantity,
+                &e.recorded_at,
+                &Jsonb(e.metadata.as_str()),
+            ])
+            .await
+            .map_err(db("copying events"))?;
+    }
+    writer
+        .as_mut()
+        .finish()
+        .await
+        .map_err(db("finishing COPY"))?;
+    let r = Rollups::of(new.iter().copied())?;
+    let (h, d, t) = (
+        Columns::from(&r.hourly),
+        Columns::from(&r.daily),
+        Columns::from(&r.totals),
+    );
+    let [q15, q30, q45] = r.quarter_columns();
+    client
+        .execute(
+            HOURLY_SQL,
+            &[
+                &h.customer,
+                &h.service,
+                &h.bucket,
+                &h.events,
+                &h.quantity,
+                &h.min,
+                &h.max,
+                &q15,
+                &q30,
+                &q45,
+            ],
+        )
+        .await
+        .map_err(db("updating the hourly rollup"))?;
+    client
+        .execute(
+            DAILY_SQL,
+            &[
+                &d.customer,
+                &d.service,
+                &d.bucket,
+                &d.events,
+                &d.quantity,
+                &d.min,
+                &d.max,
+            ],
+        )
+        .await
+        .map_err(db("updating the daily rollup"))?;
+    client
+        .execute(
+            TOTALS_SQL,
+            &[
+                &t.service,
+                &t.bucket,
+                &t.events,
+                &t.quantity,
+                &t.min,
+                &t.max,
+                &lane.0,
+            ],
+        )
+        .await
+        .map_err(db("updating the all-customer rollup"))?;
+    Ok((r.events, r.quantity))
 }
 
 /// Rollup deltas as one array per column, in key order.

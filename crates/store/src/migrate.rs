@@ -63,6 +63,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         name: "0007_archived_totals.sql",
         sql: include_str!("../../../migrations/0007_archived_totals.sql"),
     },
+    Migration {
+        version: 8,
+        name: "0008_distributable_keys.sql",
+        sql: include_str!("../../../migrations/0008_distributable_keys.sql"),
+    },
 ];
 
 /// A fingerprint of the whole embedded schema (test harnesses key template databases
@@ -87,6 +92,101 @@ pub struct MigrateReport {
     /// Migrations found already applied.
     #[serde(rename = "already_applied")]
     pub already: Vec<i32>,
+    /// Tables distributed now (Citus only; see [`distribute`]'s list in
+    /// docs/scaling.md). Empty on a single PostgreSQL and once everything is
+    /// distributed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub distributed: Vec<String>,
+}
+
+/// How one table is laid out on a Citus cluster.
+enum Layout {
+    /// Copied to every node: small catalogues that distributed tables join or refer to.
+    Reference,
+    /// Sharded by `customer_id`, colocated with `usage_events`: a customer's events,
+    /// keys, rollups, quotas and alerts live on the same worker.
+    ByCustomer,
+    /// Sharded by `service` on its own: the all-customer rollup has no customer.
+    ByService,
+}
+
+/// Every table of the schema that Citus should know, in the order they are
+/// distributed (reference tables before the tables that refer to them; `usage_events`
+/// first of the colocated group). `tally_migrations` stays a coordinator-local table.
+const LAYOUT: [(&str, Layout); 15] = [
+    ("tally_meters", Layout::Reference),
+    ("tally_plans", Layout::Reference),
+    ("tally_plan_limits", Layout::Reference),
+    ("usage_archives", Layout::Reference),
+    ("usage_events", Layout::ByCustomer),
+    ("usage_event_keys", Layout::ByCustomer),
+    ("usage_hourly", Layout::ByCustomer),
+    ("usage_daily", Layout::ByCustomer),
+    ("usage_dead_letters", Layout::ByCustomer),
+    ("tally_customers", Layout::ByCustomer),
+    ("tally_quotas", Layout::ByCustomer),
+    ("usage_alerts", Layout::ByCustomer),
+    ("usage_alert_deliveries", Layout::ByCustomer),
+    ("usage_archived_totals", Layout::ByCustomer),
+    ("usage_hourly_total", Layout::ByService),
+];
+
+/// Whether the database has the Citus extension (then Tally's tables are distributed).
+pub(crate) async fn is_citus(client: &tokio_postgres::Client) -> Result<bool> {
+    client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')",
+            &[],
+        )
+        .await
+        .map_err(Error::db("looking for the citus extension"))?
+        .try_get(0)
+        .map_err(Error::db("looking for the citus extension"))
+}
+
+/// On a database with the Citus extension, distributes every table of [`LAYOUT`] that
+/// is not distributed yet (existing rows move to the workers). Returns those tables.
+async fn distribute(client: &tokio_postgres::Client) -> Result<Vec<String>> {
+    const CTX: &str = "distributing the schema";
+    if !is_citus(client).await? {
+        return Ok(Vec::new());
+    }
+    let known: Vec<String> = client
+        .query(
+            "SELECT logicalrelid::regclass::text FROM pg_dist_partition",
+            &[],
+        )
+        .await
+        .map_err(Error::db(CTX))?
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect::<std::result::Result<_, _>>()
+        .map_err(Error::db(CTX))?;
+    let mut done = Vec::new();
+    for (table, layout) in &LAYOUT {
+        if known.iter().any(|k| k == table) {
+            continue;
+        }
+        let sql = match layout {
+            Layout::Reference => "SELECT create_reference_table($1::text::regclass)",
+            Layout::ByCustomer if *table == "usage_events" => {
+                "SELECT create_distributed_table($1::text::regclass, 'customer_id', colocate_with => 'default')"
+            }
+            Layout::ByCustomer => {
+                "SELECT create_distributed_table($1::text::regclass, 'customer_id', colocate_with => 'usage_events')"
+            }
+            Layout::ByService => {
+                "SELECT create_distributed_table($1::text::regclass, 'service', colocate_with => 'none')"
+            }
+        };
+        client
+            .execute(sql, &[table])
+            .await
+            .map_err(Error::db(CTX))?;
+        tracing::info!(table, "distributed");
+        done.push((*table).to_owned());
+    }
+    Ok(done)
 }
 
 /// Applies the embedded migrations that are missing, each in its own transaction.
@@ -99,7 +199,13 @@ pub(crate) async fn migrate(client: &mut tokio_postgres::Client) -> Result<Migra
         .execute("SELECT pg_advisory_lock($1)", &[&LOCK_KEY])
         .await
         .map_err(Error::db("taking the migration lock"))?;
-    let result = migrate_locked(client).await;
+    let result = match migrate_locked(client).await {
+        Ok(mut report) => distribute(client).await.map(|d| {
+            report.distributed = d;
+            report
+        }),
+        Err(e) => Err(e),
+    };
     // Unlock even after a failure; the session ends the lock anyway if this fails too.
     let unlock = client
         .execute("SELECT pg_advisory_unlock($1)", &[&LOCK_KEY])

@@ -287,13 +287,16 @@ impl Store {
         cycle: Option<BillingCycle>,
     ) -> Result<()> {
         let client = self.client("assigning a plan").await?;
-        let n = client
+        // VALUES, not a SELECT from tally_plans: the foreign key says whether the plan
+        // exists, and Citus cannot push an INSERT … SELECT with parameters down to its
+        // workers.
+        let inserted = client
             .execute(
                 "INSERT INTO tally_customers (customer_id, plan, anchor_day, zone)
-                 SELECT $1, p.plan, coalesce($3::int2, 1), coalesce($4::text, 'UTC') FROM tally_plans p WHERE p.plan = $2
+                 VALUES ($1, $2, coalesce($3::int2, 1), coalesce($4::text, 'UTC'))
                  ON CONFLICT (customer_id) DO UPDATE SET plan = excluded.plan,
-                     anchor_day = coalesce($3, tally_customers.anchor_day),
-                     zone = coalesce($4, tally_customers.zone)",
+                     anchor_day = coalesce($3::int2, tally_customers.anchor_day),
+                     zone = coalesce($4::text, tally_customers.zone)",
                 &[
                     &customer.as_str(),
                     &plan.as_str(),
@@ -301,16 +304,18 @@ impl Store {
                     &cycle.map(|c| c.zone.name()),
                 ],
             )
-            .await
-            .map_err(Error::db("assigning a plan"))?;
-        if n == 0 {
-            return Err(Error::invalid(
-                "plan",
-                plan.as_str(),
-                "no such plan (see `tally plan list`)",
-            ));
+            .await;
+        match inserted {
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::FOREIGN_KEY_VIOLATION) => {
+                Err(Error::invalid(
+                    "plan",
+                    plan.as_str(),
+                    "no such plan (see `tally plan list`)",
+                ))
+            }
+            Err(e) => Err(Error::db("assigning a plan")(e)),
+            Ok(_) => Ok(()),
         }
-        Ok(())
     }
 
     /// Sets when `customer`'s billing periods start.
@@ -405,31 +410,8 @@ impl Store {
     /// The quota in force for `customer` and `service`, if any: one indexed lookup
     /// (the hot path of a quota check).
     pub async fn quota(&self, customer: &CustomerId, service: &Service) -> Result<Option<Quota>> {
-        let client = self.client("reading a quota").await?;
-        let sql = format!(
-            "SELECT {QUOTA_COLUMNS}
-             FROM (SELECT $1::text COLLATE \"C\" AS customer_id) me
-             LEFT JOIN tally_customers c ON c.customer_id = me.customer_id
-             LEFT JOIN tally_plans p ON p.plan = c.plan
-             CROSS JOIN LATERAL (
-                 SELECT * FROM (
-                     SELECT me.customer_id, q.service, q.quota_limit, q.mode, false AS from_plan, 0 AS pri
-                     FROM tally_quotas q WHERE q.customer_id = me.customer_id AND q.service = $2
-                     UNION ALL
-                     SELECT me.customer_id, l.service, l.quota_limit, p.mode, true, 1
-                     FROM tally_plan_limits l WHERE l.plan = c.plan AND l.service = $2
-                 ) u ORDER BY pri LIMIT 1
-             ) k"
-        );
-        let stmt = client
-            .prepare_cached(&sql)
-            .await
-            .map_err(Error::db("preparing a quota lookup"))?;
-        let row = client
-            .query_opt(&stmt, &[&customer.as_str(), &service.as_str()])
-            .await
-            .map_err(Error::db("reading a quota"))?;
-        row.as_ref().map(quota_of).transpose()
+        let key = [(customer.clone(), service.clone())];
+        Ok(self.quotas_for(&key).await?.into_iter().next())
     }
 
     /// The quotas in force for each of `keys` that has one, in one statement (what an
@@ -446,15 +428,17 @@ impl Store {
              FROM unnest($1::text[], $2::text[]) AS me(customer_id, service)
              LEFT JOIN tally_customers c ON c.customer_id = me.customer_id
              LEFT JOIN tally_plans p ON p.plan = c.plan
+             LEFT JOIN tally_quotas q ON q.customer_id = me.customer_id AND q.service = me.service
+             LEFT JOIN tally_plan_limits l ON l.plan = c.plan AND l.service = me.service
+             -- A customer's own quota beats the plan's (plain joins, no LIMIT-ed
+             -- subquery: the same statement runs on Citus).
              CROSS JOIN LATERAL (
-                 SELECT * FROM (
-                     SELECT me.customer_id, q.service, q.quota_limit, q.mode, false AS from_plan, 0 AS pri
-                     FROM tally_quotas q WHERE q.customer_id = me.customer_id AND q.service = me.service
-                     UNION ALL
-                     SELECT me.customer_id, l.service, l.quota_limit, p.mode, true, 1
-                     FROM tally_plan_limits l WHERE l.plan = c.plan AND l.service = me.service
-                 ) u ORDER BY pri LIMIT 1
-             ) k"
+                 SELECT me.customer_id, me.service,
+                        CASE WHEN q.customer_id IS NULL THEN l.quota_limit ELSE q.quota_limit END AS quota_limit,
+                        CASE WHEN q.customer_id IS NULL THEN p.mode ELSE q.mode END AS mode,
+                        q.customer_id IS NULL AS from_plan
+             ) k
+             WHERE q.customer_id IS NOT NULL OR l.plan IS NOT NULL"
         );
         let stmt = client
             .prepare_cached(&sql)
@@ -517,28 +501,28 @@ impl Store {
             // its sum up to quarter `a` (0 = nothing, 4 = the whole hour).
             let stmt = client
                 .prepare_cached(
-                    "SELECT p.i, sum(x.q)
-                     FROM unnest($1::int4[], $2::text[], $3::text[], $4::int2[], $5::timestamptz[], $6::timestamptz[],
-                                 $7::int2[], $8::int2[])
-                          AS p(i, customer_id, service, kind, lo, hi, qa, qb)
-                     CROSS JOIN LATERAL (
-                         SELECT sum(d.quantity) AS q FROM usage_daily d
-                         WHERE p.kind = 0 AND d.customer_id = p.customer_id AND d.service = p.service
-                           AND d.bucket >= p.lo AND d.bucket < p.hi
+                    "WITH p AS (
+                         SELECT * FROM unnest($1::int4[], $2::text[], $3::text[], $4::int2[], $5::timestamptz[],
+                                              $6::timestamptz[], $7::int2[], $8::int2[])
+                             AS p(i, customer_id, service, kind, lo, hi, qa, qb))
+                     SELECT x.i, sum(x.q) FROM (
+                         SELECT p.i, d.quantity AS q FROM p JOIN usage_daily d
+                           ON p.kind = 0 AND d.customer_id = p.customer_id AND d.service = p.service
+                          AND d.bucket >= p.lo AND d.bucket < p.hi
                          UNION ALL
-                         SELECT sum(h.quantity) FROM usage_hourly h
-                         WHERE p.kind = 1 AND h.customer_id = p.customer_id AND h.service = p.service
-                           AND h.bucket >= p.lo AND h.bucket < p.hi
+                         SELECT p.i, h.quantity FROM p JOIN usage_hourly h
+                           ON p.kind = 1 AND h.customer_id = p.customer_id AND h.service = p.service
+                          AND h.bucket >= p.lo AND h.bucket < p.hi
                          UNION ALL
-                         SELECT sum(CASE p.qb WHEN 1 THEN h.quantity_by_15 WHEN 2 THEN h.quantity_by_30
-                                              WHEN 3 THEN h.quantity_by_45 ELSE h.quantity END
-                                  - CASE p.qa WHEN 1 THEN h.quantity_by_15 WHEN 2 THEN h.quantity_by_30
-                                              WHEN 3 THEN h.quantity_by_45 ELSE 0 END)
-                         FROM usage_hourly h
-                         WHERE p.kind = 2 AND h.customer_id = p.customer_id AND h.service = p.service
-                           AND h.bucket = p.lo
+                         SELECT p.i, CASE p.qb WHEN 1 THEN h.quantity_by_15 WHEN 2 THEN h.quantity_by_30
+                                               WHEN 3 THEN h.quantity_by_45 ELSE h.quantity END
+                                   - CASE p.qa WHEN 1 THEN h.quantity_by_15 WHEN 2 THEN h.quantity_by_30
+                                               WHEN 3 THEN h.quantity_by_45 ELSE 0 END
+                         FROM p JOIN usage_hourly h
+                           ON p.kind = 2 AND h.customer_id = p.customer_id AND h.service = p.service
+                          AND h.bucket = p.lo
                      ) x
-                     GROUP BY p.i",
+                     GROUP BY x.i",
                 )
                 .await
                 .map_err(Error::db("preparing a period usage read"))?;
@@ -651,6 +635,7 @@ impl Store {
         let mut claim = DeliveryClaim {
             client: Some(client),
             sink: sink.to_owned(),
+            customer_id: String::new(),
             alert_id: 0,
         };
         let c = claim.client()?;
@@ -671,7 +656,8 @@ impl Store {
         let sql = format!(
             "SELECT {ALERT_COLUMNS} FROM usage_alerts a
              WHERE a.notify AND NOT EXISTS (
-                 SELECT 1 FROM usage_alert_deliveries d WHERE d.sink = $1 AND d.alert_id = a.alert_id)
+                 SELECT 1 FROM usage_alert_deliveries d
+                 WHERE d.sink = $1 AND d.customer_id = a.customer_id AND d.alert_id = a.alert_id)
              ORDER BY a.alert_id LIMIT 1"
         );
         let row = c.query_opt(&sql, &[&sink]).await.map_err(Error::db(CTX))?;
@@ -683,6 +669,7 @@ impl Store {
             Some(row) => {
                 let alert = alert_of(&row)?;
                 claim.alert_id = alert.id;
+                claim.customer_id = alert.customer_id.to_string();
                 Ok(Some(claim.with(alert)))
             }
         }
@@ -698,6 +685,7 @@ pub struct DeliveryClaim {
     // Taken when finished; still here on drop means "roll back".
     client: Option<deadpool_postgres::Client>,
     sink: String,
+    customer_id: String,
     alert_id: i64,
 }
 
@@ -725,8 +713,9 @@ impl DeliveryClaim {
         let client = self.client.take().ok_or_else(Error::closed)?;
         client
             .execute(
-                "INSERT INTO usage_alert_deliveries (alert_id, sink) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-                &[&self.alert_id, &self.sink],
+                "INSERT INTO usage_alert_deliveries (customer_id, alert_id, sink) VALUES ($1, $2, $3)
+                 ON CONFLICT DO NOTHING",
+                &[&self.customer_id, &self.alert_id, &self.sink],
             )
             .await
             .map_err(Error::db(CTX))?;

@@ -558,3 +558,155 @@ fn find_bindir() -> Result<PathBuf> {
         searched: searched.join(", "),
     })
 }
+
+/// A fresh database on a Citus cluster, migrated (so distributed), dropped from every
+/// node when dropped. The cluster is the one `TALLY_CITUS_URL` names (its coordinator,
+/// an admin connection whose database has the workers registered, as
+/// `../shared/citus/cluster.sh start` leaves it).
+pub struct CitusDb {
+    name: String,
+    url: String,
+    // Admin connection strings of the coordinator and each worker.
+    nodes: Vec<String>,
+    tally: Tally,
+    report: tally::MigrateReport,
+}
+
+impl std::fmt::Debug for CitusDb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CitusDb").field("name", &self.name).finish()
+    }
+}
+
+impl CitusDb {
+    /// A new database on the `TALLY_CITUS_URL` cluster, or `None` when it is not set
+    /// (the Citus tests then have nothing to run against; `.ci/run` sets it).
+    pub async fn new() -> Result<Option<CitusDb>> {
+        let admin = match std::env::var("TALLY_CITUS_URL") {
+            Ok(url) if !url.trim().is_empty() => url,
+            _ => return Ok(None),
+        };
+        let cfg: tokio_postgres::Config = admin.parse().map_err(db("parsing the Citus URL"))?;
+        let coordinator = connect(&admin).await?;
+        let workers = coordinator
+            .query(
+                "SELECT nodename, nodeport FROM pg_dist_node WHERE groupid <> 0 ORDER BY nodeid",
+                &[],
+            )
+            .await
+            .map_err(db("listing the Citus workers"))?;
+        let mut nodes = vec![admin.clone()];
+        for w in &workers {
+            let (host, port): (String, i32) = (w.get(0), w.get(1));
+            let user = cfg.get_user().unwrap_or("postgres");
+            nodes.push(format!(
+                "host={host} port={port} user={user} dbname=postgres"
+            ));
+        }
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let name = format!(
+            "tally_c_{}_{}_{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed),
+            nanos
+        );
+        // Citus does not propagate CREATE DATABASE: each node gets the database and
+        // the extension, then the coordinator's copy learns the workers.
+        for node in &nodes {
+            connect(node)
+                .await?
+                .batch_execute(&format!("CREATE DATABASE {name}"))
+                .await
+                .map_err(db("creating a Citus test database"))?;
+            connect(&with_dbname(node, &name)?)
+                .await?
+                .batch_execute("CREATE EXTENSION citus")
+                .await
+                .map_err(db("creating the citus extension"))?;
+        }
+        let url = with_dbname(&admin, &name)?;
+        let client = connect(&url).await?;
+        let (host, port) = host_port(&cfg);
+        client
+            .execute(
+                "SELECT citus_set_coordinator_host($1, $2)",
+                &[&host, &i32::from(port)],
+            )
+            .await
+            .map_err(db("registering the coordinator"))?;
+        for w in &workers {
+            let (h, p): (String, i32) = (w.get(0), w.get(1));
+            client
+                .execute("SELECT citus_add_node($1, $2)", &[&h, &p])
+                .await
+                .map_err(db("registering a worker"))?;
+        }
+        let tally = Tally::with_pool_size(&url, 8)?;
+        let report = tally.migrate().await?;
+        Ok(Some(CitusDb {
+            name,
+            url,
+            nodes,
+            tally,
+            report,
+        }))
+    }
+
+    /// The coordinator's connection string for this database.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// A Tally handle on the coordinator.
+    pub fn tally(&self) -> &Tally {
+        &self.tally
+    }
+
+    /// What the first `migrate` did (it distributed the schema).
+    pub fn migrated(&self) -> &tally::MigrateReport {
+        &self.report
+    }
+}
+
+impl Drop for CitusDb {
+    fn drop(&mut self) {
+        let (nodes, name) = (self.nodes.clone(), self.name.clone());
+        let dropped = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            rt.block_on(async {
+                let mut ok = true;
+                for node in &nodes {
+                    let Ok(admin) = connect(node).await else {
+                        ok = false;
+                        continue;
+                    };
+                    ok &= admin
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .await
+                        .is_ok();
+                }
+                ok.then_some(())
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Some(()))) {
+            eprintln!(
+                "tally-testdb: could not drop Citus test database {}",
+                self.name
+            );
+        }
+    }
+}
+
+fn host_port(cfg: &tokio_postgres::Config) -> (String, u16) {
+    let host = match cfg.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        _ => "127.0.0.1".to_owned(),
+    };
+    (host, cfg.get_ports().first().copied().unwrap_or(5432))
+}

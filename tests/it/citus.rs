@@ -1,0 +1,219 @@
+//! Tally on a Citus cluster (issue 12): the same schema distributed by `migrate`, the
+//! same write path exactly once, the same answers as one PostgreSQL. These tests run
+//! when `TALLY_CITUS_URL` names a cluster's coordinator (`.ci/run` starts one with
+//! `../shared/citus/cluster.sh` and sets it, with `TALLY_CITUS_REQUIRED` so that they
+//! cannot skip there); without it they have nothing to run against and say so.
+
+use std::time::Duration;
+
+use tally::{
+    CustomerId, Granularity, Limit, Service, Tally, TimeRange, UsageEvent, Zone, alerts::Mode,
+    report::Over,
+};
+use tally_testdb::{CitusDb, TestDb};
+use tally_tests::{at, event};
+
+async fn citus() -> Option<CitusDb> {
+    let db = CitusDb::new().await.unwrap();
+    if db.is_none() {
+        // CI sets TALLY_CITUS_REQUIRED with the cluster: there a missing URL is a
+        // failure, not a skip.
+        assert!(
+            std::env::var_os("TALLY_CITUS_REQUIRED").is_none(),
+            "TALLY_CITUS_REQUIRED is set but TALLY_CITUS_URL is not"
+        );
+        eprintln!("TALLY_CITUS_URL is not set: no Citus cluster to test against");
+    }
+    db
+}
+
+/// 3 000 events of 30 customers over three days of November 2026, on the hour, the
+/// quarter hours and in between, with decimal quantities.
+fn workload() -> Vec<UsageEvent> {
+    let services = [Service::API, Service::STORAGE, Service::COMPUTE];
+    (0..3000u32)
+        .map(|i| {
+            let t = at("2026-11-02T00:00:00Z")
+                + tally::chrono::Duration::seconds(i64::from(i) * 86 + i64::from(i % 7) * 13);
+            let customer = format!("cust-{:02}", (i * 7 + i / 100) % 30);
+            let service = services[(i % 3) as usize].clone();
+            let quantity = format!("{}.{:03}", i % 17 + 1, (i * 37) % 1000);
+            event(
+                u128::from(i) + 1,
+                &customer,
+                service,
+                &quantity,
+                &t.to_rfc3339(),
+            )
+        })
+        .collect()
+}
+
+/// Records `events` through four recorders at once, each taking an overlapping half
+/// of them, so every event is sent twice, by writers racing each other.
+async fn record_racing(tally: &Tally, events: &[UsageEvent]) {
+    let n = events.len();
+    let mut tasks = Vec::new();
+    for w in 0..4usize {
+        let start = w * n / 4;
+        let chunk: Vec<UsageEvent> = (0..n / 2)
+            .map(|k| events[(start + k) % n].clone())
+            .collect();
+        let recorder = tally.recorder(
+            tally::RecorderConfig::default()
+                .batch_size(250)
+                .batch_timeout(Duration::from_millis(20)),
+        );
+        tasks.push(tokio::spawn(async move {
+            recorder.record_many(chunk).await.unwrap();
+            recorder.close().await.unwrap();
+            recorder.status()
+        }));
+    }
+    for t in tasks {
+        let status = t.await.unwrap();
+        assert_eq!(status.dead_lettered, 0, "{status:?}");
+    }
+}
+
+#[tokio::test]
+async fn migrate_distributes_the_schema_once() {
+    let Some(db) = citus().await else { return };
+    let first = db.migrated();
+    assert_eq!(first.applied.len(), 8, "{first:?}");
+    for table in [
+        "usage_events",
+        "usage_event_keys",
+        "usage_hourly",
+        "usage_daily",
+        "usage_hourly_total",
+        "tally_plans",
+        "usage_alerts",
+    ] {
+        assert!(
+            first.distributed.iter().any(|t| t == table),
+            "{table} not distributed: {first:?}"
+        );
+    }
+    let again = db.tally().migrate().await.unwrap();
+    assert!(
+        again.applied.is_empty() && again.distributed.is_empty(),
+        "{again:?}"
+    );
+    assert_eq!(again.already.len(), 8);
+}
+
+#[tokio::test]
+async fn racing_writers_store_each_event_once_and_reads_match_one_node() {
+    let Some(cdb) = citus().await else { return };
+    let one = TestDb::new().await.unwrap();
+    let events = workload();
+    let (c, s) = (cdb.tally(), one.tally());
+    tokio::join!(record_racing(c, &events), record_racing(s, &events));
+    // A late event, and replays of stored ones, written directly.
+    let late = event(9001, "cust-03", Service::API, "2.5", "2026-11-01T18:40:00Z");
+    let replay: Vec<UsageEvent> = events[..50].iter().cloned().chain([late]).collect();
+    for t in [c, s] {
+        let w = t.write(&replay).await.unwrap();
+        assert_eq!((w.inserted, w.duplicates), (1, 50));
+    }
+
+    let (vc, vs) = (c.verify().await.unwrap(), s.verify().await.unwrap());
+    assert_eq!(vc, vs);
+    assert_eq!((vc.events, vc.mismatches, vc.key_mismatches), (3001, 0, 0));
+
+    // Every read, compared value by value.
+    let month = tally::parse_month("period", "2026-11").unwrap();
+    let days = TimeRange::new(at("2026-11-01T00:00:00Z"), at("2026-11-06T00:00:00Z")).unwrap();
+    let kolkata: Zone = "Asia/Kolkata".parse().unwrap();
+    let as_of = at("2026-11-05T00:00:00Z");
+    for customer in ["cust-00", "cust-03", "cust-17"] {
+        let customer: CustomerId = customer.parse().unwrap();
+        assert_eq!(
+            c.summary(&customer, month, None, Some(kolkata))
+                .await
+                .unwrap(),
+            s.summary(&customer, month, None, Some(kolkata))
+                .await
+                .unwrap()
+        );
+        assert_eq!(
+            c.invoice(&customer, month).await.unwrap(),
+            s.invoice(&customer, month).await.unwrap()
+        );
+        for zone in [Zone::UTC, kolkata] {
+            let hourly = |t: &Tally| {
+                let t = t.clone();
+                let customer = customer.clone();
+                async move {
+                    t.aggregate(Some(&customer), days, None, Granularity::Hour, zone)
+                        .await
+                        .unwrap()
+                }
+            };
+            assert_eq!(hourly(c).await, hourly(s).await);
+            assert_eq!(
+                c.trends(&customer, None, 4, zone, as_of).await.unwrap(),
+                s.trends(&customer, None, 4, zone, as_of).await.unwrap()
+            );
+        }
+        for over in [Over::Events, Over::Hour, Over::Day] {
+            assert_eq!(
+                c.stats(&customer, &Service::STORAGE, 5, over, as_of)
+                    .await
+                    .unwrap(),
+                s.stats(&customer, &Service::STORAGE, 5, over, as_of)
+                    .await
+                    .unwrap()
+            );
+        }
+        let top = Limit::new(5).unwrap();
+        assert_eq!(
+            c.peaks(&customer, &Service::API, Granularity::Hour, top)
+                .await
+                .unwrap(),
+            s.peaks(&customer, &Service::API, Granularity::Hour, top)
+                .await
+                .unwrap()
+        );
+    }
+    for zone in [Zone::UTC, kolkata] {
+        for g in [Granularity::Hour, Granularity::Day, Granularity::Month] {
+            assert_eq!(
+                c.aggregate(None, days, None, g, zone).await.unwrap(),
+                s.aggregate(None, days, None, g, zone).await.unwrap(),
+                "all customers, {g:?}, {zone:?}"
+            );
+        }
+    }
+
+    // Quotas and alerts: the same decisions and the same alerts fired.
+    let acme: CustomerId = "cust-03".parse().unwrap();
+    for t in [c, s] {
+        t.alerts()
+            .set_quota(&acme, &Service::API, "40".parse().unwrap(), Mode::Hard)
+            .await
+            .unwrap();
+        t.alerts()
+            .assign_plan(&"cust-04".parse().unwrap(), &"free".parse().unwrap(), None)
+            .await
+            .unwrap();
+    }
+    let one_more = "1".parse().unwrap();
+    assert_eq!(
+        c.check_quota(&acme, &Service::API, one_more).await.unwrap(),
+        s.check_quota(&acme, &Service::API, one_more).await.unwrap()
+    );
+    let fired = |alerts: Vec<tally::alerts::Alert>| {
+        let mut v: Vec<String> = alerts
+            .iter()
+            .map(|a| format!("{} {} {}", a.customer_id, a.service, a.level))
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        fired(c.alerts().check(None).await.unwrap()),
+        fired(s.alerts().check(None).await.unwrap())
+    );
+}
