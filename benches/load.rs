@@ -12,14 +12,38 @@
 //! everything is committed with its dedupe keys and rollups. It then verifies the
 //! rollups and prints one JSON line of results. With `--keep` the database is kept and
 //! its URL printed, for `TALLY_BENCH_URL=… cargo bench --bench analytics`. `--end T`
-//! (RFC 3339) ends the workload at T instead of now.
+//! (RFC 3339) ends the workload at T instead of now. `--citus` loads into a fresh
+//! database on the Citus cluster `TALLY_CITUS_URL` names (its baseline COPY goes into
+//! a distributed table).
 
 use std::{pin::pin, time::Instant};
 
 use chrono::Utc;
 use tally::RecorderConfig;
 use tally_benches::{Shape, duplicates, generate};
-use tally_testdb::TestDb;
+use tally_testdb::{CitusDb, TestDb};
+
+/// Where the load goes: one PostgreSQL, or a Citus cluster (`--citus`).
+enum Db {
+    One(TestDb),
+    Citus(CitusDb),
+}
+
+impl Db {
+    fn url(&self) -> &str {
+        match self {
+            Db::One(d) => d.url(),
+            Db::Citus(d) => d.url(),
+        }
+    }
+
+    fn tally(&self) -> &tally::Tally {
+        match self {
+            Db::One(d) => d.tally(),
+            Db::Citus(d) => d.tally(),
+        }
+    }
+}
 use tokio_postgres::{NoTls, binary_copy::BinaryCopyInWriter, types::Type};
 
 struct Args {
@@ -30,6 +54,7 @@ struct Args {
     workers: usize,
     baseline: bool,
     keep: bool,
+    citus: bool,
     end: Option<chrono::DateTime<Utc>>,
 }
 
@@ -42,6 +67,7 @@ fn args() -> Result<Args, String> {
         workers: 2,
         baseline: true,
         keep: false,
+        citus: false,
         end: None,
     };
     let mut it = std::env::args().skip(1);
@@ -71,6 +97,7 @@ fn args() -> Result<Args, String> {
             }
             "--no-baseline" => a.baseline = false,
             "--keep" => a.keep = true,
+            "--citus" => a.citus = true,
             "--end" => {
                 let v = value("--end")?;
                 a.end = Some(
@@ -94,7 +121,16 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    let db = TestDb::new().await.expect("a database to load into");
+    let db = if a.citus {
+        Db::Citus(
+            CitusDb::new()
+                .await
+                .expect("a Citus database to load into")
+                .expect("--citus needs TALLY_CITUS_URL (a coordinator, see ../shared/citus)"),
+        )
+    } else {
+        Db::One(TestDb::new().await.expect("a database to load into"))
+    };
     let t = Instant::now();
     let events = generate(a.events, a.shape, a.end.unwrap_or_else(Utc::now), 42);
     let dups = duplicates(&events);
@@ -124,6 +160,13 @@ async fn main() {
             )
             .await
             .unwrap();
+        if a.citus {
+            // The fair baseline on a cluster: raw COPY into a distributed table.
+            client
+                .batch_execute("SELECT create_distributed_table('baseline_copy', 'customer_id', colocate_with => 'none')")
+                .await
+                .unwrap();
+        }
         let t = Instant::now();
         let sink = client
             .copy_in("COPY baseline_copy FROM STDIN BINARY")
@@ -198,6 +241,7 @@ async fn main() {
     let v = store.verify().await.unwrap();
     let out = serde_json::json!({
         "shape": format!("{:?}", a.shape).to_lowercase(),
+        "citus": a.citus,
         "events": n,
         "duplicates_in_workload": dups,
         "batch_size": a.batch_size,

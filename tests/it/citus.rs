@@ -7,7 +7,8 @@
 use std::time::Duration;
 
 use tally::{
-    CustomerId, Granularity, Limit, Service, Tally, TimeRange, UsageEvent, Zone, alerts::Mode,
+    CustomerId, Granularity, Limit, Service, Tally, TimeRange, UsageEvent, Zone,
+    alerts::{AlertFilter, Mode},
     report::Over,
 };
 use tally_testdb::{CitusDb, TestDb};
@@ -110,8 +111,9 @@ async fn racing_writers_store_each_event_once_and_reads_match_one_node() {
     let events = workload();
     let (c, s) = (cdb.tally(), one.tally());
     tokio::join!(record_racing(c, &events), record_racing(s, &events));
-    // A late event, and replays of stored ones, written directly.
-    let late = event(9001, "cust-03", Service::API, "2.5", "2026-11-01T18:40:00Z");
+    // A late event (its month, long past, gets its partition on demand — on Citus a
+    // distributed one), and replays of stored ones, written directly.
+    let late = event(9001, "cust-03", Service::API, "2.5", "2025-06-15T18:40:00Z");
     let replay: Vec<UsageEvent> = events[..50].iter().cloned().chain([late]).collect();
     for t in [c, s] {
         let w = t.write(&replay).await.unwrap();
@@ -127,6 +129,18 @@ async fn racing_writers_store_each_event_once_and_reads_match_one_node() {
     let days = TimeRange::new(at("2026-11-01T00:00:00Z"), at("2026-11-06T00:00:00Z")).unwrap();
     let kolkata: Zone = "Asia/Kolkata".parse().unwrap();
     let as_of = at("2026-11-05T00:00:00Z");
+    let june = tally::parse_month("period", "2025-06").unwrap();
+    let cust03: CustomerId = "cust-03".parse().unwrap();
+    let late_month = c.summary(&cust03, june, None, None).await.unwrap();
+    assert_eq!(late_month.services.iter().map(|l| l.events).sum::<i64>(), 1);
+    assert_eq!(
+        late_month,
+        s.summary(&cust03, june, None, None).await.unwrap()
+    );
+    assert_eq!(
+        c.partition_status().await.unwrap().months,
+        s.partition_status().await.unwrap().months
+    );
     for customer in ["cust-00", "cust-03", "cust-17"] {
         let customer: CustomerId = customer.parse().unwrap();
         assert_eq!(
@@ -212,8 +226,67 @@ async fn racing_writers_store_each_event_once_and_reads_match_one_node() {
         v.sort();
         v
     };
-    assert_eq!(
-        fired(c.alerts().check(None).await.unwrap()),
-        fired(s.alerts().check(None).await.unwrap())
+    // Fired by the check or by the evaluation behind the writes: compare what is
+    // recorded, which must not be nothing.
+    for t in [c, s] {
+        t.alerts().check(None).await.unwrap();
+    }
+    let all = AlertFilter::default();
+    let (ac, as_) = (
+        fired(c.alerts().list(&all).await.unwrap()),
+        fired(s.alerts().list(&all).await.unwrap()),
     );
+    assert_eq!(ac, as_);
+    assert_eq!(ac.len(), 6, "{ac:?}"); // cust-03 api (own quota), cust-04 compute (free plan)
+}
+
+#[tokio::test]
+async fn a_single_node_database_moves_onto_citus_with_its_data() {
+    let Some(mut db) = CitusDb::without_citus().await.unwrap() else {
+        return;
+    };
+    // Tally on one PostgreSQL: migrated, written to, a quota and its alerts.
+    let t = db.tally().clone();
+    let plain = t.migrate().await.unwrap();
+    assert_eq!((plain.applied.len(), plain.distributed.len()), (8, 0));
+    let events = workload();
+    t.write(&events[..1000]).await.unwrap();
+    let cust: CustomerId = "cust-05".parse().unwrap();
+    t.alerts()
+        .set_quota(&cust, &Service::API, "3".parse().unwrap(), Mode::Soft)
+        .await
+        .unwrap();
+    // Fired by this check or by the evaluation behind the write's commit.
+    t.alerts().check(None).await.unwrap();
+    let all = AlertFilter::default();
+    let alerts = t.alerts().list(&all).await.unwrap();
+    assert_eq!(alerts.len(), 3, "{alerts:?}");
+    let month = tally::parse_month("period", "2026-11").unwrap();
+    let before = (
+        t.verify().await.unwrap(),
+        t.summary(&cust, month, None, None).await.unwrap(),
+        t.invoice(&cust, month).await.unwrap(),
+    );
+
+    // The move: the extension and the workers, then `migrate` again.
+    db.enable_citus().await.unwrap();
+    let t = Tally::connect(db.url()).unwrap();
+    let moved = t.migrate().await.unwrap();
+    assert!(moved.applied.is_empty());
+    assert_eq!(moved.distributed.len(), 15, "{moved:?}");
+    let after = (
+        t.verify().await.unwrap(),
+        t.summary(&cust, month, None, None).await.unwrap(),
+        t.invoice(&cust, month).await.unwrap(),
+    );
+    assert_eq!(after, before);
+    assert_eq!(after.0.mismatches, 0);
+    // It goes on working, exactly once: the rest, with replays of what moved.
+    let w = t.write(&events[500..]).await.unwrap();
+    assert_eq!((w.inserted, w.duplicates), (2000, 500));
+    let v = t.verify().await.unwrap();
+    assert_eq!((v.events, v.mismatches, v.key_mismatches), (3000, 0, 0));
+    // The alerts that fired before are still known: none fires twice.
+    assert!(t.alerts().check(None).await.unwrap().is_empty());
+    assert_eq!(t.alerts().list(&all).await.unwrap(), alerts);
 }

@@ -582,6 +582,18 @@ impl CitusDb {
     /// A new database on the `TALLY_CITUS_URL` cluster, or `None` when it is not set
     /// (the Citus tests then have nothing to run against; `.ci/run` sets it).
     pub async fn new() -> Result<Option<CitusDb>> {
+        let Some(mut db) = CitusDb::without_citus().await? else {
+            return Ok(None);
+        };
+        db.enable_citus().await?;
+        db.report = db.tally.migrate().await?;
+        Ok(Some(db))
+    }
+
+    /// A new database on the cluster's nodes that the coordinator does not yet treat
+    /// as distributed (no extension there, no workers registered), and not migrated:
+    /// a single PostgreSQL as far as Tally can tell, until [`CitusDb::enable_citus`].
+    pub async fn without_citus() -> Result<Option<CitusDb>> {
         let admin = match std::env::var("TALLY_CITUS_URL") {
             Ok(url) if !url.trim().is_empty() => url,
             _ => return Ok(None),
@@ -612,46 +624,63 @@ impl CitusDb {
             COUNTER.fetch_add(1, Ordering::Relaxed),
             nanos
         );
-        // Citus does not propagate CREATE DATABASE: each node gets the database and
-        // the extension, then the coordinator's copy learns the workers.
-        for node in &nodes {
+        // Citus does not propagate CREATE DATABASE: each node gets the database, and
+        // the workers the extension.
+        for (i, node) in nodes.iter().enumerate() {
             connect(node)
                 .await?
                 .batch_execute(&format!("CREATE DATABASE {name}"))
                 .await
                 .map_err(db("creating a Citus test database"))?;
-            connect(&with_dbname(node, &name)?)
-                .await?
-                .batch_execute("CREATE EXTENSION citus")
-                .await
-                .map_err(db("creating the citus extension"))?;
+            if i > 0 {
+                connect(&with_dbname(node, &name)?)
+                    .await?
+                    .batch_execute("CREATE EXTENSION citus")
+                    .await
+                    .map_err(db("creating the citus extension"))?;
+            }
         }
         let url = with_dbname(&admin, &name)?;
-        let client = connect(&url).await?;
-        let (host, port) = host_port(&cfg);
-        client
-            .execute(
-                "SELECT citus_set_coordinator_host($1, $2)",
-                &[&host, &i32::from(port)],
-            )
-            .await
-            .map_err(db("registering the coordinator"))?;
-        for w in &workers {
-            let (h, p): (String, i32) = (w.get(0), w.get(1));
-            client
-                .execute("SELECT citus_add_node($1, $2)", &[&h, &p])
-                .await
-                .map_err(db("registering a worker"))?;
-        }
         let tally = Tally::with_pool_size(&url, 8)?;
-        let report = tally.migrate().await?;
         Ok(Some(CitusDb {
             name,
             url,
             nodes,
             tally,
-            report,
+            report: tally::MigrateReport::default(),
         }))
+    }
+
+    /// Creates the extension on the coordinator's database and registers the
+    /// coordinator and the workers: from now on `migrate` distributes.
+    pub async fn enable_citus(&mut self) -> Result<()> {
+        let client = connect(&self.url).await?;
+        client
+            .batch_execute("CREATE EXTENSION citus")
+            .await
+            .map_err(db("creating the citus extension"))?;
+        let mut hosts = Vec::new();
+        for node in &self.nodes {
+            let cfg: tokio_postgres::Config = node.parse().map_err(db("parsing a node URL"))?;
+            hosts.push(host_port(&cfg));
+        }
+        let mut hosts = hosts.into_iter();
+        if let Some((host, port)) = hosts.next() {
+            client
+                .execute(
+                    "SELECT citus_set_coordinator_host($1, $2)",
+                    &[&host, &i32::from(port)],
+                )
+                .await
+                .map_err(db("registering the coordinator"))?;
+        }
+        for (host, port) in hosts {
+            client
+                .execute("SELECT citus_add_node($1, $2)", &[&host, &i32::from(port)])
+                .await
+                .map_err(db("registering a worker"))?;
+        }
+        Ok(())
     }
 
     /// The coordinator's connection string for this database.
