@@ -238,6 +238,27 @@ async fn racing_writers_store_each_event_once_and_reads_match_one_node() {
     );
     assert_eq!(ac, as_);
     assert_eq!(ac.len(), 6, "{ac:?}"); // cust-03 api (own quota), cust-04 compute (free plan)
+
+    // Archive the late month whole (its partition detached and dropped) and restore
+    // it: the same on both.
+    let dir = tempfile::tempdir().unwrap();
+    for (t, sub) in [(c, "citus"), (s, "one")] {
+        let archived = t
+            .archive(&tally::archive::ArchiveOptions {
+                cutoff: at("2025-07-01T00:00:00Z"),
+                dir: dir.path().join(sub),
+                forget_keys: false,
+            })
+            .await
+            .unwrap();
+        assert_eq!(archived.archives.len(), 1);
+        assert_eq!(archived.archives[0].events, 1);
+        let v = t.verify().await.unwrap();
+        assert_eq!((v.events, v.archived_events, v.mismatches), (3000, 1, 0));
+        let file = dir.path().join(sub).join(&archived.archives[0].file);
+        assert_eq!(t.restore(&file).await.unwrap().restored, 1);
+    }
+    assert_eq!(c.verify().await.unwrap(), s.verify().await.unwrap());
 }
 
 #[tokio::test]

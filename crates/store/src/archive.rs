@@ -531,11 +531,16 @@ impl Store {
             .map_err(Error::db("forgetting archived keys"))?;
         }
         if whole_month {
+            // Two statements, not one string: Citus propagates each DDL command to its
+            // workers on its own.
             tx.batch_execute(&format!(
-                "ALTER TABLE usage_events DETACH PARTITION {partition}; DROP TABLE {partition};"
+                "ALTER TABLE usage_events DETACH PARTITION {partition}"
             ))
             .await
-            .map_err(Error::db("dropping an archived partition"))?;
+            .map_err(Error::db("detaching an archived partition"))?;
+            tx.batch_execute(&format!("DROP TABLE {partition}"))
+                .await
+                .map_err(Error::db("dropping an archived partition"))?;
         }
         let manifest_value =
             serde_json::to_value(&manifest).map_err(|e| io("archiving")(e.into()))?;
