@@ -120,9 +120,34 @@ async fn racing_writers_store_each_event_once_and_reads_match_one_node() {
         assert_eq!((w.inserted, w.duplicates), (1, 50));
     }
 
+    // An all-or-nothing import in small batches (each staged, applied at the end in
+    // one transaction), with lines repeated inside the file and lines already stored.
+    let mut csv = String::from("event_id,customer_id,service,quantity,recorded_at\n");
+    for e in &events[2990..3000] {
+        let (id, q, t) = (e.id.uuid(), e.quantity.value(), e.recorded_at.to_rfc3339());
+        csv.push_str(&format!("{id},{},{},{q},{t}\n", e.customer, e.service));
+    }
+    for i in (100_001..=100_010u128).chain(100_006..=100_010) {
+        let id = uuid::Uuid::from_u128(i);
+        csv.push_str(&format!(
+            "{id},cust-29,storage,0.125,2026-11-04T23:{:02}:00Z\n",
+            i % 60
+        ));
+    }
+    for t in [c, s] {
+        let mut options = tally::import::ImportOptions::new(tally::import::ImportFormat::Csv);
+        options.strict = true;
+        options.batch_size = 4;
+        let r = t
+            .import(std::io::Cursor::new(csv.clone()), options, None)
+            .await
+            .unwrap();
+        assert_eq!((r.inserted, r.duplicates, r.rejected), (10, 15, 0), "{r:?}");
+    }
+
     let (vc, vs) = (c.verify().await.unwrap(), s.verify().await.unwrap());
     assert_eq!(vc, vs);
-    assert_eq!((vc.events, vc.mismatches, vc.key_mismatches), (3001, 0, 0));
+    assert_eq!((vc.events, vc.mismatches, vc.key_mismatches), (3011, 0, 0));
 
     // Every read, compared value by value.
     let month = tally::parse_month("period", "2026-11").unwrap();
@@ -254,7 +279,7 @@ async fn racing_writers_store_each_event_once_and_reads_match_one_node() {
         assert_eq!(archived.archives.len(), 1);
         assert_eq!(archived.archives[0].events, 1);
         let v = t.verify().await.unwrap();
-        assert_eq!((v.events, v.archived_events, v.mismatches), (3000, 1, 0));
+        assert_eq!((v.events, v.archived_events, v.mismatches), (3010, 1, 0));
         let file = dir.path().join(sub).join(&archived.archives[0].file);
         assert_eq!(t.restore(&file).await.unwrap().restored, 1);
     }
