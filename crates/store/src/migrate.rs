@@ -92,9 +92,8 @@ pub struct MigrateReport {
     /// Migrations found already applied.
     #[serde(rename = "already_applied")]
     pub already: Vec<i32>,
-    /// Tables distributed now (Citus only; see [`distribute`]'s list in
-    /// docs/scaling.md). Empty on a single PostgreSQL and once everything is
-    /// distributed.
+    /// Tables distributed now (Citus only; the layout is in docs/scaling.md). Empty on
+    /// a single PostgreSQL and once everything is distributed.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub distributed: Vec<String>,
 }
