@@ -419,8 +419,9 @@ impl IngestTx {
     }
 
     /// Copies `events` into the transaction's staging table by binary COPY, after
-    /// making sure their months have partitions. A key repeated inside `events` is
-    /// the same event: its first occurrence is kept. Returns the events staged.
+    /// making sure their months have partitions (on Citus: writes them at once, see
+    /// `write_distributed`). A key repeated inside `events` is the same event: its
+    /// first occurrence is kept. Returns the events staged.
     pub(crate) async fn stage<'e>(
         &mut self,
         events: &'e [UsageEvent],
@@ -429,13 +430,14 @@ impl IngestTx {
             .partitions
             .ensure_for(&self.ingest.config, events)
             .await?;
+        // A key repeated inside `events` is the same event: the first one is kept.
+        let mut seen = HashSet::with_capacity(events.len());
+        let unique: Vec<&UsageEvent> = events
+            .iter()
+            .filter(|e| seen.insert((e.id, e.customer.as_str())))
+            .collect();
         let client = self.client()?;
         if self.distributed {
-            let mut seen = HashSet::with_capacity(events.len());
-            let unique: Vec<&UsageEvent> = events
-                .iter()
-                .filter(|e| seen.insert((e.id, e.customer.as_str())))
-                .collect();
             let (n, q) = write_distributed(client, &unique, self.lane).await?;
             self.applied.0 += n;
             self.applied.1 = self.applied.1.checked_add(q).unwrap_or(self.applied.1);
@@ -455,40 +457,7 @@ impl IngestTx {
                     .map_err(Error::db("creating the staging table"))?;
             }
         }
-        let mut seen = HashSet::with_capacity(events.len());
-        let mut unique = Vec::with_capacity(events.len());
-        let sink = client
-            .copy_in("COPY tally_stage (event_id, customer_id, service, quantity, recorded_at, metadata) FROM STDIN BINARY")
-            .await
-            .map_err(Error::db("starting COPY into the staging table"))?;
-        let writer = BinaryCopyInWriter::new(sink, &STAGE_TYPES);
-        let mut writer = std::pin::pin!(writer);
-        for e in events {
-            if !seen.insert((e.id, e.customer.as_str())) {
-                continue;
-            }
-            unique.push(e);
-            let id = e.id.uuid();
-            let quantity = e.quantity.value();
-            let metadata = Jsonb(e.metadata.as_str());
-            writer
-                .as_mut()
-                .write(&[
-                    &id,
-                    &e.customer.as_str(),
-                    &e.service.as_str(),
-                    &quantity,
-                    &e.recorded_at,
-                    &metadata,
-                ])
-                .await
-                .map_err(Error::db("copying events"))?;
-        }
-        writer
-            .as_mut()
-            .finish()
-            .await
-            .map_err(Error::db("finishing COPY"))?;
+        copy_events(client, "tally_stage", &unique).await?;
         self.staged += unique.len() as u64;
         Ok(unique)
     }
@@ -685,6 +654,44 @@ async fn insert_new(
     Ok((u64::try_from(inserted).unwrap_or_default(), total))
 }
 
+/// Copies `events` into `table` (the stage, or the events table on Citus) by binary
+/// COPY. `table` is one of those two names, never input.
+async fn copy_events(
+    client: &deadpool_postgres::Client,
+    table: &'static str,
+    events: &[&UsageEvent],
+) -> Result<()> {
+    let sink = client
+        .copy_in(&format!(
+            "COPY {table} (event_id, customer_id, service, quantity, recorded_at, metadata) FROM STDIN BINARY"
+        ))
+        .await
+        .map_err(Error::db("starting COPY"))?;
+    let writer = BinaryCopyInWriter::new(sink, &STAGE_TYPES);
+    let mut writer = std::pin::pin!(writer);
+    for e in events {
+        let (id, quantity) = (e.id.uuid(), e.quantity.value());
+        writer
+            .as_mut()
+            .write(&[
+                &id,
+                &e.customer.as_str(),
+                &e.service.as_str(),
+                &quantity,
+                &e.recorded_at,
+                &Jsonb(e.metadata.as_str()),
+            ])
+            .await
+            .map_err(Error::db("copying events"))?;
+    }
+    writer
+        .as_mut()
+        .finish()
+        .await
+        .map_err(Error::db("finishing COPY"))?;
+    Ok(())
+}
+
 /// The rollup deltas of a set of new events, computed here so that each rollup gets
 /// one row per key (the fast path and the distributed path send them as arrays).
 struct Rollups<'a> {
@@ -803,32 +810,7 @@ async fn write_distributed(
     if new.is_empty() {
         return Ok((0, Decimal::ZERO));
     }
-    let sink = client
-        .copy_in("COPY usage_events (event_id, customer_id, service, quantity, recorded_at, metadata) FROM STDIN BINARY")
-        .await
-        .map_err(db("starting COPY into usage_events"))?;
-    let writer = BinaryCopyInWriter::new(sink, &STAGE_TYPES);
-    let mut writer = std::pin::pin!(writer);
-    for e in &new {
-        let (id, quantity) = (e.id.uuid(), e.quantity.value());
-        writer
-            .as_mut()
-            .write(&[
-                &id,
-                &e.customer.as_str(),
-                &e.service.as_str(),
-                &quantity,
-                &e.recorded_at,
-                &Jsonb(e.metadata.as_str()),
-            ])
-            .await
-            .map_err(db("copying events"))?;
-    }
-    writer
-        .as_mut()
-        .finish()
-        .await
-        .map_err(db("finishing COPY"))?;
+    copy_events(client, "usage_events", &new).await?;
     let r = Rollups::of(new.iter().copied())?;
     let (h, d, t) = (
         Columns::from(&r.hourly),

@@ -172,26 +172,37 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
-        // Drop may run inside a runtime, which cannot block: use a thread of its own.
-        let dropped = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
-            rt.block_on(async {
-                let admin = connect(&admin_url).await.ok()?;
-                admin
-                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                    .await
-                    .ok()
-            })
-        })
-        .join();
-        if !matches!(dropped, Ok(Some(()))) {
+        if !drop_everywhere(vec![self.admin_url.clone()], self.name.clone()) {
             eprintln!("tally-testdb: could not drop test database {}", self.name);
         }
     }
+}
+
+/// Drops database `name` on every server of `admins` (with `FORCE`); whether all went.
+/// Drop may run inside a runtime, which cannot block: this uses a thread of its own.
+fn drop_everywhere(admins: Vec<String>, name: String) -> bool {
+    let dropped = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .ok()?;
+        rt.block_on(async {
+            let mut ok = true;
+            for admin in &admins {
+                let Ok(client) = connect(admin).await else {
+                    ok = false;
+                    continue;
+                };
+                ok &= client
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .await
+                    .is_ok();
+            }
+            ok.then_some(())
+        })
+    })
+    .join();
+    matches!(dropped, Ok(Some(())))
 }
 
 /// The admin connection string: `DATABASE_URL`, or the throwaway cluster's.
@@ -701,29 +712,7 @@ impl CitusDb {
 
 impl Drop for CitusDb {
     fn drop(&mut self) {
-        let (nodes, name) = (self.nodes.clone(), self.name.clone());
-        let dropped = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
-            rt.block_on(async {
-                let mut ok = true;
-                for node in &nodes {
-                    let Ok(admin) = connect(node).await else {
-                        ok = false;
-                        continue;
-                    };
-                    ok &= admin
-                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                        .await
-                        .is_ok();
-                }
-                ok.then_some(())
-            })
-        })
-        .join();
-        if !matches!(dropped, Ok(Some(()))) {
+        if !drop_everywhere(self.nodes.clone(), self.name.clone()) {
             eprintln!(
                 "tally-testdb: could not drop Citus test database {}",
                 self.name
