@@ -184,7 +184,7 @@ struct Archived {
 }
 
 impl Archived {
-    fn new(line: &Line) -> Archived {
+    fn new(line: &Line) -> Result<Archived> {
         let mut a = Archived {
             events: 0,
             quantity: Decimal::ZERO,
@@ -192,22 +192,23 @@ impl Archived {
             max: line.quantity,
             by: [Decimal::ZERO; 3],
         };
-        a.add(line);
-        a
+        a.add(line)?;
+        Ok(a)
     }
 
-    fn add(&mut self, line: &Line) {
+    fn add(&mut self, line: &Line) -> Result<()> {
         let q = line.quantity;
         self.events += 1;
-        self.quantity = self.quantity.checked_add(q).unwrap_or(self.quantity);
+        self.quantity = plus(self.quantity, q)?;
         self.min = self.min.min(q);
         self.max = self.max.max(q);
         let minute = line.recorded_at.minute();
         for (i, by) in self.by.iter_mut().enumerate() {
             if minute < 15 * (i as u32 + 1) {
-                *by = by.checked_add(q).unwrap_or(*by);
+                *by = plus(*by, q)?;
             }
         }
+        Ok(())
     }
 }
 
@@ -250,6 +251,13 @@ async fn insert_totals(
         .map_err(Error::db("recording an archive's totals"))?;
     }
     Ok(())
+}
+
+/// `a + b`, or the typed overflow error (28 significant digits are the limit).
+fn plus(a: Decimal, b: Decimal) -> Result<Decimal> {
+    Ok(a.checked_add(b).ok_or(tally_core::Error::Overflow {
+        what: "an archive's totals",
+    })?)
 }
 
 fn month_start(t: DateTime<Utc>) -> NaiveDate {
@@ -437,17 +445,17 @@ impl Store {
                     None => services.entry(line.service.clone()).or_default(),
                 };
                 s.events += 1;
-                s.quantity = s.quantity.checked_add(line.quantity).unwrap_or(s.quantity);
+                s.quantity = plus(s.quantity, line.quantity)?;
                 events += 1;
-                quantity = quantity.checked_add(line.quantity).unwrap_or(quantity);
+                quantity = plus(quantity, line.quantity)?;
                 let by_service = match totals.get_mut(&line.customer_id) {
                     Some(t) => t,
                     None => totals.entry(line.customer_id.clone()).or_default(),
                 };
                 match by_service.get_mut(&line.service) {
-                    Some(t) => t.add(&line),
+                    Some(t) => t.add(&line)?,
                     None => {
-                        by_service.insert(line.service.clone(), Archived::new(&line));
+                        by_service.insert(line.service.clone(), Archived::new(&line)?);
                     }
                 }
                 if options.forget_keys {
@@ -663,7 +671,7 @@ impl Store {
                     format!("line {}: {e}", n + 1),
                 )
             })?;
-            total = total.checked_add(line.quantity).unwrap_or(total);
+            total = plus(total, line.quantity)?;
             lines.push(line);
         }
         if i64::try_from(lines.len()).ok() != Some(events) || total != quantity {

@@ -440,7 +440,13 @@ impl IngestTx {
         if self.distributed {
             let (n, q) = write_distributed(client, &unique, self.lane).await?;
             self.applied.0 += n;
-            self.applied.1 = self.applied.1.checked_add(q).unwrap_or(self.applied.1);
+            self.applied.1 = self
+                .applied
+                .1
+                .checked_add(q)
+                .ok_or(tally_core::Error::Overflow {
+                    what: "a batch's total",
+                })?;
             self.staged += unique.len() as u64;
             return Ok(unique);
         }
@@ -722,7 +728,12 @@ impl<'a> Rollups<'a> {
             add(&mut r.daily, (c, s, utc_floor(e.recorded_at, 86_400)), q)?;
             // All customers added up: the customer part of the key is empty.
             add(&mut r.totals, ("", s, hour), q)?;
-            r.quantity = r.quantity.checked_add(q).unwrap_or(r.quantity);
+            r.quantity = r
+                .quantity
+                .checked_add(q)
+                .ok_or(tally_core::Error::Overflow {
+                    what: "a batch's total",
+                })?;
             r.events += 1;
         }
         Ok(r)
