@@ -623,36 +623,14 @@ async fn insert_new(
         .prepare_cached(INSERT_NEW_SQL)
         .await
         .map_err(db("preparing the ingest statement"))?;
+    // $1–$7 hourly, $8–$14 daily, $15–$20 all-customer, $21 lane, $22–$24 quarters.
+    let mut params = h.params(true);
+    params.extend(d.params(true));
+    params.extend(t.params(false));
+    params.push(&lane.0);
+    params.extend([&q15 as &(dyn ToSql + Sync), &q30, &q45]);
     let row = client
-        .query_one(
-            &insert,
-            &[
-                &h.customer,
-                &h.service,
-                &h.bucket,
-                &h.events,
-                &h.quantity,
-                &h.min,
-                &h.max,
-                &d.customer,
-                &d.service,
-                &d.bucket,
-                &d.events,
-                &d.quantity,
-                &d.min,
-                &d.max,
-                &t.service,
-                &t.bucket,
-                &t.events,
-                &t.quantity,
-                &t.min,
-                &t.max,
-                &lane.0,
-                &q15,
-                &q30,
-                &q45,
-            ],
-        )
+        .query_one(&insert, &params)
         .await
         .map_err(db("applying a batch"))?;
     let inserted: i64 = row.try_get(1).map_err(db("applying a batch"))?;
@@ -829,52 +807,20 @@ async fn write_distributed(
         Columns::from(&r.totals),
     );
     let [q15, q30, q45] = r.quarter_columns();
+    let mut hourly = h.params(true);
+    hourly.extend([&q15 as &(dyn ToSql + Sync), &q30, &q45]);
     client
-        .execute(
-            HOURLY_SQL,
-            &[
-                &h.customer,
-                &h.service,
-                &h.bucket,
-                &h.events,
-                &h.quantity,
-                &h.min,
-                &h.max,
-                &q15,
-                &q30,
-                &q45,
-            ],
-        )
+        .execute(HOURLY_SQL, &hourly)
         .await
         .map_err(db("updating the hourly rollup"))?;
     client
-        .execute(
-            DAILY_SQL,
-            &[
-                &d.customer,
-                &d.service,
-                &d.bucket,
-                &d.events,
-                &d.quantity,
-                &d.min,
-                &d.max,
-            ],
-        )
+        .execute(DAILY_SQL, &d.params(true))
         .await
         .map_err(db("updating the daily rollup"))?;
+    let mut totals = t.params(false);
+    totals.push(&lane.0);
     client
-        .execute(
-            TOTALS_SQL,
-            &[
-                &t.service,
-                &t.bucket,
-                &t.events,
-                &t.quantity,
-                &t.min,
-                &t.max,
-                &lane.0,
-            ],
-        )
+        .execute(TOTALS_SQL, &totals)
         .await
         .map_err(db("updating the all-customer rollup"))?;
     Ok((r.events, r.quantity))
@@ -892,6 +838,24 @@ struct Columns<'a> {
 }
 
 impl<'a> Columns<'a> {
+    /// The columns as statement parameters, in the order the rollup statements take
+    /// them; `with_customer` is false for the all-customer rollup, whose key has none.
+    fn params(&self, with_customer: bool) -> Vec<&(dyn ToSql + Sync)> {
+        let mut p: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(7);
+        if with_customer {
+            p.push(&self.customer);
+        }
+        p.extend([
+            &self.service as &(dyn ToSql + Sync),
+            &self.bucket,
+            &self.events,
+            &self.quantity,
+            &self.min,
+            &self.max,
+        ]);
+        p
+    }
+
     fn from(deltas: &Deltas<'a>) -> Columns<'a> {
         let n = deltas.len();
         let mut c = Columns {
