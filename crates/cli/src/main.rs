@@ -309,11 +309,22 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let tally = tally_for(cli.database_url)?;
             let report = tally.migrate().await?;
             match o.format {
-                Format::Table if report.applied.is_empty() => out(format_args!(
-                    "schema up to date ({} migration(s) applied before)\n",
-                    report.already.len()
-                ))?,
-                Format::Table => out(format_args!("applied migration(s) {:?}\n", report.applied))?,
+                Format::Table => {
+                    if report.applied.is_empty() {
+                        out(format_args!(
+                            "schema up to date ({} migration(s) applied before)\n",
+                            report.already.len()
+                        ))?;
+                    } else {
+                        out(format_args!("applied migration(s) {:?}\n", report.applied))?;
+                    }
+                    if !report.distributed.is_empty() {
+                        out(format_args!(
+                            "distributed on Citus: {}\n",
+                            report.distributed.join(", ")
+                        ))?;
+                    }
+                }
                 f => emit(f, &Migrated(report))?,
             }
         }
@@ -552,12 +563,16 @@ struct Migrated(MigrateReport);
 
 impl Tabular for Migrated {
     fn header(&self) -> &'static [&'static str] {
-        &["applied", "already_applied"]
+        &["applied", "already_applied", "distributed"]
     }
 
     fn rows(&self, _table: bool) -> Vec<Vec<String>> {
         let list = |v: &[i32]| v.iter().map(i32::to_string).collect::<Vec<_>>().join(" ");
-        vec![vec![list(&self.0.applied), list(&self.0.already)]]
+        vec![vec![
+            list(&self.0.applied),
+            list(&self.0.already),
+            self.0.distributed.join(" "),
+        ]]
     }
 }
 
