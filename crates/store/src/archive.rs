@@ -421,8 +421,6 @@ impl Store {
         // run on a thread of their own, so the two halves overlap (docs/performance.md).
         let (chunks, writer) = spawn_writer(file);
         let mut buf: Vec<u8> = Vec::with_capacity(CHUNK + 4096);
-        let mut services: BTreeMap<String, ServiceCount> = BTreeMap::new();
-        let (mut events, mut quantity) = (0i64, Decimal::ZERO);
         let mut keys: (Vec<Uuid>, Vec<String>) = (Vec::new(), Vec::new());
         let mut totals: HashMap<String, HashMap<String, Archived>> = HashMap::new();
         let streamed: Result<()> = async {
@@ -440,14 +438,6 @@ impl Store {
                 };
                 serde_json::to_writer(&mut buf, &line).map_err(|e| io("archiving")(e.into()))?;
                 buf.push(b'\n');
-                let s = match services.get_mut(&line.service) {
-                    Some(s) => s,
-                    None => services.entry(line.service.clone()).or_default(),
-                };
-                s.events += 1;
-                s.quantity = plus(s.quantity, line.quantity)?;
-                events += 1;
-                quantity = plus(quantity, line.quantity)?;
                 let by_service = match totals.get_mut(&line.customer_id) {
                     Some(t) => t,
                     None => totals.entry(line.customer_id.clone()).or_default(),
@@ -483,6 +473,16 @@ impl Store {
             Ok(Err(e)) => return Err(io("writing an archive")(e)),
             Err(e) => return Err(io("writing an archive")(std::io::Error::other(e))),
         };
+        // The manifest's totals, per service and overall, from the per-customer ones.
+        let mut services: BTreeMap<String, ServiceCount> = BTreeMap::new();
+        let (mut events, mut quantity) = (0i64, Decimal::ZERO);
+        for (service, a) in totals.values().flatten() {
+            let s = services.entry(service.clone()).or_default();
+            s.events += a.events;
+            s.quantity = plus(s.quantity, a.quantity)?;
+            events += a.events;
+            quantity = plus(quantity, a.quantity)?;
+        }
         if events == 0 {
             let _ = tokio::fs::remove_file(&partial).await;
             tx.rollback().await.map_err(Error::db(CTX))?;

@@ -123,15 +123,7 @@ impl TestDb {
     }
 
     async fn create(admin_url: String, template: &str) -> Result<TestDb> {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let name = format!(
-            "tally_t_{}_{}_{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed),
-            nanos
-        );
+        let name = fresh_name("tally_t");
         let admin = connect(&admin_url).await?;
         // Identifiers cannot be bind parameters; both names are made here of [a-z0-9_].
         admin
@@ -176,6 +168,20 @@ impl Drop for TestDb {
             eprintln!("tally-testdb: could not drop test database {}", self.name);
         }
     }
+}
+
+/// A database name no other test process or call uses: `prefix`, the process id, a
+/// counter and the clock's nanoseconds, all of [a-z0-9_] (it is spliced into SQL).
+fn fresh_name(prefix: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!(
+        "{prefix}_{}_{}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed),
+        nanos
+    )
 }
 
 /// Drops database `name` on every server of `admins` (with `FORCE`); whether all went.
@@ -626,15 +632,7 @@ impl CitusDb {
                 "host={host} port={port} user={user} dbname=postgres"
             ));
         }
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let name = format!(
-            "tally_c_{}_{}_{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed),
-            nanos
-        );
+        let name = fresh_name("tally_c");
         // Citus does not propagate CREATE DATABASE: each node gets the database, and
         // the workers the extension.
         for (i, node) in nodes.iter().enumerate() {
