@@ -611,3 +611,135 @@ async fn invoice_applies_the_spec_tier_table_and_dated_prices() {
         .unwrap();
     assert_eq!(dec.total, d("201.00"));
 }
+
+/// Count, sum, minimum and maximum per bucket and service, for fixed-offset zones.
+type Full = BTreeMap<(DateTime<Utc>, String), (i64, Decimal, Decimal, Decimal)>;
+
+fn expected_full(events: &[UsageEvent], offset_minutes: i64, day: bool) -> Full {
+    let width = if day { 86_400 } else { 3600 };
+    let mut out = Full::new();
+    for e in events {
+        let shifted = e.recorded_at + Duration::minutes(offset_minutes);
+        let local = shifted - Duration::seconds(shifted.timestamp().rem_euclid(width));
+        let start = local - Duration::minutes(offset_minutes);
+        let q = e.quantity.value();
+        let entry = out
+            .entry((start, e.service.to_string()))
+            .or_insert((0, Decimal::ZERO, q, q));
+        entry.0 += 1;
+        entry.1 += q;
+        entry.2 = entry.2.min(q);
+        entry.3 = entry.3.max(q);
+    }
+    out
+}
+
+async fn got_full(
+    a: &Tally,
+    customer: Option<&CustomerId>,
+    r: TimeRange,
+    g: Granularity,
+    zone: &str,
+) -> Full {
+    let zone: Zone = zone.parse().unwrap();
+    a.aggregate(customer, r, None, g, zone)
+        .await
+        .unwrap()
+        .buckets
+        .into_iter()
+        .map(|b| ((b.bucket, b.service), (b.events, b.quantity, b.min, b.max)))
+        .collect()
+}
+
+#[tokio::test]
+async fn quarter_hour_zones_read_the_rollups_not_raw_events() {
+    let db = TestDb::new().await.unwrap();
+    // Every 7 minutes (so every quarter of every hour gets events, unevenly), quantities
+    // varying so each quarter has its own minimum and maximum.
+    let start = at("2026-05-03T00:00:00Z");
+    let events: Vec<UsageEvent> = (0..3 * 24 * 60 / 7u32)
+        .map(|i| {
+            let t =
+                start + Duration::minutes(7 * i64::from(i)) + Duration::seconds(i64::from(i % 60));
+            let customer = if i % 4 == 0 { "globex" } else { "acme" };
+            let service = if i % 3 == 0 {
+                Service::STORAGE
+            } else {
+                Service::API
+            };
+            let q = format!("{}.{}", 1 + (i * 37) % 101, i % 9);
+            event(u128::from(i) + 1, customer, service, &q, &t.to_rfc3339())
+        })
+        .collect();
+    for chunk in events.chunks(97) {
+        db.tally().write(chunk).await.unwrap();
+    }
+    assert_eq!(db.tally().verify().await.unwrap().mismatches, 0);
+    let a = db.tally().clone();
+    // Whole local days inside the data, so every bucket is complete.
+    let cases = [("Asia/Kolkata", 330), ("Asia/Kathmandu", 345)];
+    let check = |label: &'static str| {
+        let a = a.clone();
+        let events = events.clone();
+        async move {
+            for (zone, offset) in cases {
+                let r = TimeRange::new(
+                    at("2026-05-04T00:00:00Z") - Duration::minutes(offset),
+                    at("2026-05-05T00:00:00Z") - Duration::minutes(offset),
+                )
+                .unwrap();
+                let inside: Vec<UsageEvent> = events
+                    .iter()
+                    .filter(|e| r.contains(e.recorded_at))
+                    .cloned()
+                    .collect();
+                let acme_only: Vec<UsageEvent> = inside
+                    .iter()
+                    .filter(|e| e.customer.as_str() == "acme")
+                    .cloned()
+                    .collect();
+                let hourly = got_full(&a, Some(&acme()), r, Granularity::Hour, zone).await;
+                assert_eq!(
+                    hourly,
+                    expected_full(&acme_only, offset, false),
+                    "{zone} hourly, {label}"
+                );
+                let daily = got_full(&a, None, r, Granularity::Day, zone).await;
+                assert_eq!(
+                    daily,
+                    expected_full(&inside, offset, true),
+                    "{zone} daily, {label}"
+                );
+                let all_hourly = got_full(&a, None, r, Granularity::Hour, zone).await;
+                assert_eq!(
+                    all_hourly,
+                    expected_full(&inside, offset, false),
+                    "{zone} all hourly, {label}"
+                );
+            }
+        }
+    };
+    check("with raw events").await;
+    // Without the raw events the rollups alone still answer: no raw read is needed.
+    let client = db.client().await.unwrap();
+    client
+        .batch_execute(
+            "CREATE TABLE saved AS SELECT * FROM usage_events; DELETE FROM usage_events;",
+        )
+        .await
+        .unwrap();
+    check("rollups only").await;
+    // A row whose detail is not known (archived before migration 0009) is read from
+    // raw events, for every row of its hour.
+    client
+        .batch_execute(
+            "INSERT INTO usage_events SELECT * FROM saved;
+             UPDATE usage_hourly SET events_by_15 = NULL, events_by_30 = NULL, events_by_45 = NULL
+                 WHERE bucket = '2026-05-04T12:00:00Z' AND service = 'api';
+             UPDATE usage_hourly_total SET events_by_15 = NULL, events_by_30 = NULL, events_by_45 = NULL
+                 WHERE bucket = '2026-05-04T18:00:00Z' AND service = 'storage';",
+        )
+        .await
+        .unwrap();
+    check("unknown detail").await;
+}

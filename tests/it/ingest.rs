@@ -236,9 +236,11 @@ async fn a_key_claimed_by_a_concurrent_writer_is_counted_once() {
     .await
     .unwrap();
     tx.batch_execute(
-        "INSERT INTO usage_hourly VALUES ('acme', 'api', '2026-11-01T10:00:00Z', 1, 1, 1, 1, 1, 1, 1);
+        "INSERT INTO usage_hourly VALUES ('acme', 'api', '2026-11-01T10:00:00Z', 1, 1, 1, 1, 1, 1, 1,
+             1, 1, 1, 1, NULL, NULL, NULL, 1, NULL, NULL, NULL);
          INSERT INTO usage_daily VALUES ('acme', 'api', '2026-11-01T00:00:00Z', 1, 1, 1, 1);
-         INSERT INTO usage_hourly_total VALUES ('api', '2026-11-01T10:00:00Z', 0, 1, 1, 1, 1);",
+         INSERT INTO usage_hourly_total VALUES ('api', '2026-11-01T10:00:00Z', 0, 1, 1, 1, 1, 1, 1, 1,
+             1, 1, 1, 1, NULL, NULL, NULL, 1, NULL, NULL, NULL);",
     )
     .await
     .unwrap();

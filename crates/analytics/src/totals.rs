@@ -1,9 +1,11 @@
 //! The one exact primitive: totals over labeled ranges, from rollups where whole UTC
-//! days and hours fit and from raw events only for sub-hour edges.
+//! days and hours fit, from the hourly rollups' quarter-hour detail where an edge falls
+//! on a quarter hour (every zone's bucket edges today), and from raw events only for
+//! other sub-hour edges.
 
-use std::collections::{BTreeMap, HashMap, hash_map::Entry};
+use std::collections::{BTreeMap, HashMap, HashSet, hash_map::Entry};
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Duration, Timelike, Utc};
 use tally_core::{Service, TimeRange, Totals};
 use tally_store::{Grain, Store, Who};
 
@@ -30,6 +32,51 @@ impl Pieces {
             self.0.push(Piece { label, lo, hi });
         }
     }
+}
+
+/// A labelled part of one UTC hour cut on quarter hours: quarters `a..b` of `hour`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct QuarterPiece {
+    label: DateTime<Utc>,
+    hour: DateTime<Utc>,
+    a: usize,
+    b: usize,
+}
+
+/// `p` cut at the UTC hours inside it (a sub-hour edge of `utc_split` is shorter than
+/// two hours: a range within one hour, or one that crosses a single hour boundary).
+fn split_at_hours(p: &Piece) -> Vec<Piece> {
+    let mut out = Vec::with_capacity(2);
+    let mut lo = p.lo;
+    while lo < p.hi {
+        let next = DateTime::from_timestamp((lo.timestamp().div_euclid(3600) + 1) * 3600, 0)
+            .map_or(p.hi, |n| n.min(p.hi));
+        out.push(Piece {
+            label: p.label,
+            lo,
+            hi: next,
+        });
+        lo = next;
+    }
+    out
+}
+
+/// `p` as quarters of its UTC hour, if it lies in one and both ends fall on a quarter
+/// hour.
+fn quarter_piece(p: &Piece) -> Option<QuarterPiece> {
+    let on_quarter = |t: DateTime<Utc>| t.nanosecond() == 0 && t.timestamp().rem_euclid(900) == 0;
+    if !(on_quarter(p.lo) && on_quarter(p.hi)) {
+        return None;
+    }
+    let hour = DateTime::from_timestamp(p.lo.timestamp().div_euclid(3600) * 3600, 0)?;
+    let index = |t: DateTime<Utc>| usize::try_from((t - hour).num_seconds() / 900).ok();
+    let (a, b) = (index(p.lo)?, index(p.hi)?);
+    (a < b && b <= 4).then_some(QuarterPiece {
+        label: p.label,
+        hour,
+        a,
+        b,
+    })
 }
 
 /// Splits `[lo, hi)` into whole UTC days, whole UTC hours and sub-hour edges.
@@ -78,8 +125,9 @@ fn label_of(cluster: &[Piece], t: DateTime<Utc>) -> Option<DateTime<Utc>> {
 }
 
 /// Totals per label, customer and service over labeled ranges. Ranges may not overlap
-/// (they are buckets). Exact for every zone: only whole UTC hours and days come from
-/// rollups, sub-hour edges from raw events.
+/// (they are buckets). Exact for every zone: whole UTC hours and days come from
+/// rollups, parts of hours cut on a quarter hour from the hourly rollups' quarter
+/// detail, and only other sub-hour edges from raw events.
 pub(crate) async fn totals(
     store: &Store,
     ranges: &[(DateTime<Utc>, TimeRange)],
@@ -132,12 +180,64 @@ pub(crate) async fn totals(
         }
     }
 
-    // Raw events for the sub-hour edges: short pieces, one BRIN-assisted range each.
-    let edges: Vec<(DateTime<Utc>, TimeRange)> = raw
-        .0
-        .iter()
-        .filter_map(|p| Some((p.label, TimeRange::new(p.lo, p.hi).ok()?)))
-        .collect();
+    // Sub-hour edges on a quarter hour: parts of the hourly rollup rows. The rest (edges
+    // off the quarter hour, and hours whose detail is not known) from raw events.
+    let mut edges: Vec<(DateTime<Utc>, TimeRange)> = Vec::new();
+    let mut by_hour: HashMap<DateTime<Utc>, Vec<QuarterPiece>> = HashMap::new();
+    let mut cut_hours = Pieces::default();
+    for p in raw.0.iter().flat_map(split_at_hours) {
+        match quarter_piece(&p) {
+            Some(q) => {
+                cut_hours.push(q.hour, q.hour, q.hour + Duration::hours(1));
+                by_hour.entry(q.hour).or_default().push(q);
+            }
+            None => edges.extend(TimeRange::new(p.lo, p.hi).ok().map(|r| (p.label, r))),
+        }
+    }
+    if !by_hour.is_empty() {
+        let spans: Vec<TimeRange> = cut_hours
+            .clusters()
+            .iter()
+            .filter_map(|c| {
+                let lo = c.first()?.lo;
+                let hi = c.iter().map(|p| p.hi).max()?;
+                TimeRange::new(lo, hi).ok()
+            })
+            .collect();
+        let rows: Vec<_> = store
+            .rollup_quarters(who, services, &spans)
+            .await?
+            .into_iter()
+            .flatten()
+            .collect();
+        // An hour with a row of unknown detail is read raw, wholly (every service and
+        // lane), so nothing is counted twice.
+        let unknown: HashSet<DateTime<Utc>> = rows
+            .iter()
+            .filter(|r| r.quarters.is_none())
+            .map(|r| r.bucket)
+            .collect();
+        for row in &rows {
+            let (Some(quarters), Some(pieces)) = (row.quarters, by_hour.get(&row.bucket)) else {
+                continue;
+            };
+            if unknown.contains(&row.bucket) {
+                continue;
+            }
+            for q in pieces {
+                if let Some(t) = quarters.part(q.a, q.b)? {
+                    add((q.label, row.service), t)?;
+                }
+            }
+        }
+        for hour in &unknown {
+            for q in by_hour.get(hour).into_iter().flatten() {
+                let lo = *hour + Duration::minutes(15 * q.a as i64);
+                let hi = *hour + Duration::minutes(15 * q.b as i64);
+                edges.extend(TimeRange::new(lo, hi).ok().map(|r| (q.label, r)));
+            }
+        }
+    }
     for row in store.raw_totals(who, services, &edges).await? {
         add((row.bucket, row.service), row.totals)?;
     }

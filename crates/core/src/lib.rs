@@ -70,7 +70,7 @@ pub use time::{
     Granularity, TimeRange, UtcSplit, Zone, check_instant, normalize_instant, parse_instant,
     parse_month, supported_instants,
 };
-pub use totals::{Totals, exact_sum};
+pub use totals::{QuarterColumns, Quarters, Totals, exact_sum};
 
 /// Re-exported so users of Tally's types need not pin their own versions.
 pub use chrono;

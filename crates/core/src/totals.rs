@@ -101,9 +101,169 @@ impl Totals {
     }
 }
 
+/// An hour's totals by quarter hour — minutes `[0, 15)`, `[15, 30)`, `[30, 45)` and
+/// `[45, 60)` of a UTC hour — with `None` for a quarter without events.
+///
+/// The hourly rollups keep them so that a range cut on a quarter hour (every bucket edge
+/// in Asia/Kolkata or Asia/Kathmandu) is exact from rollups: a part of an hour is the
+/// merge of its quarters.
+///
+/// ```
+/// use tally_core::Quarters;
+/// let mut h = Quarters::default();
+/// h.add(0, "2".parse()?)?; // minute 0-14
+/// h.add(3, "5".parse()?)?; // minute 45-59
+/// let last_half = h.part(2, 4)?.unwrap();
+/// assert_eq!((last_half.events, last_half.quantity), (1, "5".parse()?));
+/// assert_eq!(h.part(1, 3)?, None);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Quarters(pub [Option<Totals>; 4]);
+
+/// [`Quarters`] as the rollup tables store them: the count and sum of the first 15,
+/// 30 and 45 minutes (cumulative, so they add like the hour's count and sum), and each
+/// quarter's minimum and maximum (`None` for an empty quarter; they widen like the
+/// hour's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct QuarterColumns {
+    /// Events in the first 15, 30 and 45 minutes.
+    pub events_by: [i64; 3],
+    /// Their quantities' sums.
+    pub quantity_by: [Decimal; 3],
+    /// Smallest quantity of each quarter.
+    pub min: [Option<Decimal>; 4],
+    /// Largest quantity of each quarter.
+    pub max: [Option<Decimal>; 4],
+}
+
+impl Quarters {
+    /// The quarter (0–3) of an hour that `minute` (0–59) falls in.
+    pub fn of_minute(minute: u32) -> usize {
+        (minute / 15).min(3) as usize
+    }
+
+    /// Adds one event of quantity `q` to quarter `quarter` (0–3; larger is the last).
+    pub fn add(&mut self, quarter: usize, q: Decimal) -> Result<()> {
+        let i = quarter.min(3);
+        match self.0.get_mut(i) {
+            Some(Some(t)) => t.add(q),
+            Some(slot) => {
+                *slot = Some(Totals::of(q));
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Absorbs `other` quarter by quarter.
+    pub fn merge(&mut self, other: &Quarters) -> Result<()> {
+        for (mine, theirs) in self.0.iter_mut().zip(other.0) {
+            match (mine.as_mut(), theirs) {
+                (Some(a), Some(b)) => a.merge(b)?,
+                (None, b) => *mine = b,
+                (Some(_), None) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Totals of quarters `a..b` (`0 <= a < b <= 4`; minutes `15a` to `15b`), `None`
+    /// when they hold no events.
+    pub fn part(&self, a: usize, b: usize) -> Result<Option<Totals>> {
+        let mut out: Option<Totals> = None;
+        for t in self.0.get(a..b.min(4)).unwrap_or_default().iter().flatten() {
+            match out.as_mut() {
+                Some(o) => o.merge(*t)?,
+                None => out = Some(*t),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The stored form.
+    pub fn columns(&self) -> Result<QuarterColumns> {
+        let mut c = QuarterColumns::default();
+        let (mut events, mut quantity) = (0i64, Decimal::ZERO);
+        for (i, t) in self.0.iter().enumerate() {
+            if let Some(t) = t {
+                events = events.checked_add(t.events).ok_or(Error::Overflow {
+                    what: "an event count",
+                })?;
+                quantity = add_total(quantity, t.quantity)?;
+            }
+            if let (Some(e), Some(q)) = (c.events_by.get_mut(i), c.quantity_by.get_mut(i)) {
+                (*e, *q) = (events, quantity);
+            }
+            if let (Some(lo), Some(hi)) = (c.min.get_mut(i), c.max.get_mut(i)) {
+                (*lo, *hi) = (t.map(|t| t.min), t.map(|t| t.max));
+            }
+        }
+        Ok(c)
+    }
+
+    /// Reads the stored form back, given the hour's whole count and sum. `None` when
+    /// the columns contradict each other (counts that go down, a quarter with events
+    /// but no minimum, a sum without events): a rollup row Tally did not write.
+    pub fn from_columns(c: &QuarterColumns, events: i64, quantity: Decimal) -> Option<Quarters> {
+        let [e1, e2, e3] = c.events_by;
+        let [q1, q2, q3] = c.quantity_by;
+        let ev = [0, e1, e2, e3, events];
+        let qs = [Decimal::ZERO, q1, q2, q3, quantity];
+        let mut out = Quarters::default();
+        for (i, slot) in out.0.iter_mut().enumerate() {
+            let n = ev.get(i + 1)?.checked_sub(*ev.get(i)?)?;
+            let q = exact_sub(*qs.get(i + 1)?, *qs.get(i)?)?;
+            let (lo, hi) = (*c.min.get(i)?, *c.max.get(i)?);
+            *slot = match n {
+                0 if q.is_zero() => None,
+                n if n > 0 => Some(Totals {
+                    events: n,
+                    quantity: q,
+                    min: lo?,
+                    max: hi?,
+                }),
+                _ => return None,
+            };
+        }
+        Some(out)
+    }
+}
+
+/// `a - b` when exact.
+fn exact_sub(a: Decimal, b: Decimal) -> Option<Decimal> {
+    exact_add(a, -b)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quarters_round_trip_through_their_columns() {
+        let mut h = Quarters::default();
+        for (quarter, q) in [(0, "1.5"), (2, "4"), (2, "0.25"), (3, "7")] {
+            h.add(quarter, q.parse().unwrap()).unwrap();
+        }
+        let c = h.columns().unwrap();
+        assert_eq!(c.events_by, [1, 1, 3]);
+        assert_eq!(c.min[1], None);
+        let whole = h.part(0, 4).unwrap().unwrap();
+        assert_eq!(
+            Quarters::from_columns(&c, whole.events, whole.quantity),
+            Some(h)
+        );
+        assert_eq!(h.part(1, 3).unwrap().unwrap().quantity.to_string(), "4.25");
+        // Columns that contradict each other are refused, not read.
+        let mut bad = c;
+        bad.events_by[1] = 0;
+        assert_eq!(
+            Quarters::from_columns(&bad, whole.events, whole.quantity),
+            None
+        );
+        // The last quarter would have a sum but no events.
+        assert_eq!(Quarters::from_columns(&c, 3, whole.quantity), None);
+    }
 
     #[test]
     fn sums_are_exact_up_to_the_limit_and_refused_past_it() {

@@ -14,7 +14,7 @@ use futures_util::{StreamExt, pin_mut};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use tally_core::{TimeRange, serde_fmt};
+use tally_core::{QuarterColumns, Quarters, TimeRange, Totals, serde_fmt};
 use tokio::io::AsyncWriteExt;
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
@@ -172,43 +172,18 @@ impl Write for Hashing {
     }
 }
 
-/// What an archive holds of one customer and service, in the hourly rollup's terms:
-/// `verify` compares it with the rollups over the archived span.
-struct Archived {
-    events: i64,
-    quantity: Decimal,
-    min: Decimal,
-    max: Decimal,
-    /// Sums of what was recorded in the first 15, 30 and 45 minutes of its UTC hour.
-    by: [Decimal; 3],
-}
+/// What an archive holds of one customer and service, in the hourly rollup's terms
+/// (each quarter hour's totals over all the archived hours): `verify` compares it with
+/// the rollups over the archived span.
+#[derive(Default)]
+struct Archived(Quarters);
 
 impl Archived {
-    fn new(line: &Line) -> Result<Archived> {
-        let mut a = Archived {
-            events: 0,
-            quantity: Decimal::ZERO,
-            min: line.quantity,
-            max: line.quantity,
-            by: [Decimal::ZERO; 3],
-        };
-        a.add(line)?;
-        Ok(a)
-    }
-
     fn add(&mut self, line: &Line) -> Result<()> {
-        let q = line.quantity;
-        self.events += 1;
-        self.quantity = plus(self.quantity, q)?;
-        self.min = self.min.min(q);
-        self.max = self.max.max(q);
-        let minute = line.recorded_at.minute();
-        for (i, by) in self.by.iter_mut().enumerate() {
-            if minute < 15 * (i as u32 + 1) {
-                *by = plus(*by, q)?;
-            }
-        }
-        Ok(())
+        Ok(self.0.add(
+            Quarters::of_minute(line.recorded_at.minute()),
+            line.quantity,
+        )?)
     }
 }
 
@@ -225,26 +200,69 @@ async fn insert_totals(
     for chunk in rows.chunks(10_000) {
         let customers: Vec<&str> = chunk.iter().map(|r| r.0.as_str()).collect();
         let services: Vec<&str> = chunk.iter().map(|r| r.1.as_str()).collect();
-        let events: Vec<i64> = chunk.iter().map(|r| r.2.events).collect();
-        let column = |f: fn(&Archived) -> Decimal| -> Vec<Decimal> {
-            chunk.iter().map(|r| f(&r.2)).collect()
+        let mut whole: Vec<Totals> = Vec::with_capacity(chunk.len());
+        let mut columns: Vec<QuarterColumns> = Vec::with_capacity(chunk.len());
+        for r in chunk {
+            // Every archived pair has at least one event.
+            whole.push(r.2.0.part(0, 4)?.unwrap_or(Totals::of(Decimal::ZERO)));
+            columns.push(r.2.0.columns()?);
+        }
+        let events: Vec<i64> = whole.iter().map(|t| t.events).collect();
+        let total = |f: fn(&Totals) -> Decimal| -> Vec<Decimal> { whole.iter().map(f).collect() };
+        let by = |i: usize| -> (Vec<i64>, Vec<Decimal>) {
+            columns
+                .iter()
+                .map(|c| {
+                    (
+                        c.events_by.get(i).copied().unwrap_or_default(),
+                        c.quantity_by.get(i).copied().unwrap_or_default(),
+                    )
+                })
+                .unzip()
         };
+        let ends = |max: bool, i: usize| -> Vec<Option<Decimal>> {
+            columns
+                .iter()
+                .map(|c| {
+                    let v = if max { c.max } else { c.min };
+                    v.get(i).copied().flatten()
+                })
+                .collect()
+        };
+        let [(e15, q15), (e30, q30), (e45, q45)] = [by(0), by(1), by(2)];
+        let [n0, n1, n2, n3] = [0, 1, 2, 3].map(|i| ends(false, i));
+        let [x0, x1, x2, x3] = [0, 1, 2, 3].map(|i| ends(true, i));
         tx.execute(
             "INSERT INTO usage_archived_totals (archive_id, customer_id, service, events, quantity,
-                 min_quantity, max_quantity, quantity_by_15, quantity_by_30, quantity_by_45)
+                 min_quantity, max_quantity, quantity_by_15, quantity_by_30, quantity_by_45,
+                 events_by_15, events_by_30, events_by_45, min_00, min_15, min_30, min_45,
+                 max_00, max_15, max_30, max_45)
              SELECT $1, * FROM unnest($2::text[], $3::text[], $4::int8[], $5::numeric[], $6::numeric[],
-                 $7::numeric[], $8::numeric[], $9::numeric[], $10::numeric[])",
+                 $7::numeric[], $8::numeric[], $9::numeric[], $10::numeric[], $11::int8[], $12::int8[],
+                 $13::int8[], $14::numeric[], $15::numeric[], $16::numeric[], $17::numeric[],
+                 $18::numeric[], $19::numeric[], $20::numeric[], $21::numeric[])",
             &[
                 &id,
                 &customers,
                 &services,
                 &events,
-                &column(|a| a.quantity),
-                &column(|a| a.min),
-                &column(|a| a.max),
-                &column(|a| a.by[0]),
-                &column(|a| a.by[1]),
-                &column(|a| a.by[2]),
+                &total(|t| t.quantity),
+                &total(|t| t.min),
+                &total(|t| t.max),
+                &q15,
+                &q30,
+                &q45,
+                &e15,
+                &e30,
+                &e45,
+                &n0,
+                &n1,
+                &n2,
+                &n3,
+                &x0,
+                &x1,
+                &x2,
+                &x3,
             ],
         )
         .await
@@ -444,9 +462,10 @@ impl Store {
                 };
                 match by_service.get_mut(&line.service) {
                     Some(t) => t.add(&line)?,
-                    None => {
-                        by_service.insert(line.service.clone(), Archived::new(&line)?);
-                    }
+                    None => by_service
+                        .entry(line.service.clone())
+                        .or_default()
+                        .add(&line)?,
                 }
                 if options.forget_keys {
                     keys.0.push(line.event_id);
@@ -477,6 +496,7 @@ impl Store {
         let mut services: BTreeMap<String, ServiceCount> = BTreeMap::new();
         let (mut events, mut quantity) = (0i64, Decimal::ZERO);
         for (service, a) in totals.values().flatten() {
+            let Some(a) = a.0.part(0, 4)? else { continue };
             let s = services.entry(service.clone()).or_default();
             s.events += a.events;
             s.quantity = plus(s.quantity, a.quantity)?;

@@ -17,7 +17,7 @@ use uuid::Uuid;
 use bytes::{BufMut, BytesMut};
 use deadpool_postgres::Pool;
 use rust_decimal::Decimal;
-use tally_core::{Totals, UsageEvent};
+use tally_core::{Quarters, Totals, UsageEvent};
 use tokio_postgres::{
     binary_copy::BinaryCopyInWriter,
     error::SqlState,
@@ -76,15 +76,51 @@ macro_rules! merge {
     };
 }
 
-// The hourly rollup also keeps the sums of its first 15, 30 and 45 minutes, so that a
-// range starting or ending on a quarter hour (local midnight in Asia/Kolkata, a
-// billing period's start) is exact from rollups; they add like the sum.
+// The hourly rollups also keep each hour's quarter-hour detail (`tally_core::Quarters`,
+// migrations 0005 and 0009): the count and sum of its first 15, 30 and 45 minutes add
+// like the hour's, and each quarter's minimum and maximum widen like the hour's. A range
+// cut on a quarter hour (every bucket edge in Asia/Kolkata) is then exact from rollups.
+macro_rules! quarter_columns {
+    () => {
+        "quantity_by_15, quantity_by_30, quantity_by_45, events_by_15, events_by_30, events_by_45,
+         min_00, min_15, min_30, min_45, max_00, max_15, max_30, max_45"
+    };
+}
+
 macro_rules! merge_quarters {
     () => {
         "      , quantity_by_15 = r.quantity_by_15 + excluded.quantity_by_15,
         quantity_by_30 = r.quantity_by_30 + excluded.quantity_by_30,
-        quantity_by_45 = r.quantity_by_45 + excluded.quantity_by_45
+        quantity_by_45 = r.quantity_by_45 + excluded.quantity_by_45,
+        events_by_15 = r.events_by_15 + excluded.events_by_15,
+        events_by_30 = r.events_by_30 + excluded.events_by_30,
+        events_by_45 = r.events_by_45 + excluded.events_by_45,
+        min_00 = least(r.min_00, excluded.min_00), min_15 = least(r.min_15, excluded.min_15),
+        min_30 = least(r.min_30, excluded.min_30), min_45 = least(r.min_45, excluded.min_45),
+        max_00 = greatest(r.max_00, excluded.max_00), max_15 = greatest(r.max_15, excluded.max_15),
+        max_30 = greatest(r.max_30, excluded.max_30), max_45 = greatest(r.max_45, excluded.max_45)
 "
+    };
+}
+
+// The quarter detail of rows `i` with bucket `b` (a UTC hour), as SQL aggregates in
+// the order of `quarter_columns!`.
+macro_rules! quarter_aggregates {
+    () => {
+        "coalesce(sum(quantity) FILTER (WHERE recorded_at < b + interval '15 minutes'), 0),
+           coalesce(sum(quantity) FILTER (WHERE recorded_at < b + interval '30 minutes'), 0),
+           coalesce(sum(quantity) FILTER (WHERE recorded_at < b + interval '45 minutes'), 0),
+           count(*) FILTER (WHERE recorded_at < b + interval '15 minutes'),
+           count(*) FILTER (WHERE recorded_at < b + interval '30 minutes'),
+           count(*) FILTER (WHERE recorded_at < b + interval '45 minutes'),
+           min(quantity) FILTER (WHERE recorded_at < b + interval '15 minutes'),
+           min(quantity) FILTER (WHERE recorded_at >= b + interval '15 minutes' AND recorded_at < b + interval '30 minutes'),
+           min(quantity) FILTER (WHERE recorded_at >= b + interval '30 minutes' AND recorded_at < b + interval '45 minutes'),
+           min(quantity) FILTER (WHERE recorded_at >= b + interval '45 minutes'),
+           max(quantity) FILTER (WHERE recorded_at < b + interval '15 minutes'),
+           max(quantity) FILTER (WHERE recorded_at >= b + interval '15 minutes' AND recorded_at < b + interval '30 minutes'),
+           max(quantity) FILTER (WHERE recorded_at >= b + interval '30 minutes' AND recorded_at < b + interval '45 minutes'),
+           max(quantity) FILTER (WHERE recorded_at >= b + interval '45 minutes')"
     };
 }
 
@@ -95,11 +131,13 @@ macro_rules! rollup_upserts {
         concat!(
         "hourly AS (
     INSERT INTO usage_hourly AS r (customer_id, service, bucket, events, quantity, min_quantity, max_quantity,
-                                   quantity_by_15, quantity_by_30, quantity_by_45)
+                                   ",
+        quarter_columns!(),
+        ")
     SELECT customer_id, service, b, count(*), sum(quantity), min(quantity), max(quantity),
-           coalesce(sum(quantity) FILTER (WHERE recorded_at < b + interval '15 minutes'), 0),
-           coalesce(sum(quantity) FILTER (WHERE recorded_at < b + interval '30 minutes'), 0),
-           coalesce(sum(quantity) FILTER (WHERE recorded_at < b + interval '45 minutes'), 0)
+           ",
+        quarter_aggregates!(),
+        "
     FROM (SELECT *, date_bin('1 hour', recorded_at, timestamptz '2000-01-01 00:00:00+00') AS b FROM ins) i
     GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
     ",
@@ -117,12 +155,19 @@ macro_rules! rollup_upserts {
         "
     RETURNING 1
 ), totals AS (
-    INSERT INTO usage_hourly_total AS r (service, bucket, lane, events, quantity, min_quantity, max_quantity)
-    SELECT service, date_bin('1 hour', recorded_at, timestamptz '2000-01-01 00:00:00+00'), $1::int2,
-           count(*), sum(quantity), min(quantity), max(quantity)
-    FROM ins GROUP BY 1, 2 ORDER BY 1, 2
+    INSERT INTO usage_hourly_total AS r (service, bucket, lane, events, quantity, min_quantity, max_quantity,
+                                         ",
+        quarter_columns!(),
+        ")
+    SELECT service, b, $1::int2, count(*), sum(quantity), min(quantity), max(quantity),
+           ",
+        quarter_aggregates!(),
+        "
+    FROM (SELECT *, date_bin('1 hour', recorded_at, timestamptz '2000-01-01 00:00:00+00') AS b FROM ins) i
+    GROUP BY 1, 2 ORDER BY 1, 2
     ",
         merge!("service, bucket, lane"),
+        merge_quarters!(),
         "
     RETURNING 1
 )
@@ -162,9 +207,13 @@ const INSERT_NEW_SQL: &str = concat!(
     RETURNING 1
 ), hourly AS (
     INSERT INTO usage_hourly AS r (customer_id, service, bucket, events, quantity, min_quantity, max_quantity,
-                                   quantity_by_15, quantity_by_30, quantity_by_45)
+                                   ",
+    quarter_columns!(),
+    ")
     SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::int8[], $5::numeric[], $6::numeric[], $7::numeric[],
-                         $22::numeric[], $23::numeric[], $24::numeric[])
+                         $22::numeric[], $23::numeric[], $24::numeric[], $25::int8[], $26::int8[], $27::int8[],
+                         $28::numeric[], $29::numeric[], $30::numeric[], $31::numeric[],
+                         $32::numeric[], $33::numeric[], $34::numeric[], $35::numeric[])
     ",
         merge!("customer_id, service, bucket"),
         merge_quarters!(),
@@ -178,12 +227,20 @@ const INSERT_NEW_SQL: &str = concat!(
         "
     RETURNING 1
 ), totals AS (
-    INSERT INTO usage_hourly_total AS r (service, bucket, lane, events, quantity, min_quantity, max_quantity)
-    SELECT u.service, u.bucket, $21::int2, u.events, u.quantity, u.lo, u.hi
-    FROM unnest($15::text[], $16::timestamptz[], $17::int8[], $18::numeric[], $19::numeric[], $20::numeric[])
-        AS u(service, bucket, events, quantity, lo, hi)
+    INSERT INTO usage_hourly_total AS r (service, bucket, lane, events, quantity, min_quantity, max_quantity,
+                                         ",
+    quarter_columns!(),
+    ")
+    SELECT u.service, u.bucket, $21::int2, u.events, u.quantity, u.lo, u.hi,
+           u.q15, u.q30, u.q45, u.e15, u.e30, u.e45, u.n0, u.n1, u.n2, u.n3, u.x0, u.x1, u.x2, u.x3
+    FROM unnest($15::text[], $16::timestamptz[], $17::int8[], $18::numeric[], $19::numeric[], $20::numeric[],
+                $36::numeric[], $37::numeric[], $38::numeric[], $39::int8[], $40::int8[], $41::int8[],
+                $42::numeric[], $43::numeric[], $44::numeric[], $45::numeric[],
+                $46::numeric[], $47::numeric[], $48::numeric[], $49::numeric[])
+        AS u(service, bucket, events, quantity, lo, hi, q15, q30, q45, e15, e30, e45, n0, n1, n2, n3, x0, x1, x2, x3)
     ",
         merge!("service, bucket, lane"),
+        merge_quarters!(),
         "
     RETURNING 1
 )
@@ -539,6 +596,7 @@ impl IngestTx {
 }
 
 type Deltas<'a> = BTreeMap<(&'a str, &'a str, DateTime<Utc>), Totals>;
+type QuarterDeltas<'a> = BTreeMap<(&'a str, &'a str, DateTime<Utc>), Quarters>;
 
 fn add<'a>(
     deltas: &mut Deltas<'a>,
@@ -554,23 +612,17 @@ fn add<'a>(
     }
 }
 
-/// Adds `q` at `t` to the hour's sums of its first 15, 30 and 45 minutes.
+/// Adds an event of quantity `q` at `t` to the quarter-hour detail of its hour.
 fn add_quarters<'a>(
-    quarters: &mut BTreeMap<(&'a str, &'a str, DateTime<Utc>), [Decimal; 3]>,
+    quarters: &mut QuarterDeltas<'a>,
     key: (&'a str, &'a str, DateTime<Utc>),
     t: DateTime<Utc>,
     q: Decimal,
 ) -> Result<()> {
     let into_hour = t.timestamp().rem_euclid(3600);
-    let sums = quarters.entry(key).or_default();
-    for (sum, end) in sums.iter_mut().zip([900, 1800, 2700]) {
-        if into_hour < end {
-            *sum = sum
-                .checked_add(q)
-                .ok_or(tally_core::Error::Overflow { what: "a rollup" })?;
-        }
-    }
-    Ok(())
+    // 0..3600 seconds: the minute is 0..59.
+    let quarter = Quarters::of_minute(u32::try_from(into_hour / 60).unwrap_or(59));
+    Ok(quarters.entry(key).or_default().add(quarter, q)?)
 }
 
 /// Start of the UTC hour / day holding `t` (what `date_bin` gives in SQL).
@@ -617,18 +669,23 @@ async fn insert_new(
         Columns::from(&r.daily),
         Columns::from(&r.totals),
     );
-    let [q15, q30, q45] = r.quarter_columns();
+    let (hq, tq) = (
+        QuarterArrays::from(&r.quarters)?,
+        QuarterArrays::from(&r.total_quarters)?,
+    );
     let (new, total) = (r.events, r.quantity);
     let insert = client
         .prepare_cached(INSERT_NEW_SQL)
         .await
         .map_err(db("preparing the ingest statement"))?;
-    // $1–$7 hourly, $8–$14 daily, $15–$20 all-customer, $21 lane, $22–$24 quarters.
+    // $1–$7 hourly, $8–$14 daily, $15–$20 all-customer, $21 lane, $22–$35 hourly
+    // quarters, $36–$49 all-customer quarters.
     let mut params = h.params(true);
     params.extend(d.params(true));
     params.extend(t.params(false));
     params.push(&lane.0);
-    params.extend([&q15 as &(dyn ToSql + Sync), &q30, &q45]);
+    params.extend(hq.params());
+    params.extend(tq.params());
     let row = client
         .query_one(&insert, &params)
         .await
@@ -680,9 +737,10 @@ async fn copy_events(
 /// one row per key (the fast path and the distributed path send them as arrays).
 struct Rollups<'a> {
     hourly: Deltas<'a>,
-    quarters: BTreeMap<(&'a str, &'a str, DateTime<Utc>), [Decimal; 3]>,
+    quarters: QuarterDeltas<'a>,
     daily: Deltas<'a>,
     totals: Deltas<'a>,
+    total_quarters: QuarterDeltas<'a>,
     events: u64,
     quantity: Decimal,
 }
@@ -691,9 +749,10 @@ impl<'a> Rollups<'a> {
     fn of(events: impl Iterator<Item = &'a UsageEvent>) -> Result<Rollups<'a>> {
         let mut r = Rollups {
             hourly: Deltas::new(),
-            quarters: BTreeMap::new(),
+            quarters: QuarterDeltas::new(),
             daily: Deltas::new(),
             totals: Deltas::new(),
+            total_quarters: QuarterDeltas::new(),
             events: 0,
             quantity: Decimal::ZERO,
         };
@@ -706,6 +765,7 @@ impl<'a> Rollups<'a> {
             add(&mut r.daily, (c, s, utc_floor(e.recorded_at, 86_400)), q)?;
             // All customers added up: the customer part of the key is empty.
             add(&mut r.totals, ("", s, hour), q)?;
+            add_quarters(&mut r.total_quarters, ("", s, hour), e.recorded_at, q)?;
             r.quantity = r
                 .quantity
                 .checked_add(q)
@@ -715,16 +775,6 @@ impl<'a> Rollups<'a> {
             r.events += 1;
         }
         Ok(r)
-    }
-
-    /// The quarter sums as three columns, in the hourly deltas' key order.
-    fn quarter_columns(&self) -> [Vec<Decimal>; 3] {
-        [0, 1, 2].map(|i| {
-            self.quarters
-                .values()
-                .map(|q| q.get(i).copied().unwrap_or_default())
-                .collect::<Vec<Decimal>>()
-        })
     }
 }
 
@@ -740,9 +790,13 @@ const CLAIM_KEYS_SQL: &str = "INSERT INTO usage_event_keys (event_id, customer_i
 
 const HOURLY_SQL: &str = concat!(
     "INSERT INTO usage_hourly AS r (customer_id, service, bucket, events, quantity, min_quantity, max_quantity,
-                               quantity_by_15, quantity_by_30, quantity_by_45)
+                               ",
+    quarter_columns!(),
+    ")
     SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::int8[], $5::numeric[], $6::numeric[],
-                         $7::numeric[], $8::numeric[], $9::numeric[], $10::numeric[])
+                         $7::numeric[], $8::numeric[], $9::numeric[], $10::numeric[], $11::int8[], $12::int8[],
+                         $13::int8[], $14::numeric[], $15::numeric[], $16::numeric[], $17::numeric[],
+                         $18::numeric[], $19::numeric[], $20::numeric[], $21::numeric[])
 ",
     merge!("customer_id, service, bucket"),
     merge_quarters!()
@@ -757,12 +811,20 @@ const DAILY_SQL: &str = concat!(
 );
 
 const TOTALS_SQL: &str = concat!(
-    "INSERT INTO usage_hourly_total AS r (service, bucket, lane, events, quantity, min_quantity, max_quantity)
-    SELECT u.service, u.bucket, $7::int2, u.events, u.quantity, u.lo, u.hi
-    FROM unnest($1::text[], $2::timestamptz[], $3::int8[], $4::numeric[], $5::numeric[], $6::numeric[])
-        AS u(service, bucket, events, quantity, lo, hi)
+    "INSERT INTO usage_hourly_total AS r (service, bucket, lane, events, quantity, min_quantity, max_quantity,
+                                     ",
+    quarter_columns!(),
+    ")
+    SELECT u.service, u.bucket, $7::int2, u.events, u.quantity, u.lo, u.hi,
+           u.q15, u.q30, u.q45, u.e15, u.e30, u.e45, u.n0, u.n1, u.n2, u.n3, u.x0, u.x1, u.x2, u.x3
+    FROM unnest($1::text[], $2::timestamptz[], $3::int8[], $4::numeric[], $5::numeric[], $6::numeric[],
+                $8::numeric[], $9::numeric[], $10::numeric[], $11::int8[], $12::int8[], $13::int8[],
+                $14::numeric[], $15::numeric[], $16::numeric[], $17::numeric[],
+                $18::numeric[], $19::numeric[], $20::numeric[], $21::numeric[])
+        AS u(service, bucket, events, quantity, lo, hi, q15, q30, q45, e15, e30, e45, n0, n1, n2, n3, x0, x1, x2, x3)
 ",
-    merge!("service, bucket, lane")
+    merge!("service, bucket, lane"),
+    merge_quarters!()
 );
 
 /// Writes `events` (unique within themselves) exactly once on a Citus cluster, in the
@@ -806,9 +868,12 @@ async fn write_distributed(
         Columns::from(&r.daily),
         Columns::from(&r.totals),
     );
-    let [q15, q30, q45] = r.quarter_columns();
+    let (hq, tq) = (
+        QuarterArrays::from(&r.quarters)?,
+        QuarterArrays::from(&r.total_quarters)?,
+    );
     let mut hourly = h.params(true);
-    hourly.extend([&q15 as &(dyn ToSql + Sync), &q30, &q45]);
+    hourly.extend(hq.params());
     client
         .execute(HOURLY_SQL, &hourly)
         .await
@@ -819,6 +884,7 @@ async fn write_distributed(
         .map_err(db("updating the daily rollup"))?;
     let mut totals = t.params(false);
     totals.push(&lane.0);
+    totals.extend(tq.params());
     client
         .execute(TOTALS_SQL, &totals)
         .await
@@ -878,6 +944,53 @@ impl<'a> Columns<'a> {
             c.max.push(t.max);
         }
         c
+    }
+}
+
+/// Quarter-hour detail as one array per stored column (`quarter_columns!`), in key
+/// order (the same as the hourly deltas': both maps hold the same keys).
+struct QuarterArrays {
+    quantity_by: [Vec<Decimal>; 3],
+    events_by: [Vec<i64>; 3],
+    min: [Vec<Option<Decimal>>; 4],
+    max: [Vec<Option<Decimal>>; 4],
+}
+
+impl QuarterArrays {
+    fn from(quarters: &QuarterDeltas<'_>) -> Result<QuarterArrays> {
+        let n = quarters.len();
+        let mut a = QuarterArrays {
+            quantity_by: std::array::from_fn(|_| Vec::with_capacity(n)),
+            events_by: std::array::from_fn(|_| Vec::with_capacity(n)),
+            min: std::array::from_fn(|_| Vec::with_capacity(n)),
+            max: std::array::from_fn(|_| Vec::with_capacity(n)),
+        };
+        for q in quarters.values() {
+            let c = q.columns()?;
+            for (v, x) in a.quantity_by.iter_mut().zip(c.quantity_by) {
+                v.push(x);
+            }
+            for (v, x) in a.events_by.iter_mut().zip(c.events_by) {
+                v.push(x);
+            }
+            for (v, x) in a.min.iter_mut().zip(c.min) {
+                v.push(x);
+            }
+            for (v, x) in a.max.iter_mut().zip(c.max) {
+                v.push(x);
+            }
+        }
+        Ok(a)
+    }
+
+    /// The 14 parameters, in the order of `quarter_columns!`.
+    fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+        let mut p: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(14);
+        p.extend(self.quantity_by.iter().map(|v| v as &(dyn ToSql + Sync)));
+        p.extend(self.events_by.iter().map(|v| v as &(dyn ToSql + Sync)));
+        p.extend(self.min.iter().map(|v| v as &(dyn ToSql + Sync)));
+        p.extend(self.max.iter().map(|v| v as &(dyn ToSql + Sync)));
+        p
     }
 }
 

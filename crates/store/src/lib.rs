@@ -60,7 +60,7 @@ pub use ingest::WriteOutcome;
 pub use local::{CommitHook, LocalMark};
 pub use migrate::{MigrateReport, schema_fingerprint};
 pub use quotas::{AlertFilter, Claimed, DeliveryClaim, Reached};
-pub use reads::{Grain, TopBucket, UsageRow, Who};
+pub use reads::{Grain, QuarterRow, TopBucket, UsageRow, Who};
 pub use recorder::{Recorder, RecorderConfig, RecorderStatus};
 pub use store::{PartitionStatus, Store, VerifyReport};
 

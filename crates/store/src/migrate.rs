@@ -68,6 +68,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         name: "0008_distributable_keys.sql",
         sql: include_str!("../../../migrations/0008_distributable_keys.sql"),
     },
+    Migration {
+        version: 9,
+        name: "0009_quarter_hours.sql",
+        sql: include_str!("../../../migrations/0009_quarter_hours.sql"),
+    },
 ];
 
 /// A fingerprint of the whole embedded schema (test harnesses key template databases

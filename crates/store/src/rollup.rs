@@ -13,7 +13,7 @@ pub(crate) struct Rollup {
     pub(crate) key: &'static str,
     /// Bucket width, as a `date_bin` interval on the UTC origin.
     pub(crate) width: &'static str,
-    /// Whether rows also hold the sums of their first 15, 30 and 45 minutes.
+    /// Whether rows also hold their hour's quarter-hour detail ([`QUARTER_COLUMNS`]).
     pub(crate) quarters: bool,
 }
 
@@ -39,9 +39,44 @@ pub(crate) const ROLLUPS: [Rollup; 3] = [
         table: "usage_hourly_total",
         key: "service",
         width: "1 hour",
-        quarters: false,
+        quarters: true,
     },
 ];
+
+/// The quarter-hour detail columns and how each is computed from events: `sum` and
+/// `count` over the hour's first 15, 30 or 45 minutes, `min` and `max` over one quarter.
+/// The same columns and order as `quarter_columns!` in `ingest.rs`.
+pub(crate) const QUARTER_COLUMNS: [(&str, &str); 14] = [
+    ("quantity_by_15", "sum"),
+    ("quantity_by_30", "sum"),
+    ("quantity_by_45", "sum"),
+    ("events_by_15", "count"),
+    ("events_by_30", "count"),
+    ("events_by_45", "count"),
+    ("min_00", "min"),
+    ("min_15", "min"),
+    ("min_30", "min"),
+    ("min_45", "min"),
+    ("max_00", "max"),
+    ("max_15", "max"),
+    ("max_30", "max"),
+    ("max_45", "max"),
+];
+
+/// The minutes `[lo, hi)` of its hour a quarter column covers: `*_by_NN` the first NN,
+/// `min_NN`/`max_NN` the quarter starting at minute NN.
+fn quarter_window(col: &str) -> (u32, u32) {
+    let n: u32 = col
+        .rsplit('_')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    if col.contains("_by_") {
+        (0, n)
+    } else {
+        (n, n + 15)
+    }
+}
 
 impl Rollup {
     /// Counts the buckets where the rollup differs from the raw events (missing rows on
@@ -55,18 +90,43 @@ impl Rollup {
             quarters,
         } = self;
         let (raw_q, archived_q, sum_q, r_q, differ_q) = if *quarters {
-            (
-                ", coalesce(sum(quantity) FILTER (WHERE recorded_at < b + interval '15 minutes'), 0) AS q15
-                 , coalesce(sum(quantity) FILTER (WHERE recorded_at < b + interval '30 minutes'), 0) AS q30
-                 , coalesce(sum(quantity) FILTER (WHERE recorded_at < b + interval '45 minutes'), 0) AS q45",
-                ", sum(quantity_by_15), sum(quantity_by_30), sum(quantity_by_45)",
-                ", sum(q15) AS q15, sum(q30) AS q30, sum(q45) AS q45",
-                ", sum(quantity_by_15) AS q15, sum(quantity_by_30) AS q30, sum(quantity_by_45) AS q45",
-                " OR raw.q15 IS DISTINCT FROM r.q15 OR raw.q30 IS DISTINCT FROM r.q30
-                  OR raw.q45 IS DISTINCT FROM r.q45",
-            )
+            // The quarter-hour detail (migrations 0005 and 0009) of the raw events, of
+            // the archived totals and of the rollup, and the test that they agree.
+            let m = |lo: u32, hi: u32| match (lo, hi) {
+                (0, hi) => format!("recorded_at < b + interval '{hi} minutes'"),
+                (lo, 60) => format!("recorded_at >= b + interval '{lo} minutes'"),
+                (lo, hi) => format!(
+                    "recorded_at >= b + interval '{lo} minutes' AND recorded_at < b + interval '{hi} minutes'"
+                ),
+            };
+            let (mut raw, mut archived, mut sum, mut r, mut differ) = (
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+            );
+            for (col, agg) in QUARTER_COLUMNS {
+                let (lo, hi) = quarter_window(col);
+                let raw_agg = match agg {
+                    "sum" => format!("coalesce(sum(quantity) FILTER (WHERE {}), 0)", m(0, hi)),
+                    "count" => format!("count(*) FILTER (WHERE {})", m(0, hi)),
+                    f => format!("{f}(quantity) FILTER (WHERE {})", m(lo, hi)),
+                };
+                let add = if matches!(agg, "sum" | "count") {
+                    "sum"
+                } else {
+                    agg
+                };
+                raw.push_str(&format!(", {raw_agg} AS {col}"));
+                archived.push_str(&format!(", {add}({col})"));
+                sum.push_str(&format!(", {add}({col}) AS {col}"));
+                r.push_str(&format!(", {add}({col}) AS {col}"));
+                differ.push_str(&format!(" OR raw.{col} IS DISTINCT FROM r.{col}"));
+            }
+            (raw, archived, sum, r, differ)
         } else {
-            ("", "", "", "", "")
+            Default::default()
         };
         // What the rollups were built from: the raw events still here, plus what
         // complete archives took away. Archives keep totals per customer and service,
