@@ -664,14 +664,10 @@ async fn insert_new(
         !(stored_ids.contains(&e.id.uuid())
             && stored.contains(&(e.id.uuid(), e.customer.as_str().to_owned())))
     }))?;
-    let (h, d, t) = (
-        Columns::from(&r.hourly),
-        Columns::from(&r.daily),
-        Columns::from(&r.totals),
-    );
-    let (hq, tq) = (
-        QuarterArrays::from(&r.quarters)?,
-        QuarterArrays::from(&r.total_quarters)?,
+    let ((h, hq), d, (t, tq)) = (
+        Columns::with_quarters(&r.hourly)?,
+        Columns::from(r.daily.iter()),
+        Columns::with_quarters(&r.totals)?,
     );
     let (new, total) = (r.events, r.quantity);
     let insert = client
@@ -736,11 +732,12 @@ async fn copy_events(
 /// The rollup deltas of a set of new events, computed here so that each rollup gets
 /// one row per key (the fast path and the distributed path send them as arrays).
 struct Rollups<'a> {
-    hourly: Deltas<'a>,
-    quarters: QuarterDeltas<'a>,
+    /// Per customer, service and UTC hour, by quarter hour (the hour's totals are the
+    /// quarters merged).
+    hourly: QuarterDeltas<'a>,
     daily: Deltas<'a>,
-    totals: Deltas<'a>,
-    total_quarters: QuarterDeltas<'a>,
+    /// All customers (empty customer), per service and UTC hour.
+    totals: QuarterDeltas<'a>,
     events: u64,
     quantity: Decimal,
 }
@@ -748,11 +745,9 @@ struct Rollups<'a> {
 impl<'a> Rollups<'a> {
     fn of(events: impl Iterator<Item = &'a UsageEvent>) -> Result<Rollups<'a>> {
         let mut r = Rollups {
-            hourly: Deltas::new(),
-            quarters: QuarterDeltas::new(),
+            hourly: QuarterDeltas::new(),
             daily: Deltas::new(),
-            totals: Deltas::new(),
-            total_quarters: QuarterDeltas::new(),
+            totals: QuarterDeltas::new(),
             events: 0,
             quantity: Decimal::ZERO,
         };
@@ -760,12 +755,10 @@ impl<'a> Rollups<'a> {
             let q = e.quantity.value();
             let (c, s) = (e.customer.as_str(), e.service.as_str());
             let hour = utc_floor(e.recorded_at, 3600);
-            add(&mut r.hourly, (c, s, hour), q)?;
-            add_quarters(&mut r.quarters, (c, s, hour), e.recorded_at, q)?;
+            add_quarters(&mut r.hourly, (c, s, hour), e.recorded_at, q)?;
             add(&mut r.daily, (c, s, utc_floor(e.recorded_at, 86_400)), q)?;
             // All customers added up: the customer part of the key is empty.
-            add(&mut r.totals, ("", s, hour), q)?;
-            add_quarters(&mut r.total_quarters, ("", s, hour), e.recorded_at, q)?;
+            add_quarters(&mut r.totals, ("", s, hour), e.recorded_at, q)?;
             r.quantity = r
                 .quantity
                 .checked_add(q)
@@ -863,14 +856,10 @@ async fn write_distributed(
     }
     copy_events(client, "usage_events", &new).await?;
     let r = Rollups::of(new.iter().copied())?;
-    let (h, d, t) = (
-        Columns::from(&r.hourly),
-        Columns::from(&r.daily),
-        Columns::from(&r.totals),
-    );
-    let (hq, tq) = (
-        QuarterArrays::from(&r.quarters)?,
-        QuarterArrays::from(&r.total_quarters)?,
+    let ((h, hq), d, (t, tq)) = (
+        Columns::with_quarters(&r.hourly)?,
+        Columns::from(r.daily.iter()),
+        Columns::with_quarters(&r.totals)?,
     );
     let mut hourly = h.params(true);
     hourly.extend(hq.params());
@@ -922,7 +911,24 @@ impl<'a> Columns<'a> {
         p
     }
 
-    fn from(deltas: &Deltas<'a>) -> Columns<'a> {
+    /// The hourly deltas' totals (their quarters merged) and their quarter detail.
+    fn with_quarters(deltas: &QuarterDeltas<'a>) -> Result<(Columns<'a>, QuarterArrays)> {
+        let totals = deltas
+            .iter()
+            .map(|(k, q)| Ok((k, q.part(0, 4)?.unwrap_or(Totals::of(Decimal::ZERO)))))
+            .collect::<Result<Vec<_>>>()?;
+        Ok((
+            Columns::from(totals.iter().map(|(k, t)| (*k, t))),
+            QuarterArrays::from(deltas)?,
+        ))
+    }
+
+    fn from<'b>(
+        deltas: impl ExactSizeIterator<Item = (&'b (&'a str, &'a str, DateTime<Utc>), &'b Totals)>,
+    ) -> Columns<'a>
+    where
+        'a: 'b,
+    {
         let n = deltas.len();
         let mut c = Columns {
             customer: Vec::with_capacity(n),
