@@ -64,9 +64,9 @@ fn analytics(c: &mut Criterion) {
     g.finish();
 
     // Half- and quarter-hour zones (issue 11): their bucket edges fall inside UTC hours,
-    // so these read raw events at every edge. Fewer samples: they are slow today.
+    // on a quarter hour; the hourly rollups' quarter detail answers them.
     let mut g = c.benchmark_group("analytics_zones");
-    g.sample_size(10).measurement_time(Duration::from_secs(5));
+    g.sample_size(20).measurement_time(Duration::from_secs(5));
     for name in ["Asia/Kolkata", "Asia/Kathmandu"] {
         let zone: Zone = name.parse().unwrap();
         let short = name.rsplit('/').next().unwrap_or(name).to_lowercase();
@@ -79,6 +79,16 @@ fn analytics(c: &mut Criterion) {
                 .iter(|| a.aggregate(Some(&top), month, None, Granularity::Hour, zone))
         });
     }
+    g.finish();
+
+    // Percentiles over single events read the raw events (issue 11: `stats --over
+    // events`); slow, so few samples.
+    let mut g = c.benchmark_group("analytics_raw");
+    g.sample_size(10).measurement_time(Duration::from_secs(10));
+    g.bench_function("customer_month_event_percentiles/top", |b| {
+        b.to_async(&rt)
+            .iter(|| a.stats(&top, &Service::API, 30, Over::Events, end))
+    });
     g.finish();
 }
 

@@ -184,32 +184,15 @@ pub(crate) async fn totals(
     // off the quarter hour, and hours whose detail is not known) from raw events.
     let mut edges: Vec<(DateTime<Utc>, TimeRange)> = Vec::new();
     let mut by_hour: HashMap<DateTime<Utc>, Vec<QuarterPiece>> = HashMap::new();
-    let mut cut_hours = Pieces::default();
     for p in raw.0.iter().flat_map(split_at_hours) {
         match quarter_piece(&p) {
-            Some(q) => {
-                cut_hours.push(q.hour, q.hour, q.hour + Duration::hours(1));
-                by_hour.entry(q.hour).or_default().push(q);
-            }
+            Some(q) => by_hour.entry(q.hour).or_default().push(q),
             None => edges.extend(TimeRange::new(p.lo, p.hi).ok().map(|r| (p.label, r))),
         }
     }
     if !by_hour.is_empty() {
-        let spans: Vec<TimeRange> = cut_hours
-            .clusters()
-            .iter()
-            .filter_map(|c| {
-                let lo = c.first()?.lo;
-                let hi = c.iter().map(|p| p.hi).max()?;
-                TimeRange::new(lo, hi).ok()
-            })
-            .collect();
-        let rows: Vec<_> = store
-            .rollup_quarters(who, services, &spans)
-            .await?
-            .into_iter()
-            .flatten()
-            .collect();
+        let hours: Vec<DateTime<Utc>> = by_hour.keys().copied().collect();
+        let rows = store.rollup_quarters(who, services, &hours).await?;
         // An hour with a row of unknown detail is read raw, wholly (every service and
         // lane), so nothing is counted twice.
         let unknown: HashSet<DateTime<Utc>> = rows

@@ -203,16 +203,19 @@ impl Store {
             .await
     }
 
-    /// The hourly rollup rows of `services` with buckets in each of `spans`, with their
-    /// quarter-hour detail, one result list per span, each read by one primary-key
-    /// range scan: what a range cut on a quarter hour reads instead of raw events. For
-    /// all customers, one row per lane.
+    /// The hourly rollup rows of `services` for each of `hours` (UTC hour starts), with
+    /// their quarter-hour detail: what a range cut on a quarter hour reads instead of raw
+    /// events. One query, one primary-key probe per service and hour; for all customers,
+    /// one row per lane.
     pub async fn rollup_quarters(
         &self,
         who: Who<'_>,
         services: &[Service],
-        spans: &[TimeRange],
-    ) -> Result<Vec<Vec<QuarterRow>>> {
+        hours: &[DateTime<Utc>],
+    ) -> Result<Vec<QuarterRow>> {
+        if hours.is_empty() {
+            return Ok(Vec::new());
+        }
         let (names, index) = service_index(services);
         let sql = match who {
             Who::One(_) => {
@@ -220,18 +223,32 @@ impl Store {
                         events_by_15, events_by_30, events_by_45, min_00, min_15, min_30, min_45,
                         max_00, max_15, max_30, max_45
                  FROM usage_hourly
-                 WHERE customer_id = $4 AND service = ANY($1::text[]) AND bucket >= $2 AND bucket < $3"
+                 WHERE customer_id = $3 AND service = ANY($1::text[]) AND bucket = ANY($2::timestamptz[])"
             }
             Who::All => {
                 "SELECT bucket, service, events, quantity, quantity_by_15, quantity_by_30, quantity_by_45,
                         events_by_15, events_by_30, events_by_45, min_00, min_15, min_30, min_45,
                         max_00, max_15, max_30, max_45
                  FROM usage_hourly_total
-                 WHERE service = ANY($1::text[]) AND bucket >= $2 AND bucket < $3 AND $4::text IS NULL"
+                 WHERE service = ANY($1::text[]) AND bucket = ANY($2::timestamptz[]) AND $3::text IS NULL"
             }
         };
-        self.per_span(sql, who, &names, spans, |row| quarter_row(row, &index))
+        let client = self.client("reading usage").await?;
+        let stmt = client
+            .prepare_cached(sql)
             .await
+            .map_err(Error::db("preparing a usage query"))?;
+        let rows = client
+            .query(&stmt, &[&names, &hours, &who.customer()])
+            .await
+            .map_err(Error::db("reading usage"))?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            if let Some(r) = quarter_row(row, &index)? {
+                out.push(r);
+            }
+        }
+        Ok(out)
     }
 
     /// Runs `sql` (parameters: service names, span start, span end, customer or NULL)
