@@ -333,3 +333,30 @@ async fn the_sql_merge_rule_is_the_rust_one() {
     );
     assert_eq!(db.tally().verify().await.unwrap().mismatches, 0);
 }
+
+#[tokio::test]
+async fn a_replay_another_process_wrote_is_counted_once() {
+    // Two stores are two processes: neither knows the keys the other wrote recently,
+    // so the second one's batch first goes straight for the key table, fails on the
+    // unique key, and is staged and deduplicated instead.
+    let db = TestDb::new().await.unwrap();
+    let (a, b) = (
+        tally::Tally::with_pool_size(db.url(), 2).unwrap(),
+        tally::Tally::with_pool_size(db.url(), 2).unwrap(),
+    );
+    let e1 = event(1, "acme", Service::API, "1", "2026-11-01T10:00:00Z");
+    let e2 = event(2, "acme", Service::API, "2", "2026-11-01T10:20:00Z");
+    let e3 = event(3, "globex", Service::API, "4", "2026-11-01T10:40:00Z");
+    let first = a.write(&[e1.clone(), e2.clone()]).await.unwrap();
+    assert_eq!((first.inserted, first.duplicates), (2, 0));
+    let second = b.write(&[e2.clone(), e3.clone()]).await.unwrap();
+    assert_eq!((second.inserted, second.duplicates), (1, 1));
+    // The same process again: its recent keys send the replay to a lookup instead.
+    let third = b.write(&[e3, e1]).await.unwrap();
+    assert_eq!((third.inserted, third.duplicates), (0, 2));
+    let v = db.tally().verify().await.unwrap();
+    assert_eq!(
+        (v.events, v.quantity, v.mismatches, v.key_mismatches),
+        (3, Decimal::from(7), 0, 0)
+    );
+}

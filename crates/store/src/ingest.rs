@@ -190,22 +190,13 @@ const DROP_STORED_SQL: &str = "DELETE FROM tally_stage s
     WHERE (SELECT true FROM usage_event_keys k WHERE k.event_id = s.event_id AND k.customer_id = s.customer_id LIMIT 1)
     RETURNING s.event_id, s.customer_id";
 
-// Fast path, step 2: everything left is new. Keys go in by plain INSERT, which costs
-// half of ON CONFLICT's speculative insertion (measured); if a concurrent writer
-// claimed one of them since step 1, it fails with a unique violation and the batch is
-// redone on the slow path. The rollup deltas were aggregated in Rust from exactly
-// these events and arrive sorted by key (the lock order). Scalar subqueries in the
-// final SELECT run left to right: keys, events, hourly, daily, all-customer.
-const INSERT_NEW_SQL: &str = concat!(
-    "WITH keys AS (
-    INSERT INTO usage_event_keys (event_id, customer_id)
-    SELECT event_id, customer_id FROM tally_stage ORDER BY event_id, customer_id
-    RETURNING 1
-), ins AS (
-    INSERT INTO usage_events (event_id, customer_id, service, quantity, recorded_at, metadata)
-    SELECT event_id, customer_id, service, quantity, recorded_at, metadata FROM tally_stage
-    RETURNING 1
-), hourly AS (
+// The rollup deltas of a batch, aggregated in Rust (`Rollups`) and sent as sorted
+// arrays: $1–$7 hourly, $8–$14 daily, $15–$20 all-customer, $21 lane, $22–$35 hourly
+// quarters, $36–$49 all-customer quarters. Rows are upserted in key order.
+macro_rules! delta_upserts {
+    () => {
+        concat!(
+            "hourly AS (
     INSERT INTO usage_hourly AS r (customer_id, service, bucket, events, quantity, min_quantity, max_quantity,
                                    ",
     quarter_columns!(),
@@ -243,10 +234,47 @@ const INSERT_NEW_SQL: &str = concat!(
         merge_quarters!(),
         "
     RETURNING 1
-)
+)"
+        )
+    };
+}
+
+// Fast path, step 2: everything left is new. Keys go in by plain INSERT, which costs
+// half of ON CONFLICT's speculative insertion (measured); if a concurrent writer
+// claimed one of them since step 1, it fails with a unique violation and the batch is
+// redone on the slow path. The rollup deltas were aggregated in Rust from exactly
+// these events and arrive sorted by key (the lock order). Scalar subqueries in the
+// final SELECT run left to right: keys, events, hourly, daily, all-customer.
+const INSERT_NEW_SQL: &str = concat!(
+    "WITH keys AS (
+    INSERT INTO usage_event_keys (event_id, customer_id)
+    SELECT event_id, customer_id FROM tally_stage ORDER BY event_id, customer_id
+    RETURNING 1
+), ins AS (
+    INSERT INTO usage_events (event_id, customer_id, service, quantity, recorded_at, metadata)
+    SELECT event_id, customer_id, service, quantity, recorded_at, metadata FROM tally_stage
+    RETURNING 1
+), ",
+    delta_upserts!(),
+    "
 SELECT (SELECT count(*) FROM keys), (SELECT count(*) FROM ins), (SELECT count(*) FROM hourly), (SELECT count(*) FROM daily),
        (SELECT count(*) FROM totals)"
 );
+
+// Direct path (see `IngestTx::write_direct`): keys and events went in by COPY; this
+// upserts the rollups, in the same order and by the same rule.
+const DIRECT_ROLLUPS_SQL: &str = concat!(
+    "WITH ",
+    delta_upserts!(),
+    "
+SELECT (SELECT count(*) FROM hourly), (SELECT count(*) FROM daily), (SELECT count(*) FROM totals)"
+);
+
+// Direct path: which of the keys a batch's events may repeat (this process wrote the
+// same key recently) are stored. One index probe each.
+const PROBE_KEYS_SQL: &str = "SELECT k.event_id, k.customer_id
+    FROM unnest($1::uuid[], $2::text[]) AS u(event_id, customer_id)
+    JOIN usage_event_keys k ON k.event_id = u.event_id AND k.customer_id = u.customer_id";
 
 // Slow path: claims keys with ON CONFLICT DO NOTHING, waiting for concurrent writers
 // of the same keys to commit, and inserts only the events whose keys it claimed. It
@@ -310,6 +338,8 @@ pub(crate) struct Ingest {
     local: Arc<Local>,
     // Whether the database is a Citus cluster (asked once, on the first write).
     distributed: Arc<tokio::sync::OnceCell<bool>>,
+    // Keys written recently (the direct path's hint).
+    recent: Arc<std::sync::Mutex<RecentKeys>>,
 }
 
 impl Ingest {
@@ -320,6 +350,7 @@ impl Ingest {
             partitions: Arc::new(Partitions::default()),
             local: Arc::new(Local::default()),
             distributed: Arc::new(tokio::sync::OnceCell::new()),
+            recent: Arc::new(std::sync::Mutex::new(RecentKeys::default())),
         }
     }
 
@@ -373,8 +404,13 @@ impl Ingest {
             return Ok(WriteOutcome::default());
         }
         let mut tx = self.begin(lane).await?;
-        let unique = tx.stage(events).await?;
-        let (inserted, quantity) = tx.apply(&unique).await?;
+        let (inserted, quantity) = match tx.write_direct(events).await? {
+            Some(written) => written,
+            None => {
+                let unique = tx.stage(events).await?;
+                tx.apply(&unique).await?
+            }
+        };
         tx.commit().await?;
         Ok(WriteOutcome {
             inserted,
@@ -475,6 +511,110 @@ impl IngestTx {
         self.client.as_ref().ok_or_else(Error::closed)
     }
 
+    /// The direct path for one batch: keys and events go straight in by binary COPY
+    /// (no stage), then the rollups. Events whose key this process wrote recently
+    /// ([`RecentKeys`]) are checked against the key table first and dropped if stored.
+    /// Returns `None`, with nothing of the batch written, when the batch cannot take
+    /// this path (on Citus) or a key turned out to be stored already (the COPY fails
+    /// on the unique key and is rolled back to a savepoint): the caller stages it.
+    async fn write_direct(&mut self, events: &[UsageEvent]) -> Result<Option<(u64, Decimal)>> {
+        if self.distributed {
+            return Ok(None);
+        }
+        self.ingest
+            .partitions
+            .ensure_for(&self.ingest.config, events)
+            .await?;
+        let unique = first_of_each_key(events);
+        let (mut new, maybe): (Vec<&UsageEvent>, Vec<&UsageEvent>) = {
+            let recent = self
+                .ingest
+                .recent
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            unique
+                .into_iter()
+                .partition(|e| !recent.set.contains(&recent.hash(e)))
+        };
+        let client = self.client()?;
+        if !maybe.is_empty() {
+            let ids: Vec<Uuid> = maybe.iter().map(|e| e.id.uuid()).collect();
+            let customers: Vec<&str> = maybe.iter().map(|e| e.customer.as_str()).collect();
+            let probe = client
+                .prepare_cached(PROBE_KEYS_SQL)
+                .await
+                .map_err(Error::db("preparing the ingest statement"))?;
+            let rows = client
+                .query(&probe, &[&ids, &customers])
+                .await
+                .map_err(Error::db("looking up event keys"))?;
+            let mut stored: HashSet<(Uuid, String)> = HashSet::with_capacity(rows.len());
+            for r in &rows {
+                stored.insert((
+                    r.try_get(0).map_err(Error::db("looking up event keys"))?,
+                    r.try_get(1).map_err(Error::db("looking up event keys"))?,
+                ));
+            }
+            new.extend(
+                maybe
+                    .into_iter()
+                    .filter(|e| !stored.contains(&(e.id.uuid(), e.customer.as_str().to_owned()))),
+            );
+        }
+        if new.is_empty() {
+            return Ok(Some((0, Decimal::ZERO)));
+        }
+        // Keys in key order: the lock order every writer follows.
+        new.sort_unstable_by(|a, b| {
+            (a.id.uuid(), a.customer.as_str()).cmp(&(b.id.uuid(), b.customer.as_str()))
+        });
+        client
+            .batch_execute("SAVEPOINT tally_direct")
+            .await
+            .map_err(Error::db("preparing a batch"))?;
+        let written = async {
+            copy_keys(client, &new).await?;
+            copy_events(client, "usage_events", &new).await?;
+            let r = Rollups::of(new.iter().copied())?;
+            let deltas = DeltaParams::of(&r, self.lane)?;
+            let stmt = client
+                .prepare_cached(DIRECT_ROLLUPS_SQL)
+                .await
+                .map_err(Error::db("preparing the ingest statement"))?;
+            client
+                .query_one(&stmt, &deltas.params())
+                .await
+                .map_err(Error::db("updating the rollups"))?;
+            Ok::<_, Error>((r.events, r.quantity))
+        }
+        .await;
+        match written {
+            Ok(r) => {
+                client
+                    .batch_execute("RELEASE SAVEPOINT tally_direct")
+                    .await
+                    .map_err(Error::db("releasing the savepoint"))?;
+                let mut recent = self
+                    .ingest
+                    .recent
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let hashes: Vec<u64> = new.iter().map(|e| recent.hash(e)).collect();
+                recent.remember(hashes.into_iter());
+                Ok(Some(r))
+            }
+            Err(e) if e.sqlstate() == Some(SqlState::UNIQUE_VIOLATION.code()) => {
+                tracing::debug!("some events of the batch were stored before; staging it");
+                client
+                    .batch_execute("ROLLBACK TO SAVEPOINT tally_direct")
+                    .await
+                    .map_err(Error::db("rolling back to the savepoint"))?;
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Copies `events` into the transaction's staging table by binary COPY, after
     /// making sure their months have partitions (on Citus: writes them at once, see
     /// `write_distributed`). A key repeated inside `events` is the same event: its
@@ -487,12 +627,7 @@ impl IngestTx {
             .partitions
             .ensure_for(&self.ingest.config, events)
             .await?;
-        // A key repeated inside `events` is the same event: the first one is kept.
-        let mut seen = HashSet::with_capacity(events.len());
-        let unique: Vec<&UsageEvent> = events
-            .iter()
-            .filter(|e| seen.insert((e.id, e.customer.as_str())))
-            .collect();
+        let unique = first_of_each_key(events);
         let client = self.client()?;
         if self.distributed {
             let (n, q) = write_distributed(client, &unique, self.lane).await?;
@@ -713,24 +848,13 @@ async fn insert_new(
         !(stored_ids.contains(&e.id.uuid())
             && stored.contains(&(e.id.uuid(), e.customer.as_str().to_owned())))
     }))?;
-    let ((h, hq), d, (t, tq)) = (
-        Columns::with_quarters(&r.hourly)?,
-        Columns::from(r.daily.iter().map(|(k, t)| (k, t))),
-        Columns::with_quarters(&r.totals)?,
-    );
+    let deltas = DeltaParams::of(&r, lane)?;
     let (new, total) = (r.events, r.quantity);
     let insert = client
         .prepare_cached(INSERT_NEW_SQL)
         .await
         .map_err(db("preparing the ingest statement"))?;
-    // $1–$7 hourly, $8–$14 daily, $15–$20 all-customer, $21 lane, $22–$35 hourly
-    // quarters, $36–$49 all-customer quarters.
-    let mut params = h.params(true);
-    params.extend(d.params(true));
-    params.extend(t.params(false));
-    params.push(&lane.0);
-    params.extend(hq.params());
-    params.extend(tq.params());
+    let params = deltas.params();
     let row = client
         .query_one(&insert, &params)
         .await
@@ -776,6 +900,86 @@ async fn copy_events(
         .await
         .map_err(Error::db("finishing COPY"))?;
     Ok(())
+}
+
+/// Copies the keys of `events` (sorted by key: the lock order) into the key table by
+/// binary COPY. A key stored already fails it with a unique violation.
+async fn copy_keys(client: &deadpool_postgres::Client, events: &[&UsageEvent]) -> Result<()> {
+    let sink = client
+        .copy_in("COPY usage_event_keys (event_id, customer_id) FROM STDIN BINARY")
+        .await
+        .map_err(Error::db("starting COPY"))?;
+    let writer = BinaryCopyInWriter::new(sink, &[Type::UUID, Type::TEXT]);
+    let mut writer = std::pin::pin!(writer);
+    for e in events {
+        writer
+            .as_mut()
+            .write(&[&e.id.uuid(), &e.customer.as_str()])
+            .await
+            .map_err(Error::db("copying event keys"))?;
+    }
+    writer
+        .as_mut()
+        .finish()
+        .await
+        .map_err(Error::db("finishing COPY"))?;
+    Ok(())
+}
+
+/// The events of `events` whose key has not come before: a key repeated inside a
+/// batch is the same event, and its first occurrence is kept.
+fn first_of_each_key(events: &[UsageEvent]) -> Vec<&UsageEvent> {
+    let mut seen = HashSet::with_capacity(events.len());
+    events
+        .iter()
+        .filter(|e| seen.insert((e.id, e.customer.as_str())))
+        .collect()
+}
+
+/// Keys this process wrote recently, as 64-bit hashes, the oldest forgotten first:
+/// what lets the direct path skip the stage. A retry usually follows its original
+/// within seconds and reaches the same process; its key is found here and checked
+/// against the database, while a batch of keys not found here goes straight in by
+/// COPY. It never decides alone: a hash collision only sends an event to that check,
+/// and a key this process did not see (another process wrote it, or it was forgotten)
+/// makes the COPY fail on the unique key, and the batch takes the staged path.
+pub(crate) struct RecentKeys {
+    set: HashSet<u64>,
+    order: std::collections::VecDeque<u64>,
+    hasher: std::hash::RandomState,
+}
+
+/// How many keys [`RecentKeys`] holds: ~6 MB, several minutes of a busy writer.
+const RECENT_KEYS: usize = 1 << 18;
+
+impl Default for RecentKeys {
+    fn default() -> RecentKeys {
+        RecentKeys {
+            set: HashSet::with_capacity(RECENT_KEYS),
+            order: std::collections::VecDeque::with_capacity(RECENT_KEYS),
+            hasher: std::hash::RandomState::new(),
+        }
+    }
+}
+
+impl RecentKeys {
+    fn hash(&self, e: &UsageEvent) -> u64 {
+        use std::hash::BuildHasher;
+        self.hasher.hash_one((e.id.uuid(), e.customer.as_str()))
+    }
+
+    fn remember(&mut self, hashes: impl Iterator<Item = u64>) {
+        for h in hashes {
+            if self.set.insert(h) {
+                self.order.push_back(h);
+                if self.order.len() > RECENT_KEYS
+                    && let Some(old) = self.order.pop_front()
+                {
+                    self.set.remove(&old);
+                }
+            }
+        }
+    }
 }
 
 /// The rollup deltas of a set of new events, computed here so that each rollup gets
@@ -936,6 +1140,43 @@ async fn write_distributed(
         .await
         .map_err(db("updating the all-customer rollup"))?;
     Ok((r.events, r.quantity))
+}
+
+/// A batch's rollup deltas as the parameters of `delta_upserts!`.
+struct DeltaParams<'a> {
+    hourly: Columns<'a>,
+    hourly_quarters: QuarterArrays,
+    daily: Columns<'a>,
+    totals: Columns<'a>,
+    total_quarters: QuarterArrays,
+    lane: i16,
+}
+
+impl<'a> DeltaParams<'a> {
+    fn of(r: &Rollups<'a>, lane: Lane) -> Result<DeltaParams<'a>> {
+        let (hourly, hourly_quarters) = Columns::with_quarters(&r.hourly)?;
+        let (totals, total_quarters) = Columns::with_quarters(&r.totals)?;
+        Ok(DeltaParams {
+            hourly,
+            hourly_quarters,
+            daily: Columns::from(r.daily.iter().map(|(k, t)| (k, t))),
+            totals,
+            total_quarters,
+            lane: lane.0,
+        })
+    }
+
+    /// $1–$7 hourly, $8–$14 daily, $15–$20 all-customer, $21 lane, $22–$35 hourly
+    /// quarters, $36–$49 all-customer quarters.
+    fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+        let mut p = self.hourly.params(true);
+        p.extend(self.daily.params(true));
+        p.extend(self.totals.params(false));
+        p.push(&self.lane);
+        p.extend(self.hourly_quarters.params());
+        p.extend(self.total_quarters.params());
+        p
+    }
 }
 
 /// Rollup deltas as one array per column, in key order.
