@@ -165,6 +165,17 @@ fn quarter_row(row: &Row, index: &HashMap<&str, usize>) -> Result<Option<Quarter
     }))
 }
 
+/// The rows `decode` keeps (it skips a row by returning `None`).
+fn decode_all<T>(rows: &[Row], decode: impl Fn(&Row) -> Result<Option<T>>) -> Result<Vec<T>> {
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        if let Some(r) = decode(row)? {
+            out.push(r);
+        }
+    }
+    Ok(out)
+}
+
 fn service_index(services: &[Service]) -> (Vec<&str>, HashMap<&str, usize>) {
     let names: Vec<&str> = services.iter().map(Service::as_str).collect();
     let index = names.iter().enumerate().map(|(i, s)| (*s, i)).collect();
@@ -242,13 +253,7 @@ impl Store {
             .query(&stmt, &[&names, &hours, &who.customer()])
             .await
             .map_err(Error::db("reading usage"))?;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in &rows {
-            if let Some(r) = quarter_row(row, &index)? {
-                out.push(r);
-            }
-        }
-        Ok(out)
+        decode_all(&rows, |row| quarter_row(row, &index))
     }
 
     /// Runs `sql` (parameters: service names, span start, span end, customer or NULL)
@@ -273,13 +278,7 @@ impl Store {
                 .query(&stmt, &[&names, &span.from(), &span.to(), &customer])
                 .await
                 .map_err(Error::db("reading usage"))?;
-            let mut list = Vec::with_capacity(rows.len());
-            for row in &rows {
-                if let Some(r) = decode(row)? {
-                    list.push(r);
-                }
-            }
-            out.push(list);
+            out.push(decode_all(&rows, &decode)?);
         }
         Ok(out)
     }
@@ -325,13 +324,7 @@ impl Store {
             .query(&stmt, &[&labels, &lo, &hi, &names, &who.customer()])
             .await
             .map_err(Error::db("reading usage"))?;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in &rows {
-            if let Some(r) = usage_row(row, &index)? {
-                out.push(r);
-            }
-        }
-        Ok(out)
+        decode_all(&rows, |row| usage_row(row, &index))
     }
 
     /// The quantity of every event of `customer` and `service` in `range`, unordered.
