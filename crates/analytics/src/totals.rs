@@ -250,6 +250,41 @@ mod tests {
     }
 
     #[test]
+    fn edges_are_cut_at_utc_hours_and_read_as_quarters_when_they_can_be() {
+        // A Kolkata hour, 09:30–10:30 UTC: the second half of one UTC hour and the
+        // first half of the next.
+        let piece = Piece {
+            label: t("2026-01-01T09:30:00Z"),
+            lo: t("2026-01-01T09:30:00Z"),
+            hi: t("2026-01-01T10:30:00Z"),
+        };
+        let parts: Vec<QuarterPiece> = split_at_hours(&piece)
+            .iter()
+            .filter_map(quarter_piece)
+            .collect();
+        assert_eq!(
+            parts.iter().map(|q| (q.hour, q.a, q.b)).collect::<Vec<_>>(),
+            vec![
+                (t("2026-01-01T09:00:00Z"), 2, 4),
+                (t("2026-01-01T10:00:00Z"), 0, 2)
+            ]
+        );
+        assert!(parts.iter().all(|q| q.label == piece.label));
+        // Off the quarter hour (a range from 10:07, or a microsecond off): raw events.
+        for lo in ["2026-01-01T10:07:00Z", "2026-01-01T10:15:00.000001Z"] {
+            let p = Piece {
+                label: t(lo),
+                lo: t(lo),
+                hi: t("2026-01-01T10:45:00Z"),
+            };
+            assert_eq!(
+                split_at_hours(&p).iter().filter_map(quarter_piece).count(),
+                0
+            );
+        }
+    }
+
+    #[test]
     fn decomposition_uses_rollups_only_for_whole_utc_hours_and_days() {
         let (mut d, mut h, mut r) = (Pieces::default(), Pieces::default(), Pieces::default());
         let range = TimeRange::new(t("2026-01-01T10:07:00Z"), t("2026-01-04T05:30:00Z")).unwrap();
