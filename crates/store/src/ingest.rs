@@ -550,18 +550,8 @@ impl IngestTx {
                 .query(&probe, &[&ids, &customers])
                 .await
                 .map_err(Error::db("looking up event keys"))?;
-            let mut stored: HashSet<(Uuid, String)> = HashSet::with_capacity(rows.len());
-            for r in &rows {
-                stored.insert((
-                    r.try_get(0).map_err(Error::db("looking up event keys"))?,
-                    r.try_get(1).map_err(Error::db("looking up event keys"))?,
-                ));
-            }
-            new.extend(
-                maybe.into_iter().filter(|(e, _)| {
-                    !stored.contains(&(e.id.uuid(), e.customer.as_str().to_owned()))
-                }),
-            );
+            let stored = KeySet::of(&rows, "looking up event keys")?;
+            new.extend(maybe.into_iter().filter(|(e, _)| !stored.contains(e)));
         }
         if new.is_empty() {
             return Ok(Some((0, Decimal::ZERO)));
@@ -868,21 +858,9 @@ async fn insert_new(
         .query(&drop_stored, &[])
         .await
         .map_err(db("dropping stored events"))?;
-    // Usually about 1 % of a batch; the id set avoids building a key per event.
-    let mut stored_ids: HashSet<Uuid> = HashSet::with_capacity(rows.len());
-    let mut stored: HashSet<(Uuid, String)> = HashSet::with_capacity(rows.len());
-    for r in &rows {
-        let (id, customer): (Uuid, String) = (
-            r.try_get(0).map_err(db("dropping stored events"))?,
-            r.try_get(1).map_err(db("dropping stored events"))?,
-        );
-        stored_ids.insert(id);
-        stored.insert((id, customer));
-    }
-    let r = Rollups::of(events.iter().copied().filter(|e| {
-        !(stored_ids.contains(&e.id.uuid())
-            && stored.contains(&(e.id.uuid(), e.customer.as_str().to_owned())))
-    }))?;
+    // Usually about 1 % of a batch.
+    let stored = KeySet::of(&rows, "dropping stored events")?;
+    let r = Rollups::of(events.iter().copied().filter(|e| !stored.contains(e)))?;
     let deltas = DeltaParams::of(&r, lane)?;
     let (new, total) = (r.events, r.quantity);
     let insert = client
@@ -959,6 +937,31 @@ async fn copy_keys(client: &deadpool_postgres::Client, events: &[&UsageEvent]) -
         .await
         .map_err(Error::db("finishing COPY"))?;
     Ok(())
+}
+
+/// Event keys a statement returned as `(event_id, customer_id)` rows: the replays the
+/// fast path dropped, the stored keys the direct path found, the keys Citus let a
+/// writer claim.
+struct KeySet(HashMap<Uuid, Vec<String>>);
+
+impl KeySet {
+    fn of(rows: &[tokio_postgres::Row], context: &'static str) -> Result<KeySet> {
+        let mut ids: HashMap<Uuid, Vec<String>> = HashMap::with_capacity(rows.len());
+        for r in rows {
+            let id: Uuid = r.try_get(0).map_err(Error::db(context))?;
+            ids.entry(id)
+                .or_default()
+                .push(r.try_get(1).map_err(Error::db(context))?);
+        }
+        Ok(KeySet(ids))
+    }
+
+    /// Whether `e`'s key is in the set (by id first; no key is built per event).
+    fn contains(&self, e: &UsageEvent) -> bool {
+        self.0
+            .get(&e.id.uuid())
+            .is_some_and(|customers| customers.iter().any(|c| c == e.customer.as_str()))
+    }
 }
 
 /// The events of `events` whose key has not come before: a key repeated inside a
@@ -1138,17 +1141,11 @@ async fn write_distributed(
         .query(CLAIM_KEYS_SQL, &[&ids, &customers])
         .await
         .map_err(db("claiming event keys"))?;
-    let mut claimed: HashSet<(Uuid, String)> = HashSet::with_capacity(rows.len());
-    for r in &rows {
-        claimed.insert((
-            r.try_get(0).map_err(db("claiming event keys"))?,
-            r.try_get(1).map_err(db("claiming event keys"))?,
-        ));
-    }
+    let claimed = KeySet::of(&rows, "claiming event keys")?;
     let new: Vec<&UsageEvent> = events
         .iter()
         .copied()
-        .filter(|e| claimed.contains(&(e.id.uuid(), e.customer.as_str().to_owned())))
+        .filter(|e| claimed.contains(e))
         .collect();
     if new.is_empty() {
         return Ok((0, Decimal::ZERO));
