@@ -43,40 +43,26 @@ pub(crate) const ROLLUPS: [Rollup; 3] = [
     },
 ];
 
-/// The quarter-hour detail columns and how each is computed from events: `sum` and
-/// `count` over the hour's first 15, 30 or 45 minutes, `min` and `max` over one quarter.
-/// The same columns and order as `quarter_columns!` in `ingest.rs`.
-pub(crate) const QUARTER_COLUMNS: [(&str, &str); 14] = [
-    ("quantity_by_15", "sum"),
-    ("quantity_by_30", "sum"),
-    ("quantity_by_45", "sum"),
-    ("events_by_15", "count"),
-    ("events_by_30", "count"),
-    ("events_by_45", "count"),
-    ("min_00", "min"),
-    ("min_15", "min"),
-    ("min_30", "min"),
-    ("min_45", "min"),
-    ("max_00", "max"),
-    ("max_15", "max"),
-    ("max_30", "max"),
-    ("max_45", "max"),
+/// The quarter-hour detail columns, how each is computed from events and over which
+/// minutes `[from, to)` of its hour: `sum` and `count` over the first 15, 30 or 45
+/// minutes, `min` and `max` over one quarter. The same columns and order as
+/// `quarter_columns!` in `ingest.rs`.
+pub(crate) const QUARTER_COLUMNS: [(&str, &str, u32, u32); 14] = [
+    ("quantity_by_15", "sum", 0, 15),
+    ("quantity_by_30", "sum", 0, 30),
+    ("quantity_by_45", "sum", 0, 45),
+    ("events_by_15", "count", 0, 15),
+    ("events_by_30", "count", 0, 30),
+    ("events_by_45", "count", 0, 45),
+    ("min_00", "min", 0, 15),
+    ("min_15", "min", 15, 30),
+    ("min_30", "min", 30, 45),
+    ("min_45", "min", 45, 60),
+    ("max_00", "max", 0, 15),
+    ("max_15", "max", 15, 30),
+    ("max_30", "max", 30, 45),
+    ("max_45", "max", 45, 60),
 ];
-
-/// The minutes `[lo, hi)` of its hour a quarter column covers: `*_by_NN` the first NN,
-/// `min_NN`/`max_NN` the quarter starting at minute NN.
-fn quarter_window(col: &str) -> (u32, u32) {
-    let n: u32 = col
-        .rsplit('_')
-        .next()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
-    if col.contains("_by_") {
-        (0, n)
-    } else {
-        (n, n + 15)
-    }
-}
 
 impl Rollup {
     /// Counts the buckets where the rollup differs from the raw events (missing rows on
@@ -106,11 +92,10 @@ impl Rollup {
                 String::new(),
                 String::new(),
             );
-            for (col, agg) in QUARTER_COLUMNS {
-                let (lo, hi) = quarter_window(col);
+            for (col, agg, lo, hi) in QUARTER_COLUMNS {
                 let raw_agg = match agg {
-                    "sum" => format!("coalesce(sum(quantity) FILTER (WHERE {}), 0)", m(0, hi)),
-                    "count" => format!("count(*) FILTER (WHERE {})", m(0, hi)),
+                    "sum" => format!("coalesce(sum(quantity) FILTER (WHERE {}), 0)", m(lo, hi)),
+                    "count" => format!("count(*) FILTER (WHERE {})", m(lo, hi)),
                     f => format!("{f}(quantity) FILTER (WHERE {})", m(lo, hi)),
                 };
                 let add = if matches!(agg, "sum" | "count") {
