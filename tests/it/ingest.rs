@@ -121,6 +121,30 @@ async fn verify_detects_a_tampered_rollup() {
         .await
         .unwrap();
     assert_eq!(db.tally().verify().await.unwrap().mismatches, 2);
+    // Each kind of quarter-hour detail column is checked (here in the all-customer
+    // rollup; the per-customer one goes through the same verify code).
+    for (table, column, value) in [
+        ("usage_hourly_total", "events_by_15", "0"),
+        ("usage_hourly_total", "max_00", "2"),
+        ("usage_hourly_total", "min_30", "1"),
+        ("usage_hourly_total", "quantity_by_45", "0"),
+    ] {
+        client
+            .batch_execute(&format!("UPDATE {table} SET {column} = {value}"))
+            .await
+            .unwrap();
+        assert_eq!(
+            db.tally().verify().await.unwrap().mismatches,
+            3,
+            "{table}.{column}"
+        );
+        client
+            .batch_execute(
+                "UPDATE usage_hourly_total SET events_by_15 = 1, max_00 = 1, min_30 = NULL, quantity_by_45 = 1",
+            )
+            .await
+            .unwrap();
+    }
 }
 
 #[tokio::test]
