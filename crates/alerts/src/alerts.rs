@@ -537,7 +537,13 @@ impl Alerts {
             {
                 continue;
             }
-            while let Some(claimed) = self.inner.store.claim_delivery(&name).await? {
+            loop {
+                let Some(claimed) = self.inner.store.claim_delivery(&name).await? else {
+                    // Nothing pending (another process may have delivered it): nothing
+                    // to retry either, so no due retry keeps the background pass awake.
+                    lock(&self.inner.backoff).remove(&name);
+                    break;
+                };
                 let timeout = self.inner.config.delivery_timeout;
                 let attempt = tokio::time::timeout(timeout, sink.deliver(&claimed.alert))
                     .await
@@ -578,13 +584,12 @@ impl Alerts {
         wait
     }
 
-    /// The earliest retry still ahead.
+    /// The earliest retry, also one already due: a pass that took longer than the
+    /// backoff (a loaded machine, a slow sink) must not leave it to the 30 s idle wait.
     fn next_retry(&self) -> Option<Instant> {
-        let now = Instant::now();
         lock(&self.inner.backoff)
             .values()
             .filter_map(|b| b.until)
-            .filter(|t| *t > now)
             .min()
     }
 }
