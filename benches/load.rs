@@ -14,7 +14,8 @@
 //! its URL printed, for `TALLY_BENCH_URL=… cargo bench --bench analytics`. `--end T`
 //! (RFC 3339) ends the workload at T instead of now. `--citus` loads into a fresh
 //! database on the Citus cluster `TALLY_CITUS_URL` names (its baseline COPY goes into
-//! a distributed table).
+//! a distributed table). `--batch-size`, `--max-batch-size`, `--queue-capacity` and
+//! `--workers` set the recorder's (the defaults otherwise).
 
 use std::{pin::pin, time::Instant};
 
@@ -51,6 +52,7 @@ struct Args {
     shape: Shape,
     batch_size: usize,
     max_batch_size: Option<usize>,
+    queue_capacity: Option<usize>,
     workers: usize,
     baseline: bool,
     keep: bool,
@@ -64,6 +66,7 @@ fn args() -> Result<Args, String> {
         shape: Shape::Live,
         batch_size: 10_000,
         max_batch_size: None,
+        queue_capacity: None,
         workers: 2,
         baseline: true,
         keep: false,
@@ -83,6 +86,9 @@ fn args() -> Result<Args, String> {
             "--workers" => a.workers = number("--workers", value("--workers")?)?,
             "--max-batch-size" => {
                 a.max_batch_size = Some(number("--max-batch-size", value("--max-batch-size")?)?)
+            }
+            "--queue-capacity" => {
+                a.queue_capacity = Some(number("--queue-capacity", value("--queue-capacity")?)?)
             }
             "--shape" => {
                 a.shape = match value("--shape")?.as_str() {
@@ -224,8 +230,12 @@ async fn main() {
         let c = RecorderConfig::default()
             .batch_size(a.batch_size)
             .workers(a.workers);
-        match a.max_batch_size {
+        let c = match a.max_batch_size {
             Some(m) => c.max_batch_size(m),
+            None => c,
+        };
+        match a.queue_capacity {
+            Some(q) => c.queue_capacity(q),
             None => c,
         }
     });
@@ -246,6 +256,7 @@ async fn main() {
         "duplicates_in_workload": dups,
         "batch_size": a.batch_size,
         "max_batch_size": a.max_batch_size,
+        "queue_capacity": a.queue_capacity,
         "workers": a.workers,
         "recorder_events_per_s": rate.round(),
         "recorder_seconds": (secs * 10.0).round() / 10.0,
@@ -253,6 +264,7 @@ async fn main() {
         "ratio_to_raw_copy": baseline_rate.map(|b| (rate / b * 1000.0).round() / 1000.0),
         "inserted": status.inserted,
         "duplicates_skipped": status.duplicates,
+        "batches": status.batches,
         "verify": {"events": v.events, "mismatches": v.mismatches, "key_mismatches": v.key_mismatches},
         "settings": settings,
         "kept_database_url": a.keep.then(|| db.url().to_owned()),

@@ -340,22 +340,51 @@ async fn a_busy_writer_gets_fewer_larger_batches_and_a_trickle_small_ones() {
             .max_batch_size(5_000)
             .batch_timeout(Duration::from_millis(50)),
     );
-    rec.record_many(events(20_000, 0)).await.unwrap();
+    rec.record_many(events(40_000, 0)).await.unwrap();
     rec.flush().await.unwrap();
     let s = rec.status();
-    assert_eq!(s.inserted, 20_000);
+    assert_eq!(s.inserted, 40_000);
+    // The first batch goes at 100 events (the writer is free); after it, the writer
+    // is handed the batch that grew meanwhile: 100, then 5 000s, then the rest.
     assert!(
-        s.batches < 100,
-        "{} batches for 20 000 events in batches of 100",
+        s.batches <= 10,
+        "{} batches for 40 000 events, growing to 5 000",
         s.batches
     );
     rec.record(events(1, 50_000).remove(0)).await.unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
         rec.status().inserted,
-        20_001,
+        40_001,
         "the trickle waits only for the timeout"
     );
     rec.close().await.unwrap();
     assert_eq!(db.tally().verify().await.unwrap().mismatches, 0);
+}
+
+#[tokio::test]
+async fn a_batch_that_grew_while_its_writer_was_busy_goes_when_the_writer_is_free() {
+    // Nothing else arrives and the timeout is an hour away: the writer finishing its
+    // batch is what must send the one that grew meanwhile.
+    let db = TestDb::new().await.unwrap();
+    let rec = db.tally().recorder(
+        RecorderConfig::default()
+            .workers(1)
+            .batch_size(100)
+            .max_batch_size(5_000)
+            .batch_timeout(Duration::from_secs(3600)),
+    );
+    rec.record_many(events(100, 0)).await.unwrap();
+    rec.record_many(events(300, 100)).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while rec.status().inserted < 400 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the grown batch waits: {:?}",
+            rec.status()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    rec.close().await.unwrap();
+    assert_eq!(db.tally().verify().await.unwrap().events, 400);
 }

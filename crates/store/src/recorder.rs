@@ -7,7 +7,7 @@ use std::{
     hash::{BuildHasher, RandomState},
     sync::{
         Arc, Mutex, MutexGuard, PoisonError,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -16,11 +16,7 @@ use chrono::{DateTime, Utc};
 use futures_util::future::join_all;
 use tally_core::UsageEvent;
 use tokio::{
-    sync::{
-        Semaphore,
-        mpsc::{self, error::TrySendError},
-        oneshot,
-    },
+    sync::{Notify, Semaphore, mpsc, oneshot},
     task::JoinHandle,
     time::Instant,
 };
@@ -45,13 +41,16 @@ pub struct RecorderConfig {
 
 impl Default for RecorderConfig {
     /// Batches of 10 000 events, growing to 100 000 while their writer is busy (group
-    /// commit); 5 s timeout; a queue of 200 000 events; 2 writers.
+    /// commit); 5 s timeout; a queue of 400 000 events; 2 writers.
     fn default() -> Self {
         RecorderConfig {
             batch_size: 10_000,
             max_batch_size: 100_000,
             batch_timeout: Duration::from_secs(5),
-            queue_capacity: 200_000,
+            // Per writer, the batch it writes and the one growing meanwhile, each up to
+            // the maximum: with less, the growing batch runs out of room under load,
+            // the writer is handed a small one, and group commit does not pay.
+            queue_capacity: 400_000,
             workers: 2,
             retry_initial: Duration::from_millis(100),
             retry_max: Duration::from_secs(10),
@@ -126,7 +125,9 @@ impl RecorderConfig {
         self
     }
 
-    /// Events the queue holds before `record` waits (backpressure).
+    /// Events the queue holds before `record` waits (backpressure), counting those
+    /// being written. Group commit reaches [`RecorderConfig::max_batch_size`] under
+    /// load only if this is at least `2 × workers × max_batch_size`.
     pub fn queue_capacity(mut self, n: usize) -> Self {
         self.queue_capacity = n.max(1);
         self
@@ -236,10 +237,15 @@ impl Recorder {
         let (tx, rx) = mpsc::channel(config.queue_capacity.min(65_536));
         let mut workers = Vec::with_capacity(config.workers);
         let mut handles = Vec::with_capacity(config.workers);
+        let freed = Arc::new(Notify::new());
         for _ in 0..config.workers {
-            // One batch waiting per writer on top of the one it writes.
+            // At most one batch waiting per writer on top of the one it writes.
             let (wtx, wrx) = mpsc::channel(1);
-            workers.push(wtx);
+            let busy = Arc::new(AtomicUsize::new(0));
+            workers.push(Worker {
+                tx: wtx,
+                busy: busy.clone(),
+            });
             // Each writer keeps to a lane of the all-customer rollup of its own (round
             // robin over the process), so writers do not wait for each other there.
             let lane = Lane::next();
@@ -247,13 +253,17 @@ impl Recorder {
                 ingest.clone(),
                 lane,
                 wrx,
+                Freed {
+                    busy,
+                    notify: freed.clone(),
+                },
                 shared.clone(),
                 config.clone(),
             )));
         }
         let capacity = config.queue_capacity;
         let local = ingest.local().clone();
-        tokio::spawn(dispatcher(rx, workers, handles, config));
+        tokio::spawn(dispatcher(rx, workers, freed, handles, config));
         Recorder {
             tx,
             shared,
@@ -375,9 +385,57 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// The dispatcher's end of one writer.
+struct Worker {
+    tx: mpsc::Sender<Job>,
+    // Batches sent to the writer and not yet written (queued or in progress).
+    busy: Arc<AtomicUsize>,
+}
+
+impl Worker {
+    fn idle(&self) -> bool {
+        self.busy.load(Ordering::Acquire) == 0
+    }
+
+    async fn send(&self, batch: Vec<UsageEvent>) {
+        self.busy.fetch_add(1, Ordering::AcqRel);
+        // A writer only stops when the dispatcher drops its sender, so this cannot fail.
+        let _ = self.tx.send(Job::Batch(batch)).await;
+    }
+}
+
+/// The writer's end: it says when it has written a batch, so that the dispatcher hands
+/// it the batch that grew meanwhile at once.
+struct Freed {
+    busy: Arc<AtomicUsize>,
+    notify: Arc<Notify>,
+}
+
+impl Freed {
+    fn done(&self) {
+        self.busy.fetch_sub(1, Ordering::AcqRel);
+        self.notify.notify_one();
+    }
+}
+
+/// A writer's next batch, growing in the dispatcher.
+struct Pending {
+    events: Vec<UsageEvent>,
+    // When its oldest event has waited `batch_timeout`.
+    due: Option<Instant>,
+}
+
+impl Pending {
+    fn take(&mut self, config: &RecorderConfig) -> Vec<UsageEvent> {
+        self.due = None;
+        std::mem::replace(&mut self.events, Vec::with_capacity(config.batch_size))
+    }
+}
+
 async fn dispatcher(
     mut rx: mpsc::Receiver<Msg>,
-    workers: Vec<mpsc::Sender<Job>>,
+    workers: Vec<Worker>,
+    freed: Arc<Notify>,
     handles: Vec<JoinHandle<()>>,
     config: RecorderConfig,
 ) {
@@ -385,24 +443,43 @@ async fn dispatcher(
     // One partial batch per writer. A customer's events always go to the same writer,
     // so one recorder's writers never contend for the same dedupe keys or rollup rows.
     let route = RandomState::new();
-    let mut batches: Vec<Vec<UsageEvent>> = workers
+    let mut batches: Vec<Pending> = workers
         .iter()
-        .map(|_| Vec::with_capacity(config.batch_size))
+        .map(|_| Pending {
+            events: Vec::with_capacity(config.batch_size),
+            due: None,
+        })
         .collect();
-    // When the oldest event of any partial batch is due.
-    let mut deadline: Option<Instant> = None;
     let mut close_replies = Vec::new();
     loop {
-        let msg = match deadline {
-            Some(d) => tokio::select! {
-                m = rx.recv() => m,
-                _ = tokio::time::sleep_until(d) => {
-                    send_all(&workers, &mut batches, &config).await;
-                    deadline = None;
-                    continue;
+        let deadline = batches.iter().filter_map(|b| b.due).min();
+        let due = async move {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        let msg = tokio::select! {
+            m = rx.recv() => m,
+            _ = due => {
+                let now = Instant::now();
+                for (worker, batch) in workers.iter().zip(batches.iter_mut()) {
+                    if batch.due.is_some_and(|d| d <= now) {
+                        worker.send(batch.take(&config)).await;
+                    }
                 }
-            },
-            None => rx.recv().await,
+                continue;
+            }
+            // A writer is free: hand it the batch that grew meanwhile, if it is big
+            // enough.
+            _ = freed.notified() => {
+                for (worker, batch) in workers.iter().zip(batches.iter_mut()) {
+                    if batch.events.len() >= config.batch_size && worker.idle() {
+                        worker.send(batch.take(&config)).await;
+                    }
+                }
+                continue;
+            }
         };
         match msg {
             Some(Msg::Events(events)) => {
@@ -411,44 +488,29 @@ async fn dispatcher(
                     let (Some(batch), Some(worker)) = (batches.get_mut(w), workers.get(w)) else {
                         continue; // w < workers.len() == batches.len(): never taken
                     };
-                    batch.push(e);
-                    if batch.len() >= config.batch_size {
-                        let full = std::mem::replace(batch, Vec::with_capacity(config.batch_size));
-                        // Group commit: a busy writer's next batch keeps growing (one
-                        // transaction for more events) until it is free or the batch
-                        // reaches the maximum; only then does the dispatcher wait.
-                        match worker.try_send(Job::Batch(full)) {
-                            Ok(()) => {}
-                            Err(TrySendError::Full(Job::Batch(back)))
-                            | Err(TrySendError::Closed(Job::Batch(back))) => {
-                                *batch = back;
-                                if batch.len() >= config.max_batch_size {
-                                    let full = std::mem::replace(
-                                        batch,
-                                        Vec::with_capacity(config.batch_size),
-                                    );
-                                    send(worker, full).await;
-                                }
-                            }
-                            Err(_) => {} // only batches are sent here
-                        }
+                    if batch.due.is_none() {
+                        batch.due = Some(Instant::now() + config.batch_timeout);
                     }
-                }
-                if batches.iter().all(Vec::is_empty) {
-                    deadline = None;
-                } else if deadline.is_none() {
-                    deadline = Some(Instant::now() + config.batch_timeout);
+                    batch.events.push(e);
+                    // Group commit: a batch goes to its writer once it has `batch_size`
+                    // events and the writer is free; while the writer is busy it keeps
+                    // growing (one transaction for more events), and the writer takes
+                    // it as soon as it is done. Only at the maximum does it wait in the
+                    // writer's queue, and the dispatcher with it (backpressure).
+                    let n = batch.events.len();
+                    if (n >= config.batch_size && worker.idle()) || n >= config.max_batch_size {
+                        worker.send(batch.take(&config)).await;
+                    }
                 }
             }
             Some(Msg::Flush(reply)) => {
                 send_all(&workers, &mut batches, &config).await;
-                deadline = None;
                 // Each writer handles its queue in order, so once every writer has
                 // passed the barrier, every earlier batch is committed.
                 let mut acks = Vec::with_capacity(workers.len());
                 for w in &workers {
                     let (tx, rx) = oneshot::channel();
-                    if w.send(Job::Barrier(tx)).await.is_ok() {
+                    if w.tx.send(Job::Barrier(tx)).await.is_ok() {
                         acks.push(rx);
                     }
                 }
@@ -477,31 +539,19 @@ async fn dispatcher(
     }
 }
 
-async fn send_all(
-    workers: &[mpsc::Sender<Job>],
-    batches: &mut [Vec<UsageEvent>],
-    config: &RecorderConfig,
-) {
+async fn send_all(workers: &[Worker], batches: &mut [Pending], config: &RecorderConfig) {
     for (w, batch) in workers.iter().zip(batches.iter_mut()) {
-        if !batch.is_empty() {
-            send(
-                w,
-                std::mem::replace(batch, Vec::with_capacity(config.batch_size)),
-            )
-            .await;
+        if !batch.events.is_empty() {
+            w.send(batch.take(config)).await;
         }
     }
-}
-
-async fn send(worker: &mpsc::Sender<Job>, batch: Vec<UsageEvent>) {
-    // A writer only stops when the dispatcher drops its sender, so this cannot fail.
-    let _ = worker.send(Job::Batch(batch)).await;
 }
 
 async fn writer(
     ingest: Ingest,
     lane: Lane,
     mut rx: mpsc::Receiver<Job>,
+    freed: Freed,
     shared: Arc<Shared>,
     config: RecorderConfig,
 ) {
@@ -518,6 +568,7 @@ async fn writer(
             .pending
             .fetch_sub(events.len() as u64, Ordering::Relaxed);
         shared.capacity.add_permits(events.len());
+        freed.done();
     }
 }
 
