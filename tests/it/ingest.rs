@@ -359,6 +359,58 @@ async fn the_sql_merge_rule_is_the_rust_one() {
 }
 
 #[tokio::test]
+async fn an_hourly_row_another_process_wrote_is_merged_not_copied() {
+    // b has written acme/api up to the 09:00 hour, so by its hint the rows from 10:00 on
+    // are new and go in by COPY; a wrote the 10:00 row meanwhile: b's COPY fails on the
+    // unique key, is undone, and b's rows are merged instead.
+    let db = TestDb::new().await.unwrap();
+    let (a, b) = (
+        tally::Tally::with_pool_size(db.url(), 2).unwrap(),
+        tally::Tally::with_pool_size(db.url(), 2).unwrap(),
+    );
+    let e = |id, q, t| event(id, "acme", Service::API, q, t);
+    b.write(&[e(1, "1", "2026-11-01T09:10:00Z")]).await.unwrap();
+    a.write(&[e(2, "2", "2026-11-01T10:05:00Z")]).await.unwrap();
+    let merged = b
+        .write(&[
+            e(3, "4", "2026-11-01T10:50:00Z"),
+            e(4, "8", "2026-11-01T11:10:00Z"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(merged.inserted, 2);
+    // 11:00 is b's newest now (merged); 12:00 is new and copied; 09:00 is a late event.
+    b.write(&[
+        e(5, "16", "2026-11-01T11:20:00Z"),
+        e(6, "32", "2026-11-01T12:00:00Z"),
+    ])
+    .await
+    .unwrap();
+    b.write(&[e(7, "64", "2026-11-01T09:59:59Z")])
+        .await
+        .unwrap();
+    let v = db.tally().verify().await.unwrap();
+    assert_eq!(
+        (v.events, v.quantity, v.mismatches, v.key_mismatches),
+        (7, Decimal::from(127), 0, 0)
+    );
+    let rows = hourly(&db).await;
+    let mut sums: Vec<(String, i64, Decimal)> = rows
+        .into_iter()
+        .map(|((_, _, hour), (events, quantity, _, _))| (hour, events, quantity))
+        .collect();
+    sums.sort();
+    let want = [
+        ("2026-11-01 09:00", 2, 65),
+        ("2026-11-01 10:00", 2, 6),
+        ("2026-11-01 11:00", 2, 24),
+        ("2026-11-01 12:00", 1, 32),
+    ]
+    .map(|(h, n, q)| (h.to_owned(), n, Decimal::from(q)));
+    assert_eq!(sums, want);
+}
+
+#[tokio::test]
 async fn a_replay_another_process_wrote_is_counted_once() {
     // Two stores are two processes: neither knows the keys the other wrote recently,
     // so the second one's batch first goes straight for the key table, fails on the

@@ -340,6 +340,9 @@ pub(crate) struct Ingest {
     distributed: Arc<tokio::sync::OnceCell<bool>>,
     // Keys written recently (the direct path's hint).
     recent: Arc<std::sync::Mutex<RecentKeys>>,
+    // The newest hourly rollup row written per customer and service (the direct
+    // path's other hint).
+    newest: Arc<std::sync::Mutex<NewestHours>>,
 }
 
 impl Ingest {
@@ -351,11 +354,18 @@ impl Ingest {
             local: Arc::new(Local::default()),
             distributed: Arc::new(tokio::sync::OnceCell::new()),
             recent: Arc::new(std::sync::Mutex::new(RecentKeys::default())),
+            newest: Arc::new(std::sync::Mutex::new(NewestHours::default())),
         }
     }
 
     pub(crate) fn config(&self) -> &tokio_postgres::Config {
         &self.config
+    }
+
+    fn newest(&self) -> std::sync::MutexGuard<'_, NewestHours> {
+        self.newest
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub(crate) fn local(&self) -> &Arc<Local> {
@@ -535,7 +545,7 @@ impl IngestTx {
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             unique
                 .into_iter()
-                .map(|e| (e, recent.hash(e)))
+                .map(|e| (e, recent.hash((e.id.uuid(), e.customer.as_str()))))
                 .partition(|(_, h)| !recent.set.contains(h))
         };
         let client = self.client()?;
@@ -568,7 +578,9 @@ impl IngestTx {
         let written = async {
             copy_keys(client, &new).await?;
             copy_events(client, "usage_events", &new).await?;
-            let r = Rollups::of(new.iter().copied())?;
+            let mut r = Rollups::of(new.iter().copied())?;
+            let (fresh, newest) = self.ingest.newest().split(&r.hourly);
+            copy_new_hourly(client, &mut r, &fresh).await?;
             let deltas = DeltaParams::of(&r, self.lane)?;
             let stmt = client
                 .prepare_cached(DIRECT_ROLLUPS_SQL)
@@ -578,11 +590,11 @@ impl IngestTx {
                 .query_one(&stmt, &deltas.params())
                 .await
                 .map_err(Error::db("updating the rollups"))?;
-            Ok::<_, Error>((r.events, r.quantity))
+            Ok::<_, Error>(((r.events, r.quantity), newest))
         }
         .await;
         match written {
-            Ok(r) => {
+            Ok((r, newest)) => {
                 client
                     .batch_execute("RELEASE SAVEPOINT tally_direct")
                     .await
@@ -592,6 +604,7 @@ impl IngestTx {
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .remember(hashes.into_iter());
+                self.ingest.newest().remember(newest);
                 Ok(Some(r))
             }
             Err(e) if e.sqlstate() == Some(SqlState::UNIQUE_VIOLATION.code()) => {
@@ -939,6 +952,142 @@ async fn copy_keys(client: &deadpool_postgres::Client, events: &[&UsageEvent]) -
     Ok(())
 }
 
+/// Direct path: copies the hourly rollup rows of `r` that the hint ([`NewestHours`],
+/// one flag per row in `fresh`) says are not stored into `usage_hourly`, and takes
+/// them out of `r`, leaving the rows to merge into stored ones. In a backfill nearly
+/// every hourly row of a batch is new, and `COPY` inserts them in bulk where `ON
+/// CONFLICT` inserts each speculatively. If one is stored after all (another process
+/// wrote it), the unique key fails the COPY, it is undone, and every row is merged as
+/// before: the hint never decides alone. Lock order: new rows are taken before the
+/// merged ones, each in key order, so two processes whose hints disagree about a row
+/// can wait for each other; PostgreSQL then aborts one (deadlock, a transient error)
+/// and its batch is retried. That needs a wrong hint in both at once, at an hour's
+/// first batches.
+async fn copy_new_hourly(
+    client: &deadpool_postgres::Client,
+    r: &mut Rollups<'_>,
+    fresh: &[bool],
+) -> Result<()> {
+    let rows: Vec<&(RowKey<'_>, Quarters)> = r
+        .hourly
+        .iter()
+        .zip(fresh)
+        .filter(|(_, f)| **f)
+        .map(|(d, _)| d)
+        .collect();
+    if rows.is_empty() {
+        return Ok(());
+    }
+    client
+        .batch_execute("SAVEPOINT tally_rows")
+        .await
+        .map_err(Error::db("preparing a batch"))?;
+    let copied = copy_hourly(client, &rows).await;
+    drop(rows);
+    match copied {
+        Ok(()) => {
+            client
+                .batch_execute("RELEASE SAVEPOINT tally_rows")
+                .await
+                .map_err(Error::db("releasing the savepoint"))?;
+            let mut fresh = fresh.iter();
+            r.hourly.retain(|_| !fresh.next().copied().unwrap_or(false));
+            Ok(())
+        }
+        Err(e) if e.sqlstate() == Some(SqlState::UNIQUE_VIOLATION.code()) => {
+            tracing::debug!("an hourly rollup row was stored before; merging them all");
+            client
+                .batch_execute("ROLLBACK TO SAVEPOINT tally_rows")
+                .await
+                .map_err(Error::db("rolling back to the savepoint"))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+const HOURLY_TYPES: [Type; 21] = [
+    Type::TEXT,
+    Type::TEXT,
+    Type::TIMESTAMPTZ,
+    Type::INT8,
+    Type::NUMERIC,
+    Type::NUMERIC,
+    Type::NUMERIC,
+    Type::NUMERIC,
+    Type::NUMERIC,
+    Type::NUMERIC,
+    Type::INT8,
+    Type::INT8,
+    Type::INT8,
+    Type::NUMERIC,
+    Type::NUMERIC,
+    Type::NUMERIC,
+    Type::NUMERIC,
+    Type::NUMERIC,
+    Type::NUMERIC,
+    Type::NUMERIC,
+    Type::NUMERIC,
+];
+
+/// Copies hourly rollup rows into `usage_hourly` by binary COPY, in key order; a row
+/// stored already fails it with a unique violation.
+async fn copy_hourly(
+    client: &deadpool_postgres::Client,
+    rows: &[&(RowKey<'_>, Quarters)],
+) -> Result<()> {
+    let sink = client
+        .copy_in(concat!(
+            "COPY usage_hourly (customer_id, service, bucket, events, quantity, min_quantity, max_quantity, ",
+            quarter_columns!(),
+            ") FROM STDIN BINARY"
+        ))
+        .await
+        .map_err(Error::db("starting COPY"))?;
+    let writer = BinaryCopyInWriter::new(sink, &HOURLY_TYPES);
+    let mut writer = std::pin::pin!(writer);
+    for ((customer, service, bucket), q) in rows.iter().copied() {
+        let t = q.part(0, 4)?.unwrap_or(Totals::of(Decimal::ZERO));
+        let c = q.columns()?;
+        let [q15, q30, q45] = &c.quantity_by;
+        let [e15, e30, e45] = &c.events_by;
+        let [n0, n1, n2, n3] = &c.min;
+        let [x0, x1, x2, x3] = &c.max;
+        writer
+            .as_mut()
+            .write(&[
+                customer,
+                service,
+                bucket,
+                &t.events,
+                &t.quantity,
+                &t.min,
+                &t.max,
+                q15,
+                q30,
+                q45,
+                e15,
+                e30,
+                e45,
+                n0,
+                n1,
+                n2,
+                n3,
+                x0,
+                x1,
+                x2,
+                x3,
+            ])
+            .await
+            .map_err(Error::db("copying rollup rows"))?;
+    }
+    writer
+        .as_mut()
+        .finish()
+        .await
+        .map_err(Error::db("finishing COPY"))?;
+    Ok(())
+}
+
 /// Event keys a statement returned as `(event_id, customer_id)` rows: the replays the
 /// fast path dropped, the stored keys the direct path found, the keys Citus let a
 /// writer claim.
@@ -1004,9 +1153,9 @@ impl Default for RecentKeys {
 }
 
 impl RecentKeys {
-    fn hash(&self, e: &UsageEvent) -> u64 {
+    fn hash(&self, key: impl std::hash::Hash) -> u64 {
         use std::hash::BuildHasher;
-        self.hasher.hash_one((e.id.uuid(), e.customer.as_str()))
+        self.hasher.hash_one(key)
     }
 
     fn remember(&mut self, hashes: impl Iterator<Item = u64>) {
@@ -1018,6 +1167,77 @@ impl RecentKeys {
                 {
                     self.set.remove(&old);
                 }
+            }
+        }
+    }
+}
+
+/// Per customer and service, the newest hour whose hourly rollup row this process
+/// wrote: a batch's row for a later hour is new unless another process wrote it,
+/// which is what lets the direct path `COPY` new rows (a backfill's are nearly all
+/// new; a live process makes one per customer and service each hour). A hint only:
+/// wrong in one direction it sends a new row to the merge (correct, slower), in the
+/// other the `COPY` fails on the unique key and the rows are merged
+/// ([`copy_new_hourly`]). Bounded: one slot per hash, a pair evicting another that
+/// shares its slot (the evicted pair's rows are merged until written again).
+pub(crate) struct NewestHours {
+    // (hash of customer and service, newest hour in seconds); hash 0 = empty.
+    slots: Vec<(u64, i64)>,
+    hasher: std::hash::RandomState,
+}
+
+/// Slots of [`NewestHours`]: 1 MB.
+const NEWEST_SLOTS: usize = 1 << 16;
+
+impl Default for NewestHours {
+    fn default() -> NewestHours {
+        NewestHours {
+            slots: vec![(0, 0); NEWEST_SLOTS],
+            hasher: std::hash::RandomState::new(),
+        }
+    }
+}
+
+impl NewestHours {
+    fn slot(&self, customer: &str, service: &str) -> (usize, u64) {
+        use std::hash::BuildHasher;
+        let h = self.hasher.hash_one((customer, service)).max(1);
+        ((h % NEWEST_SLOTS as u64) as usize, h)
+    }
+
+    /// Which of `rows` (in key order) are new by the hint, and the newest hour of each
+    /// customer and service among them, to [`NewestHours::remember`] once written.
+    fn split(&self, rows: &QuarterDeltas<'_>) -> (Vec<bool>, Vec<(usize, u64, i64)>) {
+        let mut fresh = Vec::with_capacity(rows.len());
+        let mut newest: Vec<(usize, u64, i64)> = Vec::new();
+        let mut pair: Option<(&str, &str)> = None;
+        let mut seen: Option<i64> = None;
+        for ((customer, service, bucket), _) in rows {
+            let hour = bucket.timestamp();
+            if pair != Some((customer, service)) {
+                pair = Some((customer, service));
+                let (i, h) = self.slot(customer, service);
+                seen = self
+                    .slots
+                    .get(i)
+                    .and_then(|&(tag, newest)| (tag == h).then_some(newest));
+                newest.push((i, h, hour));
+            } else if let Some(last) = newest.last_mut() {
+                last.2 = hour; // key order: the pair's later hours come later
+            }
+            fresh.push(seen.is_some_and(|s| hour > s));
+        }
+        (fresh, newest)
+    }
+
+    fn remember(&mut self, newest: Vec<(usize, u64, i64)>) {
+        for (i, h, hour) in newest {
+            if let Some(slot) = self.slots.get_mut(i) {
+                *slot = if slot.0 == h {
+                    (h, slot.1.max(hour))
+                } else {
+                    (h, hour)
+                };
             }
         }
     }
@@ -1359,5 +1579,63 @@ impl ToSql for Jsonb<'_> {
             return Err(Box::new(WrongType::new::<Self>(ty.clone())));
         }
         self.to_sql(ty, out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows<'a>(keys: &[(&'a str, &'a str, i64)]) -> QuarterDeltas<'a> {
+        keys.iter()
+            .map(|&(c, s, hour)| {
+                let t = DateTime::from_timestamp(hour * 3600, 0).unwrap_or_default();
+                ((c, s, t), Quarters::default())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn only_hours_after_the_newest_written_are_new() {
+        let mut hint = NewestHours::default();
+        // A pair never written: nothing is new (its rows may be stored).
+        let batch = rows(&[("a", "api", 10), ("a", "api", 11), ("b", "api", 10)]);
+        let (fresh, newest) = hint.split(&batch);
+        assert_eq!(fresh, [false, false, false]);
+        hint.remember(newest);
+        // After: later hours are new, the newest and earlier ones (late events) are not.
+        let batch = rows(&[
+            ("a", "api", 9),
+            ("a", "api", 11),
+            ("a", "api", 12),
+            ("a", "storage", 12),
+            ("b", "api", 11),
+        ]);
+        let (fresh, newest) = hint.split(&batch);
+        assert_eq!(fresh, [false, false, true, false, true]);
+        hint.remember(newest);
+        let (fresh, _) = hint.split(&rows(&[
+            ("a", "api", 12),
+            ("a", "api", 13),
+            ("b", "api", 11),
+        ]));
+        assert_eq!(fresh, [false, true, false]);
+    }
+
+    #[test]
+    fn a_pair_evicted_from_its_slot_is_not_new_again() {
+        let mut hint = NewestHours::default();
+        let (_, newest) = hint.split(&rows(&[("a", "api", 10)]));
+        hint.remember(newest);
+        // Another pair takes a's slot.
+        let (i, _) = hint.slot("a", "api");
+        let other = (0..)
+            .map(|n| format!("c{n}"))
+            .find(|c| hint.slot(c, "api").0 == i)
+            .unwrap_or_default();
+        let (_, newest) = hint.split(&rows(&[(other.as_str(), "api", 10)]));
+        hint.remember(newest);
+        let (fresh, _) = hint.split(&rows(&[("a", "api", 11), (other.as_str(), "api", 11)]));
+        assert_eq!(fresh, [false, true]);
     }
 }
