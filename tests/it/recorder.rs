@@ -328,18 +328,21 @@ async fn errors_say_what_kind_they_are_and_name_the_field() {
     assert!(e.is_transient(), "{e}");
 }
 
+/// One writer, batches of 100 growing to 5 000 while it is busy.
+fn growing(timeout: Duration) -> RecorderConfig {
+    RecorderConfig::default()
+        .workers(1)
+        .batch_size(100)
+        .max_batch_size(5_000)
+        .batch_timeout(timeout)
+}
+
 #[tokio::test]
 async fn a_busy_writer_gets_fewer_larger_batches_and_a_trickle_small_ones() {
     // Group commit: with one writer kept busy, batches of 100 grow (up to 5 000) instead
     // of the dispatcher waiting for each; a lone event still goes by the timeout.
     let db = TestDb::new().await.unwrap();
-    let rec = db.tally().recorder(
-        RecorderConfig::default()
-            .workers(1)
-            .batch_size(100)
-            .max_batch_size(5_000)
-            .batch_timeout(Duration::from_millis(50)),
-    );
+    let rec = db.tally().recorder(growing(Duration::from_millis(50)));
     rec.record_many(events(40_000, 0)).await.unwrap();
     rec.flush().await.unwrap();
     let s = rec.status();
@@ -367,13 +370,7 @@ async fn a_batch_that_grew_while_its_writer_was_busy_goes_when_the_writer_is_fre
     // Nothing else arrives and the timeout is an hour away: the writer finishing its
     // batch is what must send the one that grew meanwhile.
     let db = TestDb::new().await.unwrap();
-    let rec = db.tally().recorder(
-        RecorderConfig::default()
-            .workers(1)
-            .batch_size(100)
-            .max_batch_size(5_000)
-            .batch_timeout(Duration::from_secs(3600)),
-    );
+    let rec = db.tally().recorder(growing(Duration::from_secs(3600)));
     rec.record_many(events(100, 0)).await.unwrap();
     rec.record_many(events(300, 100)).await.unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);

@@ -897,14 +897,14 @@ async fn copy_events(
     table: &'static str,
     events: &[&UsageEvent],
 ) -> Result<()> {
-    let sink = client
-        .copy_in(&format!(
+    let mut writer = copy_writer(
+        client,
+        &format!(
             "COPY {table} (event_id, customer_id, service, quantity, recorded_at, metadata) FROM STDIN BINARY"
-        ))
-        .await
-        .map_err(Error::db("starting COPY"))?;
-    let writer = BinaryCopyInWriter::new(sink, &STAGE_TYPES);
-    let mut writer = std::pin::pin!(writer);
+        ),
+        &STAGE_TYPES,
+    )
+    .await?;
     for e in events {
         let (id, quantity) = (e.id.uuid(), e.quantity.value());
         writer
@@ -920,23 +920,18 @@ async fn copy_events(
             .await
             .map_err(Error::db("copying events"))?;
     }
-    writer
-        .as_mut()
-        .finish()
-        .await
-        .map_err(Error::db("finishing COPY"))?;
-    Ok(())
+    copy_finish(writer).await
 }
 
 /// Copies the keys of `events` (sorted by key: the lock order) into the key table by
 /// binary COPY. A key stored already fails it with a unique violation.
 async fn copy_keys(client: &deadpool_postgres::Client, events: &[&UsageEvent]) -> Result<()> {
-    let sink = client
-        .copy_in("COPY usage_event_keys (event_id, customer_id) FROM STDIN BINARY")
-        .await
-        .map_err(Error::db("starting COPY"))?;
-    let writer = BinaryCopyInWriter::new(sink, &[Type::UUID, Type::TEXT]);
-    let mut writer = std::pin::pin!(writer);
+    let mut writer = copy_writer(
+        client,
+        "COPY usage_event_keys (event_id, customer_id) FROM STDIN BINARY",
+        &[Type::UUID, Type::TEXT],
+    )
+    .await?;
     for e in events {
         writer
             .as_mut()
@@ -944,6 +939,25 @@ async fn copy_keys(client: &deadpool_postgres::Client, events: &[&UsageEvent]) -
             .await
             .map_err(Error::db("copying event keys"))?;
     }
+    copy_finish(writer).await
+}
+
+type CopyWriter = std::pin::Pin<Box<BinaryCopyInWriter>>;
+
+/// Starts the binary `COPY … FROM STDIN BINARY` of `sql`, columns of `types`.
+async fn copy_writer(
+    client: &deadpool_postgres::Client,
+    sql: &str,
+    types: &[Type],
+) -> Result<CopyWriter> {
+    let sink = client
+        .copy_in(sql)
+        .await
+        .map_err(Error::db("starting COPY"))?;
+    Ok(Box::pin(BinaryCopyInWriter::new(sink, types)))
+}
+
+async fn copy_finish(mut writer: CopyWriter) -> Result<()> {
     writer
         .as_mut()
         .finish()
@@ -1005,29 +1019,18 @@ async fn copy_new_hourly(
     }
 }
 
-const HOURLY_TYPES: [Type; 21] = [
-    Type::TEXT,
-    Type::TEXT,
-    Type::TIMESTAMPTZ,
-    Type::INT8,
-    Type::NUMERIC,
-    Type::NUMERIC,
-    Type::NUMERIC,
-    Type::NUMERIC,
-    Type::NUMERIC,
-    Type::NUMERIC,
-    Type::INT8,
-    Type::INT8,
-    Type::INT8,
-    Type::NUMERIC,
-    Type::NUMERIC,
-    Type::NUMERIC,
-    Type::NUMERIC,
-    Type::NUMERIC,
-    Type::NUMERIC,
-    Type::NUMERIC,
-    Type::NUMERIC,
-];
+// The columns of `copy_hourly`: key, totals, then `quarter_columns!`.
+const HOURLY_TYPES: [Type; 21] = {
+    const N: Type = Type::NUMERIC;
+    const I: Type = Type::INT8;
+    #[rustfmt::skip]
+    let types = [
+        Type::TEXT, Type::TEXT, Type::TIMESTAMPTZ, I, N, N, N,
+        N, N, N, I, I, I,
+        N, N, N, N, N, N, N, N,
+    ];
+    types
+};
 
 /// Copies hourly rollup rows into `usage_hourly` by binary COPY, in key order; a row
 /// stored already fails it with a unique violation.
@@ -1035,16 +1038,16 @@ async fn copy_hourly(
     client: &deadpool_postgres::Client,
     rows: &[&(RowKey<'_>, Quarters)],
 ) -> Result<()> {
-    let sink = client
-        .copy_in(concat!(
+    let mut writer = copy_writer(
+        client,
+        concat!(
             "COPY usage_hourly (customer_id, service, bucket, events, quantity, min_quantity, max_quantity, ",
             quarter_columns!(),
             ") FROM STDIN BINARY"
-        ))
-        .await
-        .map_err(Error::db("starting COPY"))?;
-    let writer = BinaryCopyInWriter::new(sink, &HOURLY_TYPES);
-    let mut writer = std::pin::pin!(writer);
+        ),
+        &HOURLY_TYPES,
+    )
+    .await?;
     for ((customer, service, bucket), q) in rows.iter().copied() {
         let t = q.part(0, 4)?.unwrap_or(Totals::of(Decimal::ZERO));
         let c = q.columns()?;
@@ -1080,12 +1083,7 @@ async fn copy_hourly(
             .await
             .map_err(Error::db("copying rollup rows"))?;
     }
-    writer
-        .as_mut()
-        .finish()
-        .await
-        .map_err(Error::db("finishing COPY"))?;
-    Ok(())
+    copy_finish(writer).await
 }
 
 /// Event keys a statement returned as `(event_id, customer_id)` rows: the replays the
