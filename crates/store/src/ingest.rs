@@ -362,6 +362,14 @@ impl Ingest {
         &self.config
     }
 
+    // A writer that panicked mid-update leaves a hint with some hashes missing or
+    // extra, which the hint tolerates by design.
+    fn recent(&self) -> std::sync::MutexGuard<'_, RecentKeys> {
+        self.recent
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     fn newest(&self) -> std::sync::MutexGuard<'_, NewestHours> {
         self.newest
             .lock()
@@ -538,11 +546,7 @@ impl IngestTx {
         let unique = first_of_each_key(events);
         // Each event with its key's hash, computed once for the lookup and to remember.
         let (mut new, maybe): (Vec<Hashed>, Vec<Hashed>) = {
-            let recent = self
-                .ingest
-                .recent
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let recent = self.ingest.recent();
             unique
                 .into_iter()
                 .map(|e| (e, recent.hash((e.id.uuid(), e.customer.as_str()))))
@@ -599,11 +603,7 @@ impl IngestTx {
                     .batch_execute("RELEASE SAVEPOINT tally_direct")
                     .await
                     .map_err(Error::db("releasing the savepoint"))?;
-                self.ingest
-                    .recent
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .remember(hashes.into_iter());
+                self.ingest.recent().remember(hashes.into_iter());
                 self.ingest.newest().remember(newest);
                 Ok(Some(r))
             }
