@@ -26,8 +26,8 @@ use tally_testdb::{CitusDb, TestDb};
 
 /// Where the load goes: one PostgreSQL, or a Citus cluster (`--citus`).
 enum Db {
-    One(TestDb),
-    Citus(CitusDb),
+    One(Box<TestDb>),
+    Citus(Box<CitusDb>),
 }
 
 impl Db {
@@ -128,14 +128,16 @@ async fn main() {
         }
     };
     let db = if a.citus {
-        Db::Citus(
+        Db::Citus(Box::new(
             CitusDb::new()
                 .await
                 .expect("a Citus database to load into")
                 .expect("--citus needs TALLY_CITUS_URL (a coordinator, see ../shared/citus)"),
-        )
+        ))
     } else {
-        Db::One(TestDb::new().await.expect("a database to load into"))
+        Db::One(Box::new(
+            TestDb::new().await.expect("a database to load into"),
+        ))
     };
     let t = Instant::now();
     let events = generate(a.events, a.shape, a.end.unwrap_or_else(Utc::now), 42);

@@ -328,6 +328,41 @@ async fn errors_say_what_kind_they_are_and_name_the_field() {
     assert!(e.is_transient(), "{e}");
 }
 
+/// Citus reports a worker connection lost mid-transaction as the internal error
+/// XX000 with a message of its own; that one is transient, other internal errors are
+/// not. A trigger raises each on a real server, as Citus would on the coordinator.
+#[tokio::test]
+async fn a_lost_citus_worker_is_transient_other_internal_errors_are_not() {
+    let db = TestDb::new().await.unwrap();
+    let client = db.client().await.unwrap();
+    let one = events(1, 0);
+    for (message, transient) in [
+        (
+            "failure on connection marked as essential: 127.0.0.1:9701",
+            true,
+        ),
+        ("cache lookup failed for relation 1", false),
+    ] {
+        client
+            .batch_execute(&format!(
+                "CREATE OR REPLACE FUNCTION fail_for_test() RETURNS trigger LANGUAGE plpgsql AS $$ \
+                 BEGIN RAISE EXCEPTION USING ERRCODE = 'XX000', MESSAGE = '{message}'; END $$; \
+                 CREATE OR REPLACE TRIGGER fail BEFORE INSERT ON usage_events \
+                 FOR EACH STATEMENT EXECUTE FUNCTION fail_for_test()"
+            ))
+            .await
+            .unwrap();
+        let e = db.tally().write(&one).await.unwrap_err();
+        assert_eq!(e.sqlstate(), Some("XX000"), "{e}");
+        assert_eq!(e.is_transient(), transient, "{e}");
+    }
+    client
+        .batch_execute("DROP TRIGGER fail ON usage_events")
+        .await
+        .unwrap();
+    assert_eq!(db.tally().write(&one).await.unwrap().inserted, 1);
+}
+
 /// One writer, batches of 100 growing to 5 000 while it is busy.
 fn growing(timeout: Duration) -> RecorderConfig {
     RecorderConfig::default()

@@ -253,7 +253,10 @@ impl Error {
     /// cut, the server is starting or shutting down (SQLSTATE class 57) or out of
     /// resources — disk full, out of memory, too many connections (class 53) — or the
     /// transaction lost a serialization race or a deadlock (40001, 40P01), or a
-    /// bounded wait ran out. Everything else — bad input, a value or constraint the
+    /// bounded wait ran out. On Citus, a connection from the coordinator to a worker
+    /// that failed inside the transaction ("failure on connection marked as
+    /// essential", which Citus raises as the internal error XX000) is transient too:
+    /// the transaction was rolled back whole. Everything else — bad input, a value or constraint the
     /// server refused, a missing schema, a read-only database, a migration mismatch —
     /// fails the same way every time and is permanent.
     ///
@@ -272,11 +275,21 @@ impl Error {
                         || c.starts_with("57")
                         || c == "40001"
                         || c == "40P01"
+                        || (c == "XX000" && citus_lost_a_worker(source))
                 }
             },
             _ => false,
         }
     }
+}
+
+/// Citus' error for a worker connection lost mid-transaction carries no SQLSTATE of
+/// its own (citus#5515), so it is known by its message.
+fn citus_lost_a_worker(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error().is_some_and(|d| {
+        d.message()
+            .starts_with("failure on connection marked as essential")
+    })
 }
 
 impl From<tally_core::Error> for Error {

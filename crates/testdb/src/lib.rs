@@ -580,6 +580,13 @@ fn find_bindir() -> Result<PathBuf> {
 /// node when dropped. The cluster is the one `TALLY_CITUS_URL` names (its coordinator,
 /// an admin connection whose database has the workers registered, as
 /// `../shared/citus/cluster.sh start` leaves it).
+///
+/// One `CitusDb` at a time uses a cluster, across processes: a test's distributed
+/// writes open up to about 70 connections on each worker, and the throwaway
+/// cluster's workers take 100, so two or three tests at once ran a worker out of
+/// connections, and registering a node (whose connection Citus marks essential)
+/// failed. The lock is a session advisory lock on the coordinator, held by
+/// `_turn` until the database is dropped.
 pub struct CitusDb {
     name: String,
     url: String,
@@ -587,7 +594,13 @@ pub struct CitusDb {
     nodes: Vec<String>,
     tally: Tally,
     report: tally::MigrateReport,
+    // Field order matters: this is dropped (the lock released) after `Drop::drop`
+    // has dropped the database everywhere.
+    _turn: tokio_postgres::Client,
 }
+
+/// The advisory lock key that gives one `CitusDb` at a time its turn on a cluster.
+const CITUS_LOCK: i64 = 0x7461_6c6c_7963_6974;
 
 impl std::fmt::Debug for CitusDb {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -616,6 +629,14 @@ impl CitusDb {
             _ => return Ok(None),
         };
         let cfg: tokio_postgres::Config = admin.parse().map_err(db("parsing the Citus URL"))?;
+        let turn = connect(&admin).await?;
+        // A test that hangs must not hold every other one for ever.
+        turn.batch_execute("SET lock_timeout = '10min'")
+            .await
+            .map_err(db("bounding the wait for the Citus cluster"))?;
+        turn.execute("SELECT pg_advisory_lock($1)", &[&CITUS_LOCK])
+            .await
+            .map_err(db("waiting for the Citus cluster"))?;
         let coordinator = connect(&admin).await?;
         let workers = coordinator
             .query(
@@ -657,6 +678,7 @@ impl CitusDb {
             nodes,
             tally,
             report: tally::MigrateReport::default(),
+            _turn: turn,
         }))
     }
 
@@ -673,23 +695,21 @@ impl CitusDb {
             let cfg: tokio_postgres::Config = node.parse().map_err(db("parsing a node URL"))?;
             hosts.push(host_port(&cfg));
         }
-        let mut hosts = hosts.into_iter();
-        if let Some((host, port)) = hosts.next() {
-            client
-                .execute(
-                    "SELECT citus_set_coordinator_host($1, $2)",
-                    &[&host, &i32::from(port)],
-                )
-                .await
-                .map_err(db("registering the coordinator"))?;
+        // Registering a node syncs metadata over a connection Citus marks essential;
+        // a worker briefly out of connections fails it as a whole (it is rolled back),
+        // and both calls are no-ops for a node already registered, so it is tried
+        // again, a bounded number of times, on a fresh connection.
+        let mut attempt = 1;
+        loop {
+            match register(&self.url, &hosts).await {
+                Err(e) if attempt < 3 => {
+                    eprintln!("tally-testdb: registering the Citus nodes failed, retrying: {e}");
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                done => return done,
+            }
         }
-        for (host, port) in hosts {
-            client
-                .execute("SELECT citus_add_node($1, $2)", &[&host, &i32::from(port)])
-                .await
-                .map_err(db("registering a worker"))?;
-        }
-        Ok(())
     }
 
     /// The coordinator's connection string for this database.
@@ -717,6 +737,28 @@ impl Drop for CitusDb {
             );
         }
     }
+}
+
+/// Registers the first of `hosts` as the coordinator and the others as workers.
+async fn register(url: &str, hosts: &[(String, u16)]) -> Result<()> {
+    let client = connect(url).await?;
+    let mut hosts = hosts.iter();
+    if let Some((host, port)) = hosts.next() {
+        client
+            .execute(
+                "SELECT citus_set_coordinator_host($1, $2)",
+                &[host, &i32::from(*port)],
+            )
+            .await
+            .map_err(db("registering the coordinator"))?;
+    }
+    for (host, port) in hosts {
+        client
+            .execute("SELECT citus_add_node($1, $2)", &[host, &i32::from(*port)])
+            .await
+            .map_err(db("registering a worker"))?;
+    }
+    Ok(())
 }
 
 fn host_port(cfg: &tokio_postgres::Config) -> (String, u16) {
