@@ -358,16 +358,18 @@ async fn the_sql_merge_rule_is_the_rust_one() {
     assert_eq!(db.tally().verify().await.unwrap().mismatches, 0);
 }
 
+/// A second handle on `db` with hints of its own: to Tally, another process.
+fn store(db: &TestDb) -> tally::Tally {
+    tally::Tally::with_pool_size(db.url(), 2).unwrap()
+}
+
 #[tokio::test]
 async fn an_hourly_row_another_process_wrote_is_merged_not_copied() {
     // b has written acme/api up to the 09:00 hour, so by its hint the rows from 10:00 on
     // are new and go in by COPY; a wrote the 10:00 row meanwhile: b's COPY fails on the
     // unique key, is undone, and b's rows are merged instead.
     let db = TestDb::new().await.unwrap();
-    let (a, b) = (
-        tally::Tally::with_pool_size(db.url(), 2).unwrap(),
-        tally::Tally::with_pool_size(db.url(), 2).unwrap(),
-    );
+    let (a, b) = (store(&db), store(&db));
     let e = |id, q, t| event(id, "acme", Service::API, q, t);
     b.write(&[e(1, "1", "2026-11-01T09:10:00Z")]).await.unwrap();
     a.write(&[e(2, "2", "2026-11-01T10:05:00Z")]).await.unwrap();
@@ -416,10 +418,7 @@ async fn a_replay_another_process_wrote_is_counted_once() {
     // so the second one's batch first goes straight for the key table, fails on the
     // unique key, and is staged and deduplicated instead.
     let db = TestDb::new().await.unwrap();
-    let (a, b) = (
-        tally::Tally::with_pool_size(db.url(), 2).unwrap(),
-        tally::Tally::with_pool_size(db.url(), 2).unwrap(),
-    );
+    let (a, b) = (store(&db), store(&db));
     let e1 = event(1, "acme", Service::API, "1", "2026-11-01T10:00:00Z");
     let e2 = event(2, "acme", Service::API, "2", "2026-11-01T10:20:00Z");
     let e3 = event(3, "globex", Service::API, "4", "2026-11-01T10:40:00Z");

@@ -256,9 +256,9 @@ impl Error {
     /// bounded wait ran out. On Citus, a connection from the coordinator to a worker
     /// that failed inside the transaction ("failure on connection marked as
     /// essential", which Citus raises as the internal error XX000) is transient too:
-    /// the transaction was rolled back whole. Everything else — bad input, a value or constraint the
-    /// server refused, a missing schema, a read-only database, a migration mismatch —
-    /// fails the same way every time and is permanent.
+    /// the transaction was rolled back whole. Everything else — bad input, a value or
+    /// constraint the server refused, a missing schema, a read-only database, a
+    /// migration mismatch — fails the same way every time and is permanent.
     ///
     /// The recorder retries transient failures with backoff; of the permanent ones it
     /// isolates and dead-letters only those about the events themselves (see

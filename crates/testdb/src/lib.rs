@@ -637,8 +637,7 @@ impl CitusDb {
         turn.execute("SELECT pg_advisory_lock($1)", &[&CITUS_LOCK])
             .await
             .map_err(db("waiting for the Citus cluster"))?;
-        let coordinator = connect(&admin).await?;
-        let workers = coordinator
+        let workers = turn
             .query(
                 "SELECT nodename, nodeport FROM pg_dist_node WHERE groupid <> 0 ORDER BY nodeid",
                 &[],
