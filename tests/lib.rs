@@ -177,3 +177,108 @@ pub fn fault_at_a_third(
     });
     (progress, fired)
 }
+
+/// Applies the migration files named below `before` (e.g. `"0009"`) by hand and records
+/// each in `tally_migrations` as `migrate` does: a database as an older build left it.
+/// Returns how many it applied.
+pub async fn migrate_by_hand_before(client: &tokio_postgres::Client, before: &str) -> usize {
+    client
+        .batch_execute(
+            "CREATE TABLE tally_migrations (version integer PRIMARY KEY, name text NOT NULL,
+                 checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())",
+        )
+        .await
+        .unwrap();
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../migrations");
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|f| f.unwrap().file_name().into_string().unwrap())
+        .filter(|f| f.as_str() < before)
+        .collect();
+    files.sort();
+    for (i, name) in files.iter().enumerate() {
+        let sql = std::fs::read_to_string(format!("{dir}/{name}")).unwrap();
+        client.batch_execute(&sql).await.unwrap();
+        client
+            .execute(
+                "INSERT INTO tally_migrations (version, name, checksum)
+                 VALUES ($1, $2, encode(sha256(convert_to($3, 'UTF8')), 'hex'))",
+                &[&(i as i32 + 1), name, &sql],
+            )
+            .await
+            .unwrap();
+    }
+    files.len()
+}
+
+/// Writes, by SQL, what migration 8's write path left for 901 events of two customers
+/// and two services in May 2026 (every 7 min 13 s from 2026-05-03): the events, their
+/// keys, the rollups, and the all-customer rollup in two lanes.
+pub async fn fill_as_migration_8(client: &tokio_postgres::Client) {
+    client
+        .batch_execute(
+            "SELECT tally_ensure_month_partition('2026-05-01');
+             INSERT INTO usage_events
+             SELECT gen_random_uuid(), CASE WHEN i % 3 = 0 THEN 'globex' ELSE 'acme' END,
+                    CASE WHEN i % 2 = 0 THEN 'api' ELSE 'storage' END, (i * 37 % 101) + 0.5,
+                    timestamptz '2026-05-03 00:00:00+00' + i * interval '7 minutes 13 seconds', '{}'
+             FROM generate_series(0, 900) i;
+             INSERT INTO usage_event_keys SELECT event_id, customer_id FROM usage_events;
+             INSERT INTO usage_hourly
+             SELECT customer_id, service, b, count(*), sum(quantity), min(quantity), max(quantity),
+                    coalesce(sum(quantity) FILTER (WHERE recorded_at < b + interval '15 minutes'), 0),
+                    coalesce(sum(quantity) FILTER (WHERE recorded_at < b + interval '30 minutes'), 0),
+                    coalesce(sum(quantity) FILTER (WHERE recorded_at < b + interval '45 minutes'), 0)
+             FROM (SELECT *, date_trunc('hour', recorded_at) AS b FROM usage_events) e GROUP BY 1, 2, 3;
+             INSERT INTO usage_daily
+             SELECT customer_id, service, date_trunc('day', recorded_at), count(*), sum(quantity),
+                    min(quantity), max(quantity)
+             FROM usage_events GROUP BY 1, 2, 3;
+             INSERT INTO usage_hourly_total
+             SELECT service, date_trunc('hour', recorded_at), (customer_id = 'acme')::int,
+                    count(*), sum(quantity), min(quantity), max(quantity)
+             FROM usage_events GROUP BY 1, 2, 3;",
+        )
+        .await
+        .unwrap();
+}
+
+/// Checks an upgraded [`fill_as_migration_8`] database: `verify` is clean, and two
+/// Asia/Kolkata days (edges on the half hour) read from the rollups alone (the raw
+/// events are deleted first) equal the raw events' answer. Deletes the raw events.
+pub async fn check_quarter_hours_after_upgrade(
+    tally: &tally::Tally,
+    client: &tokio_postgres::Client,
+) {
+    let v = tally.verify().await.unwrap();
+    assert_eq!((v.events, v.mismatches), (901, 0));
+    let r = tally::TimeRange::new(at("2026-05-03T18:30:00Z"), at("2026-05-05T18:30:00Z")).unwrap();
+    let zone: tally::Zone = "Asia/Kolkata".parse().unwrap();
+    let expected: Vec<(i64, String)> = client
+        .query(
+            "SELECT count(*), sum(quantity)::text FROM usage_events
+             WHERE recorded_at >= '2026-05-03T18:30:00Z' AND recorded_at < '2026-05-05T18:30:00Z'
+             GROUP BY date_trunc('day', recorded_at AT TIME ZONE 'Asia/Kolkata'), service
+             ORDER BY date_trunc('day', recorded_at AT TIME ZONE 'Asia/Kolkata'), service",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    client
+        .batch_execute("DELETE FROM usage_events")
+        .await
+        .unwrap();
+    let got: Vec<(i64, String)> = tally
+        .aggregate(None, r, None, tally::Granularity::Day, zone)
+        .await
+        .unwrap()
+        .buckets
+        .iter()
+        .map(|b| (b.events, b.quantity.to_string()))
+        .collect();
+    assert_eq!(got, expected);
+    assert_eq!(got.len(), 4);
+}

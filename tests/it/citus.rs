@@ -12,7 +12,9 @@ use tally::{
     report::Over,
 };
 use tally_testdb::{CitusDb, TestDb};
-use tally_tests::{at, event};
+use tally_tests::{
+    at, check_quarter_hours_after_upgrade, event, fill_as_migration_8, migrate_by_hand_before,
+};
 
 async fn citus() -> Option<CitusDb> {
     let db = CitusDb::new().await.unwrap();
@@ -366,4 +368,68 @@ async fn a_single_node_database_moves_onto_citus_with_its_data() {
     // The alerts that fired before are still known: none fires twice.
     assert!(t.alerts().check(None).await.unwrap().is_empty());
     assert_eq!(t.alerts().list(&all).await.unwrap(), alerts);
+}
+
+/// An installation distributed before migration 9 (the quarter-hour detail), with
+/// data, upgraded by `migrate`: 0009 fills the detail on the distributed tables (its
+/// backfill joins the events to the rollups on their distribution column, and folds
+/// the all-customer lanes by service, that table's own), and the zone reads are exact.
+#[tokio::test]
+async fn a_distributed_installation_upgrades_to_quarter_hour_detail() {
+    let Some(mut db) = CitusDb::without_citus().await.unwrap() else {
+        return;
+    };
+    db.enable_citus().await.unwrap();
+    let client = db.client().await.unwrap();
+    assert_eq!(migrate_by_hand_before(&client, "0009").await, 8);
+    // Distributed as `migrate` did at migration 8 (its layout then, in its order).
+    for table in [
+        "tally_meters",
+        "tally_plans",
+        "tally_plan_limits",
+        "usage_archives",
+    ] {
+        client
+            .execute(
+                "SELECT create_reference_table($1::text::regclass)",
+                &[&table],
+            )
+            .await
+            .unwrap();
+    }
+    for table in [
+        "usage_events",
+        "usage_event_keys",
+        "usage_hourly",
+        "usage_daily",
+        "usage_dead_letters",
+        "tally_customers",
+        "tally_quotas",
+        "usage_alerts",
+        "usage_alert_deliveries",
+        "usage_archived_totals",
+    ] {
+        client
+            .execute(
+                "SELECT create_distributed_table($1::text::regclass, 'customer_id',
+                     colocate_with => CASE WHEN $1 = 'usage_events' THEN 'default' ELSE 'usage_events' END)",
+                &[&table],
+            )
+            .await
+            .unwrap();
+    }
+    client
+        .execute(
+            "SELECT create_distributed_table('usage_hourly_total', 'service', colocate_with => 'none')",
+            &[],
+        )
+        .await
+        .unwrap();
+    fill_as_migration_8(&client).await;
+
+    let t = Tally::connect(db.url()).unwrap();
+    let report = t.migrate().await.unwrap();
+    assert_eq!(report.applied, vec![9]);
+    assert!(report.distributed.is_empty(), "{report:?}");
+    check_quarter_hours_after_upgrade(&t, &client).await;
 }

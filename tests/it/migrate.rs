@@ -1,5 +1,6 @@
-use tally::{ErrorKind, Granularity, Tally, TimeRange, Zone};
+use tally::{ErrorKind, Tally};
 use tally_testdb::TestDb;
+use tally_tests::{check_quarter_hours_after_upgrade, fill_as_migration_8, migrate_by_hand_before};
 
 #[tokio::test]
 async fn applying_twice_is_a_noop() {
@@ -84,97 +85,9 @@ async fn database_errors_keep_the_server_message_and_sqlstate() {
 async fn upgrading_to_quarter_hour_detail_fills_it_from_raw_events() {
     let db = TestDb::empty().await.unwrap();
     let client = db.client().await.unwrap();
-    client
-        .batch_execute(
-            "CREATE TABLE tally_migrations (version integer PRIMARY KEY, name text NOT NULL,
-                 checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())",
-        )
-        .await
-        .unwrap();
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../migrations");
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|f| f.unwrap().file_name().into_string().unwrap())
-        .filter(|f| f.as_str() < "0009")
-        .collect();
-    files.sort();
-    assert_eq!(files.len(), 8);
-    for (i, name) in files.iter().enumerate() {
-        let sql = std::fs::read_to_string(format!("{dir}/{name}")).unwrap();
-        client.batch_execute(&sql).await.unwrap();
-        client
-            .execute(
-                "INSERT INTO tally_migrations (version, name, checksum)
-                 VALUES ($1, $2, encode(sha256(convert_to($3, 'UTF8')), 'hex'))",
-                &[&(i as i32 + 1), name, &sql],
-            )
-            .await
-            .unwrap();
-    }
-    // Data as migration 8's write path left it: events, rollups, two lanes.
-    client
-        .batch_execute(
-            "SELECT tally_ensure_month_partition('2026-05-01');
-             INSERT INTO usage_events
-             SELECT gen_random_uuid(), CASE WHEN i % 3 = 0 THEN 'globex' ELSE 'acme' END,
-                    CASE WHEN i % 2 = 0 THEN 'api' ELSE 'storage' END, (i * 37 % 101) + 0.5,
-                    timestamptz '2026-05-03 00:00:00+00' + i * interval '7 minutes 13 seconds', '{}'
-             FROM generate_series(0, 900) i;
-             INSERT INTO usage_event_keys SELECT event_id, customer_id FROM usage_events;
-             INSERT INTO usage_hourly
-             SELECT customer_id, service, b, count(*), sum(quantity), min(quantity), max(quantity),
-                    coalesce(sum(quantity) FILTER (WHERE recorded_at < b + interval '15 minutes'), 0),
-                    coalesce(sum(quantity) FILTER (WHERE recorded_at < b + interval '30 minutes'), 0),
-                    coalesce(sum(quantity) FILTER (WHERE recorded_at < b + interval '45 minutes'), 0)
-             FROM (SELECT *, date_trunc('hour', recorded_at) AS b FROM usage_events) e GROUP BY 1, 2, 3;
-             INSERT INTO usage_daily
-             SELECT customer_id, service, date_trunc('day', recorded_at), count(*), sum(quantity),
-                    min(quantity), max(quantity)
-             FROM usage_events GROUP BY 1, 2, 3;
-             INSERT INTO usage_hourly_total
-             SELECT service, date_trunc('hour', recorded_at), (customer_id = 'acme')::int,
-                    count(*), sum(quantity), min(quantity), max(quantity)
-             FROM usage_events GROUP BY 1, 2, 3;",
-        )
-        .await
-        .unwrap();
+    assert_eq!(migrate_by_hand_before(&client, "0009").await, 8);
+    fill_as_migration_8(&client).await;
     let report = db.tally().migrate().await.unwrap();
     assert_eq!(report.applied, vec![9]);
-    let v = db.tally().verify().await.unwrap();
-    assert_eq!((v.events, v.mismatches), (901, 0));
-    // The quarter-hour reads (rollups only) equal the raw events' answer.
-    let r = TimeRange::new(
-        "2026-05-03T18:30:00Z".parse().unwrap(),
-        "2026-05-05T18:30:00Z".parse().unwrap(),
-    )
-    .unwrap();
-    let zone: Zone = "Asia/Kolkata".parse().unwrap();
-    let expected: Vec<(i64, String)> = client
-        .query(
-            "SELECT count(*), sum(quantity)::text FROM usage_events
-             WHERE recorded_at >= '2026-05-03T18:30:00Z' AND recorded_at < '2026-05-05T18:30:00Z'
-             GROUP BY date_trunc('day', recorded_at AT TIME ZONE 'Asia/Kolkata'), service
-             ORDER BY date_trunc('day', recorded_at AT TIME ZONE 'Asia/Kolkata'), service",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| (row.get(0), row.get(1)))
-        .collect();
-    client
-        .batch_execute("DELETE FROM usage_events")
-        .await
-        .unwrap();
-    let got: Vec<(i64, String)> = db
-        .tally()
-        .aggregate(None, r, None, Granularity::Day, zone)
-        .await
-        .unwrap()
-        .buckets
-        .iter()
-        .map(|b| (b.events, b.quantity.to_string()))
-        .collect();
-    assert_eq!(got, expected);
-    assert_eq!(got.len(), 4);
+    check_quarter_hours_after_upgrade(db.tally(), &client).await;
 }

@@ -721,6 +721,11 @@ impl CitusDb {
         &self.tally
     }
 
+    /// A plain connection to the database on the coordinator.
+    pub async fn client(&self) -> Result<tokio_postgres::Client> {
+        connect(&self.url).await
+    }
+
     /// What the first `migrate` did (it distributed the schema).
     pub fn migrated(&self) -> &tally::MigrateReport {
         &self.report
