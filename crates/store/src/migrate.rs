@@ -376,7 +376,7 @@ fn statements(sql: &str) -> Vec<&str> {
                 }
                 (b'/', Some(b'*')) => {
                     step = 2;
-                    In::BlockComment(depth + 1)
+                    In::BlockComment(depth.saturating_add(1))
                 }
                 _ => state,
             },
