@@ -244,8 +244,8 @@ pub async fn fill_as_migration_8(client: &tokio_postgres::Client) {
 }
 
 /// Checks an upgraded [`fill_as_migration_8`] database: `verify` is clean, and two
-/// Asia/Kolkata days (edges on the half hour) read from the rollups alone (the raw
-/// events are deleted first) equal the raw events' answer. Deletes the raw events.
+/// Asia/Kolkata days (edges on the half hour), read after the raw events are deleted,
+/// so from the rollups alone, equal what the raw events gave.
 pub async fn check_quarter_hours_after_upgrade(
     tally: &tally::Tally,
     client: &tokio_postgres::Client,
