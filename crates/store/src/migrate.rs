@@ -303,7 +303,7 @@ async fn migrate_locked(client: &mut tokio_postgres::Client) -> Result<MigrateRe
 /// with nothing but comments and white space is left out. Only for Tally's own files:
 /// backslash escapes in `E'…'` strings are not understood (none of them uses one).
 fn statements(sql: &str) -> Vec<&str> {
-    #[derive(Clone, Copy, PartialEq)]
+    #[derive(Clone, Copy)]
     enum In {
         Code,
         Quote(u8),
