@@ -181,6 +181,23 @@ pub fn fault_at_a_third(
 /// Applies the migration files named below `before` (e.g. `"0009"`) by hand and records
 /// each in `tally_migrations` as `migrate` does: a database as an older build left it.
 /// Returns how many it applied.
+/// The versions of the embedded migrations from `first` to the newest (one file in
+/// `migrations/` each, numbered from 1).
+pub fn migrations_from(first: i32) -> Vec<i32> {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../migrations");
+    let n = std::fs::read_dir(dir)
+        .unwrap()
+        .filter(|f| {
+            f.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".sql")
+        })
+        .count();
+    (first..=n as i32).collect()
+}
+
 pub async fn migrate_by_hand_before(client: &tokio_postgres::Client, before: &str) -> usize {
     client
         .batch_execute(

@@ -156,3 +156,39 @@ async fn an_application_role_with_table_privileges_records_and_reports() {
         .unwrap();
     result
 }
+
+/// A partition that cannot be made is the database's problem, never the events':
+/// with its creation failing (here with SQLSTATE 23514, the class the recorder takes
+/// for bad events — what a row arriving in the default partition during creation used
+/// to cause), the recorder writes the events into the default partition and
+/// dead-letters none of them.
+#[tokio::test]
+async fn a_partition_that_cannot_be_made_dead_letters_nothing() {
+    let db = TestDb::new().await.unwrap();
+    let owner = db.client().await.unwrap();
+    owner
+        .batch_execute(
+            "CREATE OR REPLACE FUNCTION tally_ensure_month_partition(month date) RETURNS boolean
+             LANGUAGE plpgsql AS $$ BEGIN
+                 RAISE EXCEPTION 'partition constraint violated' USING ERRCODE = '23514';
+             END $$",
+        )
+        .await
+        .unwrap();
+    // Thirteen months ago: inside the on-demand window, never made ahead.
+    let old = (Utc::now() - chrono::Duration::days(400)).to_rfc3339();
+    let rec = db.tally().recorder(tally::RecorderConfig::default().batch_size(10));
+    let batch: Vec<_> = (0..25)
+        .map(|i| event(1000 + i, "acme", Service::API, "2", &old))
+        .collect();
+    rec.record_many(batch).await.unwrap();
+    rec.flush_within(std::time::Duration::from_secs(60))
+        .await
+        .unwrap();
+    let s = rec.status();
+    assert_eq!((s.inserted, s.dead_lettered, s.pending), (25, 0, 0), "{s:?}");
+    let v = db.tally().verify().await.unwrap();
+    assert_eq!((v.events, v.quantity, v.mismatches), (25, Decimal::from(50), 0));
+    assert_eq!(db.tally().partition_status().await.unwrap().default_rows, 25);
+    rec.close().await.unwrap();
+}

@@ -160,6 +160,7 @@ impl Store {
                     }
                     match load.as_mut() {
                         Some(load) => {
+                            self.ingest().ensure_partitions(&batch).await;
                             load.stage(&batch).await?;
                             staged += batch.len() as u64;
                             touched.extend(

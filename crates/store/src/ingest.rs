@@ -414,6 +414,12 @@ impl Ingest {
         &self.pool
     }
 
+    /// Makes sure the months of `events` have partitions (see [`Partitions::ensure_for`]:
+    /// never fails the write).
+    pub(crate) async fn ensure_partitions(&self, events: &[UsageEvent]) {
+        self.partitions.ensure_for(&self.config, events).await;
+    }
+
     /// Writes `events` exactly once, in one transaction: events already stored (same
     /// customer and id), or repeated within `events`, are skipped; the rest and their
     /// rollups commit together.
@@ -421,6 +427,8 @@ impl Ingest {
         if events.is_empty() {
             return Ok(WriteOutcome::default());
         }
+        // Before the transaction: it must hold no lock that creating one waits for.
+        self.ensure_partitions(events).await;
         let mut tx = self.begin(lane).await?;
         let (inserted, quantity) = match tx.write_direct(events).await? {
             Some(written) => written,
@@ -539,10 +547,6 @@ impl IngestTx {
         if self.distributed {
             return Ok(None);
         }
-        self.ingest
-            .partitions
-            .ensure_for(&self.ingest.config, events)
-            .await?;
         let unique = first_of_each_key(events);
         // Each event with its key's hash, computed once for the lookup and to remember.
         let (mut new, maybe): (Vec<Hashed>, Vec<Hashed>) = {
@@ -619,18 +623,15 @@ impl IngestTx {
         }
     }
 
-    /// Copies `events` into the transaction's staging table by binary COPY, after
-    /// making sure their months have partitions (on Citus: writes them at once, see
-    /// `write_distributed`). A key repeated inside `events` is the same event: its
-    /// first occurrence is kept. Returns the events staged.
+    /// Copies `events` into the transaction's staging table by binary COPY (on Citus:
+    /// writes them at once, see `write_distributed`); the caller has made sure their
+    /// months have partitions ([`Ingest::ensure_partitions`]). A key repeated inside
+    /// `events` is the same event: its first occurrence is kept. Returns the events
+    /// staged.
     pub(crate) async fn stage<'e>(
         &mut self,
         events: &'e [UsageEvent],
     ) -> Result<Vec<&'e UsageEvent>> {
-        self.ingest
-            .partitions
-            .ensure_for(&self.ingest.config, events)
-            .await?;
         let unique = first_of_each_key(events);
         let client = self.client()?;
         if self.distributed {

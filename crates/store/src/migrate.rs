@@ -73,6 +73,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         name: "0009_quarter_hours.sql",
         sql: include_str!("../../../migrations/0009_quarter_hours.sql"),
     },
+    Migration {
+        version: 10,
+        name: "0010_partition_lock.sql",
+        sql: include_str!("../../../migrations/0010_partition_lock.sql"),
+    },
 ];
 
 /// A fingerprint of the whole embedded schema (test harnesses key template databases
