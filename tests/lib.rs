@@ -178,9 +178,6 @@ pub fn fault_at_a_third(
     (progress, fired)
 }
 
-/// Applies the migration files named below `before` (e.g. `"0009"`) by hand and records
-/// each in `tally_migrations` as `migrate` does: a database as an older build left it.
-/// Returns how many it applied.
 /// The versions of the embedded migrations from `first` to the newest (one file in
 /// `migrations/` each, numbered from 1).
 pub fn migrations_from(first: i32) -> Vec<i32> {
@@ -198,6 +195,9 @@ pub fn migrations_from(first: i32) -> Vec<i32> {
     (first..=n as i32).collect()
 }
 
+/// Applies the migration files named below `before` (e.g. `"0009"`) by hand and records
+/// each in `tally_migrations` as `migrate` does: a database as an older build left it.
+/// Returns how many it applied.
 pub async fn migrate_by_hand_before(client: &tokio_postgres::Client, before: &str) -> usize {
     client
         .batch_execute(
