@@ -743,3 +743,50 @@ async fn quarter_hour_zones_read_the_rollups_not_raw_events() {
         .unwrap();
     check("unknown detail").await;
 }
+
+/// Australia/Lord_Howe moves its clocks 30 minutes on 2026-10-04 at 02:00 local
+/// (15:30Z): the event at 16:10Z is in the local hour 03:00–04:00 (16:00Z), whether
+/// the range starts at local midnight or at 03:00, and every event is in exactly one
+/// local clock hour, read from the rollups.
+#[tokio::test]
+async fn hourly_buckets_are_local_clock_hours_across_a_half_hour_shift() {
+    let db = TestDb::new().await.unwrap();
+    let t = db.tally();
+    let times = [
+        "2026-10-03T15:10:00Z",
+        "2026-10-03T15:40:00Z",
+        "2026-10-03T16:10:00Z",
+    ];
+    let events: Vec<_> = times
+        .iter()
+        .enumerate()
+        .map(|(i, s)| event(i as u128 + 1, "acme", Service::API, "1", s))
+        .collect();
+    t.write(&events).await.unwrap();
+    let lh: Zone = "Australia/Lord_Howe".parse().unwrap();
+    for from in ["2026-10-04", "2026-10-04T03:00:00+11:00"] {
+        let r = TimeRange::from_bounds(Some(from), Some("2026-10-05"), lh, Utc::now()).unwrap();
+        let b = got(
+            t,
+            Some(&acme()),
+            r,
+            Granularity::Hour,
+            "Australia/Lord_Howe",
+        )
+        .await;
+        let at16 = b.get(&(at("2026-10-03T16:00:00Z"), "api".to_owned()));
+        assert_eq!(at16, Some(&(1, Decimal::ONE)), "from {from}: {b:?}");
+        if from == "2026-10-04" {
+            // 01:00–02:00 (+10:30), 02:30–03:00 (+11), 03:00–04:00 (+11).
+            let expect: BTreeMap<_, _> = [
+                (at("2026-10-03T14:30:00Z"), "api".to_owned()),
+                (at("2026-10-03T15:30:00Z"), "api".to_owned()),
+                (at("2026-10-03T16:00:00Z"), "api".to_owned()),
+            ]
+            .into_iter()
+            .map(|k| (k, (1, Decimal::ONE)))
+            .collect();
+            assert_eq!(b, expect);
+        }
+    }
+}

@@ -177,7 +177,9 @@ async fn a_partition_that_cannot_be_made_dead_letters_nothing() {
         .unwrap();
     // Thirteen months ago: inside the on-demand window, never made ahead.
     let old = (Utc::now() - chrono::Duration::days(400)).to_rfc3339();
-    let rec = db.tally().recorder(tally::RecorderConfig::default().batch_size(10));
+    let rec = db
+        .tally()
+        .recorder(tally::RecorderConfig::default().batch_size(10));
     let batch: Vec<_> = (0..25)
         .map(|i| event(1000 + i, "acme", Service::API, "2", &old))
         .collect();
@@ -186,9 +188,19 @@ async fn a_partition_that_cannot_be_made_dead_letters_nothing() {
         .await
         .unwrap();
     let s = rec.status();
-    assert_eq!((s.inserted, s.dead_lettered, s.pending), (25, 0, 0), "{s:?}");
+    assert_eq!(
+        (s.inserted, s.dead_lettered, s.pending),
+        (25, 0, 0),
+        "{s:?}"
+    );
     let v = db.tally().verify().await.unwrap();
-    assert_eq!((v.events, v.quantity, v.mismatches), (25, Decimal::from(50), 0));
-    assert_eq!(db.tally().partition_status().await.unwrap().default_rows, 25);
+    assert_eq!(
+        (v.events, v.quantity, v.mismatches),
+        (25, Decimal::from(50), 0)
+    );
+    assert_eq!(
+        db.tally().partition_status().await.unwrap().default_rows,
+        25
+    );
     rec.close().await.unwrap();
 }

@@ -326,6 +326,69 @@ impl Zone {
         }
     }
 
+    /// The zone's UTC offset at `t`, in seconds.
+    fn offset_at(&self, t: DateTime<Utc>) -> i32 {
+        self.0
+            .offset_from_utc_datetime(&t.naive_utc())
+            .fix()
+            .local_minus_utc()
+    }
+
+    /// The instant of the zone's first change of offset in `(lo, hi]`, for spans of at
+    /// most an hour or so. No zone changes its offset twice within one hour, so the
+    /// offset is sampled every 15 minutes and the change found by bisection to the
+    /// second (transitions fall on whole seconds).
+    fn first_change(&self, lo: DateTime<Utc>, hi: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let before = self.offset_at(lo);
+        let mut a = lo;
+        loop {
+            let b = (a + Duration::minutes(15)).min(hi);
+            if self.offset_at(b) != before {
+                return Some(self.bisect(a, b, before));
+            }
+            if b >= hi {
+                return None;
+            }
+            a = b;
+        }
+    }
+
+    /// The instant of the zone's last change of offset in `(lo, hi]` (see
+    /// [`Zone::first_change`]).
+    fn last_change(&self, lo: DateTime<Utc>, hi: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let after = self.offset_at(hi);
+        let mut b = hi;
+        loop {
+            let a = (b - Duration::minutes(15)).max(lo);
+            if self.offset_at(a) != after {
+                return Some(self.bisect(a, b, self.offset_at(a)));
+            }
+            if a <= lo {
+                return None;
+            }
+            b = a;
+        }
+    }
+
+    /// The first instant in `(a, b]` whose offset is not `before`, given that `a`'s is
+    /// and `b`'s is not: bisection on whole seconds.
+    fn bisect(&self, mut a: DateTime<Utc>, mut b: DateTime<Utc>, before: i32) -> DateTime<Utc> {
+        // Transitions fall on whole seconds: start from the whole second after `a`.
+        let whole = floor_to(a, Duration::seconds(1));
+        if whole + Duration::seconds(1) <= b && self.offset_at(whole) == before {
+            a = whole;
+        }
+        while b - a > Duration::seconds(1) {
+            let mid = a + Duration::seconds((b - a).num_seconds() / 2);
+            if self.offset_at(mid) == before {
+                a = mid;
+            } else {
+                b = mid;
+            }
+        }
+        b
+    }
+
     /// The local calendar date of `t`.
     pub fn date_of(&self, t: DateTime<Utc>) -> NaiveDate {
         t.with_timezone(&self.0).date_naive()
@@ -336,11 +399,12 @@ impl Zone {
         let local = t.with_timezone(&self.0);
         match granularity {
             Granularity::Hour => {
-                // Keep the offset in force at `t`: in the repeated hour of a DST fall-back
-                // the two occurrences are two buckets.
-                let into_hour = Duration::seconds(i64::from(local.minute() * 60 + local.second()))
-                    + Duration::nanoseconds(i64::from(local.nanosecond()));
-                t - into_hour
+                // The local clock hour holding `t`, from where it began on the clock in
+                // force at `t`: a change of offset inside that hour starts a bucket
+                // (the repeated hour of a fall-back is two buckets; after a 30-minute
+                // spring forward, 02:30–03:00 is one).
+                let on_the_hour = t - into_hour(&local);
+                self.last_change(on_the_hour, t).unwrap_or(on_the_hour)
             }
             Granularity::Day => self.start_of_day(local.date_naive()),
             Granularity::Month => {
@@ -353,7 +417,11 @@ impl Zone {
     /// The start of the bucket after the one starting at `start`.
     pub fn next_bucket(&self, start: DateTime<Utc>, granularity: Granularity) -> DateTime<Utc> {
         match granularity {
-            Granularity::Hour => start + Duration::hours(1),
+            Granularity::Hour => {
+                let local = start.with_timezone(&self.0);
+                let next_hour = start - into_hour(&local) + Duration::hours(1);
+                self.first_change(start, next_hour).unwrap_or(next_hour)
+            }
             // The fallbacks are for dates at the end of chrono's calendar, far past the
             // supported range; they still move forward, so a bucket loop always ends.
             Granularity::Day => match self.date_of(start).succ_opt() {
@@ -390,6 +458,12 @@ impl Zone {
         }
         out
     }
+}
+
+/// How far `local` is into its clock hour.
+fn into_hour(local: &DateTime<Tz>) -> Duration {
+    Duration::seconds(i64::from(local.minute() * 60 + local.second()))
+        + Duration::nanoseconds(i64::from(local.nanosecond()))
 }
 
 impl FromStr for Zone {
@@ -547,6 +621,113 @@ mod tests {
         let a = berlin.bucket_start(utc("2026-10-25T00:30:00Z"), Granularity::Hour);
         let b = berlin.bucket_start(utc("2026-10-25T01:30:00Z"), Granularity::Hour);
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn a_half_hour_dst_shift_makes_a_half_hour_bucket() {
+        // Australia/Lord_Howe springs forward 30 minutes at 02:00 local (+10:30 to +11,
+        // 15:30Z) on 2026-10-04: local 02:30–03:00 is a bucket of its own, and the next
+        // starts at 03:00 local (16:00Z), whatever the range's start.
+        let lh: Zone = "Australia/Lord_Howe".parse().unwrap();
+        let t = utc("2026-10-03T16:10:00Z");
+        assert_eq!(
+            lh.bucket_start(t, Granularity::Hour),
+            utc("2026-10-03T16:00:00Z")
+        );
+        let day = parse_instant("from", "2026-10-04", lh).unwrap();
+        let r = TimeRange::new(day, parse_instant("to", "2026-10-05", lh).unwrap()).unwrap();
+        let b = lh.buckets(r, Granularity::Hour);
+        let starts: Vec<_> = b.iter().map(|(s, _)| *s).take(4).collect();
+        assert_eq!(
+            starts,
+            [
+                utc("2026-10-03T13:30:00Z"),
+                utc("2026-10-03T14:30:00Z"),
+                utc("2026-10-03T15:30:00Z"),
+                utc("2026-10-03T16:00:00Z")
+            ]
+        );
+        assert_eq!(b.len(), 24); // 23.5 hours: one bucket is half an hour
+        let holding = |t| b.iter().find(|(_, r)| r.contains(t)).map(|(s, _)| *s);
+        assert_eq!(holding(t), Some(utc("2026-10-03T16:00:00Z")));
+        // Back in April 2027 (+11 to +10:30 at 02:00 local, 15:00Z): 01:30–02:00 again,
+        // its own bucket.
+        let fall = lh.bucket_start(utc("2027-04-03T15:10:00Z"), Granularity::Hour);
+        assert_eq!(fall, utc("2027-04-03T15:00:00Z"));
+        assert_eq!(
+            lh.next_bucket(fall, Granularity::Hour),
+            utc("2027-04-03T15:30:00Z")
+        );
+    }
+
+    /// Every zone's hour and day buckets around each of its offset changes of 2026 and
+    /// 2027, against a computation that knows nothing of transitions: minute by
+    /// minute, a bucket starts where the local (date, hour, offset) — or, for days, the
+    /// local date — differs from the minute before.
+    #[test]
+    fn buckets_follow_the_local_clock_in_every_zone_in_2026_and_2027() {
+        type Key = (NaiveDate, u32, i32);
+        let (start, end) = (utc("2026-01-01T00:00:00Z"), utc("2028-01-01T00:00:00Z"));
+        let mut changes = 0;
+        for tz in chrono_tz::TZ_VARIANTS {
+            let zone = Zone(tz);
+            let key = |t: DateTime<Utc>| -> Key {
+                let l = t.with_timezone(&tz);
+                (l.date_naive(), l.hour(), l.offset().fix().local_minus_utc())
+            };
+            let mut around = vec![utc("2026-06-15T00:00:00Z")];
+            let mut t = start;
+            while t < end {
+                let n = t + Duration::hours(1);
+                if key(t).2 != key(n).2 {
+                    around.push(t);
+                    changes += 1;
+                }
+                t = n;
+            }
+            for at in around {
+                for (g, span, field) in [
+                    (Granularity::Hour, Duration::hours(4), 0),
+                    (Granularity::Day, Duration::hours(30), 1),
+                ] {
+                    let (lo, hi) = (at - span, at + span);
+                    let same = |a: Key, b: Key| match field {
+                        0 => a == b,
+                        _ => a.0 == b.0,
+                    };
+                    let mut brute = Vec::new();
+                    let mut m = lo + Duration::minutes(1);
+                    while m < hi {
+                        if !same(key(m - Duration::minutes(1)), key(m)) {
+                            brute.push(m);
+                        }
+                        m += Duration::minutes(1);
+                    }
+                    let r = TimeRange::new(lo, hi).unwrap();
+                    let ours: Vec<_> = zone
+                        .buckets(r, g)
+                        .into_iter()
+                        .map(|(s, _)| s)
+                        .filter(|s| *s > lo)
+                        .collect();
+                    assert_eq!(ours, brute, "{} {g:?} around {at}", tz.name());
+                    // And the bucket of every minute after the first start is the latest
+                    // start before it.
+                    let mut m = brute.first().copied().unwrap_or(hi);
+                    while m < hi {
+                        let expect = brute.iter().rev().find(|b| **b <= m).copied();
+                        assert_eq!(
+                            Some(zone.bucket_start(m, g)),
+                            expect,
+                            "{} {g:?} at {m}",
+                            tz.name()
+                        );
+                        m += Duration::minutes(7);
+                    }
+                }
+            }
+        }
+        assert!(changes > 200, "{changes} offset changes found in 2026-2027");
     }
 
     #[test]
