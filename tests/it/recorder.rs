@@ -1,9 +1,9 @@
 use std::time::Duration;
 
 use rust_decimal::Decimal;
-use tally::{ErrorKind, RecorderConfig, Service, Tally};
+use tally::{ErrorKind, RecorderConfig, Service, Tally, TimeRange};
 use tally_testdb::TestDb;
-use tally_tests::{Proxy, api_events as events, event};
+use tally_tests::{Proxy, api_events as events, at, event};
 
 #[tokio::test]
 async fn flush_commits_everything_recorded_before_it() {
@@ -419,4 +419,86 @@ async fn a_batch_that_grew_while_its_writer_was_busy_goes_when_the_writer_is_fre
     }
     rec.close().await.unwrap();
     assert_eq!(db.tally().verify().await.unwrap().events, 400);
+}
+
+/// `record_committed` returns once the event is committed, without waiting for a
+/// batch to fill or time out; concurrent callers share transactions (group commit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn record_committed_returns_once_committed_and_callers_share_commits() {
+    let db = TestDb::new().await.unwrap();
+    let rec = db.tally().recorder(
+        RecorderConfig::default()
+            .batch_size(10_000)
+            .batch_timeout(Duration::from_secs(3600)),
+    );
+    let one = event(1, "acme", Service::API, "2", "2026-11-01T10:00:00Z");
+    rec.record_committed(one.clone()).await.unwrap();
+    assert_eq!(db.tally().verify().await.unwrap().events, 1);
+    // A replay is committed too (counted once).
+    rec.record_committed(one).await.unwrap();
+    // 100 callers, 20 events each, one at a time: every call sees its event stored.
+    let callers: Vec<_> = (0..100u128)
+        .map(|c| {
+            let rec = rec.clone();
+            let tally = db.tally().clone();
+            tokio::spawn(async move {
+                for i in 0..20 {
+                    let e = event(
+                        1000 + c * 100 + i,
+                        &format!("c{c}"),
+                        Service::API,
+                        "1",
+                        "2026-11-01T11:00:00Z",
+                    );
+                    rec.record_committed(e).await.unwrap();
+                }
+                let who: tally::CustomerId = format!("c{c}").parse().unwrap();
+                let day =
+                    TimeRange::new(at("2026-11-01T00:00:00Z"), at("2026-11-02T00:00:00Z")).unwrap();
+                tally.summary(&who, day, None, None).await.unwrap().services[0].events
+            })
+        })
+        .collect();
+    for c in callers {
+        assert_eq!(c.await.unwrap(), 20);
+    }
+    let s = rec.status();
+    assert_eq!((s.inserted, s.duplicates, s.pending), (2001, 1, 0), "{s:?}");
+    assert!(
+        s.batches < 2002 / 2,
+        "group commit: {} batches for 2002 calls",
+        s.batches
+    );
+    rec.close().await.unwrap();
+}
+
+/// An event the database refuses is answered with the database's error (and is in the
+/// dead-letter table); the other events of the call are committed.
+#[tokio::test]
+async fn record_committed_reports_a_refused_event() {
+    let db = TestDb::new().await.unwrap();
+    let rec = db.tally().recorder(RecorderConfig::default());
+    // Seven of the largest quantity fill an hour's total to the limit; an eighth is
+    // refused (SQLSTATE 23514).
+    let big = "9999999999999.999999999999999";
+    let batch: Vec<_> = (0..8)
+        .map(|i| event(100 + i, "acme", Service::API, big, "2026-11-01T10:00:00Z"))
+        .collect();
+    rec.record_many_committed(batch[..7].to_vec())
+        .await
+        .unwrap();
+    let err = rec
+        .record_many_committed(batch[7..].to_vec())
+        .await
+        .unwrap_err();
+    assert_eq!(err.sqlstate(), Some("23514"), "{err}");
+    let ok = event(200, "acme", Service::API, "1", "2026-11-01T11:00:00Z");
+    let err = rec
+        .record_many_committed(vec![batch[7].clone().with_id(tally::EventId::new()), ok])
+        .await
+        .unwrap_err();
+    assert_eq!(err.sqlstate(), Some("23514"), "{err}");
+    let s = rec.status();
+    assert_eq!((s.inserted, s.dead_lettered), (8, 2), "{s:?}");
+    rec.close().await.unwrap();
 }

@@ -51,7 +51,7 @@ impl Default for RecorderConfig {
             // the maximum: with less, the growing batch runs out of room under load,
             // the writer is handed a small one, and group commit does not pay.
             queue_capacity: 400_000,
-            workers: 2,
+            workers: RecorderConfig::DEFAULT_WORKERS,
             retry_initial: Duration::from_millis(100),
             retry_max: Duration::from_secs(10),
         }
@@ -75,6 +75,9 @@ fn number(lookup: &dyn Fn(&str) -> Option<String>, name: &'static str) -> Result
 }
 
 impl RecorderConfig {
+    /// Writers of the default configuration.
+    pub const DEFAULT_WORKERS: usize = 2;
+
     /// The defaults, overridden by `USAGE_BATCH_SIZE` (events) and
     /// `USAGE_BATCH_TIMEOUT` (seconds, fractions allowed) when set. A value that is not
     /// a positive number is an error naming the variable.
@@ -185,14 +188,84 @@ impl Shared {
 }
 
 enum Msg {
-    Events(Vec<UsageEvent>),
+    // The events, and who waits for their commit (`record_committed`).
+    Events(Vec<UsageEvent>, Option<Arc<Waiter>>),
     Flush(oneshot::Sender<()>),
     Close(oneshot::Sender<()>),
 }
 
 enum Job {
-    Batch(Vec<UsageEvent>),
+    Batch(Batch),
     Barrier(oneshot::Sender<()>),
+}
+
+/// A batch for a writer: its events, and which of them callers wait for.
+#[derive(Default)]
+struct Batch {
+    events: Vec<UsageEvent>,
+    // Runs of consecutive events of one waiting call (a call's events that go to one
+    // writer arrive together, so one run per call and batch, unless the batch was cut
+    // in between).
+    waiters: Vec<(std::ops::Range<usize>, Arc<Waiter>)>,
+}
+
+impl Batch {
+    fn push(&mut self, e: UsageEvent, waiter: Option<&Arc<Waiter>>) {
+        let i = self.events.len();
+        self.events.push(e);
+        let Some(w) = waiter else { return };
+        match self.waiters.last_mut() {
+            Some((run, last)) if run.end == i && Arc::ptr_eq(last, w) => run.end = i + 1,
+            _ => self.waiters.push((i..i + 1, w.clone())),
+        }
+    }
+}
+
+/// A call waiting for its events' commit ([`Recorder::record_committed`]): answered
+/// once every one of them is committed (or counted as a duplicate) or refused.
+struct Waiter {
+    remaining: AtomicUsize,
+    state: Mutex<WaitState>,
+}
+
+struct WaitState {
+    refused: Option<Error>,
+    reply: Option<oneshot::Sender<Result<()>>>,
+}
+
+impl Waiter {
+    fn new(events: usize) -> (Arc<Waiter>, oneshot::Receiver<Result<()>>) {
+        let (tx, rx) = oneshot::channel();
+        let w = Waiter {
+            remaining: AtomicUsize::new(events),
+            state: Mutex::new(WaitState {
+                refused: None,
+                reply: Some(tx),
+            }),
+        };
+        (Arc::new(w), rx)
+    }
+
+    fn state(&self) -> MutexGuard<'_, WaitState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// `n` of the call's events are settled, `refused` with the first refusal among
+    /// them, if any; the call is answered when the last one is.
+    fn settled(&self, n: usize, refused: Option<Error>) {
+        if let Some(e) = refused {
+            self.state().refused.get_or_insert(e);
+        }
+        if n > 0 && self.remaining.fetch_sub(n, Ordering::AcqRel) == n {
+            let mut s = self.state();
+            if let Some(reply) = s.reply.take() {
+                let _ = reply.send(match s.refused.take() {
+                    Some(e) => Err(e),
+                    None => Ok(()),
+                });
+            }
+        }
+    }
 }
 
 /// Queues usage events and writes them in batches, exactly once.
@@ -274,9 +347,52 @@ impl Recorder {
 
     /// Queues one event; waits while the queue is full. An event that fails
     /// [`UsageEvent::check`] is refused here, before it is queued.
+    ///
+    /// Returns once the event is queued in this process's memory, not once it is
+    /// stored: a crash before its batch commits loses it (see
+    /// [`Recorder::record_committed`] for the call that waits).
     pub async fn record(&self, event: UsageEvent) -> Result<()> {
         event.check()?;
-        self.send_events(vec![event]).await
+        self.send_events(vec![event], None).await
+    }
+
+    /// Queues one event and returns once it is committed (stored as new, or found
+    /// stored already and counted once): from then on a crash of this process loses
+    /// nothing of it. Concurrent calls share transactions (group commit): a batch
+    /// holding a waiting call goes to its writer as soon as the writer is free, and
+    /// while the writer is busy it gathers every call that comes meanwhile, so waiting
+    /// costs latency (about one transaction), not throughput.
+    ///
+    /// An error if the event is refused: by [`UsageEvent::check`] before it is queued,
+    /// or by the database for a permanent reason (it is then in the dead-letter table,
+    /// and the error is the database's). While the database is unreachable the call
+    /// waits (the batch is retried); bound the wait with `tokio::time::timeout`, after
+    /// which the event may still be committed.
+    pub async fn record_committed(&self, event: UsageEvent) -> Result<()> {
+        self.record_many_committed(vec![event]).await
+    }
+
+    /// As [`Recorder::record_committed`], for many events: returns once every one is
+    /// committed. An error (the first refusal) if any was refused; the others are
+    /// committed all the same.
+    pub async fn record_many_committed(&self, events: Vec<UsageEvent>) -> Result<()> {
+        for e in &events {
+            e.check()?;
+        }
+        if events.is_empty() {
+            return Ok(());
+        }
+        let (waiter, done) = Waiter::new(events.len());
+        let mut events = events;
+        while events.len() > self.capacity {
+            let rest = events.split_off(self.capacity);
+            self.send_events(events, Some(waiter.clone())).await?;
+            events = rest;
+        }
+        self.send_events(events, Some(waiter)).await?;
+        // The writers are gone without answering (the runtime is shutting down): the
+        // events may not be stored.
+        done.await.map_err(|_| Error::closed())?
     }
 
     /// Queues many events (cheaper per event than [`Recorder::record`]); waits while
@@ -288,16 +404,20 @@ impl Recorder {
         }
         while events.len() > self.capacity {
             let rest = events.split_off(self.capacity);
-            self.send_events(events).await?;
+            self.send_events(events, None).await?;
             events = rest;
         }
         if events.is_empty() {
             return Ok(());
         }
-        self.send_events(events).await
+        self.send_events(events, None).await
     }
 
-    async fn send_events(&self, events: Vec<UsageEvent>) -> Result<()> {
+    async fn send_events(
+        &self,
+        events: Vec<UsageEvent>,
+        waiter: Option<Arc<Waiter>>,
+    ) -> Result<()> {
         let n = events.len() as u32;
         let permits = self
             .shared
@@ -310,8 +430,8 @@ impl Recorder {
             .pending
             .fetch_add(u64::from(n), Ordering::Relaxed);
         self.local.recorded(&events);
-        if let Err(mpsc::error::SendError(msg)) = self.tx.send(Msg::Events(events)).await {
-            if let Msg::Events(events) = msg {
+        if let Err(mpsc::error::SendError(msg)) = self.tx.send(Msg::Events(events, waiter)).await {
+            if let Msg::Events(events, _) = msg {
                 self.local.settled(&events);
             }
             self.shared
@@ -397,7 +517,7 @@ impl Worker {
         self.busy.load(Ordering::Acquire) == 0
     }
 
-    async fn send(&self, batch: Vec<UsageEvent>) {
+    async fn send(&self, batch: Batch) {
         self.busy.fetch_add(1, Ordering::AcqRel);
         // A writer only stops when the dispatcher drops its sender, so this cannot fail.
         let _ = self.tx.send(Job::Batch(batch)).await;
@@ -420,15 +540,34 @@ impl Freed {
 
 /// A writer's next batch, growing in the dispatcher.
 struct Pending {
-    events: Vec<UsageEvent>,
+    batch: Batch,
     // When its oldest event has waited `batch_timeout`.
     due: Option<Instant>,
 }
 
 impl Pending {
-    fn take(&mut self, config: &RecorderConfig) -> Vec<UsageEvent> {
-        self.due = None;
-        std::mem::replace(&mut self.events, Vec::with_capacity(config.batch_size))
+    fn new(config: &RecorderConfig) -> Pending {
+        Pending {
+            batch: Batch {
+                events: Vec::with_capacity(config.batch_size),
+                waiters: Vec::new(),
+            },
+            due: None,
+        }
+    }
+
+    fn take(&mut self, config: &RecorderConfig) -> Batch {
+        std::mem::replace(self, Pending::new(config)).batch
+    }
+
+    fn len(&self) -> usize {
+        self.batch.events.len()
+    }
+
+    /// Whether a caller waits for an event of the batch: then it goes as soon as its
+    /// writer is free, whatever its size (group commit).
+    fn awaited(&self) -> bool {
+        !self.batch.waiters.is_empty()
     }
 }
 
@@ -443,13 +582,7 @@ async fn dispatcher(
     // One partial batch per writer. A customer's events always go to the same writer,
     // so one recorder's writers never contend for the same dedupe keys or rollup rows.
     let route = RandomState::new();
-    let mut batches: Vec<Pending> = workers
-        .iter()
-        .map(|_| Pending {
-            events: Vec::with_capacity(config.batch_size),
-            due: None,
-        })
-        .collect();
+    let mut batches: Vec<Pending> = workers.iter().map(|_| Pending::new(&config)).collect();
     let mut close_replies = Vec::new();
     loop {
         let deadline = batches.iter().filter_map(|b| b.due).min();
@@ -471,10 +604,10 @@ async fn dispatcher(
                 continue;
             }
             // A writer is free: hand it the batch that grew meanwhile, if it is big
-            // enough.
+            // enough or awaited.
             _ = freed.notified() => {
                 for (worker, batch) in workers.iter().zip(batches.iter_mut()) {
-                    if batch.events.len() >= config.batch_size && worker.idle() {
+                    if (batch.len() >= config.batch_size || batch.awaited()) && worker.idle() {
                         worker.send(batch.take(&config)).await;
                     }
                 }
@@ -482,7 +615,8 @@ async fn dispatcher(
             }
         };
         match msg {
-            Some(Msg::Events(events)) => {
+            Some(Msg::Events(events, waiter)) => {
+                let awaited = waiter.is_some();
                 for e in events {
                     let w = (route.hash_one(e.customer.as_str()) % workers.len() as u64) as usize;
                     let (Some(batch), Some(worker)) = (batches.get_mut(w), workers.get(w)) else {
@@ -491,15 +625,23 @@ async fn dispatcher(
                     if batch.due.is_none() {
                         batch.due = Some(Instant::now() + config.batch_timeout);
                     }
-                    batch.events.push(e);
+                    batch.batch.push(e, waiter.as_ref());
                     // Group commit: a batch goes to its writer once it has `batch_size`
                     // events and the writer is free; while the writer is busy it keeps
                     // growing (one transaction for more events), and the writer takes
                     // it as soon as it is done. Only at the maximum does it wait in the
                     // writer's queue, and the dispatcher with it (backpressure).
-                    let n = batch.events.len();
+                    let n = batch.len();
                     if (n >= config.batch_size && worker.idle()) || n >= config.max_batch_size {
                         worker.send(batch.take(&config)).await;
+                    }
+                }
+                // Group commit: a waiting caller's batch goes to a free writer now.
+                if awaited {
+                    for (worker, batch) in workers.iter().zip(batches.iter_mut()) {
+                        if batch.awaited() && worker.idle() {
+                            worker.send(batch.take(&config)).await;
+                        }
                     }
                 }
             }
@@ -541,7 +683,7 @@ async fn dispatcher(
 
 async fn send_all(workers: &[Worker], batches: &mut [Pending], config: &RecorderConfig) {
     for (w, batch) in workers.iter().zip(batches.iter_mut()) {
-        if !batch.events.is_empty() {
+        if batch.len() > 0 {
             w.send(batch.take(config)).await;
         }
     }
@@ -556,19 +698,23 @@ async fn writer(
     config: RecorderConfig,
 ) {
     while let Some(job) = rx.recv().await {
-        let events = match job {
+        let Batch { events, waiters } = match job {
             Job::Barrier(ack) => {
                 let _ = ack.send(());
                 continue;
             }
-            Job::Batch(events) => events,
+            Job::Batch(batch) => batch,
         };
-        write_isolating(&ingest, lane, &events, &shared, &config).await;
+        let mut refused = write_isolating(&ingest, lane, &events, &shared, &config).await;
         shared
             .pending
             .fetch_sub(events.len() as u64, Ordering::Relaxed);
         shared.capacity.add_permits(events.len());
         freed.done();
+        for (run, waiter) in waiters {
+            let first = refused.iter().position(|(i, _)| run.contains(i));
+            waiter.settled(run.len(), first.map(|k| refused.swap_remove(k).1));
+        }
     }
 }
 
@@ -593,17 +739,24 @@ fn note_failure(shared: &Shared, e: &Error) {
 
 /// Writes `events`: transient failures are retried with backoff; a permanent failure
 /// splits the slice in halves until the failing events are isolated, which are then
-/// dead-lettered. Returns when every event is committed or dead-lettered.
+/// dead-lettered. Returns when every event is committed or dead-lettered, with the
+/// index and error of each event refused.
 async fn write_isolating(
     ingest: &Ingest,
     lane: Lane,
     events: &[UsageEvent],
     shared: &Shared,
     config: &RecorderConfig,
-) {
-    let mut todo: Vec<&[UsageEvent]> = vec![events];
+) -> Vec<(usize, Error)> {
+    let mut refused = Vec::new();
+    // Ranges of `events` still to write (a stack: halves of a failing range go on it).
+    let mut todo: Vec<std::ops::Range<usize>> = Vec::new();
+    todo.push(0..events.len());
     let mut backoff = config.retry_initial;
-    while let Some(slice) = todo.pop() {
+    while let Some(range) = todo.pop() {
+        let Some(slice) = events.get(range.clone()) else {
+            continue; // sub-ranges of 0..len: never taken
+        };
         match ingest.write(slice, lane).await {
             Ok(outcome) => {
                 ingest.local().committed(slice);
@@ -619,7 +772,7 @@ async fn write_isolating(
                     transient = e.is_transient(),
                     "writing a batch failed; it stays queued and will be retried");
                 note_failure(shared, &e);
-                todo.push(slice);
+                todo.push(range);
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(config.retry_max);
             }
@@ -627,17 +780,19 @@ async fn write_isolating(
                 tracing::warn!(error = %e, events = slice.len(),
                     "writing a batch failed for a permanent reason; splitting it to find the events that cause it");
                 note_failure(shared, &e);
-                let (a, b) = slice.split_at(slice.len() / 2);
-                todo.push(b);
-                todo.push(a);
+                let mid = range.start + slice.len() / 2;
+                todo.push(mid..range.end);
+                todo.push(range.start..mid);
             }
             Err(e) => {
                 note_failure(shared, &e);
                 dead_letter(ingest, slice, &e, shared, config).await;
                 ingest.local().settled(slice);
+                refused.push((range.start, e));
             }
         }
     }
+    refused
 }
 
 /// Stores `events` in the dead-letter table, retrying transient failures; if that

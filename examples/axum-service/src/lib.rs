@@ -5,14 +5,16 @@
 //! - every request under `/v1/` passes through `meter`, a tower middleware
 //!   (`axum::middleware::from_fn_with_state`) that reads the customer from the
 //!   [`CUSTOMER_HEADER`] header, asks [`Tally::check_quota`] first and answers
-//!   `429 Too Many Requests` when a hard quota blocks, and otherwise runs the request and
+//!   `429 Too Many Requests` when a hard quota blocks, and otherwise runs the request,
 //!   records one `api` event (endpoint, method, status) through the batching
-//!   [`Recorder`];
+//!   [`Recorder`] and answers once that event is committed
+//!   ([`Recorder::record_committed`]: a crash after the answer loses nothing; concurrent
+//!   requests share a commit);
 //! - `GET /usage/{customer}` answers the customer's priced usage summary (month to
 //!   date, or `?from=…&to=…`), the report of the CLI contract as JSON;
 //! - [`serve`] runs until its shutdown future completes (the binary: SIGTERM or
 //!   Ctrl-C), lets requests in flight finish, then closes the recorder, which writes
-//!   what is still queued. Nothing recorded is lost on a graceful stop.
+//!   what is still queued.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), tally::Error> {
@@ -27,8 +29,9 @@
 //!
 //! Choices an embedding program may make differently (each is one line here):
 //! a blocked request is not recorded (it was not served); when the quota cannot be
-//! read (database down) the request is let through and logged, so metering never takes
-//! the API down with it; the recorder keeps what it could not write yet and retries.
+//! read (database down) the request is let through and logged; a request whose usage
+//! is not committed within [`RECORD_WAIT`] is answered `503` (it was served, but is not
+//! acknowledged), and the recorder keeps retrying it.
 
 #![cfg_attr(
     not(test),
@@ -164,16 +167,37 @@ async fn meter(State(state): State<AppState>, request: Request, next: Next) -> R
     {
         response.headers_mut().insert(QUOTA_HEADER, value);
     }
+    // Answered only once the event is committed: a crash after the answer loses
+    // nothing that was acknowledged. Concurrent requests share commits (group commit).
     match track::api_request(&endpoint, &method, response.status().as_u16()) {
         Ok(usage) => {
-            if let Err(e) = state.recorder.record(usage.for_customer(customer)).await {
-                tracing::error!(error = %e, "could not record an api event");
+            let event = usage.for_customer(customer);
+            match tokio::time::timeout(RECORD_WAIT, state.recorder.record_committed(event)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "could not record an api event");
+                    return error_response(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("usage could not be recorded: {e}"),
+                    );
+                }
+                Err(_) => {
+                    tracing::error!("recording an api event took longer than {RECORD_WAIT:?}");
+                    return error_response(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "usage could not be recorded in time; it may still be".to_owned(),
+                    );
+                }
             }
         }
         Err(e) => tracing::error!(error = %e, "could not describe an api event"),
     }
     response
 }
+
+/// How long a request waits for its usage to be committed (the database being down,
+/// say) before it is answered `503 Service Unavailable` instead.
+pub const RECORD_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The customer named by [`CUSTOMER_HEADER`], validated; a 400 naming the header when
 /// it is missing or not a valid customer id.
