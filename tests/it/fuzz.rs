@@ -28,7 +28,7 @@ fn instantish() -> impl Strategy<Value = String> {
 
 fn jsonish() -> impl Strategy<Value = String> {
     prop_oneof![
-        "\\{(\"[a-z\\\\u0-9]{0,6}\":(\"[^\"]{0,10}\"|[0-9]{1,4}|null|\\[\\]|\\{\\})(,)?){0,4}\\}",
+        "\\{(\"[a-z\\\\u0-9]{0,6}\":(\"[^\"]{0,10}\"|[0-9]{1,4}|-?[0-9]{1,40}(\\.[0-9]{1,20})?([eE][-+]?[0-9]{1,3})?|null|\\[\\]|\\{\\})(,)?){0,4}\\}",
         "\\PC{0,60}",
     ]
 }
@@ -78,6 +78,9 @@ proptest! {
                 prop_assert!(m.as_str().starts_with('{'), "not an object");
                 prop_assert!(m.as_str().len() <= Metadata::MAX_BYTES);
                 prop_assert!(!m.to_map().values().any(|v| v.to_string().contains("\\u0000")));
+                // Canonical: parsing what is stored gives it back unchanged.
+                let again: Metadata = m.as_str().parse().unwrap();
+                prop_assert_eq!(again.as_str(), m.as_str());
             }
             Err(e) => prop_assert_eq!(e.field(), Some("metadata")),
         }

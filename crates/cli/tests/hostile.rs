@@ -687,10 +687,93 @@ async fn accepted_edge_cases_store_what_they_echo() {
     std::fs::write(&crlf, "customer_id,service,quantity,recorded_at\r\nc1,api,1,2026-10-01T00:00:00Z\r\nc1,api,x,2026-10-01T00:00:00Z\r\n").unwrap();
     let imported = json(&["import", crlf.to_str().unwrap(), "--format", "json"]);
     assert_eq!(imported["errors"][0]["line"], 3, "{imported}");
+    // Metadata numbers keep every digit (record, CSV and NDJSON; issue 22): jsonb holds
+    // them exactly, and the export gives them back as written.
+    let digits = r#"{"amount":1234567890.123456789,"id":123456789012345678901234567890}"#;
+    let rec = common::tally(
+        &db,
+        &[
+            "record",
+            "--customer",
+            "digits",
+            "--service",
+            "api",
+            "--quantity",
+            "1",
+            "--at",
+            "2026-11-01T10:00:00Z",
+            "--metadata",
+            digits,
+            "--format",
+            "json",
+        ],
+    );
+    assert!(rec.status.success(), "{}", String::from_utf8_lossy(&rec.stderr));
+    let csv = dir.path().join("digits.csv");
+    std::fs::write(
+        &csv,
+        format!(
+            "customer_id,service,quantity,recorded_at,metadata\ndigits,api,1,2026-11-01T11:00:00Z,\"{}\"\n",
+            digits.replace('"', "\"\"")
+        ),
+    )
+    .unwrap();
+    let nd = dir.path().join("digits.ndjson");
+    std::fs::write(
+        &nd,
+        format!("{{\"customer_id\":\"digits\",\"service\":\"api\",\"quantity\":1,\"recorded_at\":\"2026-11-01T12:00:00Z\",\"metadata\":{digits}}}\n"),
+    )
+    .unwrap();
+    for f in [&csv, &nd] {
+        let imported = json(&["import", f.to_str().unwrap(), "--format", "json"]);
+        assert_eq!(imported["inserted"], 1, "{imported}");
+    }
+    let client = db.client().await.unwrap();
+    let stored: Vec<String> = client
+        .query(
+            "SELECT metadata::text FROM usage_events WHERE customer_id = 'digits'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(stored.len(), 3);
+    for m in &stored {
+        assert_eq!(
+            m,
+            r#"{"id": 123456789012345678901234567890, "amount": 1234567890.123456789}"#
+        );
+    }
+    let export = dir.path().join("digits.json");
+    common::tally(
+        &db,
+        &[
+            "export",
+            "--format",
+            "json",
+            "--customer",
+            "digits",
+            "--from",
+            "2026-11-01",
+            "--to",
+            "2026-11-02",
+            "--output",
+            export.to_str().unwrap(),
+        ],
+    );
+    let text = std::fs::read_to_string(&export).unwrap();
+    assert_eq!(
+        text.matches("123456789012345678901234567890").count(),
+        3,
+        "{text}"
+    );
+    assert_eq!(text.matches("1234567890.123456789").count(), 3, "{text}");
     let v = json(&["verify", "--format", "json"]);
     assert_eq!(
         (v["events"].as_i64(), v["mismatches"].as_i64()),
-        (Some(4), Some(0)),
+        (Some(7), Some(0)),
         "{v}"
     );
 }

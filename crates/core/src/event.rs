@@ -2,7 +2,7 @@ use std::{fmt, str::FromStr};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::{Map, Value, value::RawValue};
 use uuid::Uuid;
 
 use crate::{CustomerId, Error, Quantity, Result, Service, time::normalize_instant};
@@ -80,10 +80,11 @@ impl Metadata {
         Metadata(Box::from("{}"))
     }
 
-    /// From a JSON object.
+    /// From a JSON object. (Numbers are as `serde_json` holds them: a float keeps 17
+    /// significant digits. To keep a number's every digit, parse the text instead.)
     pub fn from_map(map: Map<String, Value>) -> Result<Metadata> {
         let text = Value::Object(map).to_string();
-        Metadata::checked(text)
+        text.parse()
     }
 
     /// The serialized JSON object.
@@ -91,7 +92,8 @@ impl Metadata {
         &self.0
     }
 
-    /// The object, parsed.
+    /// The object, parsed. Numbers become `serde_json` numbers: one with more digits
+    /// than an `f64` holds is rounded here (the stored text keeps them).
     pub fn to_map(&self) -> Map<String, Value> {
         match serde_json::from_str(&self.0) {
             Ok(Value::Object(m)) => m,
@@ -100,17 +102,21 @@ impl Metadata {
         }
     }
 
+    /// With `key` set to `value` (text), replacing what was there.
+    pub fn with(&self, key: &str, value: &str) -> Result<Metadata> {
+        let mut map: std::collections::BTreeMap<String, &RawValue> =
+            serde_json::from_str(&self.0).unwrap_or_default();
+        let text = serde_json::to_string(value)
+            .map_err(|e| Error::invalid("metadata", value, e.to_string()))?;
+        let raw = RawValue::from_string(text)
+            .map_err(|e| Error::invalid("metadata", value, e.to_string()))?;
+        map.insert(key.to_owned(), &raw);
+        let text = serde_json::to_string(&map)
+            .map_err(|e| Error::invalid("metadata", key, e.to_string()))?;
+        text.parse()
+    }
+
     fn checked(text: String) -> Result<Metadata> {
-        // JSON allows U+0000 in strings; PostgreSQL's jsonb refuses it (22P05), so an
-        // event carrying it could never be stored. Refused here, naming the field.
-        if text.contains("\\u0000") && has_nul(&serde_json::from_str(&text).unwrap_or(Value::Null))
-        {
-            return Err(Error::invalid(
-                "metadata",
-                &text,
-                "contains the character U+0000 (\\u0000), which PostgreSQL cannot store",
-            ));
-        }
         if text.len() > Self::MAX_BYTES {
             return Err(Error::invalid(
                 "metadata",
@@ -126,42 +132,90 @@ impl Metadata {
     }
 }
 
+/// Writes the JSON value `raw` compactly to `out`, object keys sorted (the last of a
+/// repeated key wins, as in `jsonb`) and numbers exactly as written: every digit of
+/// `1234567890.123456789` or of a 30-digit id reaches PostgreSQL, whose `jsonb` keeps
+/// them (a round trip through `f64` would not). `Err` names what is wrong.
+fn canonical(raw: &RawValue, out: &mut String) -> std::result::Result<(), String> {
+    let text = raw.get();
+    match text.as_bytes().first() {
+        Some(b'{') => {
+            let map: std::collections::BTreeMap<String, &RawValue> =
+                serde_json::from_str(text).map_err(|e| e.to_string())?;
+            out.push('{');
+            for (i, (k, v)) in map.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                string(k, out)?;
+                out.push(':');
+                canonical(v, out)?;
+            }
+            out.push('}');
+        }
+        Some(b'[') => {
+            let items: Vec<&RawValue> = serde_json::from_str(text).map_err(|e| e.to_string())?;
+            out.push('[');
+            for (i, v) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                canonical(v, out)?;
+            }
+            out.push(']');
+        }
+        Some(b'"') => {
+            let s: String = serde_json::from_str(text).map_err(|e| e.to_string())?;
+            string(&s, out)?;
+        }
+        // A number, true, false or null, already checked by the parser: as written.
+        _ => out.push_str(text),
+    }
+    Ok(())
+}
+
+/// A JSON string, escaped; U+0000 is refused (PostgreSQL's `jsonb` cannot store it,
+/// 22P05, so an event carrying it could never be written).
+fn string(s: &str, out: &mut String) -> std::result::Result<(), String> {
+    if s.contains('\0') {
+        return Err(
+            "contains the character U+0000 (\\u0000), which PostgreSQL cannot store".to_owned(),
+        );
+    }
+    out.push_str(&serde_json::to_string(s).map_err(|e| e.to_string())?);
+    Ok(())
+}
+
 impl Default for Metadata {
     fn default() -> Self {
         Metadata::empty()
     }
 }
 
-/// Whether any key or string in `v` contains U+0000.
-fn has_nul(v: &Value) -> bool {
-    match v {
-        Value::String(s) => s.contains('\0'),
-        Value::Array(a) => a.iter().any(has_nul),
-        Value::Object(m) => m.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
-        _ => false,
-    }
-}
-
 impl FromStr for Metadata {
     type Err = Error;
     /// Parses JSON text; anything but an object is rejected. The text is re-serialized
-    /// compactly, so equal objects are equal text.
+    /// compactly with sorted keys, so equal objects are equal text, and numbers keep
+    /// every digit as written.
     fn from_str(s: &str) -> Result<Metadata> {
-        match serde_json::from_str::<Value>(s) {
-            Ok(Value::Object(m)) => Metadata::from_map(m),
-            Ok(_) => Err(Error::invalid("metadata", s, "must be a JSON object")),
-            Err(e) => Err(Error::invalid(
-                "metadata",
-                s,
-                format!("is not valid JSON: {e}"),
-            )),
+        let raw: &RawValue = serde_json::from_str(s)
+            .map_err(|e| Error::invalid("metadata", s, format!("is not valid JSON: {e}")))?;
+        if !raw.get().starts_with('{') {
+            return Err(Error::invalid("metadata", s, "must be a JSON object"));
         }
+        let mut text = String::with_capacity(raw.get().len());
+        canonical(raw, &mut text).map_err(|reason| Error::invalid("metadata", s, reason))?;
+        Metadata::checked(text)
     }
 }
 
 impl Serialize for Metadata {
+    /// The stored text as it is (to JSON: every digit of its numbers).
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        self.to_map().serialize(s)
+        match RawValue::from_string(self.0.to_string()) {
+            Ok(raw) => raw.serialize(s),
+            Err(_) => self.to_map().serialize(s),
+        }
     }
 }
 
@@ -294,15 +348,10 @@ pub mod track {
 
     /// `cpu_seconds` of CPU time, as CPU-hours, with the caller's metadata.
     pub fn compute(cpu_seconds: Quantity, metadata: Metadata) -> Result<Usage> {
-        let mut m = metadata.to_map();
-        m.insert(
-            "cpu_seconds".into(),
-            Value::String(cpu_seconds.value().to_string()),
-        );
         Ok(Usage {
             service: Service::COMPUTE,
             quantity: convert::cpu_hours(cpu_seconds)?,
-            metadata: Metadata::from_map(m)?,
+            metadata: metadata.with("cpu_seconds", &cpu_seconds.value().to_string())?,
         })
     }
 
@@ -343,6 +392,35 @@ mod tests {
         assert_eq!(
             big.parse::<Metadata>().unwrap_err().field(),
             Some("metadata")
+        );
+    }
+
+    #[test]
+    fn metadata_keeps_every_digit_of_its_numbers() {
+        let m: Metadata = r#"{ "id": 123456789012345678901234567890, "amount":1234567890.123456789,
+            "n": [1e400, -0.0, {"b": 1, "a": 2.50}] }"#
+            .parse()
+            .unwrap();
+        assert_eq!(
+            m.as_str(),
+            r#"{"amount":1234567890.123456789,"id":123456789012345678901234567890,"n":[1e400,-0.0,{"a":2.50,"b":1}]}"#
+        );
+        assert_eq!(serde_json::to_string(&m).unwrap(), m.as_str());
+        // Escapes are normalised; a repeated key keeps its last value (as jsonb does).
+        let e: Metadata = r#"{"k":"\u00e9\/","k":"last","\u0041":1}"#.parse().unwrap();
+        assert_eq!(e.as_str(), r#"{"A":1,"k":"last"}"#);
+        let nul = r#"{"a":{"b":"x\u0000"}}"#.parse::<Metadata>().unwrap_err();
+        assert!(nul.to_string().contains("U+0000"), "{nul}");
+        let c = track::compute("36".parse().unwrap(), m).unwrap();
+        assert!(
+            c.metadata
+                .as_str()
+                .contains("123456789012345678901234567890")
+        );
+        assert!(
+            c.metadata.as_str().contains(r#""cpu_seconds":"36.0""#),
+            "{}",
+            c.metadata.as_str()
         );
     }
 
