@@ -435,3 +435,100 @@ async fn a_replay_another_process_wrote_is_counted_once() {
         (3, Decimal::from(7), 0, 0)
     );
 }
+
+/// A replay of a stored event's key with another payload is a conflict: reported by
+/// index, not stored, not counted as a duplicate; on every path (the direct path's
+/// lookup, the staged path of a process that did not write the key, a repeat inside
+/// the batch), while a true replay (`5.0` for `5`) stays a duplicate.
+#[tokio::test]
+async fn a_reused_key_with_another_payload_is_a_conflict_on_every_path() {
+    let db = TestDb::new().await.unwrap();
+    let t = "2026-11-01T10:00:00Z";
+    let original = event(7, "acme", Service::API, "5", t);
+    let first = db
+        .tally()
+        .write(std::slice::from_ref(&original))
+        .await
+        .unwrap();
+    assert_eq!((first.inserted, first.conflicts.len()), (1, 0));
+    let changed = [
+        event(7, "acme", Service::STORAGE, "999", t),
+        event(7, "acme", Service::API, "6", t),
+        event_with(7, "acme", "5", t, r#"{"a":1}"#),
+    ];
+    // This process wrote the key: the direct path finds it by lookup.
+    for e in &changed {
+        let o = db.tally().write(std::slice::from_ref(e)).await.unwrap();
+        assert_eq!(
+            (o.inserted, o.duplicates, o.conflicts.clone()),
+            (0, 0, vec![0]),
+            "{e:?}"
+        );
+    }
+    // The same payload, written `5.000`, or stamped later by a retrying receiver: a
+    // duplicate (the time is not part of the payload; the first stored stays).
+    let same = event(7, "acme", Service::API, "5.000", t);
+    let later = event(7, "acme", Service::API, "5", "2026-11-01T10:00:03Z");
+    let o = db.tally().write(&[same, later]).await.unwrap();
+    assert_eq!((o.inserted, o.duplicates, o.conflicts.len()), (0, 2, 0));
+    // Another process (another handle: no recent keys) takes the staged path.
+    let other = tally::Tally::with_pool_size(db.url(), 2).unwrap();
+    let fresh = event(8, "acme", Service::API, "1", t);
+    let o = other
+        .write(&[fresh.clone(), changed[0].clone(), original.clone()])
+        .await
+        .unwrap();
+    assert_eq!((o.inserted, o.duplicates, o.conflicts), (1, 1, vec![1]));
+    // Inside one batch: the first occurrence is written, a changed repeat conflicts.
+    let a = event(9, "globex", Service::API, "1", t);
+    let b = event(9, "globex", Service::API, "2", t);
+    let o = db.tally().write(&[a.clone(), b, a]).await.unwrap();
+    assert_eq!((o.inserted, o.duplicates, o.conflicts), (1, 1, vec![1]));
+    let v = db.tally().verify().await.unwrap();
+    assert_eq!(
+        (v.events, v.quantity, v.mismatches, v.key_mismatches),
+        (3, Decimal::from(7), 0, 0)
+    );
+    // A key stored before digests were kept (NULL) conflicts with nothing.
+    db.client()
+        .await
+        .unwrap()
+        .execute(
+            "UPDATE usage_event_keys SET digest = NULL WHERE customer_id = 'globex'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let o = other
+        .write(&[event(9, "globex", Service::API, "3", t)])
+        .await
+        .unwrap();
+    assert_eq!((o.duplicates, o.conflicts.len()), (1, 0));
+}
+
+/// The slow path (a concurrent writer claimed the key first) reads the digest the
+/// other writer stored once it committed: a different payload is a conflict.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_claimed_concurrently_with_another_payload_is_a_conflict() {
+    let db = TestDb::new().await.unwrap();
+    let e = event(42, "acme", Service::API, "1", "2026-11-01T10:00:00Z");
+    let theirs = event(42, "acme", Service::API, "2", "2026-11-01T10:00:00Z");
+    let mut other = db.client().await.unwrap();
+    let tx = other.transaction().await.unwrap();
+    tx.execute(
+        "INSERT INTO usage_event_keys (event_id, customer_id, digest) VALUES ($1, 'acme', $2)",
+        &[&e.id.uuid(), &theirs.digest()],
+    )
+    .await
+    .unwrap();
+    let store = db.tally().clone();
+    let write = tokio::spawn(async move { store.write(&[e]).await });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(
+        !write.is_finished(),
+        "the write should wait for the concurrent key"
+    );
+    tx.commit().await.unwrap();
+    let o = write.await.unwrap().unwrap();
+    assert_eq!((o.inserted, o.duplicates, o.conflicts), (0, 0, vec![0]));
+}

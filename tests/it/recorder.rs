@@ -502,3 +502,34 @@ async fn record_committed_reports_a_refused_event() {
     assert_eq!((s.inserted, s.dead_lettered), (8, 2), "{s:?}");
     rec.close().await.unwrap();
 }
+
+/// A replay of a committed event's id with another payload is answered as a conflict
+/// (and kept in the dead-letter table); the same payload again is not.
+#[tokio::test]
+async fn record_committed_reports_a_conflict() {
+    let db = TestDb::new().await.unwrap();
+    let rec = db.tally().recorder(RecorderConfig::default());
+    let t = "2026-11-01T10:00:00Z";
+    rec.record_committed(event(5, "acme", Service::API, "5", t))
+        .await
+        .unwrap();
+    rec.record_committed(event(5, "acme", Service::API, "5", t))
+        .await
+        .unwrap();
+    let err = rec
+        .record_committed(event(5, "acme", Service::STORAGE, "999", t))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
+    assert_eq!(err.value(), Some("00000000-0000-0000-0000-000000000005"));
+    assert!(err.to_string().contains("conflict"), "{err}");
+    let s = rec.status();
+    assert_eq!(
+        (s.inserted, s.duplicates, s.conflicts, s.dead_lettered),
+        (1, 1, 1, 1),
+        "{s:?}"
+    );
+    let v = db.tally().verify().await.unwrap();
+    assert_eq!((v.events, v.quantity), (1, Decimal::from(5)));
+    rec.close().await.unwrap();
+}

@@ -456,9 +456,19 @@ impl Alerts {
     /// committed usage of its current period, records the levels reached (each once per
     /// period) and delivers what is pending. Returns the alerts this call fired.
     pub async fn check(&self, customer: Option<&CustomerId>) -> Result<Vec<Alert>> {
+        self.check_at(customer, Utc::now()).await
+    }
+
+    /// As [`Alerts::check`], for the periods that hold `now` instead of the present
+    /// ones: a replay of a past period (a backfill, a test on a clock of its own).
+    pub async fn check_at(
+        &self,
+        customer: Option<&CustomerId>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Alert>> {
         let _pass = self.inner.pass.lock().await;
         let quotas = self.inner.store.quotas(customer).await?;
-        let fired = self.evaluate_quotas(quotas, Utc::now()).await?;
+        let fired = self.evaluate_quotas(quotas, now).await?;
         self.deliver_pass(true).await?;
         Ok(fired)
     }

@@ -245,9 +245,10 @@ impl From<tally::Error> for Failure {
     fn from(e: tally::Error) -> Failure {
         match e.kind() {
             // Values and settings from outside: the caller's to fix.
-            ErrorKind::Invalid | ErrorKind::Config | ErrorKind::ImportRejected => {
-                Failure::Usage(e.to_string())
-            }
+            ErrorKind::Invalid
+            | ErrorKind::Config
+            | ErrorKind::ImportRejected
+            | ErrorKind::Conflict => Failure::Usage(e.to_string()),
             _ => {
                 let hint = match e.sqlstate() {
                     Some("42P01" | "42883") => " (is the schema there? run `tally migrate` first)",
@@ -471,6 +472,13 @@ async fn write_one(tally: &Tally, usage: Usage, a: &EventArgs) -> Result<(), Fai
         event = event.with_id(id.parse::<EventId>().map_err(bad)?);
     }
     let outcome = tally.write(std::slice::from_ref(&event)).await?;
+    if !outcome.conflicts.is_empty() {
+        return Err(Failure::Usage(format!(
+            "conflict: event_id {} of customer {} is already recorded with a different payload \
+             (service, quantity or metadata); nothing was recorded",
+            event.id, event.customer
+        )));
+    }
     settle_alerts(tally).await;
     let recorded = Recorded {
         recorded_at: event.recorded_at,

@@ -708,7 +708,11 @@ async fn accepted_edge_cases_store_what_they_echo() {
             "json",
         ],
     );
-    assert!(rec.status.success(), "{}", String::from_utf8_lossy(&rec.stderr));
+    assert!(
+        rec.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rec.stderr)
+    );
     let csv = dir.path().join("digits.csv");
     std::fs::write(
         &csv,
@@ -898,4 +902,89 @@ async fn an_import_killed_midway_and_rerun_stores_every_row_once() {
     );
     let v = events(&db);
     assert_eq!(v, i64::from(rows));
+}
+
+/// A reused event id with another payload is a conflict (issue 22): `record` exits 2
+/// naming the id, a lenient import rejects the line with the reason, a strict import
+/// rejects the file; nothing of the second payload is stored.
+#[tokio::test]
+async fn a_reused_event_id_with_another_payload_is_a_conflict() {
+    let db = TestDb::new().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let id = "0195f000-0000-7000-8000-0000000000aa";
+    let rec = |service: &str, quantity: &str| {
+        common::tally(
+            &db,
+            &[
+                "record",
+                "--customer",
+                "acme",
+                "--service",
+                service,
+                "--quantity",
+                quantity,
+                "--at",
+                "2026-11-01T10:00:00Z",
+                "--event-id",
+                id,
+            ],
+        )
+    };
+    assert!(rec("api", "5").status.success());
+    // The same event again is a duplicate, counted once: exit 0.
+    let again = rec("api", "5");
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let clash = rec("storage", "999");
+    let err = String::from_utf8_lossy(&clash.stderr);
+    assert_eq!(clash.status.code(), Some(2), "{err}");
+    assert!(err.contains("conflict") && err.contains(id), "{err}");
+    let header = "event_id,customer_id,service,quantity,recorded_at\n";
+    let file = dir.path().join("replay.csv");
+    std::fs::write(
+        &file,
+        format!(
+            "{header}{id},acme,api,5,2026-11-01T10:00:00Z\n{id},acme,api,6,2026-11-01T10:00:00Z\n\
+             0195f000-0000-7000-8000-0000000000bb,acme,api,1,2026-11-01T10:00:00Z\n"
+        ),
+    )
+    .unwrap();
+    let lenient = common::json(&common::tally(
+        &db,
+        &["import", file.to_str().unwrap(), "--format", "json"],
+    ));
+    assert_eq!(
+        (
+            &lenient["inserted"],
+            &lenient["duplicates"],
+            &lenient["rejected"]
+        ),
+        (&1.into(), &1.into(), &1.into()),
+        "{lenient}"
+    );
+    assert_eq!(lenient["errors"][0]["line"], 3, "{lenient}");
+    assert!(
+        lenient["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("conflict"),
+        "{lenient}"
+    );
+    let strict_file = dir.path().join("strict.csv");
+    std::fs::write(
+        &strict_file,
+        format!(
+            "{header}0195f000-0000-7000-8000-0000000000cc,acme,api,1,2026-11-01T10:00:00Z\n\
+             {id},acme,api,7,2026-11-01T10:00:00Z\n"
+        ),
+    )
+    .unwrap();
+    let strict = common::tally(&db, &["import", strict_file.to_str().unwrap(), "--strict"]);
+    let err = String::from_utf8_lossy(&strict.stderr);
+    assert_eq!(strict.status.code(), Some(2), "{err}");
+    assert!(err.contains("line 3") && err.contains("conflict"), "{err}");
+    assert_eq!(events(&db), 2);
 }

@@ -264,6 +264,25 @@ impl UsageEvent {
         Ok(())
     }
 
+    /// A stable 64-bit digest of what the event measured: service, quantity (as a
+    /// number: `5` and `5.0` are the same) and metadata (its canonical text). Stored
+    /// with the event's key, so a replay of the key with a different payload is told
+    /// from a plain replay (a conflict, not a duplicate). The time is left out: it is
+    /// often the receiver's clock (`tally record` without `--at`, a CloudEvent without
+    /// `time`), so a retry carries another one; the first stored wins. The first 8
+    /// bytes of a SHA-256: the same in every build and on every machine.
+    pub fn digest(&self) -> i64 {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(self.service.as_str().as_bytes());
+        h.update([0x1f]);
+        h.update(self.quantity.to_string().as_bytes());
+        h.update([0x1f]);
+        h.update(self.metadata.as_str().as_bytes());
+        let d = h.finalize();
+        d.first_chunk::<8>().map_or(0, |b| i64::from_le_bytes(*b))
+    }
+
     /// Sets when the usage happened (normalized: a leap second becomes the next second's start, sub-microsecond
     /// digits are dropped — what PostgreSQL stores).
     pub fn at(mut self, t: DateTime<Utc>) -> UsageEvent {
@@ -435,6 +454,37 @@ mod tests {
         let c = track::compute("7200".parse().unwrap(), r#"{"job":"x"}"#.parse().unwrap()).unwrap();
         assert_eq!(c.quantity.value(), 2.into());
         assert_eq!(c.metadata.to_map()["job"], "x");
+    }
+
+    #[test]
+    fn a_digest_is_stable_and_tells_payloads_apart() {
+        let c = CustomerId::new("acme").unwrap();
+        let t = DateTime::from_timestamp(1_800_000_000, 123_000).unwrap();
+        let e = UsageEvent::new(c, Service::API, "5".parse().unwrap()).at(t);
+        // Pinned: a digest is stored, so it must never change between builds.
+        assert_eq!(e.digest(), e.clone().with_id(EventId::new()).digest());
+        let same = UsageEvent {
+            quantity: "5.000".parse().unwrap(),
+            ..e.clone()
+        };
+        assert_eq!(same.digest(), e.digest());
+        // A retry stamped later by its receiver is the same event.
+        let later = e.clone().at(t + chrono::Duration::seconds(3));
+        assert_eq!(later.digest(), e.digest());
+        for other in [
+            UsageEvent {
+                quantity: "6".parse().unwrap(),
+                ..e.clone()
+            },
+            UsageEvent {
+                service: Service::STORAGE,
+                ..e.clone()
+            },
+            e.clone().with_metadata(r#"{"a":1}"#.parse().unwrap()),
+        ] {
+            assert_ne!(other.digest(), e.digest(), "{other:?}");
+        }
+        assert_eq!(e.digest(), -2_063_722_036_318_961_062);
     }
 
     #[test]

@@ -35,6 +35,9 @@ pub enum ErrorKind {
     Closed,
     /// A bounded wait ran out before the work was done.
     Timeout,
+    /// An event reused the id of a stored event with a different payload (service,
+    /// quantity or metadata): it is not stored. [`Error::value`] is the id.
+    Conflict,
 }
 
 #[derive(Debug)]
@@ -72,6 +75,10 @@ enum Repr {
     Closed,
     Timeout {
         what: &'static str,
+    },
+    Conflict {
+        event_id: String,
+        customer: String,
     },
 }
 
@@ -181,6 +188,14 @@ impl Error {
         Error::new(Repr::Timeout { what })
     }
 
+    /// `event`'s id is stored for `customer` with another payload.
+    pub(crate) fn conflict(event: &tally_core::UsageEvent) -> Error {
+        Error::new(Repr::Conflict {
+            event_id: event.id.to_string(),
+            customer: event.customer.as_str().to_owned(),
+        })
+    }
+
     /// What sort of failure this is.
     pub fn kind(&self) -> ErrorKind {
         match &*self.0 {
@@ -193,6 +208,7 @@ impl Error {
             Repr::ImportRejected { .. } => ErrorKind::ImportRejected,
             Repr::Closed => ErrorKind::Closed,
             Repr::Timeout { .. } => ErrorKind::Timeout,
+            Repr::Conflict { .. } => ErrorKind::Conflict,
         }
     }
 
@@ -202,6 +218,7 @@ impl Error {
         match &*self.0 {
             Repr::Invalid(e) => e.field(),
             Repr::Config { field, .. } => Some(field),
+            Repr::Conflict { .. } => Some("event_id"),
             _ => None,
         }
     }
@@ -211,6 +228,7 @@ impl Error {
         match &*self.0 {
             Repr::Invalid(e) => e.value(),
             Repr::Config { value, .. } => Some(value),
+            Repr::Conflict { event_id, .. } => Some(event_id),
             _ => None,
         }
     }
@@ -346,6 +364,11 @@ impl fmt::Display for Error {
             }
             Repr::Closed => f.write_str("the recorder is closed"),
             Repr::Timeout { what } => write!(f, "timed out {what}"),
+            Repr::Conflict { event_id, customer } => write!(
+                f,
+                "conflict: event_id {event_id} of customer {customer} is stored with a different \
+                 payload (service, quantity or metadata); the new one is not stored"
+            ),
         }
     }
 }

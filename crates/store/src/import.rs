@@ -109,7 +109,8 @@ const MAX_ERRORS_KEPT: usize = 1_000;
 pub type Progress = Arc<dyn Fn(u64) + Send + Sync>;
 
 enum Parsed {
-    Batch(Vec<UsageEvent>),
+    // The events, and the line each came from.
+    Batch(Vec<UsageEvent>, Vec<u64>),
     Bad(LineError),
     Fatal(Error),
 }
@@ -150,10 +151,25 @@ impl Store {
         };
         let mut fatal = None;
         let mut staged = 0u64;
+        // Strict: the line of each staged event, by its place in the stage.
+        let mut staged_lines: Vec<u64> = Vec::new();
         let mut touched = std::collections::BTreeSet::new();
+        let reject = |report: &mut ImportReport, e: LineError| {
+            report.rejected += 1;
+            if report.errors.len() < MAX_ERRORS_KEPT {
+                report.errors.push(e);
+            }
+        };
+        let conflict = |batch: &[UsageEvent], lines: &[u64], i: usize| LineError {
+            line: lines.get(i).copied().unwrap_or_default(),
+            message: batch
+                .get(i)
+                .map(|e| Error::conflict(e).to_string())
+                .unwrap_or_default(),
+        };
         while let Some(item) = rx.recv().await {
             match item {
-                Parsed::Batch(batch) => {
+                Parsed::Batch(batch, lines) => {
                     // In strict mode, stop writing once a line is bad: all will roll back.
                     if options.strict && report.rejected > 0 {
                         continue;
@@ -161,7 +177,17 @@ impl Store {
                     match load.as_mut() {
                         Some(load) => {
                             self.ingest().ensure_partitions(&batch).await;
-                            load.stage(&batch).await?;
+                            let dedupe = crate::ingest::Dedupe::of(&batch);
+                            for i in dedupe.repeat_conflicts() {
+                                reject(&mut report, conflict(&batch, &lines, i));
+                            }
+                            load.stage(&dedupe.unique).await?;
+                            staged_lines.extend(
+                                dedupe
+                                    .index
+                                    .iter()
+                                    .map(|&i| lines.get(i).copied().unwrap_or_default()),
+                            );
                             staged += batch.len() as u64;
                             touched.extend(
                                 batch
@@ -170,17 +196,16 @@ impl Store {
                             );
                         }
                         None => {
-                            total.add(self.write_riding_out(&batch).await?);
+                            let outcome = self.write_riding_out(&batch).await?;
+                            for &i in &outcome.conflicts {
+                                reject(&mut report, conflict(&batch, &lines, i));
+                            }
+                            total.add(&outcome);
                             report.batches += 1;
                         }
                     }
                 }
-                Parsed::Bad(e) => {
-                    report.rejected += 1;
-                    if report.errors.len() < MAX_ERRORS_KEPT {
-                        report.errors.push(e);
-                    }
-                }
+                Parsed::Bad(e) => reject(&mut report, e),
                 Parsed::Fatal(e) => fatal = Some(e),
             }
         }
@@ -196,16 +221,39 @@ impl Store {
             return Err(Error::import_rejected(report.errors));
         }
         if let Some(mut load) = load {
-            let (inserted, quantity) = load.apply_staged().await?;
+            let applied = load.apply_staged().await?;
+            let conflicts = load.staged_conflicts().await?;
+            if !conflicts.is_empty() {
+                drop(load);
+                for ord in conflicts {
+                    let line = usize::try_from(ord)
+                        .ok()
+                        .and_then(|o| staged_lines.get(o))
+                        .copied()
+                        .unwrap_or_default();
+                    reject(
+                        &mut report,
+                        LineError {
+                            line,
+                            message: "conflict: its event_id is stored with a different payload \
+                                      (service, quantity or metadata)"
+                                .to_owned(),
+                        },
+                    );
+                }
+                report.errors.sort_by_key(|e| e.line);
+                return Err(Error::import_rejected(report.errors));
+            }
             load.commit().await?;
             self.ingest()
                 .local()
                 .notify(&touched.into_iter().collect::<Vec<_>>());
             report.batches = 1;
-            total.add(WriteOutcome {
-                inserted,
-                duplicates: staged - inserted,
-                quantity,
+            total.add(&WriteOutcome {
+                inserted: applied.inserted,
+                duplicates: staged - applied.inserted,
+                quantity: applied.quantity,
+                conflicts: Vec::new(),
             });
         }
         report.inserted = total.inserted;
@@ -488,16 +536,28 @@ fn parse<R: Read>(
         reported: 0,
     };
     let mut ids = IdDeriver::default();
-    let mut batch = Vec::with_capacity(batch_size);
-    let push =
-        |e: UsageEvent, batch: &mut Vec<UsageEvent>, sink: &mut dyn FnMut(Parsed) -> bool| {
-            batch.push(e);
-            if batch.len() >= batch_size {
-                let full = std::mem::replace(batch, Vec::with_capacity(batch_size));
-                return sink(Parsed::Batch(full));
-            }
-            true
-        };
+    let mut batch = (
+        Vec::with_capacity(batch_size),
+        Vec::with_capacity(batch_size),
+    );
+    let push = |e: UsageEvent,
+                line: u64,
+                batch: &mut (Vec<UsageEvent>, Vec<u64>),
+                sink: &mut dyn FnMut(Parsed) -> bool| {
+        batch.0.push(e);
+        batch.1.push(line);
+        if batch.0.len() >= batch_size {
+            let (events, lines) = std::mem::replace(
+                batch,
+                (
+                    Vec::with_capacity(batch_size),
+                    Vec::with_capacity(batch_size),
+                ),
+            );
+            return sink(Parsed::Batch(events, lines));
+        }
+        true
+    };
     let bad = |line: u64, message: String| Parsed::Bad(LineError { line, message });
     match format {
         ImportFormat::Csv => {
@@ -582,7 +642,7 @@ fn parse<R: Read>(
                             build(fields, catalog, &mut ids).map_err(|e| e.to_string())
                         })();
                         let ok = match built {
-                            Ok(e) => push(e, &mut batch, sink),
+                            Ok(e) => push(e, line, &mut batch, sink),
                             Err(message) => sink(bad(line, message)),
                         };
                         if !ok {
@@ -661,7 +721,7 @@ fn parse<R: Read>(
                         build(fields, catalog, &mut ids).map_err(|e| e.to_string())
                     });
                 let ok = match result {
-                    Ok(e) => push(e, &mut batch, sink),
+                    Ok(e) => push(e, line, &mut batch, sink),
                     Err(message) => sink(bad(line, message)),
                 };
                 if !ok {
@@ -670,8 +730,8 @@ fn parse<R: Read>(
             }
         }
     }
-    if !batch.is_empty() {
-        sink(Parsed::Batch(batch));
+    if !batch.0.is_empty() {
+        sink(Parsed::Batch(batch.0, batch.1));
     }
 }
 
@@ -686,7 +746,7 @@ pub fn parse_file(
     let mut out = (Vec::new(), Vec::new(), None);
     parse(input, format, 1_000, &Catalog::default(), None, &mut |p| {
         match p {
-            Parsed::Batch(b) => out.0.extend(b),
+            Parsed::Batch(b, _) => out.0.extend(b),
             Parsed::Bad(e) => out.1.push(e),
             Parsed::Fatal(e) => out.2 = Some(e),
         }

@@ -27,35 +27,56 @@ use tokio_postgres::{
 use crate::{Error, Result, local::Local, partitions::Partitions};
 
 /// What writing a batch did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WriteOutcome {
     /// Events newly stored (and added to the rollups).
     pub inserted: u64,
-    /// Events already stored before, or repeated within the batch: counted once.
+    /// Events already stored before, or repeated within the batch, with the same
+    /// payload: counted once.
     pub duplicates: u64,
     /// Sum of the inserted events' quantities.
     pub quantity: Decimal,
+    /// Events that reuse the key (customer and id) of a stored event, or of an earlier
+    /// event of the batch, with a different payload (service, quantity or
+    /// metadata; [`UsageEvent::digest`]): not stored. Indexes into the events written.
+    pub conflicts: Vec<usize>,
 }
 
 impl WriteOutcome {
-    pub(crate) fn add(&mut self, o: WriteOutcome) {
+    /// Adds `o`'s counts (not its conflicts, whose indexes are `o`'s own).
+    pub(crate) fn add(&mut self, o: &WriteOutcome) {
         self.inserted += o.inserted;
         self.duplicates += o.duplicates;
         self.quantity += o.quantity;
     }
 }
 
+// The stage also holds each event's payload digest and its place among the
+// transaction's staged events (`ord`: which line of an all-or-nothing import it is).
+// A session made by an older build has a stage without them: `stage` recreates it.
 const STAGE_DDL: &str = "CREATE TEMP TABLE tally_stage (
-    event_id uuid, customer_id text COLLATE \"C\", service text COLLATE \"C\", quantity numeric, recorded_at timestamptz, metadata jsonb
+    event_id uuid, customer_id text COLLATE \"C\", service text COLLATE \"C\", quantity numeric, recorded_at timestamptz, metadata jsonb,
+    digest int8, ord int8
 ) ON COMMIT DELETE ROWS";
 
-const STAGE_TYPES: [Type; 6] = [
+const EVENT_TYPES: [Type; 6] = [
     Type::UUID,
     Type::TEXT,
     Type::TEXT,
     Type::NUMERIC,
     Type::TIMESTAMPTZ,
     Type::JSONB,
+];
+
+const STAGE_TYPES: [Type; 8] = [
+    Type::UUID,
+    Type::TEXT,
+    Type::TEXT,
+    Type::NUMERIC,
+    Type::TIMESTAMPTZ,
+    Type::JSONB,
+    Type::INT8,
+    Type::INT8,
 ];
 
 // How a rollup row absorbs a delta, the same for every rollup: the rule of
@@ -188,7 +209,8 @@ SELECT (SELECT count(*) FROM ins), (SELECT coalesce(sum(quantity), 0) FROM ins),
 // would let the planner pick a join that reads the whole key table.
 const DROP_STORED_SQL: &str = "DELETE FROM tally_stage s
     WHERE (SELECT true FROM usage_event_keys k WHERE k.event_id = s.event_id AND k.customer_id = s.customer_id LIMIT 1)
-    RETURNING s.event_id, s.customer_id";
+    RETURNING s.event_id, s.customer_id,
+        (SELECT k.digest FROM usage_event_keys k WHERE k.event_id = s.event_id AND k.customer_id = s.customer_id LIMIT 1)";
 
 // The rollup deltas of a batch, aggregated in Rust (`Rollups`) and sent as sorted
 // arrays: $1–$7 hourly, $8–$14 daily, $15–$20 all-customer, $21 lane, $22–$35 hourly
@@ -247,8 +269,8 @@ macro_rules! delta_upserts {
 // final SELECT run left to right: keys, events, hourly, daily, all-customer.
 const INSERT_NEW_SQL: &str = concat!(
     "WITH keys AS (
-    INSERT INTO usage_event_keys (event_id, customer_id)
-    SELECT event_id, customer_id FROM tally_stage ORDER BY event_id, customer_id
+    INSERT INTO usage_event_keys (event_id, customer_id, digest)
+    SELECT event_id, customer_id, digest FROM tally_stage ORDER BY event_id, customer_id
     RETURNING 1
 ), ins AS (
     INSERT INTO usage_events (event_id, customer_id, service, quantity, recorded_at, metadata)
@@ -270,11 +292,24 @@ const DIRECT_ROLLUPS_SQL: &str = concat!(
 SELECT (SELECT count(*) FROM hourly), (SELECT count(*) FROM daily), (SELECT count(*) FROM totals)"
 );
 
-// Direct path: which of the keys a batch's events may repeat (this process wrote the
-// same key recently) are stored. One index probe each.
-const PROBE_KEYS_SQL: &str = "SELECT k.event_id, k.customer_id
+// Which of some keys are stored, with their payload digests: on the direct path the
+// keys a batch's events may repeat (this process wrote the same key recently), on
+// Citus the keys a writer could not claim. One index probe each.
+const PROBE_KEYS_SQL: &str = "SELECT k.event_id, k.customer_id, k.digest
     FROM unnest($1::uuid[], $2::text[]) AS u(event_id, customer_id)
     JOIN usage_event_keys k ON k.event_id = u.event_id AND k.customer_id = u.customer_id";
+
+// After the slow path: the digest now stored for each staged key (its own for a key
+// the batch inserted, another writer's or an earlier one's for the rest).
+const STAGED_DIGESTS_SQL: &str = "SELECT DISTINCT s.event_id, s.customer_id, k.digest
+    FROM tally_stage s JOIN usage_event_keys k ON k.event_id = s.event_id AND k.customer_id = s.customer_id";
+
+// After an all-or-nothing load: the staged events whose key is stored with another
+// payload (by another writer, before, or by an earlier line of the load).
+const STAGED_CONFLICTS_SQL: &str = "SELECT s.ord
+    FROM tally_stage s JOIN usage_event_keys k ON k.event_id = s.event_id AND k.customer_id = s.customer_id
+    WHERE k.digest IS NOT NULL AND k.digest IS DISTINCT FROM s.digest
+    ORDER BY s.ord";
 
 // Slow path: claims keys with ON CONFLICT DO NOTHING, waiting for concurrent writers
 // of the same keys to commit, and inserts only the events whose keys it claimed. It
@@ -284,11 +319,11 @@ const PROBE_KEYS_SQL: &str = "SELECT k.event_id, k.customer_id
 // taking its row locks in the global order like every other writer.
 const APPLY_STAGED_SQL: &str = concat!(
     "WITH staged AS (
-    SELECT DISTINCT ON (event_id, customer_id) event_id, customer_id, service, quantity, recorded_at, metadata
+    SELECT DISTINCT ON (event_id, customer_id) event_id, customer_id, service, quantity, recorded_at, metadata, digest
     FROM tally_stage ORDER BY event_id, customer_id, ctid
 ), new_keys AS (
-    INSERT INTO usage_event_keys (event_id, customer_id)
-    SELECT event_id, customer_id FROM staged ORDER BY event_id, customer_id
+    INSERT INTO usage_event_keys (event_id, customer_id, digest)
+    SELECT event_id, customer_id, digest FROM staged ORDER BY event_id, customer_id
     ON CONFLICT DO NOTHING
     RETURNING event_id, customer_id
 ), keys AS (
@@ -429,19 +464,22 @@ impl Ingest {
         }
         // Before the transaction: it must hold no lock that creating one waits for.
         self.ensure_partitions(events).await;
+        let batch = Dedupe::of(events);
         let mut tx = self.begin(lane).await?;
-        let (inserted, quantity) = match tx.write_direct(events).await? {
+        let applied = match tx.write_direct(&batch.unique).await? {
             Some(written) => written,
             None => {
-                let unique = tx.stage(events).await?;
-                tx.apply(&unique).await?
+                tx.stage(&batch.unique).await?;
+                tx.apply(&batch.unique).await?
             }
         };
         tx.commit().await?;
+        let conflicts = batch.conflicts(&applied.stored);
         Ok(WriteOutcome {
-            inserted,
-            duplicates: events.len() as u64 - inserted,
-            quantity,
+            inserted: applied.inserted,
+            duplicates: events.len() as u64 - applied.inserted - conflicts.len() as u64,
+            quantity: applied.quantity,
+            conflicts,
         })
     }
 
@@ -463,7 +501,8 @@ impl Ingest {
             lane,
             staged: 0,
             distributed,
-            applied: (0, Decimal::ZERO),
+            applied: Applied::default(),
+            conflicting: Vec::new(),
         };
         tx.client()?
             // Sorts of a 100 000-event batch spill to disk at the default 4 MB.
@@ -517,9 +556,35 @@ pub(crate) struct IngestTx {
     lane: Lane,
     staged: u64,
     // On Citus every staged batch is written at once (see `write_distributed`); this
-    // is what those writes inserted, reported by the next apply.
+    // is what those writes did, reported by the next apply.
     distributed: bool,
-    applied: (u64, Decimal),
+    applied: Applied,
+    // On Citus, the places of staged events found conflicting as they were written.
+    conflicting: Vec<u64>,
+}
+
+/// What applying events did: how many were inserted, their total quantity, and the
+/// keys among them found stored already, with their stored digests (what
+/// [`Dedupe::conflicts`] compares).
+#[derive(Default)]
+pub(crate) struct Applied {
+    pub(crate) inserted: u64,
+    pub(crate) quantity: Decimal,
+    stored: KeySet,
+}
+
+impl Applied {
+    fn add(&mut self, o: Applied) -> Result<()> {
+        self.inserted += o.inserted;
+        self.quantity =
+            self.quantity
+                .checked_add(o.quantity)
+                .ok_or(tally_core::Error::Overflow {
+                    what: "a batch's total",
+                })?;
+        self.stored.extend(o.stored);
+        Ok(())
+    }
 }
 
 impl Drop for IngestTx {
@@ -543,20 +608,21 @@ impl IngestTx {
     /// Returns `None`, with nothing of the batch written, when the batch cannot take
     /// this path (on Citus) or a key turned out to be stored already (the COPY fails
     /// on the unique key and is rolled back to a savepoint): the caller stages it.
-    async fn write_direct(&mut self, events: &[UsageEvent]) -> Result<Option<(u64, Decimal)>> {
+    async fn write_direct(&mut self, unique: &[&UsageEvent]) -> Result<Option<Applied>> {
         if self.distributed {
             return Ok(None);
         }
-        let unique = first_of_each_key(events);
         // Each event with its key's hash, computed once for the lookup and to remember.
         let (mut new, maybe): (Vec<Hashed>, Vec<Hashed>) = {
             let recent = self.ingest.recent();
             unique
-                .into_iter()
+                .iter()
+                .copied()
                 .map(|e| (e, recent.hash((e.id.uuid(), e.customer.as_str()))))
                 .partition(|(_, h)| !recent.set.contains(h))
         };
         let client = self.client()?;
+        let mut stored = KeySet::default();
         if !maybe.is_empty() {
             let ids: Vec<Uuid> = maybe.iter().map(|(e, _)| e.id.uuid()).collect();
             let customers: Vec<&str> = maybe.iter().map(|(e, _)| e.customer.as_str()).collect();
@@ -568,11 +634,14 @@ impl IngestTx {
                 .query(&probe, &[&ids, &customers])
                 .await
                 .map_err(Error::db("looking up event keys"))?;
-            let stored = KeySet::of(&rows, "looking up event keys")?;
+            stored = KeySet::of(&rows, "looking up event keys")?;
             new.extend(maybe.into_iter().filter(|(e, _)| !stored.contains(e)));
         }
         if new.is_empty() {
-            return Ok(Some((0, Decimal::ZERO)));
+            return Ok(Some(Applied {
+                stored,
+                ..Applied::default()
+            }));
         }
         // Keys in key order: the lock order every writer follows.
         new.sort_unstable_by(|(a, _), (b, _)| {
@@ -585,7 +654,7 @@ impl IngestTx {
             .map_err(Error::db("preparing a batch"))?;
         let written = async {
             copy_keys(client, &new).await?;
-            copy_events(client, "usage_events", &new).await?;
+            copy_events(client, &new).await?;
             let mut r = Rollups::of(new.iter().copied())?;
             let (fresh, newest) = self.ingest.newest().split(&r.hourly);
             copy_new_hourly(client, &mut r, &fresh).await?;
@@ -602,14 +671,18 @@ impl IngestTx {
         }
         .await;
         match written {
-            Ok((r, newest)) => {
+            Ok(((inserted, quantity), newest)) => {
                 client
                     .batch_execute("RELEASE SAVEPOINT tally_direct")
                     .await
                     .map_err(Error::db("releasing the savepoint"))?;
                 self.ingest.recent().remember(hashes.into_iter());
                 self.ingest.newest().remember(newest);
-                Ok(Some(r))
+                Ok(Some(Applied {
+                    inserted,
+                    quantity,
+                    stored,
+                }))
             }
             Err(e) if e.sqlstate() == Some(SqlState::UNIQUE_VIOLATION.code()) => {
                 tracing::debug!("some events of the batch were stored before; staging it");
@@ -623,53 +696,61 @@ impl IngestTx {
         }
     }
 
-    /// Copies `events` into the transaction's staging table by binary COPY (on Citus:
-    /// writes them at once, see `write_distributed`); the caller has made sure their
-    /// months have partitions ([`Ingest::ensure_partitions`]). A key repeated inside
-    /// `events` is the same event: its first occurrence is kept. Returns the events
-    /// staged.
-    pub(crate) async fn stage<'e>(
-        &mut self,
-        events: &'e [UsageEvent],
-    ) -> Result<Vec<&'e UsageEvent>> {
-        let unique = first_of_each_key(events);
+    /// Copies `unique` (events with distinct keys: [`Dedupe`]) into the transaction's
+    /// staging table by binary COPY (on Citus: writes them at once, see
+    /// `write_distributed`); the caller has made sure their months have partitions
+    /// ([`Ingest::ensure_partitions`]). Each is staged with its place among all the
+    /// events this transaction staged (from 0), which
+    /// [`IngestTx::staged_conflicts`] names.
+    pub(crate) async fn stage(&mut self, unique: &[&UsageEvent]) -> Result<()> {
         let client = self.client()?;
         if self.distributed {
-            let (n, q) = write_distributed(client, &unique, self.lane).await?;
-            self.applied.0 += n;
-            self.applied.1 = self
-                .applied
-                .1
-                .checked_add(q)
-                .ok_or(tally_core::Error::Overflow {
-                    what: "a batch's total",
-                })?;
+            let applied = write_distributed(client, unique, self.lane).await?;
+            for (e, ord) in unique.iter().zip(self.staged..) {
+                if applied
+                    .stored
+                    .digest_of(e)
+                    .is_some_and(|d| d.is_some_and(|d| d != e.digest()))
+                {
+                    self.conflicting.push(ord);
+                }
+            }
+            self.applied.add(applied)?;
             self.staged += unique.len() as u64;
-            return Ok(unique);
+            return Ok(());
         }
         if self.staged == 0 {
-            let exists: bool = client
-                .query_one("SELECT to_regclass('pg_temp.tally_stage') IS NOT NULL", &[])
+            // A stage made by an older build (without the digest) is made anew.
+            let current: Option<bool> = client
+                .query_one(
+                    "SELECT (SELECT true FROM pg_attribute WHERE attrelid = c.oid AND attname = 'ord')
+                     FROM (SELECT to_regclass('pg_temp.tally_stage') AS oid) c WHERE c.oid IS NOT NULL",
+                    &[],
+                )
                 .await
-                .map_err(Error::db("looking for the staging table"))?
-                .get(0);
-            if !exists {
-                client
+                .map_or(None, |r| r.try_get::<_, Option<bool>>(0).ok().map(|v| v.unwrap_or(false)));
+            match current {
+                Some(true) => {}
+                Some(false) => client
+                    .batch_execute(&format!("DROP TABLE pg_temp.tally_stage; {STAGE_DDL}"))
+                    .await
+                    .map_err(Error::db("creating the staging table"))?,
+                None => client
                     .batch_execute(STAGE_DDL)
                     .await
-                    .map_err(Error::db("creating the staging table"))?;
+                    .map_err(Error::db("creating the staging table"))?,
             }
         }
-        copy_events(client, "tally_stage", &unique).await?;
+        copy_stage(client, unique, self.staged).await?;
         self.staged += unique.len() as u64;
-        Ok(unique)
+        Ok(())
     }
 
     /// Applies one staged batch (`unique`, as [`IngestTx::stage`] returned it): the
     /// fast path, falling back to [`IngestTx::apply_staged`] when a concurrent writer
     /// claimed some of the same keys meanwhile. Returns the events inserted and their
     /// total quantity.
-    pub(crate) async fn apply(&mut self, unique: &[&UsageEvent]) -> Result<(u64, Decimal)> {
+    pub(crate) async fn apply(&mut self, unique: &[&UsageEvent]) -> Result<Applied> {
         if self.distributed {
             return Ok(std::mem::take(&mut self.applied));
         }
@@ -694,16 +775,50 @@ impl IngestTx {
                     .batch_execute("ROLLBACK TO SAVEPOINT tally_fast")
                     .await
                     .map_err(Error::db("rolling back to the savepoint"))?;
-                self.apply_staged().await
+                let mut applied = self.apply_staged().await?;
+                applied.stored = self.staged_digests().await?;
+                Ok(applied)
             }
             Err(e) => Err(e),
         }
     }
 
+    /// The digest stored now for each staged key (after the slow path, whose
+    /// statement says only how many keys it claimed).
+    async fn staged_digests(&self) -> Result<KeySet> {
+        let rows = self
+            .client()?
+            .query(STAGED_DIGESTS_SQL, &[])
+            .await
+            .map_err(Error::db("reading event digests"))?;
+        KeySet::of(&rows, "reading event digests")
+    }
+
+    /// After [`IngestTx::apply_staged`] of an all-or-nothing load: the places (see
+    /// [`IngestTx::stage`]) of the staged events whose key is stored with another
+    /// payload, in order.
+    pub(crate) async fn staged_conflicts(&self) -> Result<Vec<u64>> {
+        if self.distributed {
+            return Ok(self.conflicting.clone());
+        }
+        let rows = self
+            .client()?
+            .query(STAGED_CONFLICTS_SQL, &[])
+            .await
+            .map_err(Error::db("looking for conflicting events"))?;
+        rows.iter()
+            .map(|r| {
+                r.try_get::<_, i64>(0)
+                    .map(|o| u64::try_from(o).unwrap_or_default())
+                    .map_err(Error::db("looking for conflicting events"))
+            })
+            .collect()
+    }
+
     /// Applies everything staged in this transaction in one statement (the slow
     /// path's `ON CONFLICT` key claim). Returns the events inserted and their total
     /// quantity.
-    pub(crate) async fn apply_staged(&mut self) -> Result<(u64, Decimal)> {
+    pub(crate) async fn apply_staged(&mut self) -> Result<Applied> {
         if self.distributed {
             return Ok(std::mem::take(&mut self.applied));
         }
@@ -722,7 +837,11 @@ impl IngestTx {
         let quantity: Decimal = row
             .try_get(1)
             .map_err(Error::db("reading the batch result"))?;
-        Ok((u64::try_from(inserted).unwrap_or_default(), quantity))
+        Ok(Applied {
+            inserted: u64::try_from(inserted).unwrap_or_default(),
+            quantity,
+            ..Applied::default()
+        })
     }
 
     /// Commits: everything applied becomes visible at once.
@@ -862,7 +981,7 @@ async fn insert_new(
     client: &deadpool_postgres::Client,
     events: &[&UsageEvent],
     lane: Lane,
-) -> Result<(u64, Decimal)> {
+) -> Result<Applied> {
     let db = Error::db;
     let drop_stored = client
         .prepare_cached(DROP_STORED_SQL)
@@ -888,22 +1007,19 @@ async fn insert_new(
         .map_err(db("applying a batch"))?;
     let inserted: i64 = row.try_get(1).map_err(db("applying a batch"))?;
     debug_assert_eq!(inserted as u64, new, "every staged event left is new");
-    Ok((u64::try_from(inserted).unwrap_or_default(), total))
+    Ok(Applied {
+        inserted: u64::try_from(inserted).unwrap_or_default(),
+        quantity: total,
+        stored,
+    })
 }
 
-/// Copies `events` into `table` (the stage, or the events table on Citus) by binary
-/// COPY. `table` is one of those two names, never input.
-async fn copy_events(
-    client: &deadpool_postgres::Client,
-    table: &'static str,
-    events: &[&UsageEvent],
-) -> Result<()> {
+/// Copies `events` into the events table by binary COPY.
+async fn copy_events(client: &deadpool_postgres::Client, events: &[&UsageEvent]) -> Result<()> {
     let mut writer = copy_writer(
         client,
-        &format!(
-            "COPY {table} (event_id, customer_id, service, quantity, recorded_at, metadata) FROM STDIN BINARY"
-        ),
-        &STAGE_TYPES,
+        "COPY usage_events (event_id, customer_id, service, quantity, recorded_at, metadata) FROM STDIN BINARY",
+        &EVENT_TYPES,
     )
     .await?;
     for e in events {
@@ -924,19 +1040,54 @@ async fn copy_events(
     copy_finish(writer).await
 }
 
-/// Copies the keys of `events` (sorted by key: the lock order) into the key table by
-/// binary COPY. A key stored already fails it with a unique violation.
+/// Copies `events` into the stage by binary COPY, with their digests and their places
+/// from `first` on.
+async fn copy_stage(
+    client: &deadpool_postgres::Client,
+    events: &[&UsageEvent],
+    first: u64,
+) -> Result<()> {
+    let mut writer = copy_writer(
+        client,
+        "COPY tally_stage (event_id, customer_id, service, quantity, recorded_at, metadata, digest, ord) FROM STDIN BINARY",
+        &STAGE_TYPES,
+    )
+    .await?;
+    for (e, ord) in events.iter().zip(first..) {
+        let (id, quantity) = (e.id.uuid(), e.quantity.value());
+        let ord = i64::try_from(ord).unwrap_or(i64::MAX);
+        writer
+            .as_mut()
+            .write(&[
+                &id,
+                &e.customer.as_str(),
+                &e.service.as_str(),
+                &quantity,
+                &e.recorded_at,
+                &Jsonb(e.metadata.as_str()),
+                &e.digest(),
+                &ord,
+            ])
+            .await
+            .map_err(Error::db("staging events"))?;
+    }
+    copy_finish(writer).await
+}
+
+/// Copies the keys of `events` (sorted by key: the lock order), with their payload
+/// digests, into the key table by binary COPY. A key stored already fails it with a
+/// unique violation.
 async fn copy_keys(client: &deadpool_postgres::Client, events: &[&UsageEvent]) -> Result<()> {
     let mut writer = copy_writer(
         client,
-        "COPY usage_event_keys (event_id, customer_id) FROM STDIN BINARY",
-        &[Type::UUID, Type::TEXT],
+        "COPY usage_event_keys (event_id, customer_id, digest) FROM STDIN BINARY",
+        &[Type::UUID, Type::TEXT, Type::INT8],
     )
     .await?;
     for e in events {
         writer
             .as_mut()
-            .write(&[&e.id.uuid(), &e.customer.as_str()])
+            .write(&[&e.id.uuid(), &e.customer.as_str(), &e.digest()])
             .await
             .map_err(Error::db("copying event keys"))?;
     }
@@ -1087,39 +1238,122 @@ async fn copy_hourly(
     copy_finish(writer).await
 }
 
-/// Event keys a statement returned as `(event_id, customer_id)` rows: the replays the
-/// fast path dropped, the stored keys the direct path found, the keys Citus let a
-/// writer claim.
-struct KeySet(HashMap<Uuid, Vec<String>>);
+/// Event keys a statement returned as `(event_id, customer_id[, digest])` rows: the
+/// replays the fast path dropped, the stored keys the direct path found, the keys
+/// Citus let a writer claim; with the payload digest stored for each when the
+/// statement returned one (`None`: not known, a key stored before digests were).
+#[derive(Default)]
+struct KeySet(HashMap<Uuid, Vec<(String, Option<i64>)>>);
 
 impl KeySet {
     fn of(rows: &[tokio_postgres::Row], context: &'static str) -> Result<KeySet> {
-        let mut ids: HashMap<Uuid, Vec<String>> = HashMap::with_capacity(rows.len());
+        let mut ids: HashMap<Uuid, Vec<(String, Option<i64>)>> = HashMap::with_capacity(rows.len());
         for r in rows {
             let id: Uuid = r.try_get(0).map_err(Error::db(context))?;
+            let digest = match r.len() > 2 {
+                true => r.try_get(2).map_err(Error::db(context))?,
+                false => None,
+            };
             ids.entry(id)
                 .or_default()
-                .push(r.try_get(1).map_err(Error::db(context))?);
+                .push((r.try_get(1).map_err(Error::db(context))?, digest));
         }
         Ok(KeySet(ids))
     }
 
     /// Whether `e`'s key is in the set (by id first; no key is built per event).
     fn contains(&self, e: &UsageEvent) -> bool {
-        self.0
-            .get(&e.id.uuid())
-            .is_some_and(|customers| customers.iter().any(|c| c == e.customer.as_str()))
+        self.digest_of(e).is_some()
+    }
+
+    /// The digest stored with `e`'s key, if the key is in the set.
+    fn digest_of(&self, e: &UsageEvent) -> Option<Option<i64>> {
+        self.0.get(&e.id.uuid()).and_then(|customers| {
+            customers
+                .iter()
+                .find(|(c, _)| c == e.customer.as_str())
+                .map(|(_, d)| *d)
+        })
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn extend(&mut self, other: KeySet) {
+        for (id, keys) in other.0 {
+            self.0.entry(id).or_default().extend(keys);
+        }
     }
 }
 
-/// The events of `events` whose key has not come before: a key repeated inside a
-/// batch is the same event, and its first occurrence is kept.
-fn first_of_each_key(events: &[UsageEvent]) -> Vec<&UsageEvent> {
-    let mut seen = HashSet::with_capacity(events.len());
-    events
-        .iter()
-        .filter(|e| seen.insert((e.id, e.customer.as_str())))
-        .collect()
+/// A batch with each key once: a key repeated inside a batch is the same event (or a
+/// conflict, if its payload differs), and its first occurrence is the one written.
+pub(crate) struct Dedupe<'e> {
+    events: &'e [UsageEvent],
+    /// The first event of each key, in order.
+    pub(crate) unique: Vec<&'e UsageEvent>,
+    /// Where each of `unique` is in the batch.
+    pub(crate) index: Vec<usize>,
+    /// Whether a key came more than once.
+    repeats: bool,
+}
+
+impl<'e> Dedupe<'e> {
+    pub(crate) fn of(events: &'e [UsageEvent]) -> Dedupe<'e> {
+        let mut seen = HashSet::with_capacity(events.len());
+        let (mut unique, mut index) = (Vec::with_capacity(events.len()), Vec::new());
+        for (i, e) in events.iter().enumerate() {
+            if seen.insert((e.id, e.customer.as_str())) {
+                unique.push(e);
+                index.push(i);
+            }
+        }
+        let repeats = unique.len() < events.len();
+        Dedupe {
+            events,
+            unique,
+            index,
+            repeats,
+        }
+    }
+
+    /// The events (indexes into the batch) that conflict: their key is stored with
+    /// another payload digest (`stored`, what the write found), or came earlier in the
+    /// batch with another payload. A key stored without a digest (before digests
+    /// were kept) conflicts with nothing. Digests are computed only for the events
+    /// whose key was found stored or repeated.
+    /// The events that repeat an earlier key of the batch with another payload.
+    pub(crate) fn repeat_conflicts(&self) -> Vec<usize> {
+        self.conflicts(&KeySet::default())
+    }
+
+    fn conflicts(&self, stored: &KeySet) -> Vec<usize> {
+        if stored.is_empty() && !self.repeats {
+            return Vec::new();
+        }
+        let mut first: HashMap<(tally_core::EventId, &str), i64> = HashMap::new();
+        let mut out = Vec::new();
+        let mut next_unique = self.index.iter().peekable();
+        for (i, e) in self.events.iter().enumerate() {
+            let is_first = next_unique.next_if(|&&j| j == i).is_some();
+            match stored.digest_of(e) {
+                Some(Some(d)) if d != e.digest() => out.push(i),
+                Some(_) => {}
+                None if self.repeats => {
+                    let d = e.digest();
+                    let key = (e.id, e.customer.as_str());
+                    if is_first {
+                        first.insert(key, d);
+                    } else if first.get(&key).is_some_and(|f| *f != d) {
+                        out.push(i);
+                    }
+                }
+                None => {}
+            }
+        }
+        out
+    }
 }
 
 /// Keys this process wrote recently, as 64-bit hashes, the oldest forgotten first:
@@ -1298,8 +1532,8 @@ impl<'a> Rollups<'a> {
 // slow path) and `RETURNING` says which are ours — the command tag would not
 // (citus#3377); then the claimed events go in by binary COPY and the rollups by the
 // same merge rule, each statement on its own: Citus routes every row to its shard.
-const CLAIM_KEYS_SQL: &str = "INSERT INTO usage_event_keys (event_id, customer_id)
-    SELECT * FROM unnest($1::uuid[], $2::text[]) ON CONFLICT DO NOTHING
+const CLAIM_KEYS_SQL: &str = "INSERT INTO usage_event_keys (event_id, customer_id, digest)
+    SELECT * FROM unnest($1::uuid[], $2::text[], $3::int8[]) ON CONFLICT DO NOTHING
     RETURNING event_id, customer_id";
 
 const HOURLY_SQL: &str = concat!(
@@ -1347,29 +1581,46 @@ async fn write_distributed(
     client: &deadpool_postgres::Client,
     events: &[&UsageEvent],
     lane: Lane,
-) -> Result<(u64, Decimal)> {
+) -> Result<Applied> {
     let db = Error::db;
     // Claimed in key order, like every other writer.
-    let mut keys: Vec<(Uuid, &str)> = events
+    let mut keys: Vec<(Uuid, &str, i64)> = events
         .iter()
-        .map(|e| (e.id.uuid(), e.customer.as_str()))
+        .map(|e| (e.id.uuid(), e.customer.as_str(), e.digest()))
         .collect();
     keys.sort_unstable();
-    let (ids, customers): (Vec<Uuid>, Vec<&str>) = keys.into_iter().unzip();
+    let (mut ids, mut customers, mut digests) = (Vec::new(), Vec::new(), Vec::new());
+    for (id, customer, digest) in keys {
+        ids.push(id);
+        customers.push(customer);
+        digests.push(digest);
+    }
     let rows = client
-        .query(CLAIM_KEYS_SQL, &[&ids, &customers])
+        .query(CLAIM_KEYS_SQL, &[&ids, &customers, &digests])
         .await
         .map_err(db("claiming event keys"))?;
     let claimed = KeySet::of(&rows, "claiming event keys")?;
-    let new: Vec<&UsageEvent> = events
-        .iter()
-        .copied()
-        .filter(|e| claimed.contains(e))
-        .collect();
-    if new.is_empty() {
-        return Ok((0, Decimal::ZERO));
+    let (new, taken): (Vec<&UsageEvent>, Vec<&UsageEvent>) =
+        events.iter().copied().partition(|e| claimed.contains(e));
+    // The digests of the keys others hold (a new statement: it sees what the claim
+    // waited for).
+    let mut stored = KeySet::default();
+    if !taken.is_empty() {
+        let ids: Vec<Uuid> = taken.iter().map(|e| e.id.uuid()).collect();
+        let customers: Vec<&str> = taken.iter().map(|e| e.customer.as_str()).collect();
+        let rows = client
+            .query(PROBE_KEYS_SQL, &[&ids, &customers])
+            .await
+            .map_err(db("looking up event keys"))?;
+        stored = KeySet::of(&rows, "looking up event keys")?;
     }
-    copy_events(client, "usage_events", &new).await?;
+    if new.is_empty() {
+        return Ok(Applied {
+            stored,
+            ..Applied::default()
+        });
+    }
+    copy_events(client, &new).await?;
     let r = Rollups::of(new.iter().copied())?;
     let ((h, hq), d, (t, tq)) = (
         Columns::with_quarters(&r.hourly)?,
@@ -1393,7 +1644,11 @@ async fn write_distributed(
         .execute(TOTALS_SQL, &totals)
         .await
         .map_err(db("updating the all-customer rollup"))?;
-    Ok((r.events, r.quantity))
+    Ok(Applied {
+        inserted: r.events,
+        quantity: r.quantity,
+        stored,
+    })
 }
 
 /// A batch's rollup deltas as the parameters of `delta_upserts!`.

@@ -78,6 +78,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         name: "0010_partition_lock.sql",
         sql: include_str!("../../../migrations/0010_partition_lock.sql"),
     },
+    Migration {
+        version: 11,
+        name: "0011_event_digests.sql",
+        sql: include_str!("../../../migrations/0011_event_digests.sql"),
+    },
 ];
 
 /// A fingerprint of the whole embedded schema (test harnesses key template databases

@@ -167,8 +167,12 @@ pub struct RecorderStatus {
     /// Failures since the last success; non-zero means writes are failing now.
     pub consecutive_failures: u64,
     /// Events that could not be written for a permanent reason and were stored in
-    /// the dead-letter table (`usage_dead_letters`) with the error instead.
+    /// the dead-letter table (`usage_dead_letters`) with the error instead (conflicts
+    /// included).
     pub dead_lettered: u64,
+    /// Events that reused a stored event's key with a different payload (a
+    /// conflict, [`crate::ErrorKind::Conflict`]): not stored, but dead-lettered.
+    pub conflicts: u64,
     /// The most recent failure, with when it happened.
     pub last_error: Option<(DateTime<Utc>, String)>,
 }
@@ -761,11 +765,21 @@ async fn write_isolating(
             Ok(outcome) => {
                 ingest.local().committed(slice);
                 backoff = config.retry_initial;
-                let mut s = shared.status();
-                s.inserted += outcome.inserted;
-                s.duplicates += outcome.duplicates;
-                s.batches += 1;
-                s.consecutive_failures = 0;
+                {
+                    let mut s = shared.status();
+                    s.inserted += outcome.inserted;
+                    s.duplicates += outcome.duplicates;
+                    s.conflicts += outcome.conflicts.len() as u64;
+                    s.batches += 1;
+                    s.consecutive_failures = 0;
+                }
+                for i in outcome.conflicts {
+                    let Some(e) = slice.get(i) else { continue };
+                    let error = Error::conflict(e);
+                    tracing::warn!(error = %error, "an event reused a stored event's id");
+                    dead_letter(ingest, std::slice::from_ref(e), &error, shared, config).await;
+                    refused.push((range.start + i, error));
+                }
             }
             Err(e) if !about_the_events(&e) => {
                 tracing::error!(error = %e, events = slice.len(), retry_in_ms = backoff.as_millis() as u64,
