@@ -127,16 +127,31 @@ async fn main() {
             std::process::exit(2);
         }
     };
+    // A failure (PostgreSQL restarting mid-run, say) is reported, never a panic.
+    if let Err(e) = run(a).await {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// `what` failed: its error, said with what was being done.
+fn fail<E: std::fmt::Display>(what: &'static str) -> impl FnOnce(E) -> String {
+    move |e| format!("{what}: {e}")
+}
+
+async fn run(a: Args) -> Result<(), String> {
     let db = if a.citus {
         Db::Citus(Box::new(
             CitusDb::new()
                 .await
-                .expect("a Citus database to load into")
-                .expect("--citus needs TALLY_CITUS_URL (a coordinator, see ../shared/citus)"),
+                .map_err(fail("creating a Citus database to load into"))?
+                .ok_or("--citus needs TALLY_CITUS_URL (a coordinator, see ../shared/citus)")?,
         ))
     } else {
         Db::One(Box::new(
-            TestDb::new().await.expect("a database to load into"),
+            TestDb::new()
+                .await
+                .map_err(fail("creating a database to load into"))?,
         ))
     };
     let t = Instant::now();
@@ -149,15 +164,15 @@ async fn main() {
         t.elapsed().as_secs_f64()
     );
 
-    let cfg: tokio_postgres::Config = db.url().parse().unwrap();
-    let (client, conn) = cfg.connect(NoTls).await.unwrap();
+    let cfg: tokio_postgres::Config = db.url().parse().map_err(fail("the database URL"))?;
+    let (client, conn) = cfg.connect(NoTls).await.map_err(fail("connecting"))?;
     tokio::spawn(conn);
     let settings: Vec<String> = client
         .query("SELECT name || '=' || setting FROM pg_settings WHERE name IN ('shared_buffers','synchronous_commit','fsync','max_wal_size','server_version') ORDER BY name", &[])
         .await
-        .unwrap()
+        .map_err(fail("reading the settings"))?
         .iter()
-        .map(|r| r.get(0))
+        .filter_map(|r| r.try_get(0).ok())
         .collect();
 
     let mut baseline_rate = None;
@@ -167,19 +182,19 @@ async fn main() {
                 "CREATE TABLE baseline_copy (event_id uuid, customer_id text, service text, quantity numeric(28,15), recorded_at timestamptz, metadata jsonb)",
             )
             .await
-            .unwrap();
+            .map_err(fail("preparing the raw COPY baseline"))?;
         if a.citus {
             // The fair baseline on a cluster: raw COPY into a distributed table.
             client
                 .batch_execute("SELECT create_distributed_table('baseline_copy', 'customer_id', colocate_with => 'none')")
                 .await
-                .unwrap();
+                .map_err(fail("preparing the raw COPY baseline"))?;
         }
         let t = Instant::now();
         let sink = client
             .copy_in("COPY baseline_copy FROM STDIN BINARY")
             .await
-            .unwrap();
+            .map_err(fail("preparing the raw COPY baseline"))?;
         let types = [
             Type::UUID,
             Type::TEXT,
@@ -190,7 +205,8 @@ async fn main() {
         ];
         let mut w = pin!(BinaryCopyInWriter::new(sink, &types));
         for e in &events {
-            let meta: serde_json::Value = serde_json::from_str(e.metadata.as_str()).unwrap();
+            let meta: serde_json::Value =
+                serde_json::from_str(e.metadata.as_str()).map_err(fail("an event's metadata"))?;
             w.as_mut()
                 .write(&[
                     &e.id.uuid(),
@@ -201,20 +217,26 @@ async fn main() {
                     &meta,
                 ])
                 .await
-                .unwrap();
+                .map_err(fail("preparing the raw COPY baseline"))?;
         }
-        w.as_mut().finish().await.unwrap();
+        w.as_mut()
+            .finish()
+            .await
+            .map_err(fail("the raw COPY baseline"))?;
         let secs = t.elapsed().as_secs_f64();
         baseline_rate = Some(events.len() as f64 / secs);
         eprintln!(
             "raw COPY into an unindexed table: {:.0} rows/s ({secs:.1}s)",
-            baseline_rate.unwrap()
+            events.len() as f64 / secs
         );
         client
             .batch_execute("DROP TABLE baseline_copy")
             .await
-            .unwrap();
-        client.batch_execute("CHECKPOINT").await.unwrap();
+            .map_err(fail("preparing the raw COPY baseline"))?;
+        client
+            .batch_execute("CHECKPOINT")
+            .await
+            .map_err(fail("CHECKPOINT"))?;
     }
 
     let n = events.len();
@@ -243,14 +265,32 @@ async fn main() {
     });
     let t = Instant::now();
     for chunk in chunks {
-        recorder.record_many(chunk).await.unwrap();
+        recorder
+            .record_many(chunk)
+            .await
+            .map_err(fail("recording"))?;
     }
-    recorder.close().await.unwrap();
+    recorder
+        .close()
+        .await
+        .map_err(fail("closing the recorder"))?;
     let secs = t.elapsed().as_secs_f64();
     let rate = n as f64 / secs;
     let status = recorder.status();
     eprintln!("recorder, exactly once with rollups: {rate:.0} events/s ({secs:.1}s)");
-    let v = store.verify().await.unwrap();
+    // A transient failure (the server restarting) is retried for up to a minute.
+    let mut attempt = 0;
+    let v = loop {
+        match store.verify().await {
+            Ok(v) => break v,
+            Err(e) if e.is_transient() && attempt < 60 => {
+                attempt += 1;
+                eprintln!("verify failed ({e}); retrying in 1 s");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(format!("verifying: {e}")),
+        }
+    };
     let out = serde_json::json!({
         "shape": format!("{:?}", a.shape).to_lowercase(),
         "citus": a.citus,
@@ -272,18 +312,22 @@ async fn main() {
         "kept_database_url": a.keep.then(|| db.url().to_owned()),
     });
     println!("{out}");
-    assert_eq!(
-        status.inserted as usize,
-        n - dups,
-        "every distinct event stored once"
-    );
-    assert_eq!(
-        (v.mismatches, v.key_mismatches),
-        (0, 0),
-        "rollups equal raw events"
-    );
+    if status.inserted as usize != n - dups {
+        return Err(format!(
+            "{} events stored where {} distinct ones were recorded",
+            status.inserted,
+            n - dups
+        ));
+    }
+    if (v.mismatches, v.key_mismatches) != (0, 0) {
+        return Err(format!(
+            "rollups differ from raw events: {} mismatches, {} key mismatches",
+            v.mismatches, v.key_mismatches
+        ));
+    }
     if a.keep {
         // Left for the analytics bench (TALLY_BENCH_URL); drop it by hand afterwards.
         std::mem::forget(db);
     }
+    Ok(())
 }

@@ -274,19 +274,13 @@ async fn racing_writers_store_each_event_once_and_reads_match_one_node() {
     let mut files = Vec::new();
     for (t, name) in [(c, "citus.csv"), (s, "one.csv")] {
         let path = out.path().join(name);
-        let file = tally::export::create_output(&path, false).unwrap();
         let filter = tally::export::EventFilter {
             range: month,
             customer: None,
             service: None,
         };
         let r = t
-            .export(
-                tally::export::ExportFormat::Csv,
-                filter,
-                Box::new(file),
-                None,
-            )
+            .export_to(tally::export::ExportFormat::Csv, filter, &path, false, None)
             .await
             .unwrap();
         assert_eq!(r.rows, 3010);

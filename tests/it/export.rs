@@ -10,7 +10,7 @@ use calamine::{Data, Reader, Xlsx, open_workbook};
 use rust_decimal::Decimal;
 use tally::{
     CustomerId, Metadata, Service, TimeRange, UsageEvent,
-    export::{EventFilter, ExportFormat, create_output},
+    export::{EventFilter, ExportFormat},
 };
 use tally_testdb::TestDb;
 use tally_tests::at;
@@ -188,13 +188,12 @@ async fn xlsx_has_typed_cells_rolling_sheets_a_summary_and_a_chart() {
     let (db, events) = setup().await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("usage.xlsx");
-    let file = create_output(&path, false).unwrap();
     // 12 rows per sheet: 30 rows make three usage sheets.
     let report = db
         .tally()
         .exporter()
         .rows_per_sheet(12)
-        .export(ExportFormat::Xlsx, all(), Box::new(file), None)
+        .export_to(ExportFormat::Xlsx, all(), &path, false, None)
         .await
         .unwrap();
     assert_eq!((report.rows, report.sheets), (30, 3));
@@ -230,14 +229,22 @@ async fn xlsx_has_typed_cells_rolling_sheets_a_summary_and_a_chart() {
         .map(|e| e.quantity.value().to_string().parse::<f64>().unwrap())
         .sum();
     assert!((total - expect).abs() < 1e-9, "{total} vs {expect}");
-    // The first row's date is the first event's time.
+    // Rows come by customer, each customer's in time order: the first row's date is
+    // the first customer's first event's time.
     let first = wb.worksheet_range("Usage").unwrap();
     let Data::DateTime(d) = &first[(1, 0)] else {
         panic!()
     };
+    let first_customer = events.iter().map(|e| e.customer.as_str()).min().unwrap();
+    assert_eq!(first[(1, 1)].to_string(), first_customer);
     assert_eq!(
         d.as_datetime().unwrap().and_utc(),
-        events.iter().map(|e| e.recorded_at).min().unwrap()
+        events
+            .iter()
+            .filter(|e| e.customer.as_str() == first_customer)
+            .map(|e| e.recorded_at)
+            .min()
+            .unwrap()
     );
     let summary = wb.worksheet_range("Summary").unwrap();
     let text: Vec<String> = summary.rows().flatten().map(|c| c.to_string()).collect();
@@ -253,7 +260,11 @@ async fn xlsx_has_typed_cells_rolling_sheets_a_summary_and_a_chart() {
         "no chart in the workbook"
     );
     // An existing file is never overwritten.
-    let err = create_output(&path, false).unwrap_err();
+    let err = db
+        .tally()
+        .export_to(ExportFormat::Csv, all(), &path, false, None)
+        .await
+        .unwrap_err();
     assert_eq!(err.field(), Some("output"));
     assert_eq!(std::fs::read(&path).unwrap(), bytes);
 }
@@ -293,4 +304,143 @@ async fn filters_and_empty_exports() {
     let doc: serde_json::Value = serde_json::from_slice(&empty.bytes()).unwrap();
     assert_eq!(doc["usage_records"], serde_json::json!([]));
     assert_eq!(doc["summary"]["total_events"], 0);
+}
+
+/// The money of the JSON export: per customer and service, the rows' quantities priced
+/// by the default per-unit prices and rounded once, added up per service.
+fn costs_from_rows(doc: &serde_json::Value) -> std::collections::BTreeMap<String, Decimal> {
+    let mut per: std::collections::BTreeMap<(String, String), Decimal> = Default::default();
+    for r in doc["usage_records"].as_array().unwrap() {
+        let k = (
+            r["customer_id"].as_str().unwrap().to_owned(),
+            r["service"].as_str().unwrap().to_owned(),
+        );
+        let cost: Decimal = r["cost"].as_str().unwrap().parse().unwrap();
+        *per.entry(k).or_default() += cost;
+    }
+    let mut out = std::collections::BTreeMap::new();
+    for ((_, service), c) in per {
+        *out.entry(service).or_default() += tally::pricing::round_money(c);
+    }
+    out
+}
+
+/// One export is one snapshot, rows and totals alike (issue 22: with an import running
+/// beside it, the summary priced usage its rows did not hold). Writers add events to
+/// the exported range while the export streams; its summary is what its own rows add
+/// up to, event counts, quantities and money.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_during_ingest_agrees_with_its_own_rows() {
+    let db = TestDb::new().await.unwrap();
+    let t0 = at("2026-11-10T00:00:00Z");
+    let batch = move |from: u32, n: u32| -> Vec<UsageEvent> {
+        (from..from + n)
+            .map(|i| {
+                let c: CustomerId = format!("c{:03}", i % 200).parse().unwrap();
+                UsageEvent::new(c, Service::API, "3".parse().unwrap())
+                    .at(t0 + tally::chrono::Duration::seconds(i64::from(i)))
+            })
+            .collect()
+    };
+    db.tally().write(&batch(0, 20_000)).await.unwrap();
+    let writer = {
+        let t = db.tally().clone();
+        tokio::spawn(async move {
+            for k in 0..40u32 {
+                t.write(&batch(20_000 + k * 2_000, 2_000)).await.unwrap();
+            }
+        })
+    };
+    let buf = Buffer::default();
+    let report = db
+        .tally()
+        .export(ExportFormat::Json, all(), Box::new(buf.clone()), None)
+        .await
+        .unwrap();
+    writer.await.unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&buf.bytes()).unwrap();
+    let rows = doc["usage_records"].as_array().unwrap().len() as u64;
+    assert_eq!(report.rows, rows);
+    let api = &doc["summary"]["per_service"]["api"];
+    assert_eq!(api["events"].as_u64(), Some(rows));
+    let quantity: Decimal = api["quantity"].as_str().unwrap().parse().unwrap();
+    assert_eq!(quantity, Decimal::from(3 * rows));
+    let from_rows = costs_from_rows(&doc);
+    let cost: Decimal = api["cost"].as_str().unwrap().parse().unwrap();
+    assert_eq!(Some(&cost), from_rows.get("api"), "{}", doc["summary"]);
+    let total: Decimal = doc["summary"]["total_cost"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(total, cost);
+}
+
+/// With a price version starting mid-range, every row and the summary are priced by
+/// the one rule (the price in force at the range's start), so the file agrees with
+/// itself (issue 22: the rows said 300, the summary 200.00).
+#[tokio::test]
+async fn a_price_change_inside_the_range_prices_rows_and_summary_alike() {
+    let db = TestDb::new().await.unwrap();
+    let mut book = tally::pricing::PriceBook::empty();
+    let d = |s: &str| s.parse::<Decimal>().unwrap();
+    book.set(
+        &Service::API,
+        at("2020-01-01T00:00:00Z"),
+        tally::pricing::Price::per_unit(d("1")),
+    );
+    book.set(
+        &Service::API,
+        at("2026-11-16T00:00:00Z"),
+        tally::pricing::Price::per_unit(d("2")),
+    );
+    let t = db.tally().clone().with_prices(book);
+    let acme: CustomerId = "acme".parse().unwrap();
+    let events = [
+        ("2026-11-05T00:00:00Z", "100"),
+        ("2026-11-20T00:00:00Z", "100"),
+    ]
+    .map(|(when, q)| UsageEvent::new(acme.clone(), Service::API, q.parse().unwrap()).at(at(when)));
+    t.write(&events).await.unwrap();
+    let buf = Buffer::default();
+    t.export(ExportFormat::Json, all(), Box::new(buf.clone()), None)
+        .await
+        .unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&buf.bytes()).unwrap();
+    let from_rows = costs_from_rows(&doc);
+    let total: Decimal = doc["summary"]["total_cost"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(from_rows.get("api"), Some(&total));
+    assert_eq!(total, d("200.00"));
+    // The invoice for the same range says the same.
+    let invoice = t.invoice(&acme, november()).await.unwrap();
+    assert_eq!(invoice.total, total);
+}
+
+/// Totals an export cannot hold exactly are refused, never rounded or kept short
+/// (issue 22: `checked_add(..).unwrap_or(..)` kept the old total).
+#[tokio::test]
+async fn an_export_total_past_exact_arithmetic_is_refused() {
+    let db = TestDb::new().await.unwrap();
+    let big = "9999999999999.999999999999999";
+    let events: Vec<UsageEvent> = (0..9)
+        .map(|i| {
+            let c: CustomerId = format!("big{i}").parse().unwrap();
+            UsageEvent::new(c, Service::STORAGE, big.parse().unwrap())
+                .at(at("2026-11-10T00:00:00Z"))
+        })
+        .collect();
+    // One write each: a batch's own total is refused the same way.
+    for e in &events {
+        db.tally().write(std::slice::from_ref(e)).await.unwrap();
+    }
+    let err = db
+        .tally()
+        .export(ExportFormat::Csv, all(), Box::new(Buffer::default()), None)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("overflow"), "{err}");
 }

@@ -1,6 +1,10 @@
 //! Where alerts go: the [`Sink`] trait and the two built-ins.
 
-use std::{future::Future, path::PathBuf, pin::Pin};
+use std::{
+    future::Future,
+    path::{Path, PathBuf},
+    pin::Pin,
+};
 
 use tally_core::Alert;
 use tokio::io::AsyncWriteExt;
@@ -40,10 +44,12 @@ pub struct LogFileSink {
 }
 
 impl LogFileSink {
-    /// A sink appending to `path` (created when missing).
+    /// A sink appending to `path` (created when missing). Its name holds the path made
+    /// absolute with links resolved, so `race.log`, `./race.log` and `/abs/race.log` are
+    /// one sink, and one file never receives an alert twice.
     pub fn new(path: impl Into<PathBuf>) -> LogFileSink {
         let path = path.into();
-        let name = format!("log:{}", path.display());
+        let name = format!("log:{}", canonical(&path).display());
         LogFileSink { path, name }
     }
 }
@@ -65,6 +71,23 @@ impl Sink for LogFileSink {
             f.sync_data().await?;
             Ok(())
         })
+    }
+}
+
+/// `path` made absolute: the file itself resolved when it exists, else its directory
+/// (the file is created on first delivery), else the path joined to the working
+/// directory.
+fn canonical(path: &Path) -> PathBuf {
+    if let Ok(p) = std::fs::canonicalize(path) {
+        return p;
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    match (std::fs::canonicalize(dir), path.file_name()) {
+        (Ok(d), Some(f)) => d.join(f),
+        _ => std::path::absolute(path).unwrap_or_else(|_| path.to_owned()),
     }
 }
 

@@ -310,11 +310,7 @@ pub fn percentile_cont(sorted: &[Decimal], p: Decimal) -> Decimal {
 }
 
 fn add_money(a: Decimal, b: Decimal) -> Result<Decimal> {
-    a.checked_add(b)
-        .ok_or(tally_core::Error::Overflow {
-            what: "an invoice total",
-        })
-        .map_err(Into::into)
+    Ok(tally_core::add_exact(a, b, "an invoice total")?)
 }
 
 const P50: Decimal = Decimal::from_parts(5, 0, 0, false, 1);

@@ -11,7 +11,7 @@ use tally::{
     alerts::{AlertFilter, Decision},
     archive::ArchiveOptions,
     chrono::{Duration, Utc},
-    export::{EventFilter, ExportFormat, create_output},
+    export::{EventFilter, ExportFormat},
     report::Over,
     track,
 };
@@ -226,13 +226,12 @@ async fn scenarios(t: &Tally, events: usize, dir: &std::path::Path) -> Result<()
             now.format("%Y%m%d_%H%M%S"),
             format
         ));
-        let file = create_output(&path, false)?;
         let filter = EventFilter {
             range: month,
             customer: Some(customer.clone()),
             service: None,
         };
-        let report = t.export(format, filter, Box::new(file), None).await?;
+        let report = t.export_to(format, filter, &path, false, None).await?;
         let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         out(format_args!(
             "  {}: {} rows, {} bytes, total cost {}\n",

@@ -7,7 +7,7 @@ use clap::Args;
 use tally::{
     CustomerId, Service, Zone,
     chrono::Utc,
-    export::{EventFilter, ExportFormat, create_output, default_file_name},
+    export::{EventFilter, ExportFormat, default_file_name},
 };
 
 use crate::{Failure, bad, output::out, parse_opt, reads, tally_for};
@@ -54,10 +54,9 @@ pub(crate) async fn export(url: Option<String>, a: ExportArgs) -> Result<(), Fai
         ));
     }
     let prices = reads::price_book(a.prices.as_deref())?;
-    let tally = tally_for(url)?;
     let tally = match prices {
-        Some(p) => tally.with_prices(p),
-        None => tally,
+        Some(p) => reads::with_prices(tally_for(url)?, Some(p), a.prices.as_deref()).await?,
+        None => tally_for(url)?,
     };
     let service: Option<Service> = reads::opt_service(&tally, &a.service).await?;
     let filter = EventFilter {
@@ -65,19 +64,11 @@ pub(crate) async fn export(url: Option<String>, a: ExportArgs) -> Result<(), Fai
         customer,
         service,
     };
-    let (sink, path): (Box<dyn std::io::Write + Send>, Option<PathBuf>) = if to_stdout {
-        (Box::new(std::io::stdout()), None)
-    } else {
-        let path = a
-            .output
+    let path: Option<PathBuf> = (!to_stdout).then(|| {
+        a.output
             .map(PathBuf::from)
-            .unwrap_or_else(|| default_file_name(format, Utc::now()));
-        let file = create_output(&path, a.force)?;
-        (
-            Box::new(std::io::BufWriter::with_capacity(1 << 20, file)),
-            Some(path),
-        )
-    };
+            .unwrap_or_else(|| default_file_name(format, Utc::now()))
+    });
     let bar = (std::io::stderr().is_terminal() && !to_stdout).then(|| {
         let bar = indicatif::ProgressBar::new_spinner();
         bar.set_style(
@@ -89,7 +80,14 @@ pub(crate) async fn export(url: Option<String>, a: ExportArgs) -> Result<(), Fai
     let progress = bar
         .clone()
         .map(|b| Arc::new(move |n: u64| b.set_position(n)) as tally::export::Progress);
-    let result = tally.export(format, filter, sink, progress).await;
+    // A file is written whole or not at all (never truncated under its name).
+    let result = match &path {
+        Some(p) => tally.export_to(format, filter, p, a.force, progress).await,
+        None => {
+            let stdout = Box::new(std::io::stdout());
+            tally.export(format, filter, stdout, progress).await
+        }
+    };
     if let Some(b) = bar {
         b.finish_and_clear();
     }

@@ -109,8 +109,14 @@ pub(crate) async fn plan(url: Option<String>, cmd: PlanCommand) -> Result<(), Fa
             }
             let tally = tally_for(url)?;
             let catalog = tally.catalog().await?;
+            let mut seen = std::collections::BTreeSet::new();
             for (service, limit) in limits {
                 let service = catalog.service(&service).map_err(bad)?;
+                if !seen.insert(service.clone()) {
+                    return Err(Failure::Usage(format!(
+                        "invalid --limit: {service} is given more than once"
+                    )));
+                }
                 plan = plan.limit(&service, limit);
             }
             tally.alerts().set_plan(&plan).await?;
@@ -412,7 +418,22 @@ pub(crate) async fn alerts(url: Option<String>, cmd: AlertsCommand) -> Result<()
             tally.alerts().add_sink(Arc::new(StderrSink));
             a.log.add_sink(&tally);
             let fired = tally.alerts().check(customer.as_ref()).await?;
-            emit(a.format, &Fired { fired })
+            emit(a.format, &Fired { fired })?;
+            // check delivered once; a sink that failed then gets one more try, and an
+            // alert still undelivered is a failure of the command (it stays pending).
+            let report = tally.alerts().deliver().await?;
+            if report.failed.is_empty() {
+                return Ok(());
+            }
+            let failed: Vec<String> = report
+                .failed
+                .iter()
+                .map(|(sink, e)| format!("{sink}: {e}"))
+                .collect();
+            Err(Failure::Runtime(format!(
+                "delivering alerts failed (they stay pending): {}",
+                failed.join("; ")
+            )))
         }
         AlertsCommand::List(a) => {
             if a.days == 0 || a.days > 36_500 {

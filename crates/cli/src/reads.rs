@@ -124,21 +124,43 @@ pub(crate) struct InvoiceArgs {
 }
 
 async fn setup(url: Option<String>, common: &Common) -> Result<Tally, Failure> {
-    let prices = price_book(common.prices.as_deref())?.unwrap_or_default();
-    Ok(tally_for(url)?.with_prices(prices))
+    let path = common.prices.as_deref();
+    let book = price_book(path)?;
+    with_prices(tally_for(url)?, book, path).await
 }
 
-/// The price book of `--prices FILE`, validated; `None` without the flag.
+fn bad_prices(path: Option<&str>, e: &dyn std::fmt::Display) -> Failure {
+    Failure::Usage(format!(
+        "invalid --prices {:?}: {e}",
+        path.unwrap_or_default()
+    ))
+}
+
+/// The price book of `--prices FILE`, read strictly ([`PriceBook::from_json`]);
+/// `None` without the flag.
 pub(crate) fn price_book(path: Option<&str>) -> Result<Option<PriceBook>, Failure> {
-    let Some(path) = path else {
+    let Some(p) = path else {
         return Ok(None);
     };
-    let bad_file =
-        |e: &dyn std::fmt::Display| Failure::Usage(format!("invalid --prices {path:?}: {e}"));
-    let text = std::fs::read_to_string(path).map_err(|e| bad_file(&e))?;
-    let book: PriceBook = serde_json::from_str(&text).map_err(|e| bad_file(&e))?;
-    book.validate().map_err(|e| bad_file(&e))?;
+    let text = std::fs::read_to_string(p).map_err(|e| bad_prices(path, &e))?;
+    let book = PriceBook::from_json(&text).map_err(|e| bad_prices(path, &e))?;
     Ok(Some(book))
+}
+
+/// `tally` pricing with `book` (the default book without one), once every service the
+/// book prices is known to the catalogue.
+pub(crate) async fn with_prices(
+    tally: Tally,
+    book: Option<PriceBook>,
+    path: Option<&str>,
+) -> Result<Tally, Failure> {
+    let Some(book) = book else {
+        return Ok(tally.with_prices(PriceBook::default()));
+    };
+    let catalog = tally.catalog().await?;
+    book.check_services(&catalog)
+        .map_err(|e| bad_prices(path, &e))?;
+    Ok(tally.with_prices(book))
 }
 
 async fn service(tally: &Tally, name: &str) -> Result<Service, Failure> {

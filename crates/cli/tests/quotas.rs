@@ -289,3 +289,71 @@ async fn bad_quota_input_is_refused_naming_it_and_writes_nothing() {
     let plans = json(&tally(&db, &["plan", "list", "--format", "json"]));
     assert_eq!(plans["plans"].as_array().unwrap().len(), 4);
 }
+
+/// `tally args…` run in `dir`.
+fn tally_in(db: &TestDb, dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args(args)
+        .env("DATABASE_URL", db.url())
+        .current_dir(dir)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn one_log_file_gets_each_alert_once_however_its_path_is_spelled_and_a_failed_delivery_fails()
+{
+    let db = TestDb::new().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for args in [
+        &[
+            "quota",
+            "set",
+            "--customer",
+            "acme",
+            "--service",
+            "api",
+            "--limit",
+            "100",
+        ][..],
+        &[
+            "record",
+            "--customer",
+            "acme",
+            "--service",
+            "api",
+            "--quantity",
+            "95",
+        ],
+    ] {
+        let out = tally_in(&db, d, args);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+    }
+    let absolute = d.join("race.log");
+    std::fs::create_dir(d.join("sub")).unwrap();
+    for spelled in [
+        "race.log".to_owned(),
+        "./race.log".to_owned(),
+        "sub/../race.log".to_owned(),
+        absolute.to_str().unwrap().to_owned(),
+    ] {
+        let out = tally_in(&db, d, &["alerts", "check", "--log", &spelled]);
+        assert!(out.status.success(), "{spelled}: {}", stderr(&out));
+    }
+    let lines = std::fs::read_to_string(&absolute).unwrap();
+    assert_eq!(
+        lines.lines().count(),
+        1,
+        "the critical alert, once:\n{lines}"
+    );
+
+    // A sink that cannot take the alerts: they stay pending, and the command says so.
+    let out = tally_in(&db, d, &["alerts", "check", "--log", "/nonexistent/x.log"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("/nonexistent/x.log"),
+        "{}",
+        stderr(&out)
+    );
+}

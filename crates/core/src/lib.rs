@@ -43,6 +43,7 @@ mod customer;
 mod error;
 mod event;
 mod limit;
+mod price_file;
 mod pricing;
 mod quantity;
 mod quota;
@@ -58,7 +59,7 @@ pub use event::{EventId, Metadata, Usage, UsageEvent, track};
 pub use limit::Limit;
 pub use pricing::{
     Charge, Line, MONEY_SCALE, Metered, Price, PriceBook, PriceModel, PriceVersion, Rounding, Tier,
-    currency_exponent, round_money, round_to,
+    currency_exponent, is_iso_4217, round_money, round_to,
 };
 pub use quantity::Quantity;
 pub use quota::{
@@ -70,7 +71,7 @@ pub use time::{
     Granularity, TimeRange, UtcSplit, Zone, check_instant, normalize_instant, parse_instant,
     parse_month, supported_instants,
 };
-pub use totals::{QuarterColumns, Quarters, Totals, exact_sum};
+pub use totals::{QuarterColumns, Quarters, Totals, add_exact, exact_sum};
 
 /// Re-exported so users of Tally's types need not pin their own versions.
 pub use chrono;

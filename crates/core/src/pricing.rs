@@ -42,6 +42,21 @@ pub fn currency_exponent(code: &str) -> u32 {
     }
 }
 
+/// Whether `code` is an ISO 4217 currency code in use (2025 list, funds and
+/// metals included).
+pub fn is_iso_4217(code: &str) -> bool {
+    const CODES: &str = "AED AFN ALL AMD ANG AOA ARS AUD AWG AZN BAM BBD BDT BGN BHD BIF BMD \
+        BND BOB BOV BRL BSD BTN BWP BYN BZD CAD CDF CHE CHF CHW CLF CLP CNY COP COU CRC CUC \
+        CUP CVE CZK DJF DKK DOP DZD EGP ERN ETB EUR FJD FKP GBP GEL GHS GIP GMD GNF GTQ GYD \
+        HKD HNL HTG HUF IDR ILS INR IQD IRR ISK JMD JOD JPY KES KGS KHR KMF KPW KRW KWD KYD \
+        KZT LAK LBP LKR LRD LSL LYD MAD MDL MGA MKD MMK MNT MOP MRU MUR MVR MWK MXN MXV MYR \
+        MZN NAD NGN NIO NOK NPR NZD OMR PAB PEN PGK PHP PKR PLN PYG QAR RON RSD RUB RWF SAR \
+        SBD SCR SDG SEK SGD SHP SLE SLL SOS SRD SSP STN SVC SYP SZL THB TJS TMT TND TOP TRY \
+        TTD TWD TZS UAH UGX USD USN UYI UYU UYW UZS VED VES VND VUV WST XAF XAG XAU XBA XBB \
+        XBC XBD XCD XCG XDR XOF XPD XPF XPT XSU XTS XUA XXX YER ZAR ZMW ZWG ZWL";
+    code.len() == 3 && CODES.split_ascii_whitespace().any(|c| c == code)
+}
+
 /// Where amounts are rounded to the currency's minor unit.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -213,9 +228,9 @@ fn overflow() -> Error {
 }
 
 fn exact_total(terms: &[Decimal]) -> Result<Decimal> {
-    terms
-        .iter()
-        .try_fold(Decimal::ZERO, |a, t| a.checked_add(*t).ok_or_else(overflow))
+    terms.iter().try_fold(Decimal::ZERO, |a, t| {
+        crate::totals::exact_add(a, *t).ok_or_else(overflow)
+    })
 }
 
 fn check_non_negative(field: &'static str, d: Decimal) -> Result<()> {
@@ -372,14 +387,16 @@ impl Price {
     pub fn exact_amount(&self, quantity: Decimal) -> Result<Decimal> {
         self.terms(&Metered::new(quantity, 0))?
             .into_iter()
-            .try_fold(Decimal::ZERO, |a, t| a.checked_add(t).ok_or_else(overflow))
+            .try_fold(Decimal::ZERO, |a, t| {
+                crate::totals::exact_add(a, t).ok_or_else(overflow)
+            })
     }
 
     /// The amount's terms before rounding: one per tier reached (graduated), or one.
     fn terms(&self, used: &Metered) -> Result<Vec<Decimal>> {
         let q = self.billable(used.quantity);
         let mul = |a: Decimal, b: Decimal| a.checked_mul(b).ok_or_else(overflow);
-        let add = |a: Decimal, b: Decimal| a.checked_add(b).ok_or_else(overflow);
+        let add = |a: Decimal, b: Decimal| crate::totals::exact_add(a, b).ok_or_else(overflow);
         match &self.model {
             PriceModel::PerUnit { unit_price } => Ok(vec![mul(q, *unit_price)?]),
             PriceModel::Package { size, price } => {
@@ -616,10 +633,34 @@ impl PriceBook {
                 "must be from 0 to 6",
             ));
         }
-        for versions in self.services.values() {
+        if !is_iso_4217(&self.currency) {
+            return Err(Error::invalid(
+                "currency",
+                &self.currency,
+                "must be an ISO 4217 code such as USD, EUR or JPY",
+            ));
+        }
+        for (service, versions) in &self.services {
+            let mut from = std::collections::BTreeSet::new();
             for v in versions {
+                if !from.insert(v.effective_from) {
+                    return Err(Error::invalid(
+                        "effective_from",
+                        v.effective_from.to_rfc3339(),
+                        format!("two versions of {service:?} start at the same instant"),
+                    ));
+                }
                 v.price.clone().validated()?;
             }
+        }
+        Ok(())
+    }
+
+    /// Refuses a price for a service the catalogue does not know (`"apis"` would
+    /// otherwise price nothing and bill 0.00 for `api`).
+    pub fn check_services(&self, catalog: &crate::Catalog) -> Result<()> {
+        for name in self.services.keys() {
+            catalog.service(name)?;
         }
         Ok(())
     }

@@ -60,6 +60,14 @@ impl QuotaLimit {
         if value.is_sign_negative() && !value.is_zero() {
             return Err(Error::invalid("limit", value, "must not be negative"));
         }
+        // Usage is kept to the quantity scale: a finer limit could never be met exactly.
+        if value.normalize().scale() > crate::Quantity::SCALE {
+            return Err(Error::invalid(
+                "limit",
+                value,
+                format!("has more than {} fractional digits", crate::Quantity::SCALE),
+            ));
+        }
         Ok(QuotaLimit::Limited(value.normalize()))
     }
 

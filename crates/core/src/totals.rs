@@ -39,6 +39,12 @@ pub(crate) fn exact_add(a: Decimal, b: Decimal) -> Option<Decimal> {
     (s.scale() >= a.scale().max(b.scale())).then_some(s)
 }
 
+/// `a + b`, exact, or refused with an overflow error naming `what`: never rounded (as
+/// `checked_add` may round away fractional digits) and never saturated.
+pub fn add_exact(a: Decimal, b: Decimal, what: &'static str) -> Result<Decimal> {
+    exact_add(a, b).ok_or(Error::Overflow { what })
+}
+
 /// `a + b` as a usage total: exact and at most [`Totals::MAX_QUANTITY`], or refused.
 fn add_total(a: Decimal, b: Decimal) -> Result<Decimal> {
     exact_add(a, b)

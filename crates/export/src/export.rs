@@ -2,7 +2,7 @@
 //! service and per day, and a summary priced by the analytics crate at the end.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, HashMap},
     fmt,
     io::Write,
     path::{Path, PathBuf},
@@ -11,12 +11,13 @@ use std::{
 };
 
 use chrono::{DateTime, NaiveDate, Utc};
-use futures_util::StreamExt;
 use rust_decimal::{Decimal, prelude::ToPrimitive};
 use rust_xlsxwriter::{Chart, ChartType, Format, Workbook, XlsxError};
 use serde::Serialize;
 use tally_analytics::Analytics;
-use tally_core::{Catalog, CustomerId, PriceBook, Service, TimeRange, serde_fmt};
+use tally_core::{
+    Catalog, CustomerId, Metered, PriceBook, Service, TimeRange, add_exact, serde_fmt,
+};
 use tally_store::{EventFilter, Result, StoredEvent};
 
 /// Rows per Excel sheet: the format's 1 048 576 less the header row.
@@ -92,8 +93,9 @@ pub struct ServiceTotal {
     pub quantity: Decimal,
     /// The service's unit.
     pub unit: String,
-    /// What it costs for the range, priced like an invoice (tiers, allowances) per
-    /// customer and added up, rounded once per customer line.
+    /// What it costs for the range, priced like an invoice (tiers, allowances; the
+    /// price in force at the range's start) per customer from the rows exported, and
+    /// added up: each customer's line is rounded once, then the lines are added.
     #[serde(serialize_with = "serde_fmt::money")]
     pub cost: Decimal,
 }
@@ -112,18 +114,55 @@ pub struct ExportReport {
     pub sheets: u32,
 }
 
-/// Running totals while rows stream.
-#[derive(Default)]
-struct Tally {
+/// Running totals while rows stream: per service, per day (for the XLSX chart), and
+/// the customer being read. Rows come in customer order, so each customer's cost is
+/// priced once their last row has passed, and memory holds one customer at a time
+/// (plus, for a price that needs each event's quantity, that customer's quantities of
+/// that service), however many customers there are.
+struct Running {
     rows: u64,
     services: BTreeMap<String, ServiceTotal>,
-    customers: BTreeSet<String>,
     daily: BTreeMap<NaiveDate, BTreeMap<String, Decimal>>,
+    customer: Option<String>,
+    // The current customer's use per service.
+    usage: BTreeMap<String, Metered>,
 }
 
-impl Tally {
+const QUANTITY: &str = "an export's quantities";
+const COST: &str = "an export's costs";
+
+impl Running {
+    fn new() -> Running {
+        Running {
+            rows: 0,
+            services: BTreeMap::new(),
+            daily: BTreeMap::new(),
+            customer: None,
+            usage: BTreeMap::new(),
+        }
+    }
+
     /// Counts `e`; `daily` also keeps the per-day totals (for the XLSX chart).
-    fn add(&mut self, e: &StoredEvent, unit: &str, daily: bool) {
+    fn add(&mut self, e: &StoredEvent, unit: &str, daily: bool, pricer: &mut Pricer) -> Result<()> {
+        if self.customer.as_deref() != Some(e.customer_id.as_str()) {
+            self.close_customer(pricer)?;
+            self.customer = Some(e.customer_id.clone());
+        }
+        let used = match self.usage.get_mut(&e.service) {
+            Some(u) => u,
+            None => self
+                .usage
+                .entry(e.service.clone())
+                .or_insert_with(|| Metered {
+                    per_event: pricer.needs_events(&e.service).then(Vec::new),
+                    ..Metered::new(Decimal::ZERO, 0)
+                }),
+        };
+        used.quantity = add_exact(used.quantity, e.quantity, QUANTITY)?;
+        used.events += 1;
+        if let Some(each) = &mut used.per_event {
+            each.push(e.quantity);
+        }
         self.rows += 1;
         // Look up before inserting: a row allocates only for a key seen first.
         let t = match self.services.get_mut(&e.service) {
@@ -137,51 +176,88 @@ impl Tally {
                 }),
         };
         t.events += 1;
-        t.quantity = t.quantity.checked_add(e.quantity).unwrap_or(t.quantity);
-        if !self.customers.contains(&e.customer_id) {
-            self.customers.insert(e.customer_id.clone());
-        }
+        t.quantity = add_exact(t.quantity, e.quantity, QUANTITY)?;
         if daily {
             let per = self.daily.entry(e.recorded_at.date_naive()).or_default();
             let day = match per.get_mut(&e.service) {
                 Some(d) => d,
                 None => per.entry(e.service.clone()).or_default(),
             };
-            *day = day.checked_add(e.quantity).unwrap_or(*day);
+            *day = add_exact(*day, e.quantity, QUANTITY)?;
         }
+        Ok(())
+    }
+
+    /// Prices the current customer's use (all its rows have passed) into the service
+    /// totals.
+    fn close_customer(&mut self, pricer: &mut Pricer) -> Result<()> {
+        for (service, used) in std::mem::take(&mut self.usage) {
+            let amount = pricer.amount(&service, &used)?;
+            if let Some(t) = self.services.get_mut(&service) {
+                t.cost = add_exact(t.cost, amount, COST)?;
+            }
+        }
+        Ok(())
     }
 }
 
-/// Prices rows as they stream: unit and per-unit price of the service at the event's
-/// time. Models without a per-unit price (tiers, packages) leave both price columns
+/// Prices rows as they stream and customers as they end, by one rule, the invoice's:
+/// the price in force at the range's start (docs/semantics.md, "Money"), so a row's
+/// cost and the summary's agree whatever price versions start inside the range.
+/// Models without a per-unit price (tiers, packages) leave both row price columns
 /// empty: their cost exists only for a total, in the summary.
 struct Pricer {
     catalog: Catalog,
     prices: PriceBook,
+    at: DateTime<Utc>,
     // Per service name: the service and its unit, looked up once.
     services: HashMap<String, Option<(Service, Arc<str>)>>,
 }
 
 impl Pricer {
-    /// (unit, unit price, cost) of one row.
-    fn price(&mut self, e: &StoredEvent) -> (Arc<str>, Option<Decimal>, Option<Decimal>) {
-        let known = match self.services.get(&e.service) {
+    fn service(&mut self, name: &str) -> Option<(Service, Arc<str>)> {
+        match self.services.get(name) {
             Some(k) => k.clone(),
             None => {
-                let k = self.catalog.service(&e.service).ok().map(|s| {
+                let k = self.catalog.service(name).ok().map(|s| {
                     let unit: Arc<str> = Arc::from(self.catalog.unit(&s).unwrap_or_default());
                     (s, unit)
                 });
-                self.services.insert(e.service.clone(), k.clone());
+                self.services.insert(name.to_owned(), k.clone());
                 k
             }
-        };
-        let Some((service, unit)) = known else {
+        }
+    }
+
+    /// Whether the price of `service` needs each event's quantity.
+    fn needs_events(&mut self, service: &str) -> bool {
+        let at = self.at;
+        self.service(service)
+            .and_then(|(s, _)| self.prices.price_at(&s, at).map(|p| p.needs_events()))
+            .unwrap_or(false)
+    }
+
+    /// What one customer's `used` of `service` costs over the range, rounded once.
+    fn amount(&mut self, service: &str, used: &Metered) -> Result<Decimal> {
+        let at = self.at;
+        let exponent = self.prices.exponent();
+        let price = self
+            .service(service)
+            .and_then(|(s, _)| self.prices.price_at(&s, at).cloned());
+        Ok(match price {
+            Some(p) => p.priced(used, exponent)?.amount,
+            None => tally_core::round_to(Decimal::ZERO, exponent),
+        })
+    }
+
+    /// (unit, unit price, cost) of one row.
+    fn price(&mut self, e: &StoredEvent) -> (Arc<str>, Option<Decimal>, Option<Decimal>) {
+        let Some((service, unit)) = self.service(&e.service) else {
             return (Arc::from(""), None, None);
         };
         let unit_price = self
             .prices
-            .price_at(&service, e.recorded_at)
+            .price_at(&service, self.at)
             .and_then(|p| p.unit_price());
         let cost = unit_price
             .and_then(|p| p.checked_mul(e.quantity))
@@ -247,7 +323,35 @@ impl Exporter {
         self
     }
 
-    /// Writes the events matching `filter` to `out` in `format`. `progress`, if given,
+    /// Writes the events matching `filter` to the file `path` in `format`, whole or
+    /// not at all: the rows go to a temporary file beside it, which is synced and then
+    /// renamed to `path`, so a full disk or a crash never leaves a truncated file under
+    /// that name (the temporary one is removed on failure). An existing `path` is
+    /// refused, naming it (field `output`), unless `force`: then it is replaced only
+    /// once the new file is complete.
+    pub async fn export_to(
+        &self,
+        format: ExportFormat,
+        filter: EventFilter,
+        path: &Path,
+        force: bool,
+        progress: Option<Progress>,
+    ) -> Result<ExportReport> {
+        let pending = Pending::create(path, force)?;
+        let file = pending
+            .file
+            .try_clone()
+            .map_err(io(&format!("writing {}", path.display())))?;
+        let out = Box::new(std::io::BufWriter::with_capacity(1 << 20, file));
+        let report = self.export(format, filter, out, progress).await?;
+        tokio::task::spawn_blocking(move || pending.commit())
+            .await
+            .map_err(|e| std::io::Error::other(format!("export writer: {e}")))??;
+        Ok(report)
+    }
+
+    /// Writes the events matching `filter` to `out` in `format` (a stream: standard
+    /// output, a socket; for a file, [`Exporter::export_to`]). `progress`, if given,
     /// hears the rows written so far now and then.
     pub async fn export(
         &self,
@@ -260,6 +364,7 @@ impl Exporter {
         let pricer = Pricer {
             catalog,
             prices: self.analytics.prices().clone(),
+            at: filter.range.from(),
             services: HashMap::new(),
         };
         let sink = match format {
@@ -290,48 +395,26 @@ impl Exporter {
             range: filter.range,
             exported_at: Utc::now(),
         };
-        // Phase 1, blocking: stream the rows.
-        let (sink, tally, head) = tokio::task::spawn_blocking(move || {
-            let (sink, tally) = write_rows(sink, rows, pricer, &head, rows_per_sheet, progress)?;
-            Ok::<_, tally_store::Error>((sink, tally, head))
+        // Phase 1, blocking: stream the rows (one snapshot, in customer order), pricing
+        // each customer as its last row passes: rows and totals from the same rows.
+        let (sink, running, head) = tokio::task::spawn_blocking(move || {
+            let (sink, running) = write_rows(sink, rows, pricer, &head, rows_per_sheet, progress)?;
+            Ok::<_, tally_store::Error>((sink, running, head))
         })
         .await
         .map_err(|e| std::io::Error::other(format!("export writer: {e}")))??;
-        // Phase 2: price the totals per customer, as invoices do.
         let mut report = ExportReport {
-            rows: tally.rows,
-            services: tally.services.clone(),
+            rows: running.rows,
+            services: running.services,
             total_cost: Decimal::ZERO,
             sheets: 0,
         };
-        // One summary per customer, a few at a time (each is a handful of reads).
-        let summaries: Vec<Result<tally_analytics::Summary>> = futures_util::stream::iter(
-            tally
-                .customers
-                .iter()
-                .filter_map(|c| CustomerId::new(c.as_str()).ok()),
-        )
-        .map(|c| {
-            let analytics = &self.analytics;
-            let service = filter.service.as_ref();
-            async move { analytics.summary(&c, head.range, service, None).await }
-        })
-        .buffer_unordered(4)
-        .collect()
-        .await;
-        for summary in summaries {
-            for line in summary?.services {
-                if let Some(t) = report.services.get_mut(&line.service) {
-                    t.cost = t.cost.checked_add(line.amount).unwrap_or(t.cost);
-                }
-            }
-        }
         report.total_cost = report
             .services
             .values()
-            .fold(Decimal::ZERO, |a, t| a.checked_add(t.cost).unwrap_or(a));
+            .try_fold(Decimal::ZERO, |a, t| add_exact(a, t.cost, COST))?;
         // Phase 3, blocking: the summary and the chart, then close.
-        let daily = tally.daily;
+        let daily = running.daily;
         let report = tokio::task::spawn_blocking(move || finish(sink, &head, report, &daily))
             .await
             .map_err(|e| std::io::Error::other(format!("export writer: {e}")))??;
@@ -367,8 +450,8 @@ fn write_rows(
     head: &Head,
     rows_per_sheet: u32,
     progress: Option<Progress>,
-) -> Result<(Sink, Tally)> {
-    let mut tally = Tally::default();
+) -> Result<(Sink, Running)> {
+    let mut tally = Running::new();
     let date = Format::new().set_num_format("yyyy-mm-dd hh:mm:ss.000");
     let number = Format::new().set_num_format("0.############");
     let bold = Format::new().set_bold();
@@ -491,12 +574,13 @@ fn write_rows(
                     *row += 1;
                 }
             }
-            tally.add(&e, &unit, matches!(sink, Sink::Xlsx { .. }));
+            tally.add(&e, &unit, matches!(sink, Sink::Xlsx { .. }), &mut pricer)?;
         }
         if let Some(p) = &progress {
             p(tally.rows);
         }
     }
+    tally.close_customer(&mut pricer)?;
     Ok((sink, tally))
 }
 
@@ -678,25 +762,111 @@ pub fn default_file_name(format: ExportFormat, now: DateTime<Utc>) -> PathBuf {
     ))
 }
 
-/// Opens `path` for an export: a new file, never an existing one unless `force`
-/// (then it is replaced). Refusing names the file.
-pub fn create_output(path: &Path, force: bool) -> Result<std::fs::File> {
-    let mut o = std::fs::OpenOptions::new();
-    o.write(true);
-    if force {
-        o.create(true).truncate(true);
-    } else {
-        o.create_new(true);
-    }
-    o.open(path).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::AlreadyExists {
+fn exists_error(path: &Path) -> tally_store::Error {
+    tally_store::Error::from(tally_core::Error::Invalid {
+        field: "output",
+        value: path.display().to_string(),
+        reason: "exists; choose another name or pass --force to replace it".into(),
+    })
+}
+
+/// An export file being written: a temporary file beside its destination, removed
+/// unless [`Pending::commit`] puts it in place.
+struct Pending {
+    file: std::fs::File,
+    tmp: PathBuf,
+    dest: PathBuf,
+    force: bool,
+    done: bool,
+}
+
+impl Pending {
+    /// Refuses an existing `dest` (unless `force`) before any work, and creates the
+    /// temporary file in `dest`'s directory (so the rename stays on one filesystem).
+    fn create(dest: &Path, force: bool) -> Result<Pending> {
+        if !force && std::fs::symlink_metadata(dest).is_ok() {
+            return Err(exists_error(dest));
+        }
+        let name = dest.file_name().ok_or_else(|| {
             tally_store::Error::from(tally_core::Error::Invalid {
                 field: "output",
-                value: path.display().to_string(),
-                reason: "exists; choose another name or pass --force to replace it".into(),
+                value: dest.display().to_string(),
+                reason: "is not a file name".into(),
             })
-        } else {
-            io(&format!("creating {}", path.display()))(e).into()
+        })?;
+        let dir = match dest.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or_default();
+        let mut attempt = 0u32;
+        loop {
+            let tmp = dir.join(format!(
+                ".{}.{}-{stamp}-{attempt}.partial",
+                name.to_string_lossy(),
+                std::process::id()
+            ));
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&tmp)
+            {
+                Ok(file) => {
+                    return Ok(Pending {
+                        file,
+                        tmp,
+                        dest: dest.to_owned(),
+                        force,
+                        done: false,
+                    });
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempt < 100 => {
+                    attempt += 1;
+                }
+                Err(e) => return Err(io(&format!("creating {}", tmp.display()))(e).into()),
+            }
         }
-    })
+    }
+
+    /// Syncs the complete file and gives it its name: a rename over the old file
+    /// with `force`, else a link that fails if a file appeared meanwhile (never a
+    /// clobber); then syncs the directory so the name survives a crash.
+    fn commit(mut self) -> Result<()> {
+        let ctx = format!("writing {}", self.dest.display());
+        self.file.sync_all().map_err(io(&ctx))?;
+        if self.force {
+            std::fs::rename(&self.tmp, &self.dest).map_err(io(&ctx))?;
+        } else {
+            match std::fs::hard_link(&self.tmp, &self.dest) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    return Err(exists_error(&self.dest));
+                }
+                // A filesystem without hard links: check, then rename (a narrow race).
+                Err(_) if std::fs::symlink_metadata(&self.dest).is_err() => {
+                    std::fs::rename(&self.tmp, &self.dest).map_err(io(&ctx))?;
+                }
+                Err(e) => return Err(io(&ctx)(e).into()),
+            }
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+        self.done = true;
+        if let Some(dir) = self.dest.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io(&ctx))?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
 }

@@ -10,7 +10,7 @@
 //! ```no_run
 //! use tally_analytics::Analytics;
 //! use tally_core::{TimeRange, Zone, parse_instant};
-//! use tally_export::{ExportFormat, Exporter, create_output, default_file_name};
+//! use tally_export::{ExportFormat, Exporter, default_file_name};
 //! use tally_store::EventFilter;
 //!
 //! # async fn run(store: tally_store::Store) -> tally_store::Result<()> {
@@ -20,9 +20,9 @@
 //!     parse_instant("to", "2026-12-01", Zone::UTC)?,
 //! )?;
 //! let path = default_file_name(ExportFormat::Xlsx, tally_core::chrono::Utc::now());
-//! let file = create_output(&path, false)?; // never overwrites
 //! let filter = EventFilter { range, customer: Some("acme".parse()?), service: None };
-//! let report = exporter.export(ExportFormat::Xlsx, filter, Box::new(file), None).await?;
+//! // Whole or not at all, and never over an existing file (force: false).
+//! let report = exporter.export_to(ExportFormat::Xlsx, filter, &path, false, None).await?;
 //! println!("{} rows, {} due", report.rows, report.total_cost);
 //! # Ok(()) }
 //! ```
@@ -36,5 +36,5 @@ mod export;
 
 pub use export::{
     COLUMNS, ExportFormat, ExportReport, Exporter, Progress, ServiceTotal, XLSX_MAX_ROWS,
-    create_output, default_file_name,
+    default_file_name,
 };

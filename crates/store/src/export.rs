@@ -52,11 +52,13 @@ fn stored(row: &tokio_postgres::Row) -> Result<StoredEvent> {
 }
 
 impl Store {
-    /// The raw events matching `filter`, in chunks of up to `chunk` rows, in storage
-    /// order (months in order; within a month, as written). One snapshot: a
+    /// The raw events matching `filter`, in chunks of up to `chunk` rows, in customer
+    /// order, each customer's in time order, so that a reader can total and price
+    /// each customer as its rows end, holding one customer at a time. One snapshot: a
     /// transaction and a portal on a pooled connection, fetched chunk by chunk as the
     /// receiver takes them (two chunks ahead at most), so memory stays bounded
-    /// however many rows match. Dropping the receiver ends the read.
+    /// however many rows match (the server sorts by customer within `work_mem`,
+    /// spilling to disk past it). Dropping the receiver ends the read.
     pub fn events(
         &self,
         filter: EventFilter,
@@ -86,12 +88,17 @@ impl Store {
             .start()
             .await
             .map_err(Error::db(CTX))?;
+        // The sort by customer in memory up to 64 MB, as the write path's.
+        tx.batch_execute("SET LOCAL work_mem = '64MB'")
+            .await
+            .map_err(Error::db(CTX))?;
         let stmt = tx
             .prepare(
                 "SELECT event_id, customer_id, service, quantity, recorded_at, metadata::text
                  FROM usage_events
                  WHERE recorded_at >= $1 AND recorded_at < $2
-                   AND ($3::text IS NULL OR customer_id = $3) AND ($4::text IS NULL OR service = $4)",
+                   AND ($3::text IS NULL OR customer_id = $3) AND ($4::text IS NULL OR service = $4)
+                 ORDER BY customer_id, recorded_at",
             )
             .await
             .map_err(Error::db(CTX))?;

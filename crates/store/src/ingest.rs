@@ -576,12 +576,7 @@ pub(crate) struct Applied {
 impl Applied {
     fn add(&mut self, o: Applied) -> Result<()> {
         self.inserted += o.inserted;
-        self.quantity =
-            self.quantity
-                .checked_add(o.quantity)
-                .ok_or(tally_core::Error::Overflow {
-                    what: "a batch's total",
-                })?;
+        self.quantity = tally_core::add_exact(self.quantity, o.quantity, "a batch's total")?;
         self.stored.extend(o.stored);
         Ok(())
     }
@@ -1511,9 +1506,7 @@ impl<'a> Rollups<'a> {
             }
             // All customers added up: no customer in the key.
             add_quarters(&mut totals, (0, s, hour), t, q)?;
-            quantity = quantity.checked_add(q).ok_or(tally_core::Error::Overflow {
-                what: "a batch's total",
-            })?;
+            quantity = tally_core::add_exact(quantity, q, "a batch's total")?;
             n += 1;
         }
         Ok(Rollups {

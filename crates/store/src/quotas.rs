@@ -489,9 +489,7 @@ impl Store {
         let mut out = vec![Decimal::ZERO; keys.len()];
         let mut add = |i: i32, q: Decimal| -> Result<()> {
             if let Some(slot) = usize::try_from(i).ok().and_then(|i| out.get_mut(i)) {
-                *slot = slot.checked_add(q).ok_or(tally_core::Error::Overflow {
-                    what: "period usage",
-                })?;
+                *slot = tally_core::add_exact(*slot, q, "period usage")?;
             }
             Ok(())
         };

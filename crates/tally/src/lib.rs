@@ -11,7 +11,7 @@
 //!
 //! ```no_run
 //! use tally::{CustomerId, Service, Tally, TimeRange, Zone, track};
-//! use tally::export::{EventFilter, ExportFormat, create_output};
+//! use tally::export::{EventFilter, ExportFormat};
 //!
 //! # async fn run() -> Result<(), tally::Error> {
 //! // Connects now: a wrong URL or password fails here, naming host, port and user.
@@ -37,9 +37,8 @@
 //! if !decision.allowed() { /* answer 429 */ }
 //!
 //! // Export the month for finance, as a workbook that never overwrites a file.
-//! let file = create_output("usage.xlsx".as_ref(), false)?;
 //! let filter = EventFilter { range: month, customer: Some(customer), service: None };
-//! tally.export(ExportFormat::Xlsx, filter, Box::new(file), None).await?;
+//! tally.export_to(ExportFormat::Xlsx, filter, "usage.xlsx".as_ref(), false, None).await?;
 //! recorder.close().await?;
 //! # Ok(()) }
 //! ```
@@ -103,7 +102,7 @@ pub mod alerts {
 pub mod export {
     pub use tally_export::{
         COLUMNS, ExportFormat, ExportReport, Exporter, Progress, ServiceTotal, XLSX_MAX_ROWS,
-        create_output, default_file_name,
+        default_file_name,
     };
     pub use tally_store::{EventFilter, StoredEvent};
 }
@@ -340,6 +339,22 @@ impl Tally {
         progress: Option<export::Progress>,
     ) -> Result<export::ExportReport> {
         self.exporter().export(format, filter, out, progress).await
+    }
+
+    /// Writes the raw events matching `filter` to the file `path`, whole or not at
+    /// all, never over an existing file unless `force`; see
+    /// [`export::Exporter::export_to`].
+    pub async fn export_to(
+        &self,
+        format: export::ExportFormat,
+        filter: export::EventFilter,
+        path: &std::path::Path,
+        force: bool,
+        progress: Option<export::Progress>,
+    ) -> Result<export::ExportReport> {
+        self.exporter()
+            .export_to(format, filter, path, force, progress)
+            .await
     }
 
     /// Moves raw events older than the cutoff to archive files (rollups and dedupe

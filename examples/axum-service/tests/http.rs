@@ -8,7 +8,7 @@ use tally::{
     CustomerId, Service, Tally, TimeRange, Zone,
     alerts::Mode,
     chrono::Utc,
-    export::{EventFilter, ExportFormat, create_output},
+    export::{EventFilter, ExportFormat},
 };
 use tally_testdb::TestDb;
 use tokio::{
@@ -139,7 +139,6 @@ async fn requests_are_metered_and_a_hard_quota_answers_429() {
     // an embedding program would: through the facade, here its JSON export).
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("acme.json");
-    let file = create_output(&path, false).unwrap();
     let month = TimeRange::from_bounds(None, None, Zone::UTC, Utc::now()).unwrap();
     let filter = EventFilter {
         range: month,
@@ -147,7 +146,7 @@ async fn requests_are_metered_and_a_hard_quota_answers_429() {
         service: None,
     };
     let exported = tally
-        .export(ExportFormat::Json, filter, Box::new(file), None)
+        .export_to(ExportFormat::Json, filter, &path, false, None)
         .await
         .unwrap();
     assert_eq!(exported.rows, 3);
