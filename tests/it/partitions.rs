@@ -85,23 +85,25 @@ async fn creating_a_partition_later_moves_rows_out_of_the_default() {
 
 #[tokio::test]
 async fn an_application_role_with_table_privileges_records_and_reports() {
-    // The documented two-role setup (docs/operations.md): the owner migrates and
-    // creates partitions ahead; the application role may only read and write rows.
+    // The documented two-role setup (docs/operations.md): the owner migrates, creates
+    // partitions ahead and runs `grant_app`; the application role may only read and
+    // write rows, and cannot touch what would break the installation.
     let db = TestDb::new().await.unwrap();
     let owner = db.client().await.unwrap();
     let role = format!("tally_app_{}", db.name().rsplit('_').next().unwrap());
+    // The wider grant an older version of the instructions gave: grant_app takes it back.
     owner
         .batch_execute(&format!(
             "DROP ROLE IF EXISTS {role};
              CREATE ROLE {role} LOGIN;
              GRANT CONNECT, TEMPORARY ON DATABASE {db} TO {role};
              GRANT USAGE ON SCHEMA public TO {role};
-             GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role};
-             GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role};",
+             GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role};",
             db = db.name()
         ))
         .await
         .unwrap();
+    db.tally().grant_app(&role).await.unwrap();
     let cfg: tokio_postgres::Config = db.url().parse().unwrap();
     let url = db.url().replace(
         &format!("user={}", cfg.get_user().unwrap_or("postgres")),
@@ -131,6 +133,39 @@ async fn an_application_role_with_table_privileges_records_and_reports() {
             .unwrap();
         assert_eq!(s.services[0].quantity, Decimal::from(5));
         assert_eq!(app.partition_status().await.unwrap().default_rows, 1);
+        // Quotas and alerts are the application's: it sets a quota and evaluates it.
+        let limit: tally::alerts::QuotaLimit = "2".parse().unwrap();
+        app.alerts()
+            .set_quota(&acme, &Service::API, limit, tally::alerts::Mode::Soft)
+            .await
+            .unwrap();
+        let alerts = app.alerts().check_at(Some(&acme), now).await.unwrap();
+        assert!(!alerts.is_empty(), "this month's 2 of 2 fires");
+
+        // What would break the installation is refused (SQLSTATE 42501).
+        let (raw, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        for sql in [
+            "DELETE FROM tally_migrations",
+            "UPDATE usage_archives SET sha256 = 'x'",
+            "UPDATE usage_archived_totals SET quantity = 0",
+            "INSERT INTO tally_meters (service, unit) VALUES ('GPU-Hours', 'h')",
+            "DELETE FROM usage_events",
+            "UPDATE usage_event_keys SET digest = NULL",
+            "DELETE FROM usage_hourly",
+            "DELETE FROM usage_alerts",
+        ] {
+            let e = raw.batch_execute(sql).await.unwrap_err();
+            assert_eq!(
+                e.code(),
+                Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
+                "{sql}: {e}"
+            );
+        }
+        drop(raw);
+
         // The owner's schedule creates partitions; the late one is then made on demand.
         db.tally()
             .write(&[event(3, "acme", Service::API, "1", &old.to_rfc3339())])
@@ -155,6 +190,39 @@ async fn an_application_role_with_table_privileges_records_and_reports() {
         .await
         .unwrap();
     result
+}
+
+#[tokio::test]
+async fn a_role_name_is_quoted_and_a_bad_one_refused() {
+    let sql = tally::app_grants("app\"; DROP TABLE usage_events; --").unwrap();
+    assert!(
+        sql.contains("TO \"app\"\"; DROP TABLE usage_events; --\";"),
+        "{sql}"
+    );
+    for bad in ["", &"r".repeat(64), "a\0b"] {
+        let e = tally::app_grants(bad).unwrap_err();
+        assert_eq!(e.kind(), tally::ErrorKind::Invalid);
+        assert_eq!(e.field(), Some("role"));
+    }
+}
+
+#[tokio::test]
+async fn a_catalogue_row_tally_did_not_write_is_a_database_problem_not_input() {
+    let db = TestDb::new().await.unwrap();
+    db.client()
+        .await
+        .unwrap()
+        .batch_execute("INSERT INTO tally_meters (service, unit) VALUES ('GPU-Hours', 'h')")
+        .await
+        .unwrap();
+    let e = db.tally().service("api").await.unwrap_err();
+    assert_eq!(e.kind(), tally::ErrorKind::Database, "{e}");
+    assert_eq!(e.field(), None, "{e}");
+    let text = e.to_string();
+    assert!(
+        text.contains("tally_meters") && text.contains("GPU-Hours"),
+        "{text}"
+    );
 }
 
 /// A partition that cannot be made is the database's problem, never the events':

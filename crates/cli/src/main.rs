@@ -60,6 +60,9 @@ enum Command {
     Verify(OutputArg),
     /// Show the events table's monthly partitions and the default partition's size.
     Partitions(PartitionsArgs),
+    /// Give an application role exactly what it needs on Tally's tables (as the schema
+    /// owner, after each migrate).
+    Grant(GrantArgs),
     /// A customer's usage and cost per service over a range.
     Report(reads::ReportArgs),
     /// Usage per hour, day or month in a time zone, for a customer or all customers.
@@ -103,6 +106,16 @@ struct PartitionsArgs {
     ensure_ahead: Option<u32>,
     #[command(flatten)]
     output: OutputArg,
+}
+
+#[derive(Args)]
+struct GrantArgs {
+    /// The application's role.
+    #[arg(long)]
+    role: String,
+    /// Print the SQL instead of running it.
+    #[arg(long)]
+    print: bool,
 }
 
 #[derive(Args)]
@@ -439,6 +452,19 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Plan(c) => quotas::plan(cli.database_url, c).await?,
         Command::Quota(c) => quotas::quota(cli.database_url, c).await?,
         Command::Alerts(c) => quotas::alerts(cli.database_url, c).await?,
+        Command::Grant(a) => {
+            // Validated before connecting: a bad name is refused without a database.
+            let sql = tally::app_grants(&a.role).map_err(Failure::from)?;
+            if a.print {
+                out(format_args!("{sql}"))?;
+            } else {
+                tally_for(cli.database_url)?.grant_app(&a.role).await?;
+                out(format_args!(
+                    "granted the application privileges to {}\n",
+                    a.role
+                ))?;
+            }
+        }
         Command::Partitions(a) => {
             let o = a.output;
             let tally = tally_for(cli.database_url)?;

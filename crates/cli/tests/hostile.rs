@@ -700,6 +700,8 @@ async fn refused_input_exits_with_its_code_names_the_problem_and_writes_nothing(
             vec!["alerts", "check", "--customer", "\u{202e}evil"],
             "customer_id",
         ),
+        (vec!["grant", "--role", ""], "role"),
+        (vec!["grant", "--role", &"r".repeat(64)], "role"),
     ] {
         cases.push(case(&args, 2, fragment));
     }

@@ -43,6 +43,12 @@ pub enum ErrorKind {
 #[derive(Debug)]
 enum Repr {
     Invalid(tally_core::Error),
+    // A row the database returned that Tally's own writes could not have made (a
+    // hand-edited catalogue): the database's problem, not the caller's input.
+    Corrupt {
+        context: &'static str,
+        message: String,
+    },
     Db {
         context: Cow<'static, str>,
         source: tokio_postgres::Error,
@@ -180,6 +186,13 @@ impl Error {
         Error::new(Repr::ImportRejected { errors })
     }
 
+    pub(crate) fn corrupt(context: &'static str, message: impl Into<String>) -> Error {
+        Error::new(Repr::Corrupt {
+            context,
+            message: message.into(),
+        })
+    }
+
     pub(crate) fn closed() -> Error {
         Error::new(Repr::Closed)
     }
@@ -201,6 +214,7 @@ impl Error {
         match &*self.0 {
             Repr::Invalid(_) => ErrorKind::Invalid,
             Repr::Db { source, .. } if source.as_db_error().is_some() => ErrorKind::Database,
+            Repr::Corrupt { .. } => ErrorKind::Database,
             Repr::Db { .. } | Repr::Pool { .. } => ErrorKind::Connection,
             Repr::Config { .. } => ErrorKind::Config,
             Repr::ChecksumMismatch { .. } | Repr::UnknownMigration { .. } => ErrorKind::Migration,
@@ -355,6 +369,11 @@ impl fmt::Display for Error {
                 "the database has migration {version}, which this build of Tally does not know; upgrade Tally"
             ),
             Repr::Io { context, source } => write!(f, "{context}: {source}"),
+            Repr::Corrupt { context, message } => write!(
+                f,
+                "{context}: the database holds {message} (a row Tally did not write; fix it \
+                 as the schema owner)"
+            ),
             Repr::ImportRejected { errors } => {
                 write!(f, "import rejected: {} bad line(s)", errors.len())?;
                 if let Some(first) = errors.first() {

@@ -58,7 +58,7 @@ pub use import::{
 };
 pub use ingest::WriteOutcome;
 pub use local::{CommitHook, LocalMark};
-pub use migrate::{MigrateReport, schema_fingerprint};
+pub use migrate::{MigrateReport, app_grants, schema_fingerprint};
 pub use quotas::{AlertFilter, Claimed, DeliveryClaim, Reached};
 pub use reads::{Grain, QuarterRow, TopBucket, UsageRow, Who};
 pub use recorder::{Recorder, RecorderConfig, RecorderStatus};

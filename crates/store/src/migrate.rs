@@ -158,6 +158,56 @@ pub(crate) async fn is_citus(client: &tokio_postgres::Client) -> Result<bool> {
         .map_err(Error::db("looking for the citus extension"))
 }
 
+/// What the application role may do to each of Tally's tables: what the recorder,
+/// the reads, quotas and alert delivery need, and nothing that could break the
+/// installation (the migration ledger, the archive ledger and the catalogue stay
+/// read-only: migrate, archive, restore and `define_meter` run as the owner).
+const APP_PRIVILEGES: [(&str, &str); 17] = [
+    ("usage_events", "SELECT, INSERT"),
+    // `partition_status` counts the default partition's rows directly.
+    ("usage_events_default", "SELECT"),
+    ("usage_event_keys", "SELECT, INSERT"),
+    // Rollups merge by INSERT … ON CONFLICT DO UPDATE.
+    ("usage_hourly", "SELECT, INSERT, UPDATE"),
+    ("usage_hourly_total", "SELECT, INSERT, UPDATE"),
+    ("usage_daily", "SELECT, INSERT, UPDATE"),
+    ("usage_dead_letters", "SELECT, INSERT"),
+    ("usage_alerts", "SELECT, INSERT"),
+    ("usage_alert_deliveries", "SELECT, INSERT"),
+    // Plans, limits, customers and quotas are the application's to administer.
+    ("tally_plans", "SELECT, INSERT, UPDATE, DELETE"),
+    ("tally_plan_limits", "SELECT, INSERT, UPDATE, DELETE"),
+    ("tally_customers", "SELECT, INSERT, UPDATE, DELETE"),
+    ("tally_quotas", "SELECT, INSERT, UPDATE, DELETE"),
+    ("tally_meters", "SELECT"),
+    ("tally_migrations", "SELECT"),
+    ("usage_archives", "SELECT"),
+    ("usage_archived_totals", "SELECT"),
+];
+
+/// The SQL that gives `role` exactly the privileges an application needs on Tally's
+/// tables (docs/operations.md), revoking anything wider granted before. Run it as the
+/// schema owner after each migrate ([`crate::Store::grant_app`] does). Identity
+/// columns need no sequence grant: an INSERT draws from them with the table's right
+/// (a USAGE on sequences granted by older instructions is harmless and left).
+pub fn app_grants(role: &str) -> Result<String> {
+    if role.is_empty() || role.len() > 63 || role.contains('\0') {
+        return Err(Error::invalid(
+            "role",
+            role,
+            "a PostgreSQL role name is 1 to 63 bytes, without NUL",
+        ));
+    }
+    let role = format!("\"{}\"", role.replace('"', "\"\""));
+    let mut sql = String::new();
+    for (table, privileges) in APP_PRIVILEGES {
+        sql.push_str(&format!(
+            "REVOKE ALL ON {table} FROM {role};\nGRANT {privileges} ON {table} TO {role};\n"
+        ));
+    }
+    Ok(sql)
+}
+
 /// On a database with the Citus extension, distributes every table of [`LAYOUT`] that
 /// is not distributed yet (existing rows move to the workers). Returns those tables.
 async fn distribute(client: &tokio_postgres::Client) -> Result<Vec<String>> {

@@ -136,6 +136,19 @@ impl Store {
         Ok(report)
     }
 
+    /// Gives `role` exactly what an application needs on Tally's tables and takes back
+    /// anything wider (the SQL is [`crate::app_grants`]), in one transaction. Run as the
+    /// schema owner after each migrate: a table a later migration adds is the
+    /// application's only once this ran again.
+    pub async fn grant_app(&self, role: &str) -> Result<()> {
+        const CTX: &str = "granting the application role";
+        let sql = migrate::app_grants(role)?;
+        let mut client = self.client(CTX).await?;
+        let tx = client.transaction().await.map_err(Error::db(CTX))?;
+        tx.batch_execute(&sql).await.map_err(Error::db(CTX))?;
+        tx.commit().await.map_err(Error::db(CTX))
+    }
+
     /// Creates the events partitions of this month and `months` after it (what a
     /// schedule runs as the schema owner, so an application role without DDL rights
     /// never needs to). Returns the months now covered.
@@ -218,7 +231,13 @@ impl Store {
                 row.try_get(0).map_err(Error::db("reading meters"))?,
                 row.try_get(1).map_err(Error::db("reading meters"))?,
             );
-            catalog.define(Meter::new(service, unit)?);
+            let meter = Meter::new(service, unit).map_err(|e| {
+                Error::corrupt(
+                    "reading meters",
+                    format!("an invalid row in tally_meters: {e}"),
+                )
+            })?;
+            catalog.define(meter);
         }
         Ok(catalog)
     }

@@ -66,7 +66,7 @@ pub use tally_core::{
 };
 pub use tally_store::{
     Error, ErrorKind, MigrateReport, PartitionStatus, Recorder, RecorderConfig, RecorderStatus,
-    Result, VerifyReport, WriteOutcome,
+    Result, VerifyReport, WriteOutcome, app_grants,
 };
 
 /// Price books: per-unit, package, graduated and volume prices, allowances, one
@@ -451,6 +451,13 @@ impl Tally {
     /// The events table's partitions and what the default partition holds.
     pub async fn partition_status(&self) -> Result<PartitionStatus> {
         self.store.partition_status().await
+    }
+
+    /// Gives the application role `role` exactly the privileges it needs on Tally's
+    /// tables, taking back anything wider (docs/operations.md; the SQL is
+    /// [`app_grants`]). Run as the schema owner after each migrate.
+    pub async fn grant_app(&self, role: &str) -> Result<()> {
+        self.store.grant_app(role).await
     }
 
     /// Creates the events partitions of this month and `months` after it (run it as
