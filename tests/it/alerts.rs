@@ -783,3 +783,69 @@ async fn quarter_hour_edges_are_exact_on_both_write_paths() {
         }
     }
 }
+
+/// Issue 22 #4 at the library: two handles (two pools, as two processes) admit 2.5
+/// units at a time against a hard limit of 50 with no other coordination: exactly 20
+/// are written, the rest refused and not stored; soft mode and no quota write always.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn record_within_quota_holds_a_hard_limit_exactly_across_handles() {
+    let db = TestDb::new().await.unwrap();
+    let one = Tally::with_pool_size(db.url(), 4).unwrap();
+    let two = Tally::with_pool_size(db.url(), 4).unwrap();
+    limit(&one, "race", "50", Mode::Hard).await;
+    let tries = (0..60).map(|i| {
+        let t = if i % 2 == 0 { one.clone() } else { two.clone() };
+        async move {
+            t.record_within_quota(&use_at("race", "2.5", Utc::now()))
+                .await
+                .unwrap()
+        }
+    });
+    let admissions = join_all(tries).await;
+    let written = admissions.iter().filter(|a| a.written.is_some()).count();
+    let blocked: Vec<_> = admissions
+        .iter()
+        .filter(|a| matches!(a.decision, Decision::Block { .. }))
+        .collect();
+    assert_eq!((written, blocked.len()), (20, 40));
+    assert!(blocked.iter().all(|a| a.written.is_none()
+        && a.decision
+            == Decision::Block {
+                usage: dec("50"),
+                limit: dec("50")
+            }));
+    let usage = one
+        .alerts()
+        .usage(
+            &cust("race"),
+            &Service::API,
+            tally::TimeRange::new(
+                Utc::now() - chrono::Duration::days(40),
+                Utc::now() + chrono::Duration::days(1),
+            )
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(usage, dec("50"));
+    // Soft: past the limit it writes and warns; no quota: it writes.
+    limit(&one, "soft", "1", Mode::Soft).await;
+    let a = one
+        .record_within_quota(&use_at("soft", "3", Utc::now()))
+        .await
+        .unwrap();
+    assert!(a.written.is_some_and(|w| w.inserted == 1));
+    assert!(matches!(
+        a.decision,
+        Decision::Warn {
+            level: Level::Exceeded,
+            ..
+        }
+    ));
+    let a = one
+        .record_within_quota(&use_at("free-roam", "3", Utc::now()))
+        .await
+        .unwrap();
+    assert_eq!(a.decision, Decision::Allow);
+    assert!(a.written.is_some_and(|w| w.inserted == 1));
+}

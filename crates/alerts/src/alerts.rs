@@ -8,14 +8,25 @@ use std::{
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
+use tally_core::UsageEvent;
 use tally_core::{
     Alert, BillingCycle, CustomerId, Decision, Mode, Plan, PlanName, Quantity, Quota, QuotaLimit,
     Service, Thresholds, TimeRange,
 };
-use tally_store::{AlertFilter, LocalMark, Reached, Result, Store};
+use tally_store::{AlertFilter, LocalMark, Reached, Result, Store, WriteOutcome};
 use tokio::{sync::Notify, time::Instant};
 
 use crate::sink::Sink;
+
+/// What [`Alerts::record_within_quota`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Admission {
+    /// The quota's answer for the event, with the usage it was decided on.
+    pub decision: Decision,
+    /// What the write did; `None` when the decision was `Block` (nothing written).
+    pub written: Option<WriteOutcome>,
+}
 
 /// How alerts are evaluated and delivered.
 #[derive(Debug, Clone)]
@@ -356,7 +367,9 @@ impl Alerts {
     ///
     /// The database read is reused for [`AlertConfig::cache_ttl`]; this process's own
     /// writes are always counted, so within one process a hard limit holds exactly.
-    /// What other processes wrote since the read is seen at the next read.
+    /// What other processes committed since the read is seen at the next read, and
+    /// what they have not committed yet (up to their batch timeout) not at all: where
+    /// a hard limit must hold across processes, use [`Alerts::record_within_quota`].
     pub async fn check_quota(
         &self,
         customer: &CustomerId,
@@ -437,6 +450,50 @@ impl Alerts {
             );
         }
         Ok(decision)
+    }
+
+    /// Records `event` only if its customer's quota for its service lets it through,
+    /// exactly, across processes: the check and the write are one transaction that
+    /// holds a lock of that customer and service and reads their committed usage
+    /// inside it, so two processes cannot both take the last unit of a hard limit.
+    /// `Block`: nothing is written. Otherwise the event is committed when this returns
+    /// (durable, as [`tally_store::Store::write`]) and the decision says what it reached.
+    ///
+    /// Exact against every write made through this call, and against everything else
+    /// once it is committed; a [`tally_store::Recorder`]'s queue (in this process or
+    /// another) is not counted until it is committed. One transaction per event, serialised
+    /// per customer and service (no cache, no batching): for requests that must not
+    /// pass a limit, not for the bulk of ingest. With no quota, or an unlimited one,
+    /// the event is written as by `write`.
+    pub async fn record_within_quota(&self, event: &UsageEvent) -> Result<Admission> {
+        let (customer, service) = (&event.customer, &event.service);
+        let quota = self.inner.store.quota(customer, service).await?;
+        let events = std::slice::from_ref(event);
+        let Some(quota) = quota.filter(|q| q.limit != QuotaLimit::Unlimited) else {
+            let written = self.inner.store.write(events).await?;
+            return Ok(Admission {
+                decision: Decision::Allow,
+                written: Some(written),
+            });
+        };
+        let key = (
+            customer.clone(),
+            service.clone(),
+            quota.cycle.period_at(Utc::now())?,
+        );
+        let mut decision = Decision::Allow;
+        let written = self
+            .inner
+            .store
+            .write_admitted(events, &key, |db| {
+                // The database alone: every admitted write before this one committed
+                // under the lock. This process's ledger is not added, since admitted
+                // writes queued behind the lock would count against this one.
+                decision = self.decide(&quota, db, Decimal::ZERO, event.quantity);
+                !matches!(decision, Decision::Block { .. })
+            })
+            .await?;
+        Ok(Admission { decision, written })
     }
 
     fn decide(&self, quota: &Quota, db: Decimal, local: Decimal, requested: Quantity) -> Decision {

@@ -43,5 +43,5 @@
 mod alerts;
 mod sink;
 
-pub use alerts::{AlertConfig, Alerts, DeliveryReport};
+pub use alerts::{Admission, AlertConfig, Alerts, DeliveryReport};
 pub use sink::{Delivery, LogFileSink, Sink, SinkError, StderrSink};

@@ -17,7 +17,7 @@ use uuid::Uuid;
 use bytes::{BufMut, BytesMut};
 use deadpool_postgres::Pool;
 use rust_decimal::Decimal;
-use tally_core::{Quarters, Totals, UsageEvent};
+use tally_core::{CustomerId, Quarters, Service, TimeRange, Totals, UsageEvent};
 use tokio_postgres::{
     binary_copy::BinaryCopyInWriter,
     error::SqlState,
@@ -465,22 +465,46 @@ impl Ingest {
         // Before the transaction: it must hold no lock that creating one waits for.
         self.ensure_partitions(events).await;
         let batch = Dedupe::of(events);
-        let mut tx = self.begin(lane).await?;
-        let applied = match tx.write_direct(&batch.unique).await? {
-            Some(written) => written,
-            None => {
-                tx.stage(&batch.unique).await?;
-                tx.apply(&batch.unique).await?
-            }
-        };
-        tx.commit().await?;
-        let conflicts = batch.conflicts(&applied.stored);
-        Ok(WriteOutcome {
-            inserted: applied.inserted,
-            duplicates: events.len() as u64 - applied.inserted - conflicts.len() as u64,
-            quantity: applied.quantity,
-            conflicts,
-        })
+        let tx = self.begin(lane).await?;
+        tx.write_batch(events.len(), &batch).await
+    }
+
+    /// As [`Ingest::write`], admitted first: in the same transaction, a lock of
+    /// `customer` and `service` is taken and their committed usage over `period` read;
+    /// `admit` is given it and, if it says no, nothing is written (`None`). Writers
+    /// through this call are serialised per customer and service, and each reads every
+    /// earlier one's commit: what makes a hard quota exact across processes.
+    pub(crate) async fn write_admitted(
+        &self,
+        events: &[UsageEvent],
+        lane: Lane,
+        key: &(CustomerId, Service, TimeRange),
+        admit: impl FnOnce(Decimal) -> bool,
+    ) -> Result<Option<WriteOutcome>> {
+        const CTX: &str = "admitting events";
+        self.ensure_partitions(events).await;
+        let batch = Dedupe::of(events);
+        let tx = self.begin(lane).await?;
+        let client = tx.client()?;
+        // One 64-bit key per customer and service; a collision only makes two keys wait
+        // for each other. The seed keeps Tally's keys apart from the application's.
+        client
+            .execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended($1 || E'\\x1f' || $2, $3))",
+                &[&key.0.as_str(), &key.1.as_str(), &ADMISSION_LOCK_SEED],
+            )
+            .await
+            .map_err(Error::db(CTX))?;
+        let usage = crate::quotas::period_usage_on(client, std::slice::from_ref(key))
+            .await?
+            .first()
+            .copied()
+            .unwrap_or_default();
+        if !admit(usage) {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        tx.write_batch(events.len(), &batch).await.map(Some)
     }
 
     /// Starts a transaction on the write path. Nothing it stages is visible until
@@ -839,6 +863,34 @@ impl IngestTx {
         })
     }
 
+    /// Writes one deduplicated batch of `len` events and commits.
+    async fn write_batch(mut self, len: usize, batch: &Dedupe<'_>) -> Result<WriteOutcome> {
+        let applied = match self.write_direct(&batch.unique).await? {
+            Some(written) => written,
+            None => {
+                self.stage(&batch.unique).await?;
+                self.apply(&batch.unique).await?
+            }
+        };
+        self.commit().await?;
+        let conflicts = batch.conflicts(&applied.stored);
+        Ok(WriteOutcome {
+            inserted: applied.inserted,
+            duplicates: len as u64 - applied.inserted - conflicts.len() as u64,
+            quantity: applied.quantity,
+            conflicts,
+        })
+    }
+
+    /// Rolls back, keeping the connection for the pool (a drop discards it).
+    pub(crate) async fn rollback(mut self) -> Result<()> {
+        let client = self.client.take().ok_or_else(Error::closed)?;
+        client
+            .batch_execute("ROLLBACK")
+            .await
+            .map_err(Error::db("rolling a write back"))
+    }
+
     /// Commits: everything applied becomes visible at once.
     pub(crate) async fn commit(mut self) -> Result<()> {
         let client = self.client.take().ok_or_else(Error::closed)?;
@@ -848,6 +900,9 @@ impl IngestTx {
             .map_err(Error::db("committing events"))
     }
 }
+
+/// The seed of the admission lock's key ("tallyq" in ASCII).
+const ADMISSION_LOCK_SEED: i64 = 0x7461_6c6c_7971;
 
 /// A rollup row's key as stored: customer (empty for the all-customer rollup),
 /// service, bucket.

@@ -461,104 +461,8 @@ impl Store {
         &self,
         keys: &[(CustomerId, Service, TimeRange)],
     ) -> Result<Vec<Decimal>> {
-        const CTX: &str = "reading period usage";
-        let mut p = Pieces::default();
-        let mut edges = Vec::new();
-        for (i, (c, s, range)) in keys.iter().enumerate() {
-            let split = range.utc_split();
-            let i = i32::try_from(i)
-                .map_err(|_| Error::invalid("keys", keys.len().to_string(), "too many at once"))?;
-            for r in split.days.iter() {
-                p.push(i, c, s, Piece::Days, r.from(), r.to());
-            }
-            for r in &split.hours {
-                p.push(i, c, s, Piece::Hours, r.from(), r.to());
-            }
-            for r in &split.raw {
-                match quarters_of(*r) {
-                    Some(parts) => {
-                        for (hour, a, b) in parts {
-                            p.push(i, c, s, Piece::Quarters(a, b), hour, hour);
-                        }
-                    }
-                    None => edges.push((i, c, s, *r)),
-                }
-            }
-        }
-        let client = self.client(CTX).await?;
-        let mut out = vec![Decimal::ZERO; keys.len()];
-        let mut add = |i: i32, q: Decimal| -> Result<()> {
-            if let Some(slot) = usize::try_from(i).ok().and_then(|i| out.get_mut(i)) {
-                *slot = tally_core::add_exact(*slot, q, "period usage")?;
-            }
-            Ok(())
-        };
-        if !p.idx.is_empty() {
-            // The kind tests are one-time filters: each piece reads one rollup only.
-            // Quarter pieces take a part of one hour: its sum up to quarter `b` minus
-            // its sum up to quarter `a` (0 = nothing, 4 = the whole hour).
-            let stmt = client
-                .prepare_cached(
-                    "WITH p AS (
-                         SELECT * FROM unnest($1::int4[], $2::text[], $3::text[], $4::int2[], $5::timestamptz[],
-                                              $6::timestamptz[], $7::int2[], $8::int2[])
-                             AS p(i, customer_id, service, kind, lo, hi, qa, qb))
-                     SELECT x.i, sum(x.q) FROM (
-                         SELECT p.i, d.quantity AS q FROM p JOIN usage_daily d
-                           ON p.kind = 0 AND d.customer_id = p.customer_id AND d.service = p.service
-                          AND d.bucket >= p.lo AND d.bucket < p.hi
-                         UNION ALL
-                         SELECT p.i, h.quantity FROM p JOIN usage_hourly h
-                           ON p.kind = 1 AND h.customer_id = p.customer_id AND h.service = p.service
-                          AND h.bucket >= p.lo AND h.bucket < p.hi
-                         UNION ALL
-                         SELECT p.i, CASE p.qb WHEN 1 THEN h.quantity_by_15 WHEN 2 THEN h.quantity_by_30
-                                               WHEN 3 THEN h.quantity_by_45 ELSE h.quantity END
-                                   - CASE p.qa WHEN 1 THEN h.quantity_by_15 WHEN 2 THEN h.quantity_by_30
-                                               WHEN 3 THEN h.quantity_by_45 ELSE 0 END
-                         FROM p JOIN usage_hourly h
-                           ON p.kind = 2 AND h.customer_id = p.customer_id AND h.service = p.service
-                          AND h.bucket = p.lo
-                     ) x
-                     GROUP BY x.i",
-                )
-                .await
-                .map_err(Error::db("preparing a period usage read"))?;
-            let params: [&(dyn ToSql + Sync); 8] = [
-                &p.idx,
-                &p.customers,
-                &p.services,
-                &p.kinds,
-                &p.lo,
-                &p.hi,
-                &p.qa,
-                &p.qb,
-            ];
-            for row in client.query(&stmt, &params).await.map_err(Error::db(CTX))? {
-                add(
-                    get(&row, 0, CTX)?,
-                    numeric_opt(&row, 1, CTX)?.unwrap_or_default(),
-                )?;
-            }
-        }
-        if !edges.is_empty() {
-            let stmt = client
-                .prepare_cached(
-                    "SELECT sum(quantity) FROM usage_events
-                     WHERE recorded_at >= $3 AND recorded_at < $4 AND customer_id = $1 AND service = $2",
-                )
-                .await
-                .map_err(Error::db("preparing a period usage read"))?;
-            // Not on a quarter hour (historic local-mean-time offsets): raw events.
-            for (i, c, s, r) in edges {
-                let row = client
-                    .query_one(&stmt, &[&c.as_str(), &s.as_str(), &r.from(), &r.to()])
-                    .await
-                    .map_err(Error::db(CTX))?;
-                add(i, numeric_opt(&row, 0, CTX)?.unwrap_or_default())?;
-            }
-        }
-        Ok(out)
+        let client = self.client("reading period usage").await?;
+        period_usage_on(&client, keys).await
     }
 
     /// Records the levels `reached` for its period, each at most once per customer,
@@ -738,6 +642,111 @@ impl Drop for DeliveryClaim {
             drop(deadpool_postgres::Object::take(client));
         }
     }
+}
+
+/// [`Store::period_usage`] on a given connection (the write path's admission reads it
+/// inside its own transaction).
+pub(crate) async fn period_usage_on(
+    client: &deadpool_postgres::Client,
+    keys: &[(CustomerId, Service, TimeRange)],
+) -> Result<Vec<Decimal>> {
+    const CTX: &str = "reading period usage";
+    let mut p = Pieces::default();
+    let mut edges = Vec::new();
+    for (i, (c, s, range)) in keys.iter().enumerate() {
+        let split = range.utc_split();
+        let i = i32::try_from(i)
+            .map_err(|_| Error::invalid("keys", keys.len().to_string(), "too many at once"))?;
+        for r in split.days.iter() {
+            p.push(i, c, s, Piece::Days, r.from(), r.to());
+        }
+        for r in &split.hours {
+            p.push(i, c, s, Piece::Hours, r.from(), r.to());
+        }
+        for r in &split.raw {
+            match quarters_of(*r) {
+                Some(parts) => {
+                    for (hour, a, b) in parts {
+                        p.push(i, c, s, Piece::Quarters(a, b), hour, hour);
+                    }
+                }
+                None => edges.push((i, c, s, *r)),
+            }
+        }
+    }
+    let mut out = vec![Decimal::ZERO; keys.len()];
+    let mut add = |i: i32, q: Decimal| -> Result<()> {
+        if let Some(slot) = usize::try_from(i).ok().and_then(|i| out.get_mut(i)) {
+            *slot = tally_core::add_exact(*slot, q, "period usage")?;
+        }
+        Ok(())
+    };
+    if !p.idx.is_empty() {
+        // The kind tests are one-time filters: each piece reads one rollup only.
+        // Quarter pieces take a part of one hour: its sum up to quarter `b` minus
+        // its sum up to quarter `a` (0 = nothing, 4 = the whole hour).
+        let stmt = client
+            .prepare_cached(
+                "WITH p AS (
+                     SELECT * FROM unnest($1::int4[], $2::text[], $3::text[], $4::int2[], $5::timestamptz[],
+                                          $6::timestamptz[], $7::int2[], $8::int2[])
+                         AS p(i, customer_id, service, kind, lo, hi, qa, qb))
+                 SELECT x.i, sum(x.q) FROM (
+                     SELECT p.i, d.quantity AS q FROM p JOIN usage_daily d
+                       ON p.kind = 0 AND d.customer_id = p.customer_id AND d.service = p.service
+                      AND d.bucket >= p.lo AND d.bucket < p.hi
+                     UNION ALL
+                     SELECT p.i, h.quantity FROM p JOIN usage_hourly h
+                       ON p.kind = 1 AND h.customer_id = p.customer_id AND h.service = p.service
+                      AND h.bucket >= p.lo AND h.bucket < p.hi
+                     UNION ALL
+                     SELECT p.i, CASE p.qb WHEN 1 THEN h.quantity_by_15 WHEN 2 THEN h.quantity_by_30
+                                           WHEN 3 THEN h.quantity_by_45 ELSE h.quantity END
+                               - CASE p.qa WHEN 1 THEN h.quantity_by_15 WHEN 2 THEN h.quantity_by_30
+                                           WHEN 3 THEN h.quantity_by_45 ELSE 0 END
+                     FROM p JOIN usage_hourly h
+                       ON p.kind = 2 AND h.customer_id = p.customer_id AND h.service = p.service
+                      AND h.bucket = p.lo
+                 ) x
+                 GROUP BY x.i",
+            )
+            .await
+            .map_err(Error::db("preparing a period usage read"))?;
+        let params: [&(dyn ToSql + Sync); 8] = [
+            &p.idx,
+            &p.customers,
+            &p.services,
+            &p.kinds,
+            &p.lo,
+            &p.hi,
+            &p.qa,
+            &p.qb,
+        ];
+        for row in client.query(&stmt, &params).await.map_err(Error::db(CTX))? {
+            add(
+                get(&row, 0, CTX)?,
+                numeric_opt(&row, 1, CTX)?.unwrap_or_default(),
+            )?;
+        }
+    }
+    if !edges.is_empty() {
+        let stmt = client
+            .prepare_cached(
+                "SELECT sum(quantity) FROM usage_events
+                 WHERE recorded_at >= $3 AND recorded_at < $4 AND customer_id = $1 AND service = $2",
+            )
+            .await
+            .map_err(Error::db("preparing a period usage read"))?;
+        // Not on a quarter hour (historic local-mean-time offsets): raw events.
+        for (i, c, s, r) in edges {
+            let row = client
+                .query_one(&stmt, &[&c.as_str(), &s.as_str(), &r.from(), &r.to()])
+                .await
+                .map_err(Error::db(CTX))?;
+            add(i, numeric_opt(&row, 0, CTX)?.unwrap_or_default())?;
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

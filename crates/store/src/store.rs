@@ -2,7 +2,7 @@ use chrono::NaiveDate;
 use deadpool_postgres::Pool;
 use rust_decimal::Decimal;
 use serde::Serialize;
-use tally_core::{Catalog, CustomerId, Meter, Service, UsageEvent, serde_fmt};
+use tally_core::{Catalog, CustomerId, Meter, Service, TimeRange, UsageEvent, serde_fmt};
 
 use crate::{
     CommitHook, Error, LocalMark, Recorder, RecorderConfig, Result,
@@ -177,6 +177,41 @@ impl Store {
         match result {
             Ok(_) => local.committed(events),
             Err(_) => local.settled(events),
+        }
+        result
+    }
+
+    /// Writes `events` (all of `key`'s customer and service) only if `admit` accepts
+    /// that customer's committed usage of that service over `key`'s range, read in the
+    /// write's own transaction under a lock of the customer and service (see
+    /// `tally_alerts::Alerts::record_within_quota`). `None`: refused, nothing written.
+    pub async fn write_admitted(
+        &self,
+        events: &[UsageEvent],
+        key: &(CustomerId, Service, TimeRange),
+        admit: impl FnOnce(Decimal) -> bool,
+    ) -> Result<Option<WriteOutcome>> {
+        for e in events {
+            e.check()?;
+            if e.customer != key.0 || e.service != key.1 {
+                return Err(Error::invalid(
+                    "events",
+                    format!("{}/{}", e.customer, e.service),
+                    format!("an admitted write is of {}/{} only", key.0, key.1),
+                ));
+            }
+        }
+        let result = self
+            .ingest
+            .write_admitted(events, Lane::next(), key, admit)
+            .await;
+        // Into this process's ledger only once committed: an admitted write waiting
+        // for the lock must not count against the one holding it (the database read
+        // under the lock is exact for these writes).
+        if let Ok(Some(_)) = result {
+            let local = self.ingest.local();
+            local.recorded(events);
+            local.committed(events);
         }
         result
     }

@@ -89,7 +89,8 @@ pub mod report {
 /// Quotas, plans, alerts and where alerts are delivered.
 pub mod alerts {
     pub use tally_alerts::{
-        AlertConfig, Alerts, Delivery, DeliveryReport, LogFileSink, Sink, SinkError, StderrSink,
+        Admission, AlertConfig, Alerts, Delivery, DeliveryReport, LogFileSink, Sink, SinkError,
+        StderrSink,
     };
     pub use tally_core::{
         Alert, AnchorDay, BillingCycle, Decision, Mode, Plan, PlanName, Quota, QuotaLimit,
@@ -385,6 +386,14 @@ impl Tally {
         requested: Quantity,
     ) -> Result<alerts::Decision> {
         self.alerts.check_quota(customer, service, requested).await
+    }
+
+    /// Records `event` only if its quota lets it through, exact across processes (one
+    /// transaction per event under a lock of its customer and service); see
+    /// [`Alerts::record_within_quota`].
+    pub async fn record_within_quota(&self, event: &UsageEvent) -> Result<alerts::Admission> {
+        self.alerts.watch();
+        self.alerts.record_within_quota(event).await
     }
 
     /// The same database, pricing reads with `prices` (default: the built-in per-unit

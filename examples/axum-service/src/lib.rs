@@ -10,6 +10,10 @@
 //!   [`Recorder`] and answers once that event is committed
 //!   ([`Recorder::record_committed`]: a crash after the answer loses nothing; concurrent
 //!   requests share a commit);
+//! - with [`QuotaCheck::Exact`] the event is written by [`Tally::record_within_quota`]
+//!   instead: check and write in one transaction under a lock of the customer, so a
+//!   hard limit holds exactly however many instances serve the customer (a request
+//!   that ran but would pass the limit is answered `429` and not recorded);
 //! - `GET /usage/{customer}` answers the customer's priced usage summary (month to
 //!   date, or `?from=…&to=…`), the report of the CLI contract as JSON;
 //! - [`serve`] runs until its shutdown future completes (the binary: SIGTERM or
@@ -61,17 +65,40 @@ pub const CUSTOMER_HEADER: &str = "x-customer-id";
 /// `critical`, `exceeded`) when it was let through near or past a soft limit.
 pub const QUOTA_HEADER: &str = "x-quota-level";
 
-/// What the handlers share: the Tally handle and the recorder.
+/// How the metering middleware holds hard quotas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum QuotaCheck {
+    /// [`Tally::check_quota`] before the request, the event through the batching
+    /// recorder: exact within one process; across N instances a hard limit can be
+    /// passed by what the others commit within one batch timeout (docs/alerts.md).
+    #[default]
+    Cached,
+    /// [`Tally::record_within_quota`] after the request: exact across processes, one
+    /// transaction per request; a request refused then ran but is answered `429`.
+    Exact,
+}
+
+/// What the handlers share: the Tally handle, the recorder and the quota check.
 #[derive(Clone)]
 struct AppState {
     tally: Tally,
     recorder: Recorder,
+    check: QuotaCheck,
 }
 
 /// The service's routes: metered `/v1/…` endpoints, `GET /usage/{customer}` and
 /// `GET /healthz` (neither metered).
 pub fn app(tally: Tally, recorder: Recorder) -> Router {
-    let state = AppState { tally, recorder };
+    app_with(tally, recorder, QuotaCheck::Cached)
+}
+
+/// [`app`] with a choice of quota check.
+pub fn app_with(tally: Tally, recorder: Recorder, check: QuotaCheck) -> Router {
+    let state = AppState {
+        tally,
+        recorder,
+        check,
+    };
     // `route_layer` runs the middleware after routing, so it sees the matched route
     // (`/v1/things/{id}`) and unknown paths get a plain 404 that is not metered.
     let metered = Router::new()
@@ -93,7 +120,18 @@ pub async fn serve(
     recorder: Recorder,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> tally::Result<()> {
-    let served = axum::serve(listener, app(tally, recorder.clone()))
+    serve_with(listener, tally, recorder, QuotaCheck::Cached, shutdown).await
+}
+
+/// [`serve`] with a choice of quota check.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    tally: Tally,
+    recorder: Recorder,
+    check: QuotaCheck,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> tally::Result<()> {
+    let served = axum::serve(listener, app_with(tally, recorder.clone(), check))
         .with_graceful_shutdown(shutdown)
         .await;
     // Close even when serving failed: what was recorded must still be written.
@@ -134,20 +172,19 @@ async fn meter(State(state): State<AppState>, request: Request, next: Next) -> R
         Ok(customer) => customer,
         Err(response) => return response,
     };
-    let level = match state
-        .tally
-        .check_quota(&customer, &Service::API, Quantity::ONE)
-        .await
-    {
-        Ok(Decision::Block { usage, limit }) => {
-            let body = serde_json::json!({
-                "error": "quota exceeded",
-                "service": "api",
-                "usage": usage.to_string(),
-                "limit": limit.to_string(),
-            });
-            return (StatusCode::TOO_MANY_REQUESTS, Json(body)).into_response();
+    // The exact check decides alone: the cached one may over-count what is in flight
+    // (stricter than the limit), and would refuse a request the limit allows.
+    let check = match state.check {
+        QuotaCheck::Cached => {
+            state
+                .tally
+                .check_quota(&customer, &Service::API, Quantity::ONE)
+                .await
         }
+        QuotaCheck::Exact => Ok(Decision::Allow),
+    };
+    let level = match check {
+        Ok(Decision::Block { usage, limit }) => return quota_exceeded(usage, limit),
         Ok(Decision::Warn { level, .. }) => Some(level),
         Ok(_) => None,
         Err(e) => {
@@ -170,6 +207,33 @@ async fn meter(State(state): State<AppState>, request: Request, next: Next) -> R
     // Answered only once the event is committed: a crash after the answer loses
     // nothing that was acknowledged. Concurrent requests share commits (group commit).
     match track::api_request(&endpoint, &method, response.status().as_u16()) {
+        Ok(usage) if state.check == QuotaCheck::Exact => {
+            let event = usage.for_customer(customer);
+            match tokio::time::timeout(RECORD_WAIT, state.tally.record_within_quota(&event)).await {
+                Ok(Ok(admission)) => match admission.decision {
+                    Decision::Block { usage, limit } => return quota_exceeded(usage, limit),
+                    Decision::Warn { level, .. } => {
+                        if let Ok(value) = HeaderValue::from_str(&level.to_string()) {
+                            response.headers_mut().insert(QUOTA_HEADER, value);
+                        }
+                    }
+                    _ => {}
+                },
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "could not record an api event");
+                    return error_response(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("usage could not be recorded: {e}"),
+                    );
+                }
+                Err(_) => {
+                    return error_response(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "usage could not be recorded in time; it may still be".to_owned(),
+                    );
+                }
+            }
+        }
         Ok(usage) => {
             let event = usage.for_customer(customer);
             match tokio::time::timeout(RECORD_WAIT, state.recorder.record_committed(event)).await {
@@ -213,6 +277,17 @@ fn customer_of(headers: &HeaderMap) -> Result<CustomerId, Response> {
         .map_err(|_| bad_request(format!("the {CUSTOMER_HEADER} header is not text")))?;
     text.parse()
         .map_err(|e: tally::InvalidInput| bad_request(format!("{CUSTOMER_HEADER}: {e}")))
+}
+
+/// `429 Too Many Requests`, with the usage and limit the quota was decided on.
+fn quota_exceeded(usage: impl ToString, limit: impl ToString) -> Response {
+    let body = serde_json::json!({
+        "error": "quota exceeded",
+        "service": "api",
+        "usage": usage.to_string(),
+        "limit": limit.to_string(),
+    });
+    (StatusCode::TOO_MANY_REQUESTS, Json(body)).into_response()
 }
 
 fn bad_request(message: String) -> Response {

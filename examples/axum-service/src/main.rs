@@ -3,14 +3,15 @@
 //! `DATABASE_URL=postgres://… BIND=127.0.0.1:3000 cargo run -p tally-example-axum`
 //! (`BIND` defaults to `127.0.0.1:3000`; port 0 picks a free one). The recorder and
 //! alert thresholds come from the seed's variables (`USAGE_BATCH_SIZE`,
-//! `USAGE_BATCH_TIMEOUT`, `USAGE_ALERT_*`). It prints `listening on http://ADDR` once
+//! `USAGE_BATCH_TIMEOUT`, `USAGE_ALERT_*`); `QUOTA_CHECK=exact` makes hard quotas exact
+//! across instances (`cached`, the default: see `QuotaCheck`). It prints `listening on http://ADDR` once
 //! it accepts connections, and stops on SIGTERM or Ctrl-C after writing every event it
 //! recorded.
 
 use std::process::ExitCode;
 
 use tally::TallyBuilder;
-use tally_example_axum::{serve, shutdown_signal};
+use tally_example_axum::{QuotaCheck, serve_with, shutdown_signal};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -30,7 +31,17 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run() -> tally::Result<()> {
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    let check = match std::env::var("QUOTA_CHECK").as_deref() {
+        Err(std::env::VarError::NotPresent) | Ok("cached") => QuotaCheck::Cached,
+        Ok("exact") => QuotaCheck::Exact,
+        Ok(other) => {
+            return Err(format!("QUOTA_CHECK={other:?}: expected \"cached\" or \"exact\"").into());
+        }
+        Err(std::env::VarError::NotUnicode(_)) => {
+            return Err("QUOTA_CHECK is not text: expected \"cached\" or \"exact\"".into());
+        }
+    };
     // Connects now: a wrong URL or password fails here, naming host, port and user.
     let tally = TallyBuilder::from_env()?.build().await?;
     tally.migrate().await?;
@@ -38,5 +49,5 @@ async fn run() -> tally::Result<()> {
     let listener = tokio::net::TcpListener::bind(&bind).await?;
     println!("listening on http://{}", listener.local_addr()?);
     let recorder = tally.start_recorder();
-    serve(listener, tally, recorder, shutdown_signal()).await
+    Ok(serve_with(listener, tally, recorder, check, shutdown_signal()).await?)
 }

@@ -293,3 +293,51 @@ async fn a_kill_9_loses_nothing_that_was_answered() {
         "{answered} answered, {stored} stored"
     );
 }
+
+/// Issue 22 #4: two instances serve one customer with a hard limit of 60. With
+/// `QUOTA_CHECK=exact` exactly 60 requests are answered 200 and 60 events stored,
+/// however the requests interleave (the cached check let 1,600 of 1,000 through).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hard_quota_is_exact_across_two_instances() {
+    let db = TestDb::new().await.unwrap();
+    let shared: CustomerId = "shared".parse().unwrap();
+    db.tally()
+        .alerts()
+        .set_quota(&shared, &Service::API, "60".parse().unwrap(), Mode::Hard)
+        .await
+        .unwrap();
+    let env = [("QUOTA_CHECK", "exact")];
+    let (mut one, a) = start_service(&db, &env).await;
+    let (mut two, b) = start_service(&db, &env).await;
+    let clients: Vec<_> = (0..16)
+        .map(|c| {
+            let addr = if c % 2 == 0 { a } else { b };
+            tokio::spawn(async move {
+                let mut counts = (0u32, 0u32);
+                for _ in 0..10 {
+                    match http(addr, "/v1/hello", Some("shared")).await {
+                        (200, _) => counts.0 += 1,
+                        (429, body) => {
+                            assert_eq!(json(&body)["limit"], "60", "{body}");
+                            counts.1 += 1;
+                        }
+                        (status, body) => panic!("{status}: {body}"),
+                    }
+                }
+                counts
+            })
+        })
+        .collect();
+    let (mut ok, mut blocked) = (0, 0);
+    for c in clients {
+        let (o, b) = c.await.unwrap();
+        ok += o;
+        blocked += b;
+    }
+    assert_eq!((ok, blocked), (60, 100), "answered 200 and 429");
+    assert_eq!(api_events(db.tally(), "shared").await, 60);
+    for child in [&mut one, &mut two] {
+        child.start_kill().unwrap();
+        child.wait().await.unwrap();
+    }
+}
