@@ -314,6 +314,36 @@ async fn racing_writers_store_each_event_once_and_reads_match_one_node() {
         assert_eq!(t.restore(&file).await.unwrap().restored, 1);
     }
     assert_eq!(c.verify().await.unwrap(), s.verify().await.unwrap());
+
+    // Part of a month, forgetting keys: the rows are deleted, totalled and their keys
+    // dropped in one statement (docs/archive.md), the same on both.
+    let mut counts = Vec::new();
+    for (t, sub) in [(c, "citus-part"), (s, "one-part")] {
+        let archived = t
+            .archive(&tally::archive::ArchiveOptions {
+                cutoff: at("2026-11-03T00:00:00Z"),
+                dir: dir.path().join(sub),
+                forget_keys: true,
+            })
+            .await
+            .unwrap();
+        let v = t.verify().await.unwrap();
+        assert_eq!((v.mismatches, v.key_mismatches), (0, 0), "{v:?}");
+        counts.push((
+            archived
+                .archives
+                .iter()
+                .map(|m| (m.events, m.quantity, m.services.clone()))
+                .collect::<Vec<_>>(),
+            v,
+        ));
+    }
+    assert!(
+        counts[0].0.iter().map(|a| a.0).sum::<i64>() > 1,
+        "{:?}",
+        counts[0]
+    );
+    assert_eq!(counts[0], counts[1]);
 }
 
 #[tokio::test]

@@ -3,18 +3,18 @@
 //! commits; rollups and dedupe keys stay. See docs/archive.md.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::BTreeMap,
     io::{Read, Write},
     path::{Path, PathBuf},
 };
 
-use chrono::{DateTime, Datelike, Months, NaiveDate, Timelike, Utc};
+use chrono::{DateTime, Datelike, Months, NaiveDate, Utc};
 use flate2::{Compression, read::GzDecoder, write::GzEncoder};
 use futures_util::{StreamExt, pin_mut};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use tally_core::{QuarterColumns, Quarters, TimeRange, Totals, serde_fmt};
+use tally_core::{TimeRange, serde_fmt};
 use tokio::io::AsyncWriteExt;
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
@@ -172,103 +172,39 @@ impl Write for Hashing {
     }
 }
 
-/// What an archive holds of one customer and service, in the hourly rollup's terms
-/// (each quarter hour's totals over all the archived hours): `verify` compares it with
-/// the rollups over the archived span.
-#[derive(Default)]
-struct Archived(Quarters);
-
-impl Archived {
-    fn add(&mut self, line: &Line) -> Result<()> {
-        Ok(self.0.add(
-            Quarters::of_minute(line.recorded_at.minute()),
-            line.quantity,
-        )?)
-    }
-}
-
-/// Writes an archive's totals per customer and service, in the archive's transaction.
-async fn insert_totals(
-    tx: &tokio_postgres::Transaction<'_>,
-    id: i64,
-    totals: HashMap<String, HashMap<String, Archived>>,
-) -> Result<()> {
-    let rows: Vec<(String, String, Archived)> = totals
-        .into_iter()
-        .flat_map(|(c, m)| m.into_iter().map(move |(s, a)| (c.clone(), s, a)))
-        .collect();
-    for chunk in rows.chunks(10_000) {
-        let customers: Vec<&str> = chunk.iter().map(|r| r.0.as_str()).collect();
-        let services: Vec<&str> = chunk.iter().map(|r| r.1.as_str()).collect();
-        let mut whole: Vec<Totals> = Vec::with_capacity(chunk.len());
-        let mut columns: Vec<QuarterColumns> = Vec::with_capacity(chunk.len());
-        for r in chunk {
-            // Every archived pair has at least one event.
-            whole.push(r.2.0.part(0, 4)?.unwrap_or(Totals::of(Decimal::ZERO)));
-            columns.push(r.2.0.columns()?);
-        }
-        let events: Vec<i64> = whole.iter().map(|t| t.events).collect();
-        let total = |f: fn(&Totals) -> Decimal| -> Vec<Decimal> { whole.iter().map(f).collect() };
-        let by = |i: usize| -> (Vec<i64>, Vec<Decimal>) {
-            columns
-                .iter()
-                .map(|c| {
-                    (
-                        c.events_by.get(i).copied().unwrap_or_default(),
-                        c.quantity_by.get(i).copied().unwrap_or_default(),
-                    )
-                })
-                .unzip()
-        };
-        let ends = |max: bool, i: usize| -> Vec<Option<Decimal>> {
-            columns
-                .iter()
-                .map(|c| {
-                    let v = if max { c.max } else { c.min };
-                    v.get(i).copied().flatten()
-                })
-                .collect()
-        };
-        let [(e15, q15), (e30, q30), (e45, q45)] = [by(0), by(1), by(2)];
-        let [n0, n1, n2, n3] = [0, 1, 2, 3].map(|i| ends(false, i));
-        let [x0, x1, x2, x3] = [0, 1, 2, 3].map(|i| ends(true, i));
-        tx.execute(
-            "INSERT INTO usage_archived_totals (archive_id, customer_id, service, events, quantity,
-                 min_quantity, max_quantity, quantity_by_15, quantity_by_30, quantity_by_45,
-                 events_by_15, events_by_30, events_by_45, min_00, min_15, min_30, min_45,
-                 max_00, max_15, max_30, max_45)
-             SELECT $1, * FROM unnest($2::text[], $3::text[], $4::int8[], $5::numeric[], $6::numeric[],
-                 $7::numeric[], $8::numeric[], $9::numeric[], $10::numeric[], $11::int8[], $12::int8[],
-                 $13::int8[], $14::numeric[], $15::numeric[], $16::numeric[], $17::numeric[],
-                 $18::numeric[], $19::numeric[], $20::numeric[], $21::numeric[])",
-            &[
-                &id,
-                &customers,
-                &services,
-                &events,
-                &total(|t| t.quantity),
-                &total(|t| t.min),
-                &total(|t| t.max),
-                &q15,
-                &q30,
-                &q45,
-                &e15,
-                &e30,
-                &e45,
-                &n0,
-                &n1,
-                &n2,
-                &n3,
-                &x0,
-                &x1,
-                &x2,
-                &x3,
-            ],
-        )
-        .await
-        .map_err(Error::db("recording an archive's totals"))?;
-    }
-    Ok(())
+/// The archive's totals per customer and service, in the hourly rollup's terms (each
+/// quarter hour's totals over all the archived hours: `verify` compares them with the
+/// rollups over the archived span), aggregated by the server from `source` (rows with
+/// `customer_id`, `service`, `quantity`, `recorded_at`) into `usage_archived_totals`
+/// for archive `$1`. In SQL, not in memory: an archive of 500 000 customers holds no
+/// per-customer state in the process (docs/performance.md, "Bounded memory").
+fn insert_totals_sql(source: &str) -> String {
+    // Minutes of the UTC hour: cumulative sums and counts of the first 15, 30 and 45
+    // minutes, and each quarter's minimum and maximum, as the hourly rollup keeps them.
+    let quarter = |lo: u32, hi: u32| format!("m >= {lo} AND m < {hi}");
+    let ends = |f: &str| {
+        [(0, 15), (15, 30), (30, 45), (45, 60)]
+            .map(|(lo, hi)| format!("{f}(quantity) FILTER (WHERE {})", quarter(lo, hi)))
+            .join(", ")
+    };
+    format!(
+        "INSERT INTO usage_archived_totals (archive_id, customer_id, service, events, quantity,
+             min_quantity, max_quantity, quantity_by_15, quantity_by_30, quantity_by_45,
+             events_by_15, events_by_30, events_by_45, min_00, min_15, min_30, min_45,
+             max_00, max_15, max_30, max_45)
+         SELECT $1::int8, customer_id, service, count(*), sum(quantity), min(quantity), max(quantity),
+             coalesce(sum(quantity) FILTER (WHERE m < 15), 0),
+             coalesce(sum(quantity) FILTER (WHERE m < 30), 0),
+             coalesce(sum(quantity) FILTER (WHERE m < 45), 0),
+             count(*) FILTER (WHERE m < 15), count(*) FILTER (WHERE m < 30),
+             count(*) FILTER (WHERE m < 45),
+             {min}, {max}
+         FROM (SELECT customer_id, service, quantity,
+                      extract(minute FROM recorded_at AT TIME ZONE 'UTC') AS m FROM {source}) s
+         GROUP BY customer_id, service",
+        min = ends("min"),
+        max = ends("max"),
+    )
 }
 
 /// `a + b`, or the typed overflow error (28 significant digits are the limit).
@@ -414,15 +350,23 @@ impl Store {
                 .await
                 .map_err(Error::db(CTX))?
         } else {
-            // Part of a month: delete exactly what is written, by the same predicate.
-            let params: [&(dyn ToSql + Sync); 2] = [&range.from(), &range.to()];
-            tx.query_raw(
-                "DELETE FROM usage_events WHERE recorded_at >= $1 AND recorded_at < $2
-                 RETURNING event_id, customer_id, service, quantity, recorded_at, metadata::text",
-                params,
-            )
-            .await
-            .map_err(Error::db(CTX))?
+            // Part of a month: delete exactly what is written, by the same predicate, and
+            // in the same statement (one snapshot) total it and forget its keys.
+            let forget = if options.forget_keys {
+                ", k AS (DELETE FROM usage_event_keys k USING d
+                         WHERE k.event_id = d.event_id AND k.customer_id = d.customer_id)"
+            } else {
+                ""
+            };
+            let sql = format!(
+                "WITH d AS (DELETE FROM usage_events WHERE recorded_at >= $2 AND recorded_at < $3
+                            RETURNING event_id, customer_id, service, quantity, recorded_at, metadata)
+                 , t AS ({totals}){forget}
+                 SELECT event_id, customer_id, service, quantity, recorded_at, metadata::text FROM d",
+                totals = insert_totals_sql("d"),
+            );
+            let params: [&(dyn ToSql + Sync); 3] = [&id, &range.from(), &range.to()];
+            tx.query_raw(&sql, params).await.map_err(Error::db(CTX))?
         };
         pin_mut!(rows);
         let file = tokio::fs::OpenOptions::new()
@@ -437,8 +381,9 @@ impl Store {
         // run on a thread of their own, so the two halves overlap (docs/performance.md).
         let (chunks, writer) = spawn_writer(file);
         let mut buf: Vec<u8> = Vec::with_capacity(CHUNK + 4096);
-        let mut keys: (Vec<Uuid>, Vec<String>) = (Vec::new(), Vec::new());
-        let mut totals: HashMap<String, HashMap<String, Archived>> = HashMap::new();
+        // The manifest's totals, per service (a handful) and overall.
+        let mut services: BTreeMap<String, ServiceCount> = BTreeMap::new();
+        let (mut events, mut quantity) = (0i64, Decimal::ZERO);
         let streamed: Result<()> = async {
             while let Some(row) = rows.next().await {
                 let row = row.map_err(Error::db(CTX))?;
@@ -454,21 +399,14 @@ impl Store {
                 };
                 serde_json::to_writer(&mut buf, &line).map_err(|e| io("archiving")(e.into()))?;
                 buf.push(b'\n');
-                let by_service = match totals.get_mut(&line.customer_id) {
-                    Some(t) => t,
-                    None => totals.entry(line.customer_id.clone()).or_default(),
+                let per = match services.get_mut(&line.service) {
+                    Some(c) => c,
+                    None => services.entry(line.service.clone()).or_default(),
                 };
-                match by_service.get_mut(&line.service) {
-                    Some(t) => t.add(&line)?,
-                    None => by_service
-                        .entry(line.service.clone())
-                        .or_default()
-                        .add(&line)?,
-                }
-                if options.forget_keys {
-                    keys.0.push(line.event_id);
-                    keys.1.push(line.customer_id);
-                }
+                per.events += 1;
+                per.quantity = plus(per.quantity, line.quantity)?;
+                events += 1;
+                quantity = plus(quantity, line.quantity)?;
                 if buf.len() >= CHUNK {
                     let full = std::mem::replace(&mut buf, Vec::with_capacity(CHUNK + 4096));
                     if chunks.send(full).await.is_err() {
@@ -490,17 +428,6 @@ impl Store {
             Ok(Err(e)) => return Err(io("writing an archive")(e)),
             Err(e) => return Err(io("writing an archive")(std::io::Error::other(e))),
         };
-        // The manifest's totals, per service and overall, from the per-customer ones.
-        let mut services: BTreeMap<String, ServiceCount> = BTreeMap::new();
-        let (mut events, mut quantity) = (0i64, Decimal::ZERO);
-        for (service, a) in totals.values().flatten() {
-            let Some(a) = a.0.part(0, 4)? else { continue };
-            let s = services.entry(service.clone()).or_default();
-            s.events += a.events;
-            s.quantity = plus(s.quantity, a.quantity)?;
-            events += a.events;
-            quantity = plus(quantity, a.quantity)?;
-        }
         if events == 0 {
             let _ = tokio::fs::remove_file(&partial).await;
             tx.rollback().await.map_err(Error::db(CTX))?;
@@ -510,7 +437,20 @@ impl Store {
                 .map_err(Error::db(CTX))?;
             return Ok(None);
         }
-        insert_totals(&tx, id, totals).await?;
+        if whole_month {
+            // The partition is still here, and locked: the rows just written, exactly.
+            tx.execute(&insert_totals_sql(&partition), &[&id])
+                .await
+                .map_err(Error::db("recording an archive's totals"))?;
+            if options.forget_keys {
+                tx.batch_execute(&format!(
+                    "DELETE FROM usage_event_keys k USING {partition} e
+                     WHERE k.event_id = e.event_id AND k.customer_id = e.customer_id"
+                ))
+                .await
+                .map_err(Error::db("forgetting archived keys"))?;
+            }
+        }
         // Durable before the delete commits: the data (synced by its writer), then the
         // name and the directory entry.
         tokio::fs::rename(&partial, &path)
@@ -547,15 +487,6 @@ impl Store {
             .map_err(io("syncing the archive directory"))?;
         failpoint("archive-before-commit");
 
-        if options.forget_keys {
-            tx.execute(
-                "DELETE FROM usage_event_keys k USING unnest($1::uuid[], $2::text[]) AS u(event_id, customer_id)
-                 WHERE k.event_id = u.event_id AND k.customer_id = u.customer_id",
-                &[&keys.0, &keys.1],
-            )
-            .await
-            .map_err(Error::db("forgetting archived keys"))?;
-        }
         if whole_month {
             // Two statements, not one string: Citus propagates each DDL command to its
             // workers on its own.
