@@ -206,57 +206,56 @@ async fn meter(State(state): State<AppState>, request: Request, next: Next) -> R
     }
     // Answered only once the event is committed: a crash after the answer loses
     // nothing that was acknowledged. Concurrent requests share commits (group commit).
-    match track::api_request(&endpoint, &method, response.status().as_u16()) {
-        Ok(usage) if state.check == QuotaCheck::Exact => {
-            let event = usage.for_customer(customer);
-            match tokio::time::timeout(RECORD_WAIT, state.tally.record_within_quota(&event)).await {
-                Ok(Ok(admission)) => match admission.decision {
-                    Decision::Block { usage, limit } => return quota_exceeded(usage, limit),
-                    Decision::Warn { level, .. } => {
-                        if let Ok(value) = HeaderValue::from_str(&level.to_string()) {
-                            response.headers_mut().insert(QUOTA_HEADER, value);
-                        }
-                    }
-                    _ => {}
-                },
-                Ok(Err(e)) => {
-                    tracing::error!(error = %e, "could not record an api event");
-                    return error_response(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        format!("usage could not be recorded: {e}"),
-                    );
-                }
-                Err(_) => {
-                    return error_response(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "usage could not be recorded in time; it may still be".to_owned(),
-                    );
-                }
+    let usage = match track::api_request(&endpoint, &method, response.status().as_u16()) {
+        Ok(usage) => usage,
+        Err(e) => {
+            tracing::error!(error = %e, "could not describe an api event");
+            return response;
+        }
+    };
+    let event = usage.for_customer(customer);
+    let decision = match state.check {
+        QuotaCheck::Exact => committed(state.tally.record_within_quota(&event))
+            .await
+            .map(|a| Some(a.decision)),
+        QuotaCheck::Cached => committed(state.recorder.record_committed(event))
+            .await
+            .map(|()| None),
+    };
+    match decision {
+        Err(refused) => return refused,
+        Ok(Some(Decision::Block { usage, limit })) => return quota_exceeded(usage, limit),
+        Ok(Some(Decision::Warn { level, .. })) => {
+            if let Ok(value) = HeaderValue::from_str(&level.to_string()) {
+                response.headers_mut().insert(QUOTA_HEADER, value);
             }
         }
-        Ok(usage) => {
-            let event = usage.for_customer(customer);
-            match tokio::time::timeout(RECORD_WAIT, state.recorder.record_committed(event)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    tracing::error!(error = %e, "could not record an api event");
-                    return error_response(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        format!("usage could not be recorded: {e}"),
-                    );
-                }
-                Err(_) => {
-                    tracing::error!("recording an api event took longer than {RECORD_WAIT:?}");
-                    return error_response(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "usage could not be recorded in time; it may still be".to_owned(),
-                    );
-                }
-            }
-        }
-        Err(e) => tracing::error!(error = %e, "could not describe an api event"),
+        Ok(_) => {}
     }
     response
+}
+
+/// Waits up to [`RECORD_WAIT`] for `write` (a write that returns once committed); a
+/// `503` when it failed or took longer.
+#[allow(clippy::result_large_err)] // the error is the response itself
+async fn committed<T>(write: impl Future<Output = tally::Result<T>>) -> Result<T, Response> {
+    match tokio::time::timeout(RECORD_WAIT, write).await {
+        Ok(Ok(done)) => Ok(done),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "could not record an api event");
+            Err(error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("usage could not be recorded: {e}"),
+            ))
+        }
+        Err(_) => {
+            tracing::error!("recording an api event took longer than {RECORD_WAIT:?}");
+            Err(error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "usage could not be recorded in time; it may still be".to_owned(),
+            ))
+        }
+    }
 }
 
 /// How long a request waits for its usage to be committed (the database being down,
