@@ -177,7 +177,7 @@ impl Write for Hashing {
 /// rollups over the archived span), aggregated by the server from `source` (rows with
 /// `customer_id`, `service`, `quantity`, `recorded_at`) into `usage_archived_totals`
 /// for archive `$1`. In SQL, not in memory: an archive of 500 000 customers holds no
-/// per-customer state in the process (docs/performance.md, "Bounded memory").
+/// per-customer state in the process (docs/performance.md, issue 22).
 fn insert_totals_sql(source: &str) -> String {
     // Minutes of the UTC hour: cumulative sums and counts of the first 15, 30 and 45
     // minutes, and each quarter's minimum and maximum, as the hourly rollup keeps them.
