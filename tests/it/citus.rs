@@ -512,3 +512,32 @@ async fn a_reused_key_with_another_payload_is_a_conflict_on_citus() {
     let v = db.tally().verify().await.unwrap();
     assert_eq!((v.events, v.quantity, v.mismatches), (2, 6.into(), 0));
 }
+
+/// `record_within_quota` on the cluster: the advisory lock is the coordinator's, and the
+/// usage read under it sees every admitted write before it (two handles racing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hard_quota_admits_exactly_on_citus() {
+    let Some(db) = citus().await else {
+        return;
+    };
+    let one = db.tally().clone();
+    let two = Tally::with_pool_size(db.url(), 4).unwrap();
+    let race: CustomerId = "race".parse().unwrap();
+    one.alerts()
+        .set_quota(&race, &Service::API, "10".parse().unwrap(), Mode::Hard)
+        .await
+        .unwrap();
+    let now = tally::chrono::Utc::now();
+    let tries = (0..30u128).map(|i| {
+        let t = if i % 2 == 0 { one.clone() } else { two.clone() };
+        let e = event(i + 1, "race", Service::API, "1", &now.to_rfc3339());
+        async move { t.record_within_quota(&e).await.unwrap() }
+    });
+    let admitted = futures_util::future::join_all(tries)
+        .await
+        .iter()
+        .filter(|a| a.written.is_some())
+        .count();
+    assert_eq!(admitted, 10);
+    assert_eq!(one.verify().await.unwrap().events, 10);
+}
