@@ -19,14 +19,8 @@ work=$(mktemp -d)
 base=${DATABASE_URL:?set DATABASE_URL to a server where databases may be created}
 trap 'rm -rf "$work"' EXIT
 
-measure() { # name, command...
-  local name=$1; shift
-  /usr/bin/time -v "$@" >/dev/null 2>"$work/time" || { cat "$work/time"; exit 1; }
-  local wall rss
-  wall=$(awk -F': ' '/Elapsed \(wall clock\)/ {print $2}' "$work/time")
-  rss=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$work/time")
-  echo "$name wall=$wall peak_rss_kb=$rss"
-}
+# shellcheck source=measure.sh
+source benches/measure.sh
 
 for customers in 10 "$rows"; do
   db="tally_card_$$_$customers"

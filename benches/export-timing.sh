@@ -28,14 +28,8 @@ for t in usage_hourly usage_daily usage_hourly_total; do psql -q "$url" -c "VACU
 rows=$(psql -At "$url" -c "SELECT count(*) FROM usage_events")
 echo "database $db: $rows rows"
 
-measure() { # name, command...
-  local name=$1; shift
-  /usr/bin/time -v "$@" >/dev/null 2>"$work/time" || { cat "$work/time"; exit 1; }
-  local wall rss
-  wall=$(awk -F': ' '/Elapsed \(wall clock\)/ {print $2}' "$work/time")
-  rss=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$work/time")
-  echo "$name wall=$wall peak_rss_kb=$rss"
-}
+# shellcheck source=measure.sh
+source benches/measure.sh
 
 copy_sql="COPY (SELECT recorded_at, customer_id, service, quantity, metadata, event_id FROM usage_events) TO STDOUT (FORMAT csv, HEADER)"
 for r in $(seq 1 "$rounds"); do

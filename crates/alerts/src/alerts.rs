@@ -8,10 +8,9 @@ use std::{
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
-use tally_core::UsageEvent;
 use tally_core::{
     Alert, BillingCycle, CustomerId, Decision, Mode, Plan, PlanName, Quantity, Quota, QuotaLimit,
-    Service, Thresholds, TimeRange,
+    Service, Thresholds, TimeRange, UsageEvent,
 };
 use tally_store::{AlertFilter, LocalMark, Reached, Result, Store, WriteOutcome};
 use tokio::{sync::Notify, time::Instant};

@@ -883,21 +883,21 @@ impl IngestTx {
     }
 
     /// Rolls back, keeping the connection for the pool (a drop discards it).
-    pub(crate) async fn rollback(mut self) -> Result<()> {
-        let client = self.client.take().ok_or_else(Error::closed)?;
-        client
-            .batch_execute("ROLLBACK")
-            .await
-            .map_err(Error::db("rolling a write back"))
+    pub(crate) async fn rollback(self) -> Result<()> {
+        self.end("ROLLBACK", "rolling a write back").await
     }
 
     /// Commits: everything applied becomes visible at once.
-    pub(crate) async fn commit(mut self) -> Result<()> {
+    pub(crate) async fn commit(self) -> Result<()> {
+        self.end("COMMIT", "committing events").await
+    }
+
+    async fn end(mut self, statement: &str, context: &'static str) -> Result<()> {
         let client = self.client.take().ok_or_else(Error::closed)?;
         client
-            .batch_execute("COMMIT")
+            .batch_execute(statement)
             .await
-            .map_err(Error::db("committing events"))
+            .map_err(Error::db(context))
     }
 }
 
