@@ -5,8 +5,8 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, hash_map::Entry};
 
-use chrono::{DateTime, Duration, Timelike, Utc};
-use tally_core::{Service, TimeRange, Totals};
+use chrono::{DateTime, Duration, Utc};
+use tally_core::{QuarterPiece, Service, TimeRange, Totals};
 use tally_store::{Grain, Store, Who};
 
 use tally_store::Result;
@@ -34,68 +34,28 @@ impl Pieces {
     }
 }
 
-/// A labelled part of one UTC hour cut on quarter hours: quarters `a..b` of `hour`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct QuarterPiece {
-    label: DateTime<Utc>,
-    hour: DateTime<Utc>,
-    a: usize,
-    b: usize,
+/// A range cut for reading ([`TimeRange::utc_split`], labelled): whole days and hours
+/// from rollups, quarter pieces from the hourly rollups' detail, the rest raw.
+#[derive(Default)]
+struct Decomposed {
+    days: Pieces,
+    hours: Pieces,
+    quarters: Vec<(DateTime<Utc>, QuarterPiece)>,
+    raw: Vec<(DateTime<Utc>, TimeRange)>,
 }
 
-/// `p` cut at the UTC hours inside it (a sub-hour edge of `utc_split` is shorter than
-/// two hours: a range within one hour, or one that crosses a single hour boundary).
-fn split_at_hours(p: &Piece) -> Vec<Piece> {
-    let mut out = Vec::with_capacity(2);
-    let mut lo = p.lo;
-    while lo < p.hi {
-        let next = DateTime::from_timestamp((lo.timestamp().div_euclid(3600) + 1) * 3600, 0)
-            .map_or(p.hi, |n| n.min(p.hi));
-        out.push(Piece {
-            label: p.label,
-            lo,
-            hi: next,
-        });
-        lo = next;
-    }
-    out
-}
-
-/// `p` as quarters of its UTC hour, if it lies in one and both ends fall on a quarter
-/// hour.
-fn quarter_piece(p: &Piece) -> Option<QuarterPiece> {
-    let on_quarter = |t: DateTime<Utc>| t.nanosecond() == 0 && t.timestamp().rem_euclid(900) == 0;
-    if !(on_quarter(p.lo) && on_quarter(p.hi)) {
-        return None;
-    }
-    let hour = DateTime::from_timestamp(p.lo.timestamp().div_euclid(3600) * 3600, 0)?;
-    let index = |t: DateTime<Utc>| usize::try_from((t - hour).num_seconds() / 900).ok();
-    let (a, b) = (index(p.lo)?, index(p.hi)?);
-    (a < b && b <= 4).then_some(QuarterPiece {
-        label: p.label,
-        hour,
-        a,
-        b,
-    })
-}
-
-/// Splits `[lo, hi)` into whole UTC days, whole UTC hours and sub-hour edges.
-fn decompose(
-    label: DateTime<Utc>,
-    r: TimeRange,
-    days: &mut Pieces,
-    hours: &mut Pieces,
-    raw: &mut Pieces,
-) {
-    let split = r.utc_split();
-    for (into, pieces) in [
-        (days, split.days.as_slice()),
-        (hours, &split.hours),
-        (raw, &split.raw),
-    ] {
-        for p in pieces {
-            into.push(label, p.from(), p.to());
+impl Decomposed {
+    fn add(&mut self, label: DateTime<Utc>, r: TimeRange) {
+        let split = r.utc_split();
+        for p in split.days.iter() {
+            self.days.push(label, p.from(), p.to());
         }
+        for p in &split.hours {
+            self.hours.push(label, p.from(), p.to());
+        }
+        self.quarters
+            .extend(split.quarters.into_iter().map(|q| (label, q)));
+        self.raw.extend(split.raw.into_iter().map(|p| (label, p)));
     }
 }
 
@@ -134,10 +94,16 @@ pub(crate) async fn totals(
     who: Who<'_>,
     services: &[Service],
 ) -> Result<HashMap<Key, Totals>> {
-    let (mut days, mut hours, mut raw) = (Pieces::default(), Pieces::default(), Pieces::default());
+    let mut cut = Decomposed::default();
     for (label, r) in ranges {
-        decompose(*label, *r, &mut days, &mut hours, &mut raw);
+        cut.add(*label, *r);
     }
+    let Decomposed {
+        mut days,
+        mut hours,
+        quarters,
+        raw: mut edges,
+    } = cut;
     let mut out: HashMap<Key, Totals> = HashMap::new();
     let mut add = |key: Key, t: Totals| -> Result<()> {
         match out.entry(key) {
@@ -182,13 +148,9 @@ pub(crate) async fn totals(
 
     // Sub-hour edges on a quarter hour: parts of the hourly rollup rows. The rest (edges
     // off the quarter hour, and hours whose detail is not known) from raw events.
-    let mut edges: Vec<(DateTime<Utc>, TimeRange)> = Vec::new();
-    let mut by_hour: HashMap<DateTime<Utc>, Vec<QuarterPiece>> = HashMap::new();
-    for p in raw.0.iter().flat_map(split_at_hours) {
-        match quarter_piece(&p) {
-            Some(q) => by_hour.entry(q.hour).or_default().push(q),
-            None => edges.extend(TimeRange::new(p.lo, p.hi).ok().map(|r| (p.label, r))),
-        }
+    let mut by_hour: HashMap<DateTime<Utc>, Vec<(DateTime<Utc>, QuarterPiece)>> = HashMap::new();
+    for (label, q) in quarters {
+        by_hour.entry(q.hour).or_default().push((label, q));
     }
     if !by_hour.is_empty() {
         let hours: Vec<DateTime<Utc>> = by_hour.keys().copied().collect();
@@ -207,17 +169,17 @@ pub(crate) async fn totals(
             if unknown.contains(&row.bucket) {
                 continue;
             }
-            for q in pieces {
-                if let Some(t) = quarters.part(q.a, q.b)? {
-                    add((q.label, row.service), t)?;
+            for (label, q) in pieces {
+                if let Some(t) = quarters.part(usize::from(q.from), usize::from(q.to))? {
+                    add((*label, row.service), t)?;
                 }
             }
         }
         for hour in &unknown {
-            for q in by_hour.get(hour).into_iter().flatten() {
-                let lo = *hour + Duration::minutes(15 * q.a as i64);
-                let hi = *hour + Duration::minutes(15 * q.b as i64);
-                edges.extend(TimeRange::new(lo, hi).ok().map(|r| (q.label, r)));
+            for (label, q) in by_hour.get(hour).into_iter().flatten() {
+                let lo = *hour + Duration::minutes(15 * i64::from(q.from));
+                let hi = *hour + Duration::minutes(15 * i64::from(q.to));
+                edges.extend(TimeRange::new(lo, hi).ok().map(|r| (*label, r)));
             }
         }
     }
@@ -250,54 +212,29 @@ mod tests {
     }
 
     #[test]
-    fn edges_are_cut_at_utc_hours_and_read_as_quarters_when_they_can_be() {
-        // A Kolkata hour, 09:30–10:30 UTC: the second half of one UTC hour and the
-        // first half of the next.
-        let piece = Piece {
-            label: t("2026-01-01T09:30:00Z"),
-            lo: t("2026-01-01T09:30:00Z"),
-            hi: t("2026-01-01T10:30:00Z"),
-        };
-        let parts: Vec<QuarterPiece> = split_at_hours(&piece)
-            .iter()
-            .filter_map(quarter_piece)
-            .collect();
-        assert_eq!(
-            parts.iter().map(|q| (q.hour, q.a, q.b)).collect::<Vec<_>>(),
-            vec![
-                (t("2026-01-01T09:00:00Z"), 2, 4),
-                (t("2026-01-01T10:00:00Z"), 0, 2)
-            ]
-        );
-        assert!(parts.iter().all(|q| q.label == piece.label));
-        // Off the quarter hour (a range from 10:07, or a microsecond off): raw events.
-        for lo in ["2026-01-01T10:07:00Z", "2026-01-01T10:15:00.000001Z"] {
-            let p = Piece {
-                label: t(lo),
-                lo: t(lo),
-                hi: t("2026-01-01T10:45:00Z"),
-            };
-            assert_eq!(
-                split_at_hours(&p).iter().filter_map(quarter_piece).count(),
-                0
-            );
-        }
-    }
-
-    #[test]
     fn decomposition_uses_rollups_only_for_whole_utc_hours_and_days() {
-        let (mut d, mut h, mut r) = (Pieces::default(), Pieces::default(), Pieces::default());
+        let mut cut = Decomposed::default();
         let range = TimeRange::new(t("2026-01-01T10:07:00Z"), t("2026-01-04T05:30:00Z")).unwrap();
-        decompose(range.from(), range, &mut d, &mut h, &mut r);
-        let lo = |p: &Pieces| p.0.iter().map(|x| x.lo).collect::<Vec<_>>();
-        let hi = |p: &Pieces| p.0.iter().map(|x| x.hi).collect::<Vec<_>>();
+        cut.add(range.from(), range);
+        let Decomposed {
+            days: d,
+            hours: h,
+            quarters: q,
+            raw: r,
+        } = cut;
+        // The edge off the quarter hour is raw; the one on it is quarters of its hour.
         assert_eq!(
-            lo(&r),
-            vec![t("2026-01-01T10:07:00Z"), t("2026-01-04T05:00:00Z")]
+            r,
+            [(
+                range.from(),
+                TimeRange::new(t("2026-01-01T10:07:00Z"), t("2026-01-01T11:00:00Z")).unwrap()
+            )]
         );
         assert_eq!(
-            hi(&r),
-            vec![t("2026-01-01T11:00:00Z"), t("2026-01-04T05:30:00Z")]
+            q.iter()
+                .map(|(l, q)| (*l, q.hour, q.from, q.to))
+                .collect::<Vec<_>>(),
+            [(range.from(), t("2026-01-04T05:00:00Z"), 0, 2)]
         );
         assert_eq!(
             (h.0[0].lo, h.0[0].hi),
@@ -311,14 +248,31 @@ mod tests {
             (h.0[1].lo, h.0[1].hi),
             (t("2026-01-04T00:00:00Z"), t("2026-01-04T05:00:00Z"))
         );
-        // A Kolkata hour straddles two UTC hours: one raw piece. A Berlin day is whole hours.
-        let (mut d, mut h, mut r) = (Pieces::default(), Pieces::default(), Pieces::default());
+        // A Kolkata hour straddles two UTC hours: two quarter pieces, labelled with
+        // it. A Berlin day is whole hours.
+        let mut cut = Decomposed::default();
         let k = TimeRange::new(t("2026-01-01T09:30:00Z"), t("2026-01-01T10:30:00Z")).unwrap();
-        decompose(k.from(), k, &mut d, &mut h, &mut r);
-        assert_eq!((r.0.len(), h.0.len(), d.0.len()), (1, 0, 0));
-        let (mut d, mut h, mut r) = (Pieces::default(), Pieces::default(), Pieces::default());
+        cut.add(k.from(), k);
+        assert_eq!(
+            cut.quarters
+                .iter()
+                .map(|(l, q)| (*l, q.hour, q.from, q.to))
+                .collect::<Vec<_>>(),
+            [
+                (k.from(), t("2026-01-01T09:00:00Z"), 2, 4),
+                (k.from(), t("2026-01-01T10:00:00Z"), 0, 2)
+            ]
+        );
+        assert_eq!(
+            (cut.raw.len(), cut.hours.0.len(), cut.days.0.len()),
+            (0, 0, 0)
+        );
+        let mut cut = Decomposed::default();
         let b = TimeRange::new(t("2026-03-28T23:00:00Z"), t("2026-03-29T22:00:00Z")).unwrap();
-        decompose(b.from(), b, &mut d, &mut h, &mut r);
-        assert_eq!((r.0.len(), h.0.len(), d.0.len()), (0, 1, 0));
+        cut.add(b.from(), b);
+        assert_eq!(
+            (cut.raw.len(), cut.hours.0.len(), cut.days.0.len()),
+            (0, 1, 0)
+        );
     }
 }

@@ -15,7 +15,7 @@ use tally::{
     report::Over,
     track,
 };
-use tally_testdb::TestDb;
+use tally_throwaway::Database;
 
 use crate::{
     Failure,
@@ -48,7 +48,7 @@ pub(crate) async fn demo(a: DemoArgs) -> Result<(), Failure> {
         "a throwaway PostgreSQL cluster started from the system's binaries"
     };
     out(format_args!("tally demo: starting {where_}…\n"))?;
-    let db = TestDb::new().await.map_err(runtime)?;
+    let db = Database::new().await.map_err(runtime)?;
     let tmp = tempfile::tempdir().map_err(runtime)?;
     let dir = a.dir.clone().unwrap_or_else(|| tmp.path().to_owned());
     let started = Instant::now();

@@ -47,6 +47,7 @@ mod price_file;
 mod pricing;
 mod quantity;
 mod quota;
+mod range;
 pub mod serde_fmt;
 mod service;
 mod time;
@@ -66,10 +67,11 @@ pub use quota::{
     Alert, AnchorDay, BillingCycle, Decision, Mode, Plan, PlanName, Quota, QuotaLimit, QuotaSource,
     percent_of,
 };
+pub use range::{QuarterPiece, TimeRange, UtcSplit};
 pub use service::{BuiltIn, Catalog, Meter, Service};
 pub use time::{
-    Granularity, TimeRange, UtcSplit, Zone, check_instant, normalize_instant, parse_instant,
-    parse_month, supported_instants,
+    Granularity, Zone, check_instant, normalize_instant, parse_instant, parse_month,
+    supported_instants,
 };
 pub use totals::{QuarterColumns, Quarters, Totals, add_exact, exact_sum};
 

@@ -1,15 +1,15 @@
-//! UTC instants, half-open ranges and calendar buckets in any IANA time zone.
+//! UTC instants and calendar buckets in any IANA time zone.
 
 use std::{fmt, str::FromStr};
 
 use chrono::{
-    DateTime, Datelike, Duration, DurationRound, LocalResult, NaiveDate, NaiveDateTime, NaiveTime,
-    Offset, TimeZone, Timelike, Utc,
+    DateTime, Datelike, Duration, LocalResult, NaiveDate, NaiveDateTime, NaiveTime, Offset,
+    TimeZone, Timelike, Utc,
 };
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
-use crate::{Error, Result};
+use crate::{Error, Result, TimeRange, range::floor_to};
 
 /// The instants Tally accepts, everywhere (writes, reads, import, CLI):
 /// `[1900-01-01T00:00:00Z, 2200-01-01T00:00:00Z)`. Wide enough for any usage record
@@ -75,7 +75,7 @@ pub fn parse_instant(field: &'static str, s: &str, tz: Zone) -> Result<DateTime<
     Err(Error::invalid(field, s, reason))
 }
 
-fn out_of_range(field: &'static str, s: &str) -> Error {
+pub(crate) fn out_of_range(field: &'static str, s: &str) -> Error {
     Error::invalid(
         field,
         s,
@@ -98,126 +98,6 @@ pub fn parse_month(field: &'static str, s: &str) -> Result<TimeRange> {
         .checked_add_months(chrono::Months::new(1))
         .ok_or_else(|| Error::invalid(field, s, "out of range"))?;
     TimeRange::new(Zone::UTC.start_of_day(first), Zone::UTC.start_of_day(next))
-}
-
-/// A [`TimeRange`] cut along UTC buckets ([`TimeRange::utc_split`]).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct UtcSplit {
-    /// Whole UTC days.
-    pub days: Option<TimeRange>,
-    /// Whole UTC hours not in those days.
-    pub hours: Vec<TimeRange>,
-    /// Sub-hour edges.
-    pub raw: Vec<TimeRange>,
-}
-
-fn floor_to(t: DateTime<Utc>, unit: Duration) -> DateTime<Utc> {
-    // Truncating fails only near the ends of chrono's range, which the range checks
-    // keep instants away from; `t` itself is then the safe answer.
-    t.duration_trunc(unit).unwrap_or(t)
-}
-
-fn ceil_to(t: DateTime<Utc>, unit: Duration) -> DateTime<Utc> {
-    let f = floor_to(t, unit);
-    if f == t { t } else { f + unit }
-}
-
-/// A half-open range of instants `[from, to)`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct TimeRange {
-    from: DateTime<Utc>,
-    to: DateTime<Utc>,
-}
-
-impl TimeRange {
-    /// `[from, to)`; `from` must be before `to`, both within [`supported_instants`]
-    /// (`to` may be its end).
-    pub fn new(from: DateTime<Utc>, to: DateTime<Utc>) -> Result<TimeRange> {
-        let (lo, hi) = supported_instants();
-        if from < lo || from >= hi {
-            return Err(out_of_range("from", &from.to_rfc3339()));
-        }
-        if to > hi {
-            return Err(out_of_range("to", &to.to_rfc3339()));
-        }
-        if from >= to {
-            return Err(Error::invalid(
-                "to",
-                to.to_rfc3339(),
-                format!("must be after from ({})", from.to_rfc3339()),
-            ));
-        }
-        Ok(TimeRange { from, to })
-    }
-
-    /// The first instant inside.
-    pub fn from(&self) -> DateTime<Utc> {
-        self.from
-    }
-
-    /// The first instant after.
-    pub fn to(&self) -> DateTime<Utc> {
-        self.to
-    }
-
-    /// Whether `t` lies in `[from, to)`.
-    pub fn contains(&self, t: DateTime<Utc>) -> bool {
-        self.from <= t && t < self.to
-    }
-
-    /// The range cut along UTC buckets: whole UTC days, whole UTC hours outside them,
-    /// and the sub-hour edges (at most two of each kind besides the days). Rollups
-    /// answer the first two exactly; only the edges need raw events.
-    pub fn utc_split(&self) -> UtcSplit {
-        let (hour, day) = (Duration::hours(1), Duration::days(1));
-        let mut out = UtcSplit::default();
-        let push = |v: &mut Vec<TimeRange>, lo, hi| {
-            if lo < hi {
-                v.push(TimeRange { from: lo, to: hi });
-            }
-        };
-        let (h0, h1) = (ceil_to(self.from, hour), floor_to(self.to, hour));
-        if h0 >= h1 {
-            push(&mut out.raw, self.from, self.to);
-            return out;
-        }
-        push(&mut out.raw, self.from, h0);
-        push(&mut out.raw, h1, self.to);
-        let (d0, d1) = (ceil_to(h0, day), floor_to(h1, day));
-        if d0 < d1 {
-            push(&mut out.hours, h0, d0);
-            push(&mut out.hours, d1, h1);
-            out.days = Some(TimeRange { from: d0, to: d1 });
-        } else {
-            push(&mut out.hours, h0, h1);
-        }
-        out
-    }
-    /// The range between two optional bounds from outside (`field` names as in
-    /// [`parse_instant`]), each parsed in `zone`. A missing bound defaults to the start
-    /// or end of the calendar month holding `now` in `zone`.
-    pub fn from_bounds(
-        from: Option<&str>,
-        to: Option<&str>,
-        zone: Zone,
-        now: DateTime<Utc>,
-    ) -> Result<TimeRange> {
-        let first = zone.date_of(now).with_day(1).unwrap_or_default();
-        let from = match from {
-            Some(s) => parse_instant("from", s, zone)?,
-            None => zone.start_of_day(first),
-        };
-        let to = match to {
-            Some(s) => parse_instant("to", s, zone)?,
-            None => {
-                let next = first
-                    .checked_add_months(chrono::Months::new(1))
-                    .ok_or_else(|| Error::invalid("to", first, "out of range"))?;
-                zone.start_of_day(next)
-            }
-        };
-        TimeRange::new(from, to)
-    }
 }
 
 /// A bucket size for aggregation.
@@ -542,15 +422,6 @@ mod tests {
                 "{bad}"
             );
         }
-    }
-
-    #[test]
-    fn ranges_are_half_open() {
-        let r = TimeRange::new(utc("2026-01-01T00:00:00Z"), utc("2026-01-02T00:00:00Z")).unwrap();
-        assert!(r.contains(utc("2026-01-01T00:00:00Z")));
-        assert!(!r.contains(utc("2026-01-02T00:00:00Z")));
-        assert!(TimeRange::new(r.to(), r.from()).is_err());
-        assert!(TimeRange::new(r.from(), r.from()).is_err());
     }
 
     #[test]

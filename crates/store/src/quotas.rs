@@ -128,27 +128,6 @@ impl<'a> Pieces<'a> {
     }
 }
 
-/// `r` (shorter than a day, off the hour) as parts of UTC hours, each `(hour, a, b)`:
-/// quarters `a` to `b` of `hour` (0–4). `None` unless both ends are on a quarter hour.
-fn quarters_of(r: TimeRange) -> Option<Vec<(DateTime<Utc>, i16, i16)>> {
-    let quarter = |t: DateTime<Utc>| {
-        (t.timestamp_subsec_nanos() == 0 && t.timestamp().rem_euclid(900) == 0)
-            .then(|| t.timestamp().div_euclid(900))
-    };
-    let (lo, hi) = (quarter(r.from())?, quarter(r.to())?);
-    let mut out = Vec::new();
-    let mut q = lo;
-    while q < hi {
-        let hour = q.div_euclid(4);
-        let end = hi.min((hour + 1) * 4);
-        let a = i16::try_from(q - hour * 4).ok()?;
-        let b = i16::try_from(end - hour * 4).ok()?;
-        out.push((DateTime::from_timestamp(hour * 3600, 0)?, a, b));
-        q = end;
-    }
-    Some(out)
-}
-
 const QUOTA_COLUMNS: &str =
     "k.customer_id, k.service, k.quota_limit, k.mode, k.from_plan, c.plan, c.anchor_day, c.zone,
      p.warning_pct, p.critical_pct, p.exceeded_pct";
@@ -663,15 +642,12 @@ pub(crate) async fn period_usage_on(
         for r in &split.hours {
             p.push(i, c, s, Piece::Hours, r.from(), r.to());
         }
+        for q in &split.quarters {
+            let (a, b) = (i16::from(q.from), i16::from(q.to));
+            p.push(i, c, s, Piece::Quarters(a, b), q.hour, q.hour);
+        }
         for r in &split.raw {
-            match quarters_of(*r) {
-                Some(parts) => {
-                    for (hour, a, b) in parts {
-                        p.push(i, c, s, Piece::Quarters(a, b), hour, hour);
-                    }
-                }
-                None => edges.push((i, c, s, *r)),
-            }
+            edges.push((i, c, s, *r));
         }
     }
     let mut out = vec![Decimal::ZERO; keys.len()];
@@ -747,37 +723,4 @@ pub(crate) async fn period_usage_on(
         }
     }
     Ok(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn t(s: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
-    }
-
-    #[test]
-    fn quarter_edges_become_parts_of_hours() {
-        let r = |a, b| TimeRange::new(t(a), t(b)).unwrap();
-        assert_eq!(
-            quarters_of(r("2026-11-14T18:30:00Z", "2026-11-14T19:00:00Z")),
-            Some(vec![(t("2026-11-14T18:00:00Z"), 2, 4)])
-        );
-        assert_eq!(
-            quarters_of(r("2026-11-14T10:45:00Z", "2026-11-14T11:15:00Z")),
-            Some(vec![
-                (t("2026-11-14T10:00:00Z"), 3, 4),
-                (t("2026-11-14T11:00:00Z"), 0, 1)
-            ])
-        );
-        assert_eq!(
-            quarters_of(r("2026-11-14T10:45:00Z", "2026-11-14T10:50:00Z")),
-            None
-        );
-        assert_eq!(
-            quarters_of(r("2026-11-14T10:45:00.000001Z", "2026-11-14T11:00:00Z")),
-            None
-        );
-    }
 }
