@@ -179,31 +179,22 @@ impl Write for Hashing {
 /// for archive `$1`. In SQL, not in memory: an archive of 500 000 customers holds no
 /// per-customer state in the process (docs/performance.md, issue 22).
 fn insert_totals_sql(source: &str) -> String {
-    // Minutes of the UTC hour: cumulative sums and counts of the first 15, 30 and 45
-    // minutes, and each quarter's minimum and maximum, as the hourly rollup keeps them.
-    let quarter = |lo: u32, hi: u32| format!("m >= {lo} AND m < {hi}");
-    let ends = |f: &str| {
-        [(0, 15), (15, 30), (30, 45), (45, 60)]
-            .map(|(lo, hi)| format!("{f}(quantity) FILTER (WHERE {})", quarter(lo, hi)))
-            .join(", ")
+    // The hourly rollup's value columns, each from the events by its own rule, with `m`
+    // the minute of the event's UTC hour.
+    let hourly = &crate::rollup::HOURLY;
+    let within = |lo: u32, hi: u32| match (lo, hi) {
+        (0, hi) => format!("m < {hi}"),
+        (lo, hi) => format!("m >= {lo} AND m < {hi}"),
     };
+    let names = crate::rollup::list(hourly.values().map(|v| v.name));
+    let values: Vec<String> = hourly.values().map(|v| v.of_events(&within)).collect();
     format!(
-        "INSERT INTO usage_archived_totals (archive_id, customer_id, service, events, quantity,
-             min_quantity, max_quantity, quantity_by_15, quantity_by_30, quantity_by_45,
-             events_by_15, events_by_30, events_by_45, min_00, min_15, min_30, min_45,
-             max_00, max_15, max_30, max_45)
-         SELECT $1::int8, customer_id, service, count(*), sum(quantity), min(quantity), max(quantity),
-             coalesce(sum(quantity) FILTER (WHERE m < 15), 0),
-             coalesce(sum(quantity) FILTER (WHERE m < 30), 0),
-             coalesce(sum(quantity) FILTER (WHERE m < 45), 0),
-             count(*) FILTER (WHERE m < 15), count(*) FILTER (WHERE m < 30),
-             count(*) FILTER (WHERE m < 45),
-             {min}, {max}
+        "INSERT INTO usage_archived_totals (archive_id, customer_id, service, {names})
+         SELECT $1::int8, customer_id, service, {values}
          FROM (SELECT customer_id, service, quantity,
                       extract(minute FROM recorded_at AT TIME ZONE 'UTC') AS m FROM {source}) s
          GROUP BY customer_id, service",
-        min = ends("min"),
-        max = ends("max"),
+        values = values.join(", "),
     )
 }
 

@@ -146,7 +146,11 @@ impl Store {
         // statement at the end, so it holds no row lock while the file is read (and
         // cannot deadlock with other writers). Lenient: each batch commits on its own.
         let mut load = match options.strict {
-            true => Some(self.ingest().begin(Lane::next()).await?),
+            true => Some(
+                self.ingest()
+                    .begin(Lane::next(), crate::ingest::Path::Staged)
+                    .await?,
+            ),
             false => None,
         };
         let mut fatal = None;

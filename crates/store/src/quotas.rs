@@ -1,7 +1,7 @@
 //! Plans, quotas, billing cycles, period usage and the alerts outbox: the SQL of the
 //! alerts layer. The logic (periods, levels, caching, delivery) lives in `tally-alerts`.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::LazyLock};
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
@@ -11,7 +11,7 @@ use tally_core::{
 };
 use tokio_postgres::{Row, types::ToSql};
 
-use crate::{Error, Numeric, Result, Store};
+use crate::{Error, Numeric, Result, Store, rollup};
 
 /// A service name as stored: a built-in or a meter.
 fn stored_service(name: &str) -> Result<Service> {
@@ -623,6 +623,44 @@ impl Drop for DeliveryClaim {
     }
 }
 
+/// Period usage from rollups, one row per key: each piece reads one rollup only (the
+/// kind tests are one-time filters). Quarter pieces take a part of one hour: its sum up
+/// to quarter `b` minus its sum up to quarter `a` (0 = nothing, 4 = the whole hour),
+/// from the hourly rollup's quarter detail ([`rollup::QUARTERS`]).
+static PERIOD_PIECES_SQL: LazyLock<String> = LazyLock::new(|| {
+    let up_to = |q: &str, none: &str| {
+        let cases: String = (1..4)
+            .filter_map(|n| Some(format!(" WHEN {n} THEN h.{}", rollup::sum_to_quarter(n)?)))
+            .collect();
+        format!("CASE {q}{cases} ELSE {none} END")
+    };
+    format!(
+        "WITH p AS (
+             SELECT * FROM unnest($1::int4[], $2::text[], $3::text[], $4::int2[], $5::timestamptz[],
+                                  $6::timestamptz[], $7::int2[], $8::int2[])
+                 AS p(i, customer_id, service, kind, lo, hi, qa, qb))
+         SELECT x.i, sum(x.q) FROM (
+             SELECT p.i, d.quantity AS q FROM p JOIN {daily} d
+               ON p.kind = 0 AND d.customer_id = p.customer_id AND d.service = p.service
+              AND d.bucket >= p.lo AND d.bucket < p.hi
+             UNION ALL
+             SELECT p.i, h.quantity FROM p JOIN {hourly} h
+               ON p.kind = 1 AND h.customer_id = p.customer_id AND h.service = p.service
+              AND h.bucket >= p.lo AND h.bucket < p.hi
+             UNION ALL
+             SELECT p.i, {b} - {a}
+             FROM p JOIN {hourly} h
+               ON p.kind = 2 AND h.customer_id = p.customer_id AND h.service = p.service
+              AND h.bucket = p.lo
+         ) x
+         GROUP BY x.i",
+        daily = rollup::DAILY.table,
+        hourly = rollup::HOURLY.table,
+        b = up_to("p.qb", "h.quantity"),
+        a = up_to("p.qa", "0"),
+    )
+});
+
 /// [`Store::period_usage`] on a given connection (the write path's admission reads it
 /// inside its own transaction).
 pub(crate) async fn period_usage_on(
@@ -662,30 +700,7 @@ pub(crate) async fn period_usage_on(
         // Quarter pieces take a part of one hour: its sum up to quarter `b` minus
         // its sum up to quarter `a` (0 = nothing, 4 = the whole hour).
         let stmt = client
-            .prepare_cached(
-                "WITH p AS (
-                     SELECT * FROM unnest($1::int4[], $2::text[], $3::text[], $4::int2[], $5::timestamptz[],
-                                          $6::timestamptz[], $7::int2[], $8::int2[])
-                         AS p(i, customer_id, service, kind, lo, hi, qa, qb))
-                 SELECT x.i, sum(x.q) FROM (
-                     SELECT p.i, d.quantity AS q FROM p JOIN usage_daily d
-                       ON p.kind = 0 AND d.customer_id = p.customer_id AND d.service = p.service
-                      AND d.bucket >= p.lo AND d.bucket < p.hi
-                     UNION ALL
-                     SELECT p.i, h.quantity FROM p JOIN usage_hourly h
-                       ON p.kind = 1 AND h.customer_id = p.customer_id AND h.service = p.service
-                      AND h.bucket >= p.lo AND h.bucket < p.hi
-                     UNION ALL
-                     SELECT p.i, CASE p.qb WHEN 1 THEN h.quantity_by_15 WHEN 2 THEN h.quantity_by_30
-                                           WHEN 3 THEN h.quantity_by_45 ELSE h.quantity END
-                               - CASE p.qa WHEN 1 THEN h.quantity_by_15 WHEN 2 THEN h.quantity_by_30
-                                           WHEN 3 THEN h.quantity_by_45 ELSE 0 END
-                     FROM p JOIN usage_hourly h
-                       ON p.kind = 2 AND h.customer_id = p.customer_id AND h.service = p.service
-                      AND h.bucket = p.lo
-                 ) x
-                 GROUP BY x.i",
-            )
+            .prepare_cached(&PERIOD_PIECES_SQL)
             .await
             .map_err(Error::db("preparing a period usage read"))?;
         let params: [&(dyn ToSql + Sync); 8] = [

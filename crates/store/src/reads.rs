@@ -2,7 +2,7 @@
 //! side's SQL lives. Callers (the analytics crate) decide which ranges to read from
 //! where; these functions read them, each with bind parameters and index range scans.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::LazyLock};
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
@@ -11,7 +11,10 @@ use tally_core::{
 };
 use tokio_postgres::Row;
 
-use crate::{Error, Numeric, Result, Store};
+use crate::{
+    Error, Numeric, Result, Store,
+    rollup::{self, Rollup},
+};
 
 /// Whose usage a read is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -182,6 +185,47 @@ fn service_index(services: &[Service]) -> (Vec<&str>, HashMap<&str, usize>) {
     (names, index)
 }
 
+/// `rollup_rows`' statements (hourly and daily for one customer, all customers):
+/// bucket, service and the rollup's totals ([`crate::rollup::VALUES`]), over a span.
+static ROWS_SQL: LazyLock<[String; 3]> = LazyLock::new(|| {
+    let values = rollup::value_names(false);
+    let one = |r: &Rollup| {
+        format!(
+            "SELECT bucket, service, {values} FROM {}
+             WHERE customer_id = $4 AND service = ANY($1::text[]) AND bucket >= $2 AND bucket < $3",
+            r.table
+        )
+    };
+    [
+        one(&rollup::HOURLY),
+        one(&rollup::DAILY),
+        format!(
+            "SELECT bucket, service, {values} FROM {}
+             WHERE service = ANY($1::text[]) AND bucket >= $2 AND bucket < $3 AND $4::text IS NULL",
+            rollup::ALL_CUSTOMERS.table
+        ),
+    ]
+});
+
+/// `rollup_quarters`' statements (one customer, all customers): bucket, service,
+/// events, quantity and the quarter-hour detail ([`crate::rollup::QUARTERS`]) of some
+/// hours.
+static QUARTERS_SQL: LazyLock<[String; 2]> = LazyLock::new(|| {
+    let quarters = rollup::list(rollup::QUARTERS.iter().map(|v| v.name));
+    [
+        format!(
+            "SELECT bucket, service, events, quantity, {quarters} FROM {}
+             WHERE customer_id = $3 AND service = ANY($1::text[]) AND bucket = ANY($2::timestamptz[])",
+            rollup::HOURLY.table
+        ),
+        format!(
+            "SELECT bucket, service, events, quantity, {quarters} FROM {}
+             WHERE service = ANY($1::text[]) AND bucket = ANY($2::timestamptz[]) AND $3::text IS NULL",
+            rollup::ALL_CUSTOMERS.table
+        ),
+    ]
+});
+
 impl Store {
     /// The rollup rows of `services` with buckets in each of `spans`, one result list
     /// per span, each read by one primary-key range scan. For one customer, `grain`
@@ -196,19 +240,11 @@ impl Store {
         spans: &[TimeRange],
     ) -> Result<Vec<Vec<UsageRow>>> {
         let (names, index) = service_index(services);
+        let [hourly, daily, all] = &*ROWS_SQL;
         let sql = match (who, grain) {
-            (Who::One(_), Grain::Hour) => {
-                "SELECT bucket, service, events, quantity, min_quantity, max_quantity FROM usage_hourly
-                 WHERE customer_id = $4 AND service = ANY($1::text[]) AND bucket >= $2 AND bucket < $3"
-            }
-            (Who::One(_), Grain::Day) => {
-                "SELECT bucket, service, events, quantity, min_quantity, max_quantity FROM usage_daily
-                 WHERE customer_id = $4 AND service = ANY($1::text[]) AND bucket >= $2 AND bucket < $3"
-            }
-            (Who::All, _) => {
-                "SELECT bucket, service, events, quantity, min_quantity, max_quantity FROM usage_hourly_total
-                 WHERE service = ANY($1::text[]) AND bucket >= $2 AND bucket < $3 AND $4::text IS NULL"
-            }
+            (Who::One(_), Grain::Hour) => hourly,
+            (Who::One(_), Grain::Day) => daily,
+            (Who::All, _) => all,
         };
         self.per_span(sql, who, &names, spans, |row| usage_row(row, &index))
             .await
@@ -228,21 +264,10 @@ impl Store {
             return Ok(Vec::new());
         }
         let (names, index) = service_index(services);
+        let [one, all] = &*QUARTERS_SQL;
         let sql = match who {
-            Who::One(_) => {
-                "SELECT bucket, service, events, quantity, quantity_by_15, quantity_by_30, quantity_by_45,
-                        events_by_15, events_by_30, events_by_45, min_00, min_15, min_30, min_45,
-                        max_00, max_15, max_30, max_45
-                 FROM usage_hourly
-                 WHERE customer_id = $3 AND service = ANY($1::text[]) AND bucket = ANY($2::timestamptz[])"
-            }
-            Who::All => {
-                "SELECT bucket, service, events, quantity, quantity_by_15, quantity_by_30, quantity_by_45,
-                        events_by_15, events_by_30, events_by_45, min_00, min_15, min_30, min_45,
-                        max_00, max_15, max_30, max_45
-                 FROM usage_hourly_total
-                 WHERE service = ANY($1::text[]) AND bucket = ANY($2::timestamptz[]) AND $3::text IS NULL"
-            }
+            Who::One(_) => one,
+            Who::All => all,
         };
         let client = self.client("reading usage").await?;
         let stmt = client

@@ -304,7 +304,7 @@ impl Store {
             .await
             .map_err(Error::db("counting events"))?;
         let mut mismatches = 0i64;
-        for rollup in &crate::rollup::ROLLUPS {
+        for rollup in crate::rollup::ROLLUPS {
             let n: i64 = client
                 .query_one(&rollup.verify_sql(), &[])
                 .await
