@@ -300,10 +300,11 @@ impl<'e> Dedupe<'e> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn event(customer: &str, service: &str, at: &str, q: i64) -> UsageEvent {
+    /// An event for the write path's unit tests.
+    pub(in crate::ingest) fn event(customer: &str, service: &str, at: &str, q: i64) -> UsageEvent {
         UsageEvent::new(
             customer.parse().unwrap(),
             service.parse().unwrap(),

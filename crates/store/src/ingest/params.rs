@@ -188,18 +188,7 @@ mod tests {
     use tokio_postgres::types::Type;
 
     use super::*;
-    use crate::ingest::sql;
-
-    fn event(customer: &str, service: &str, at: &str, q: i64) -> tally_core::UsageEvent {
-        tally_core::UsageEvent::new(
-            customer.parse().unwrap(),
-            service.parse().unwrap(),
-            tally_core::Quantity::new(Decimal::from(q)).unwrap(),
-        )
-        .at(DateTime::parse_from_rfc3339(at)
-            .unwrap()
-            .with_timezone(&Utc))
-    }
+    use crate::ingest::{batch::tests::event, sql};
 
     /// Each `$n::type` of `sql` with `n` and the type.
     fn placeholders(sql: &str) -> Vec<(usize, Type)> {
