@@ -248,11 +248,11 @@ mod tests {
         assert_eq!(HOURLY.columns(), HOURLY_ORDER.replace("\n", ""));
         let ty = |t: &str| match t {
             "text" => Type::TEXT,
+            "timestamptz" => Type::TIMESTAMPTZ,
             "int8" => Type::INT8,
             _ => Type::NUMERIC,
         };
-        let mut described = vec![Type::TEXT, Type::TEXT, Type::TIMESTAMPTZ];
-        described.extend(HOURLY.values().map(|v| ty(v.ty)));
+        let described: Vec<Type> = HOURLY.arrays().map(|(_, t)| ty(t)).collect();
         assert_eq!(described, HOURLY_TYPES);
     }
 }

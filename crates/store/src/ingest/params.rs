@@ -111,18 +111,15 @@ impl<'a> Arrays<'a> {
         Some(p)
     }
 
-    /// The parameters of `rollup.upsert_arrays`: each column's array in the
-    /// description's order, then the lane if the rollup has one.
+    /// The parameters of `rollup.upsert_arrays`: each of `rollup.arrays()` in order,
+    /// then the lane if the rollup has one.
     pub(super) fn params<'p>(
         &'p self,
         rollup: &Rollup,
         lane: &'p i16,
         out: &mut Vec<Param<'p>>,
     ) -> Result<()> {
-        for name in rollup.columns().split(", ") {
-            if name == "lane" {
-                continue;
-            }
+        for (name, _) in rollup.arrays() {
             let p = self.column(name).ok_or_else(|| {
                 Error::invalid(
                     "rollup column",

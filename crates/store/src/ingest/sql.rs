@@ -34,12 +34,21 @@ const CTE_NAMES: [&str; 3] = ["hourly", "daily", "totals"];
 /// key order.
 fn delta_upserts() -> String {
     let mut next = 1;
-    let mut ctes = Vec::new();
-    for (name, r) in CTE_NAMES.iter().zip(ROLLUPS) {
+    upsert_ctes(|r| {
         let (upsert, n) = r.upsert_arrays(next);
         next = n;
-        ctes.push(format!("{name} AS (\n    {upsert}\n    RETURNING 1\n)"));
-    }
+        upsert
+    })
+}
+
+/// Each rollup's upsert (`upsert(rollup)`, in [`ROLLUPS`] order) as the `WITH` entries
+/// [`CTE_NAMES`] name.
+fn upsert_ctes(mut upsert: impl FnMut(&Rollup) -> String) -> String {
+    let ctes: Vec<String> = CTE_NAMES
+        .iter()
+        .zip(ROLLUPS)
+        .map(|(name, r)| format!("{name} AS (\n    {}\n    RETURNING 1\n)", upsert(r)))
+        .collect();
     ctes.join(", ")
 }
 
@@ -108,16 +117,6 @@ pub(super) const STAGED_CONFLICTS_SQL: &str = "SELECT s.ord
 // taking its row locks in the global order like every other writer. The rollups are
 // aggregated by the server from the rows inserted; the lane is `$1`.
 pub(super) static APPLY_STAGED_SQL: LazyLock<String> = LazyLock::new(|| {
-    let upserts: Vec<String> = CTE_NAMES
-        .iter()
-        .zip(ROLLUPS)
-        .map(|(name, r)| {
-            format!(
-                "{name} AS (\n    {}\n    RETURNING 1\n)",
-                r.upsert_from("ins", 1)
-            )
-        })
-        .collect();
     format!(
         "WITH staged AS (
     SELECT DISTINCT ON (event_id, customer_id) event_id, customer_id, service, quantity, recorded_at, metadata, digest
@@ -139,7 +138,7 @@ pub(super) static APPLY_STAGED_SQL: LazyLock<String> = LazyLock::new(|| {
 SELECT (SELECT count(*) FROM ins), (SELECT coalesce(sum(quantity), 0) FROM ins),
        (SELECT count(*) FROM keys), (SELECT count(*) FROM hourly), (SELECT count(*) FROM daily),
        (SELECT count(*) FROM totals)",
-        upserts.join(", ")
+        upsert_ctes(|r| r.upsert_from("ins", 1))
     )
 });
 

@@ -191,9 +191,11 @@ pub(crate) const ALL_CUSTOMERS: Rollup = Rollup {
 /// Every rollup, in the lock order of the write path (hourly, daily, all customers).
 pub(crate) const ROLLUPS: [&Rollup; 3] = [&HOURLY, &DAILY, &ALL_CUSTOMERS];
 
-/// A list of names joined by ", ".
-pub(crate) fn list<'a>(names: impl IntoIterator<Item = &'a str>) -> String {
-    names.into_iter().collect::<Vec<_>>().join(", ")
+/// A list of names or expressions joined by ", ".
+pub(crate) fn list<S: AsRef<str>>(items: impl IntoIterator<Item = S>) -> String {
+    let items: Vec<S> = items.into_iter().collect();
+    let items: Vec<&str> = items.iter().map(AsRef::as_ref).collect();
+    items.join(", ")
 }
 
 impl Rollup {
@@ -201,6 +203,16 @@ impl Rollup {
     pub(crate) fn values(&self) -> impl Iterator<Item = &'static Value> + '_ {
         let quarters: &'static [Value] = if self.quarters { &QUARTERS } else { &[] };
         VALUES.iter().chain(quarters)
+    }
+
+    /// The columns a batch's deltas are sent in, as arrays: key columns, bucket and
+    /// values, each with its SQL type (the lane, a scalar, is not among them).
+    pub(crate) fn arrays(&self) -> impl Iterator<Item = (&'static str, &'static str)> + '_ {
+        self.key
+            .iter()
+            .map(|k| (k.name, k.ty))
+            .chain([("bucket", "timestamptz")])
+            .chain(self.values().map(|v| (v.name, v.ty)))
     }
 
     /// The key columns besides bucket and lane.
@@ -231,20 +243,12 @@ impl Rollup {
 
     /// The `ON CONFLICT` clause that merges a new row into the stored one (`r`).
     pub(crate) fn on_conflict(&self) -> String {
-        let set = list(
-            self.values()
-                .map(|v| {
-                    format!(
-                        "{} = {}",
-                        v.name,
-                        v.merge
-                            .of(&format!("r.{}", v.name), &format!("excluded.{}", v.name))
-                    )
-                })
-                .collect::<Vec<_>>()
-                .iter()
-                .map(String::as_str),
-        );
+        let set = list(self.values().map(|v| {
+            let merged = v
+                .merge
+                .of(&format!("r.{}", v.name), &format!("excluded.{}", v.name));
+            format!("{} = {merged}", v.name)
+        }));
         format!("ON CONFLICT ({}) DO UPDATE SET {set}", self.primary_key())
     }
 
@@ -253,20 +257,13 @@ impl Rollup {
     /// them (see [`Rollup::parameters`]). Returns the statement and the next free
     /// parameter number.
     pub(crate) fn upsert_arrays(&self, first: usize) -> (String, usize) {
-        let mut arrays: Vec<(&str, &str)> = self.key.iter().map(|k| (k.name, k.ty)).collect();
-        arrays.push(("bucket", "timestamptz"));
-        arrays.extend(self.values().map(|v| (v.name, v.ty)));
         let unnest = list(
-            arrays
-                .iter()
+            self.arrays()
                 .zip(first..)
-                .map(|((_, ty), n)| format!("${n}::{ty}[]"))
-                .collect::<Vec<_>>()
-                .iter()
-                .map(String::as_str),
+                .map(|((_, ty), n)| format!("${n}::{ty}[]")),
         );
-        let mut next = first + arrays.len();
-        let names = list(arrays.iter().map(|(name, _)| *name));
+        let mut next = first + self.arrays().count();
+        let names = list(self.arrays().map(|(name, _)| name));
         let select = if self.lane {
             let lane = next;
             next += 1;
@@ -299,20 +296,8 @@ impl Rollup {
         } else {
             String::new()
         };
-        let values = list(
-            self.values()
-                .map(|v| v.of_events(&|lo, hi| quarter_of_bucket(lo, hi)))
-                .collect::<Vec<_>>()
-                .iter()
-                .map(String::as_str),
-        );
-        let groups = list(
-            (1..=self.key.len() + 1)
-                .map(|n| n.to_string())
-                .collect::<Vec<_>>()
-                .iter()
-                .map(String::as_str),
-        );
+        let values = list(self.values().map(|v| v.of_events(&quarter_of_bucket)));
+        let groups = list((1..=self.key.len() + 1).map(|n| n.to_string()));
         format!(
             "INSERT INTO {table} AS r ({columns})
     SELECT {keys}, b{lane}, {values}
@@ -328,7 +313,7 @@ impl Rollup {
 
     /// How many parameters [`Rollup::upsert_arrays`] takes.
     pub(crate) fn parameters(&self) -> usize {
-        self.key.len() + 1 + self.values().count() + usize::from(self.lane)
+        self.arrays().count() + usize::from(self.lane)
     }
 }
 

@@ -1,7 +1,7 @@
 //! `verify`'s statement: a rollup recomputed from the raw events and the archives'
 //! totals, by the rollup's own description.
 
-use super::{ORIGIN, Rollup, quarter_of_bucket};
+use super::{ORIGIN, Rollup, list, quarter_of_bucket};
 
 impl Rollup {
     /// Counts the buckets where the rollup differs from the raw events (missing rows on
@@ -12,26 +12,18 @@ impl Rollup {
         let key = &self.key_names();
         // The value columns of the raw events, of the archived totals and of the
         // rollup (each merged by its rule), and the test that they agree.
-        let (mut raw_q, mut archived_q, mut sum_q, mut r_q, mut differ_q) = (
-            String::new(),
-            String::new(),
-            String::new(),
-            String::new(),
-            String::new(),
+        let values = || self.values().map(|v| (v.name, v.merge.aggregate()));
+        let raw_q = list(
+            self.values()
+                .map(|v| format!("{} AS {}", v.of_events(&quarter_of_bucket), v.name)),
         );
-        for v in self.values() {
-            let (col, merge) = (v.name, v.merge.aggregate());
-            let of_events = v.of_events(&quarter_of_bucket);
-            raw_q.push_str(&format!(", {of_events} AS {col}"));
-            archived_q.push_str(&format!(", {merge}({col})"));
-            sum_q.push_str(&format!(", {merge}({col}) AS {col}"));
-            r_q.push_str(&format!(", {merge}({col}) AS {col}"));
-            differ_q.push_str(&format!(" OR raw.{col} IS DISTINCT FROM r.{col}"));
-        }
-        let first = |s: String| s.trim_start_matches(", ").to_owned();
-        let (raw_q, archived_q, sum_q, r_q) =
-            (first(raw_q), first(archived_q), first(sum_q), first(r_q));
-        let differ_q = differ_q.trim_start_matches(" OR ").to_owned();
+        let archived_q = list(values().map(|(col, merge)| format!("{merge}({col})")));
+        // The raw side's parts and the rollup's rows, each merged by the rule.
+        let merged_q = list(values().map(|(col, merge)| format!("{merge}({col}) AS {col}")));
+        let differ_q = values()
+            .map(|(col, _)| format!("raw.{col} IS DISTINCT FROM r.{col}"))
+            .collect::<Vec<_>>()
+            .join(" OR ");
         // What the rollups were built from: the raw events still here, plus what
         // complete archives took away. Archives keep totals per customer and service,
         // so a bucket that holds archived events is compared as part of its span: the
@@ -62,10 +54,10 @@ impl Rollup {
                 FROM usage_archived_totals JOIN numbered USING (archive_id) JOIN span USING (n)
                 GROUP BY {key}, span.lo)
              , raw AS (
-                SELECT {key}, bucket, {sum_q}
+                SELECT {key}, bucket, {merged_q}
                 FROM ev GROUP BY {key}, bucket)
              , r AS (
-                SELECT {key}, coalesce(span.lo, t.bucket) AS bucket, {r_q}
+                SELECT {key}, coalesce(span.lo, t.bucket) AS bucket, {merged_q}
                 FROM {table} t LEFT JOIN span ON t.bucket >= span.lo AND t.bucket < span.hi
                 GROUP BY {key}, coalesce(span.lo, t.bucket))
              SELECT count(*) FROM raw FULL JOIN r USING ({key}, bucket)
