@@ -195,7 +195,7 @@ async fn main() {
         // nobody waits (close() commits the rest, inside the timing).
         let recorder = db
             .tally()
-            .recorder(RecorderConfig::default().workers(a.workers));
+            .recorder_with(RecorderConfig::default().workers(a.workers));
         let t = Instant::now();
         let (queued, _) = drive(&recorder, callers, for_, run, false).await;
         recorder.close().await.unwrap();
@@ -203,7 +203,7 @@ async fn main() {
 
         let recorder = db
             .tally()
-            .recorder(RecorderConfig::default().workers(a.workers));
+            .recorder_with(RecorderConfig::default().workers(a.workers));
         let t = Instant::now();
         let (committed, lat) = drive(&recorder, callers, for_, run + 1, true).await;
         let secs = t.elapsed().as_secs_f64();

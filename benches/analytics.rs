@@ -3,6 +3,7 @@
 //! 30 days). Without it, a fresh database gets a small backfill of its own (200 000
 //! events; 2 000 in test mode), so the bench always runs.
 
+use std::future::IntoFuture;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -17,7 +18,7 @@ fn analytics(c: &mut Criterion) {
         .build()
         .unwrap();
     let (_db, url) = rt.block_on(bench_database("analytics"));
-    let a = Tally::connect(&url).unwrap();
+    let a = Tally::connect_lazy(&url).unwrap();
     // The month: the 30 whole UTC days ending with the last day that has data.
     let end: DateTime<Utc> = rt.block_on(async {
         let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
@@ -41,25 +42,43 @@ fn analytics(c: &mut Criterion) {
     for (name, customer) in [("top", &top), ("typical", &typical)] {
         g.bench_function(format!("customer_month_summary/{name}"), |b| {
             b.to_async(&rt)
-                .iter(|| a.summary(customer, month, None, None))
+                .iter(|| a.summary(customer, month).into_future())
         });
         g.bench_function(format!("customer_month_hourly_series/{name}"), |b| {
-            b.to_async(&rt)
-                .iter(|| a.aggregate(Some(customer), month, None, Granularity::Hour, Zone::UTC))
+            b.to_async(&rt).iter(|| {
+                a.usage(month)
+                    .customer(customer)
+                    .by(Granularity::Hour)
+                    .in_zone(Zone::UTC)
+                    .into_future()
+            })
         });
         g.bench_function(format!("customer_month_hourly_percentiles/{name}"), |b| {
-            b.to_async(&rt)
-                .iter(|| a.stats(customer, &Service::API, 30, Over::Hour, end))
+            b.to_async(&rt).iter(|| {
+                a.stats(customer, &Service::API)
+                    .days(30)
+                    .over(Over::Hour)
+                    .as_of(end)
+                    .into_future()
+            })
         });
     }
     g.bench_function("all_customers_daily_month", |b| {
-        b.to_async(&rt)
-            .iter(|| a.aggregate(None, month, None, Granularity::Day, Zone::UTC))
+        b.to_async(&rt).iter(|| {
+            a.usage(month)
+                .by(Granularity::Day)
+                .in_zone(Zone::UTC)
+                .into_future()
+        })
     });
     let berlin: Zone = "Europe/Berlin".parse().unwrap();
     g.bench_function("all_customers_daily_month_berlin", |b| {
-        b.to_async(&rt)
-            .iter(|| a.aggregate(None, month, None, Granularity::Day, berlin))
+        b.to_async(&rt).iter(|| {
+            a.usage(month)
+                .by(Granularity::Day)
+                .in_zone(berlin)
+                .into_future()
+        })
     });
     g.finish();
 
@@ -71,12 +90,21 @@ fn analytics(c: &mut Criterion) {
         let zone: Zone = name.parse().unwrap();
         let short = name.rsplit('/').next().unwrap_or(name).to_lowercase();
         g.bench_function(format!("all_customers_daily_month/{short}"), |b| {
-            b.to_async(&rt)
-                .iter(|| a.aggregate(None, month, None, Granularity::Day, zone))
+            b.to_async(&rt).iter(|| {
+                a.usage(month)
+                    .by(Granularity::Day)
+                    .in_zone(zone)
+                    .into_future()
+            })
         });
         g.bench_function(format!("customer_month_hourly_series/top/{short}"), |b| {
-            b.to_async(&rt)
-                .iter(|| a.aggregate(Some(&top), month, None, Granularity::Hour, zone))
+            b.to_async(&rt).iter(|| {
+                a.usage(month)
+                    .customer(&top)
+                    .by(Granularity::Hour)
+                    .in_zone(zone)
+                    .into_future()
+            })
         });
     }
     g.finish();
@@ -86,8 +114,13 @@ fn analytics(c: &mut Criterion) {
     let mut g = c.benchmark_group("analytics_raw");
     g.sample_size(10).measurement_time(Duration::from_secs(10));
     g.bench_function("customer_month_event_percentiles/top", |b| {
-        b.to_async(&rt)
-            .iter(|| a.stats(&top, &Service::API, 30, Over::Events, end))
+        b.to_async(&rt).iter(|| {
+            a.stats(&top, &Service::API)
+                .days(30)
+                .over(Over::Events)
+                .as_of(end)
+                .into_future()
+        })
     });
     g.finish();
 }

@@ -148,7 +148,7 @@ pub async fn bench_database(bench: &str) -> (Option<tally_testdb::TestDb>, Strin
     let n = if test_mode() { 2_000 } else { 200_000 };
     let rec = db
         .tally()
-        .recorder(tally::RecorderConfig::default().batch_size(50_000));
+        .recorder_with(tally::RecorderConfig::default().batch_size(50_000));
     rec.record_many(generate(n, Shape::Backfill, Utc::now(), 7))
         .await
         .unwrap();

@@ -250,7 +250,7 @@ async fn run(a: Args) -> Result<(), String> {
         chunks.push(chunk);
     }
     let store = db.tally().clone();
-    let recorder = store.recorder({
+    let recorder = store.recorder_with({
         let c = RecorderConfig::default()
             .batch_size(a.batch_size)
             .workers(a.workers);

@@ -33,10 +33,11 @@ fn quota(c: &mut Criterion) {
         .build()
         .unwrap();
     let (_db, url) = rt.block_on(bench_database("quota"));
-    let cached = Tally::connect(&url).unwrap();
-    let uncached = Tally::connect(&url)
-        .unwrap()
-        .with_alert_config(AlertConfig::default().cache_ttl(Duration::ZERO));
+    let cached = Tally::connect_lazy(&url).unwrap();
+    let uncached = Tally::builder(&url)
+        .alert_config(AlertConfig::default().cache_ttl(Duration::ZERO))
+        .build_lazy()
+        .unwrap();
     // cust-0000 sends ~6 % of all events, cust-0300 a typical share; cust-0301's
     // periods start at midnight in Kolkata (18:30 UTC), so its read has raw edges.
     let top: CustomerId = "cust-0000".parse().unwrap();

@@ -289,7 +289,9 @@ pub async fn check_quarter_hours_after_upgrade(
         .await
         .unwrap();
     let got: Vec<(i64, String)> = tally
-        .aggregate(None, r, None, tally::Granularity::Day, zone)
+        .usage(r)
+        .by(tally::Granularity::Day)
+        .in_zone(zone)
         .await
         .unwrap()
         .buckets

@@ -305,7 +305,7 @@ async fn a_quota_check_counts_what_the_recorder_still_holds() {
         t.check_quota(&busy, &Service::API, q("1")).await.unwrap(),
         Decision::Allow
     );
-    let rec = t.recorder(
+    let rec = t.recorder_with(
         RecorderConfig::default()
             .batch_size(1000)
             .batch_timeout(Duration::from_secs(3600)),
@@ -345,7 +345,7 @@ async fn alerts_are_evaluated_after_every_committed_recorder_batch() {
     let db = TestDb::new().await.unwrap();
     let t = db.tally();
     limit(t, "rec", "1000", Mode::Soft).await;
-    let rec = t.recorder(RecorderConfig::default().batch_size(10));
+    let rec = t.recorder_with(RecorderConfig::default().batch_size(10));
     for _ in 0..92 {
         rec.record(use_at("rec", "10", Utc::now())).await.unwrap();
     }
@@ -372,7 +372,9 @@ async fn eight_concurrent_evaluators_fire_each_level_once() {
     t.alerts().settle().await.unwrap();
     limit(t, "race", "1000", Mode::Soft).await;
     // Eight handles, eight pools: eight separate connections evaluating at once.
-    let handles: Vec<Tally> = (0..8).map(|_| Tally::connect(db.url()).unwrap()).collect();
+    let handles: Vec<Tally> = (0..8)
+        .map(|_| Tally::connect_lazy(db.url()).unwrap())
+        .collect();
     let fired = join_all(handles.iter().map(|h| h.alerts().check(None))).await;
     let fired: Vec<Alert> = fired.into_iter().flat_map(Result::unwrap).collect();
     assert_eq!(levels(&fired), vec![Level::Warning, Level::Critical]);
@@ -427,9 +429,10 @@ async fn thresholds_come_from_the_plan_or_the_environment() {
     );
     // USAGE_ALERT_WARNING=40 for everyone else.
     let env = |k: &str| (k == "USAGE_ALERT_WARNING").then(|| "40".to_owned());
-    let t40 = Tally::connect(db.url())
-        .unwrap()
-        .with_alert_config(AlertConfig::from_lookup(env).unwrap());
+    let t40 = Tally::builder(db.url())
+        .alert_config(AlertConfig::from_lookup(env).unwrap())
+        .build_lazy()
+        .unwrap();
     limit(&t40, "env-co", "100", Mode::Soft).await;
     use_now(&t40, "env-co", "45").await;
     assert_eq!(
@@ -497,9 +500,13 @@ async fn fire_three(t: &Tally) -> Vec<i64> {
 #[tokio::test]
 async fn a_failing_sink_that_recovers_gets_every_alert_exactly_once() {
     let db = TestDb::new().await.unwrap();
-    let t = Tally::connect(db.url()).unwrap().with_alert_config(
-        AlertConfig::default().retry_backoff(Duration::from_millis(10), Duration::from_millis(50)),
-    );
+    let t = Tally::builder(db.url())
+        .alert_config(
+            AlertConfig::default()
+                .retry_backoff(Duration::from_millis(10), Duration::from_millis(50)),
+        )
+        .build_lazy()
+        .unwrap();
     let ids = fire_three(&t).await;
     let flaky = Flaky::new("webhook", 4);
     let steady = Flaky::new("steady", 0);
@@ -547,7 +554,7 @@ async fn a_process_killed_between_firing_and_delivery_leaves_the_alerts_to_the_n
             .build()
             .unwrap();
         let ids = rt.block_on(async {
-            let first = Tally::connect(&url).unwrap();
+            let first = Tally::connect_lazy(&url).unwrap();
             let ids = fire_three(&first).await;
             first.alerts().add_sink(Arc::new(Hangs));
             let a = first.alerts().clone();
@@ -561,7 +568,7 @@ async fn a_process_killed_between_firing_and_delivery_leaves_the_alerts_to_the_n
     .join()
     .unwrap();
 
-    let next = Tally::connect(db.url()).unwrap();
+    let next = Tally::connect_lazy(db.url()).unwrap();
     let pager = Flaky::new("pager", 0);
     next.alerts().add_sink(pager.clone());
     // The server notices the dead process's connection (and drops its claim) a moment
@@ -584,8 +591,8 @@ async fn two_processes_share_a_sink_name_and_deliver_each_alert_once() {
     let db = TestDb::new().await.unwrap();
     let t = db.tally();
     let ids = fire_three(t).await;
-    let a = Tally::connect(db.url()).unwrap();
-    let b = Tally::connect(db.url()).unwrap();
+    let a = Tally::connect_lazy(db.url()).unwrap();
+    let b = Tally::connect_lazy(db.url()).unwrap();
     let (sa, sb) = (Flaky::new("shared", 0), Flaky::new("shared", 0));
     a.alerts().add_sink(sa.clone());
     b.alerts().add_sink(sb.clone());
@@ -790,8 +797,8 @@ async fn quarter_hour_edges_are_exact_on_both_write_paths() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn record_within_quota_holds_a_hard_limit_exactly_across_handles() {
     let db = TestDb::new().await.unwrap();
-    let one = Tally::with_pool_size(db.url(), 4).unwrap();
-    let two = Tally::with_pool_size(db.url(), 4).unwrap();
+    let one = Tally::builder(db.url()).pool_size(4).build_lazy().unwrap();
+    let two = Tally::builder(db.url()).pool_size(4).build_lazy().unwrap();
     limit(&one, "race", "50", Mode::Hard).await;
     let tries = (0..60).map(|i| {
         let t = if i % 2 == 0 { one.clone() } else { two.clone() };

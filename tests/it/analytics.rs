@@ -98,8 +98,11 @@ async fn got(
     zone: &str,
 ) -> BTreeMap<(DateTime<Utc>, String), (i64, Decimal)> {
     let zone: Zone = zone.parse().unwrap();
-    a.aggregate(customer, r, None, g, zone)
-        .await
+    let mut q = a.usage(r).by(g).in_zone(zone);
+    if let Some(c) = customer {
+        q = q.customer(c);
+    }
+    q.await
         .unwrap()
         .buckets
         .into_iter()
@@ -241,7 +244,7 @@ async fn summary_prices_usage_and_reads_partial_hours_from_raw_events() {
     let a = db.tally().clone();
     // From 10:15 (mid-hour) to the 6th at midnight (exclusive).
     let r = range("2026-11-01T10:15:00Z", "2026-11-06T00:00:00Z");
-    let s = a.summary(&acme(), r, None, None).await.unwrap();
+    let s = a.summary(&acme(), r).await.unwrap();
     let line = |name: &str| {
         s.services
             .iter()
@@ -257,7 +260,7 @@ async fn summary_prices_usage_and_reads_partial_hours_from_raw_events() {
     assert_eq!(s.total_amount, d("0.42"));
     // No usage: zeros, not an error.
     let nobody: CustomerId = "nobody".parse().unwrap();
-    let empty = a.summary(&nobody, r, None, None).await.unwrap();
+    let empty = a.summary(&nobody, r).await.unwrap();
     assert!(
         empty
             .services
@@ -266,7 +269,12 @@ async fn summary_prices_usage_and_reads_partial_hours_from_raw_events() {
     );
     assert_eq!(empty.total_amount, Decimal::ZERO);
     // Detailed: per UTC day.
-    let detailed = a.summary(&acme(), r, None, Some(Zone::UTC)).await.unwrap();
+    let detailed = a
+        .summary(&acme(), r)
+        .daily()
+        .in_zone(Zone::UTC)
+        .await
+        .unwrap();
     let days: Vec<(String, String, Decimal)> = detailed
         .days
         .unwrap()
@@ -309,22 +317,28 @@ async fn statistics_follow_percentile_cont_over_events_and_zero_filled_buckets()
         .unwrap();
     let a = db.tally().clone();
     let s = a
-        .stats(&acme(), &Service::API, 2, Over::Events, as_of)
+        .stats(&acme(), &Service::API)
+        .days(2)
+        .over(Over::Events)
+        .as_of(as_of)
         .await
         .unwrap();
     assert_eq!(
-        (s.count, s.total, s.min, s.max),
+        (s.count, s.sum, s.min, s.max),
         (10, d("55"), d("1"), d("10"))
     );
     assert_eq!((s.median, s.p95, s.p99), (d("5.5"), d("9.55"), d("9.91")));
     assert_eq!(s.avg, d("5.5"));
     // Over hours: 48 hours in the window, 10 with usage of 1..10, 38 zeros.
     let h = a
-        .stats(&acme(), &Service::API, 2, Over::Hour, as_of)
+        .stats(&acme(), &Service::API)
+        .days(2)
+        .over(Over::Hour)
+        .as_of(as_of)
         .await
         .unwrap();
     assert_eq!(
-        (h.count, h.total, h.min, h.max),
+        (h.count, h.sum, h.min, h.max),
         (48, d("55"), d("0"), d("10"))
     );
     let mut values: Vec<Decimal> = (1..=10).map(Decimal::from).collect();
@@ -336,7 +350,10 @@ async fn statistics_follow_percentile_cont_over_events_and_zero_filled_buckets()
     assert_eq!(h.median, Decimal::ZERO);
     // Over days: two days, 0 and 55.
     let dd = a
-        .stats(&acme(), &Service::API, 2, Over::Day, as_of)
+        .stats(&acme(), &Service::API)
+        .days(2)
+        .over(Over::Day)
+        .as_of(as_of)
         .await
         .unwrap();
     assert_eq!(
@@ -362,12 +379,16 @@ async fn trends_compare_with_the_previous_calendar_day() {
         .unwrap();
     let a = db.tally().clone();
     let t = a
-        .trends(&acme(), Some(&Service::API), 6, Zone::UTC, as_of)
+        .trends(&acme())
+        .service(&Service::API)
+        .days(6)
+        .in_zone(Zone::UTC)
+        .as_of(as_of)
         .await
         .unwrap();
     let got: Vec<(String, Decimal, Option<Decimal>, Option<Decimal>)> = t
         .into_iter()
-        .map(|x| (x.date.to_string(), x.total, x.previous, x.change_pct))
+        .map(|x| (x.date.to_string(), x.quantity, x.previous, x.change_pct))
         .collect();
     assert_eq!(
         got,
@@ -418,17 +439,14 @@ async fn peaks_rank_by_total_with_ties_to_the_earlier_bucket() {
         .unwrap();
     let a = db.tally().clone();
     let hours = a
-        .peaks(
-            &acme(),
-            &Service::API,
-            Granularity::Hour,
-            Limit::new(3).unwrap(),
-        )
+        .peaks(&acme(), &Service::API)
+        .by(Granularity::Hour)
+        .limit(Limit::new(3).unwrap())
         .await
         .unwrap();
     let got: Vec<(DateTime<Utc>, Decimal, i64)> = hours
         .iter()
-        .map(|p| (p.bucket, p.total, p.events))
+        .map(|p| (p.bucket, p.quantity, p.events))
         .collect();
     assert_eq!(
         got,
@@ -439,18 +457,15 @@ async fn peaks_rank_by_total_with_ties_to_the_earlier_bucket() {
         ]
     );
     let months = a
-        .peaks(
-            &acme(),
-            &Service::API,
-            Granularity::Month,
-            Limit::new(10).unwrap(),
-        )
+        .peaks(&acme(), &Service::API)
+        .by(Granularity::Month)
+        .limit(Limit::new(10).unwrap())
         .await
         .unwrap();
     assert_eq!(
         months
             .iter()
-            .map(|p| (p.bucket, p.total))
+            .map(|p| (p.bucket, p.quantity))
             .collect::<Vec<_>>(),
         vec![
             (at("2026-11-01T00:00:00Z"), d("40")),
@@ -462,6 +477,100 @@ async fn peaks_rank_by_total_with_ties_to_the_earlier_bucket() {
         let e = Limit::new(bad).unwrap_err();
         assert!(e.to_string().contains("limit"), "{e}");
     }
+}
+
+/// Every read takes a zone (the handle's by default): peaks and statistics over days
+/// of Asia/Kolkata, and peak hours of Asia/Kathmandu (+05:45), against bucketing done
+/// here by chrono-tz and by hand.
+#[tokio::test]
+async fn peaks_and_statistics_honour_the_zone() {
+    let db = TestDb::new().await.unwrap();
+    let events = dst_events();
+    db.tally().write(&events).await.unwrap();
+    let api: Vec<UsageEvent> = events
+        .iter()
+        .filter(|e| e.customer.as_str() == "acme" && e.service == Service::API)
+        .cloned()
+        .collect();
+    let kolkata: Zone = "Asia/Kolkata".parse().unwrap();
+    // The handle's own zone is what a query without in_zone uses.
+    let in_kolkata = Tally::builder(db.url())
+        .zone(kolkata)
+        .build()
+        .await
+        .unwrap();
+    let rank = |mut v: Vec<(DateTime<Utc>, Decimal, i64)>| {
+        v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        v.truncate(3);
+        v
+    };
+    let days: Vec<_> = expected_daily(&api, chrono_tz::Asia::Kolkata, Some("acme"))
+        .into_iter()
+        .map(|((start, _), (n, q))| (start, q, n))
+        .collect();
+    let got = |p: Vec<tally::report::Peak>| -> Vec<(DateTime<Utc>, Decimal, i64)> {
+        p.into_iter()
+            .map(|p| (p.bucket, p.quantity, p.events))
+            .collect()
+    };
+    let three = Limit::new(3).unwrap();
+    let peak_days = in_kolkata
+        .peaks(&acme(), &Service::API)
+        .by(Granularity::Day)
+        .limit(three)
+        .await
+        .unwrap();
+    assert_eq!(got(peak_days), rank(days.clone()));
+    assert_ne!(
+        got(db
+            .tally()
+            .peaks(&acme(), &Service::API)
+            .by(Granularity::Day)
+            .limit(three)
+            .await
+            .unwrap()),
+        rank(days.clone()),
+        "UTC days must differ from Kolkata days here, or the test proves nothing"
+    );
+    let hours: Vec<_> = expected_hourly(&api, 345)
+        .into_iter()
+        .map(|((start, _), (n, q))| (start, q, n))
+        .collect();
+    let peak_hours = db
+        .tally()
+        .peaks(&acme(), &Service::API)
+        .by(Granularity::Hour)
+        .limit(three)
+        .in_zone("Asia/Kathmandu".parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(got(peak_hours), rank(hours));
+
+    // Statistics over the two whole Kolkata days before as_of's Kolkata day.
+    let as_of = at("2026-03-29T20:00:00Z"); // 2026-03-30 01:30 in Kolkata
+    let window = [
+        at("2026-03-27T18:30:00Z"), // 2026-03-28 00:00 in Kolkata
+        at("2026-03-28T18:30:00Z"),
+    ];
+    let expected: Vec<Decimal> = window
+        .iter()
+        .map(|start| {
+            days.iter()
+                .find(|(s, _, _)| s == start)
+                .map_or(Decimal::ZERO, |(_, q, _)| *q)
+        })
+        .collect();
+    let s = in_kolkata
+        .stats(&acme(), &Service::API)
+        .days(2)
+        .over(Over::Day)
+        .as_of(as_of)
+        .await
+        .unwrap();
+    assert_eq!((s.from, s.to), (window[0], at("2026-03-29T18:30:00Z")));
+    assert_eq!(s.count, 2);
+    assert_eq!(s.sum, expected[0] + expected[1]);
+    assert_eq!(s.max, expected[0].max(expected[1]));
 }
 
 fn spec_tiers() -> Vec<Tier> {
@@ -517,7 +626,7 @@ async fn invoice_applies_the_spec_tier_table_and_dated_prices() {
         at("2026-12-01T00:00:00Z"),
         Price::per_unit(d("1")),
     );
-    let a = db.tally().clone().with_prices(book);
+    let a = Tally::builder(db.url()).prices(book).build_lazy().unwrap();
     let mut id = 0u128;
     let mut events = Vec::new();
     for (usage, customer) in [
@@ -587,7 +696,7 @@ async fn invoice_applies_the_spec_tier_table_and_dated_prices() {
             Decimal::ZERO
         };
         assert_eq!(
-            inv.total,
+            inv.total_amount,
             d(graduated) + d(volume) + storage,
             "{customer} total"
         );
@@ -609,7 +718,7 @@ async fn invoice_applies_the_spec_tier_table_and_dated_prices() {
         )
         .await
         .unwrap();
-    assert_eq!(dec.total, d("201.00"));
+    assert_eq!(dec.total_amount, d("201.00"));
 }
 
 /// Count, sum, minimum and maximum per bucket and service, for fixed-offset zones.
@@ -642,8 +751,11 @@ async fn got_full(
     zone: &str,
 ) -> Full {
     let zone: Zone = zone.parse().unwrap();
-    a.aggregate(customer, r, None, g, zone)
-        .await
+    let mut q = a.usage(r).by(g).in_zone(zone);
+    if let Some(c) = customer {
+        q = q.customer(c);
+    }
+    q.await
         .unwrap()
         .buckets
         .into_iter()

@@ -46,7 +46,7 @@ async fn the_builder_wires_recorder_settings_and_alerts() {
         .await
         .unwrap();
     assert_eq!(tally.zone().name(), "Asia/Kolkata");
-    let rec = tally.start_recorder();
+    let rec = tally.recorder();
     rec.record_many(api_events(20, 0)).await.unwrap();
     // A batch of 7 goes out on its own, long before the hour-long timeout (with the
     // default batch of 10 000 nothing would). How many follow depends on group commit

@@ -63,7 +63,7 @@ async fn record_racing(tally: &Tally, events: &[UsageEvent]) {
         let chunk: Vec<UsageEvent> = (0..n / 2)
             .map(|k| events[(start + k) % n].clone())
             .collect();
-        let recorder = tally.recorder(
+        let recorder = tally.recorder_with(
             tally::RecorderConfig::default()
                 .batch_size(250)
                 .batch_timeout(Duration::from_millis(20)),
@@ -159,12 +159,9 @@ async fn racing_writers_store_each_event_once_and_reads_match_one_node() {
     let as_of = at("2026-11-05T00:00:00Z");
     let june = tally::parse_month("period", "2025-06").unwrap();
     let cust03: CustomerId = "cust-03".parse().unwrap();
-    let late_month = c.summary(&cust03, june, None, None).await.unwrap();
+    let late_month = c.summary(&cust03, june).await.unwrap();
     assert_eq!(late_month.services.iter().map(|l| l.events).sum::<i64>(), 1);
-    assert_eq!(
-        late_month,
-        s.summary(&cust03, june, None, None).await.unwrap()
-    );
+    assert_eq!(late_month, s.summary(&cust03, june).await.unwrap());
     assert_eq!(
         c.partition_status().await.unwrap().months,
         s.partition_status().await.unwrap().months
@@ -172,10 +169,14 @@ async fn racing_writers_store_each_event_once_and_reads_match_one_node() {
     for customer in ["cust-00", "cust-03", "cust-17"] {
         let customer: CustomerId = customer.parse().unwrap();
         assert_eq!(
-            c.summary(&customer, month, None, Some(kolkata))
+            c.summary(&customer, month)
+                .daily()
+                .in_zone(kolkata)
                 .await
                 .unwrap(),
-            s.summary(&customer, month, None, Some(kolkata))
+            s.summary(&customer, month)
+                .daily()
+                .in_zone(kolkata)
                 .await
                 .unwrap()
         );
@@ -188,33 +189,56 @@ async fn racing_writers_store_each_event_once_and_reads_match_one_node() {
                 let t = t.clone();
                 let customer = customer.clone();
                 async move {
-                    t.aggregate(Some(&customer), days, None, Granularity::Hour, zone)
+                    t.usage(days)
+                        .customer(&customer)
+                        .by(Granularity::Hour)
+                        .in_zone(zone)
                         .await
                         .unwrap()
                 }
             };
             assert_eq!(hourly(c).await, hourly(s).await);
             assert_eq!(
-                c.trends(&customer, None, 4, zone, as_of).await.unwrap(),
-                s.trends(&customer, None, 4, zone, as_of).await.unwrap()
+                c.trends(&customer)
+                    .days(4)
+                    .in_zone(zone)
+                    .as_of(as_of)
+                    .await
+                    .unwrap(),
+                s.trends(&customer)
+                    .days(4)
+                    .in_zone(zone)
+                    .as_of(as_of)
+                    .await
+                    .unwrap()
             );
         }
         for over in [Over::Events, Over::Hour, Over::Day] {
             assert_eq!(
-                c.stats(&customer, &Service::STORAGE, 5, over, as_of)
+                c.stats(&customer, &Service::STORAGE)
+                    .days(5)
+                    .over(over)
+                    .as_of(as_of)
                     .await
                     .unwrap(),
-                s.stats(&customer, &Service::STORAGE, 5, over, as_of)
+                s.stats(&customer, &Service::STORAGE)
+                    .days(5)
+                    .over(over)
+                    .as_of(as_of)
                     .await
                     .unwrap()
             );
         }
         let top = Limit::new(5).unwrap();
         assert_eq!(
-            c.peaks(&customer, &Service::API, Granularity::Hour, top)
+            c.peaks(&customer, &Service::API)
+                .by(Granularity::Hour)
+                .limit(top)
                 .await
                 .unwrap(),
-            s.peaks(&customer, &Service::API, Granularity::Hour, top)
+            s.peaks(&customer, &Service::API)
+                .by(Granularity::Hour)
+                .limit(top)
                 .await
                 .unwrap()
         );
@@ -222,8 +246,8 @@ async fn racing_writers_store_each_event_once_and_reads_match_one_node() {
     for zone in [Zone::UTC, kolkata] {
         for g in [Granularity::Hour, Granularity::Day, Granularity::Month] {
             assert_eq!(
-                c.aggregate(None, days, None, g, zone).await.unwrap(),
-                s.aggregate(None, days, None, g, zone).await.unwrap(),
+                c.usage(days).by(g).in_zone(zone).await.unwrap(),
+                s.usage(days).by(g).in_zone(zone).await.unwrap(),
                 "all customers, {g:?}, {zone:?}"
             );
         }
@@ -375,19 +399,19 @@ async fn a_single_node_database_moves_onto_citus_with_its_data() {
     let month = tally::parse_month("period", "2026-11").unwrap();
     let before = (
         t.verify().await.unwrap(),
-        t.summary(&cust, month, None, None).await.unwrap(),
+        t.summary(&cust, month).await.unwrap(),
         t.invoice(&cust, month).await.unwrap(),
     );
 
     // The move: the extension and the workers, then `migrate` again.
     db.enable_citus().await.unwrap();
-    let t = Tally::connect(db.url()).unwrap();
+    let t = Tally::connect_lazy(db.url()).unwrap();
     let moved = t.migrate().await.unwrap();
     assert!(moved.applied.is_empty());
     assert_eq!(moved.distributed.len(), 15, "{moved:?}");
     let after = (
         t.verify().await.unwrap(),
-        t.summary(&cust, month, None, None).await.unwrap(),
+        t.summary(&cust, month).await.unwrap(),
         t.invoice(&cust, month).await.unwrap(),
     );
     assert_eq!(after, before);
@@ -465,7 +489,7 @@ async fn a_distributed_installation_upgrades_to_quarter_hour_detail() {
         .unwrap();
     fill_as_migration_8(&client).await;
 
-    let t = Tally::connect(db.url()).unwrap();
+    let t = Tally::connect_lazy(db.url()).unwrap();
     let report = t.migrate().await.unwrap();
     assert_eq!(report.applied, migrations_from(9));
     assert!(report.distributed.is_empty(), "{report:?}");
@@ -521,7 +545,7 @@ async fn a_hard_quota_admits_exactly_on_citus() {
         return;
     };
     let one = db.tally().clone();
-    let two = Tally::with_pool_size(db.url(), 4).unwrap();
+    let two = Tally::builder(db.url()).pool_size(4).build_lazy().unwrap();
     let race: CustomerId = "race".parse().unwrap();
     one.alerts()
         .set_quota(&race, &Service::API, "10".parse().unwrap(), Mode::Hard)

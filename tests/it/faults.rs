@@ -14,7 +14,7 @@ async fn a_postgres_restart_under_a_recorder_loses_and_doubles_nothing() {
     // acknowledged before, and everything recorded after, is stored exactly once.
     let cluster = Cluster::private().unwrap();
     let db = TestDb::new_on(&cluster).await.unwrap();
-    let rec = db.tally().recorder(
+    let rec = db.tally().recorder_with(
         RecorderConfig::default()
             .batch_size(500)
             .batch_timeout(Duration::from_millis(20))
@@ -49,8 +49,11 @@ async fn a_recorder_started_while_the_database_is_down_waits_then_commits_everyt
     let db = TestDb::new().await.unwrap();
     let proxy = Proxy::start(db.url()).await;
     proxy.down();
-    let tally = Tally::with_pool_size(&proxy.url(db.url()), 2).unwrap();
-    let rec = tally.recorder(
+    let tally = Tally::builder(&proxy.url(db.url()))
+        .pool_size(2)
+        .build_lazy()
+        .unwrap();
+    let rec = tally.recorder_with(
         RecorderConfig::default()
             .batch_size(50)
             .queue_capacity(200)
@@ -116,8 +119,8 @@ async fn a_read_only_database_holds_the_events_instead_of_dead_lettering_them() 
         )
     };
     admin.batch_execute(&set(true)).await.unwrap();
-    let tally = Tally::with_pool_size(db.url(), 2).unwrap();
-    let rec = tally.recorder(
+    let tally = Tally::builder(db.url()).pool_size(2).build_lazy().unwrap();
+    let rec = tally.recorder_with(
         RecorderConfig::default()
             .batch_size(50)
             .batch_timeout(Duration::from_millis(20))

@@ -247,7 +247,10 @@ async fn a_lenient_import_rides_out_a_dropped_connection() {
     // finishes with every row stored exactly once.
     let db = TestDb::new().await.unwrap();
     let proxy = std::sync::Arc::new(tally_tests::Proxy::start(db.url()).await);
-    let tally = tally::Tally::with_pool_size(&proxy.url(db.url()), 2).unwrap();
+    let tally = tally::Tally::builder(&proxy.url(db.url()))
+        .pool_size(2)
+        .build_lazy()
+        .unwrap();
     let text = tally_tests::numbered_csv(60_000);
     let p = proxy.clone();
     let (progress, cut) = tally_tests::fault_at_a_third(text.len() as u64, move || {

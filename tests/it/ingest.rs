@@ -308,7 +308,7 @@ async fn totals_are_exact_up_to_the_supported_maximum_and_refused_past_it() {
     let month =
         tally::TimeRange::new(at("2026-11-01T00:00:00Z"), at("2026-12-01T00:00:00Z")).unwrap();
     let acme: tally::CustomerId = "acme".parse().unwrap();
-    let s = db.tally().summary(&acme, month, None, None).await.unwrap();
+    let s = db.tally().summary(&acme, month).await.unwrap();
     let api = s.services.iter().find(|l| l.service == "api").unwrap();
     assert_eq!((api.quantity, api.events), (seven, 7));
     // In one batch, the same excess is refused before anything is written.
@@ -360,7 +360,10 @@ async fn the_sql_merge_rule_is_the_rust_one() {
 
 /// A second handle on `db` with hints of its own: to Tally, another process.
 fn store(db: &TestDb) -> tally::Tally {
-    tally::Tally::with_pool_size(db.url(), 2).unwrap()
+    tally::Tally::builder(db.url())
+        .pool_size(2)
+        .build_lazy()
+        .unwrap()
 }
 
 #[tokio::test]
@@ -472,7 +475,10 @@ async fn a_reused_key_with_another_payload_is_a_conflict_on_every_path() {
     let o = db.tally().write(&[same, later]).await.unwrap();
     assert_eq!((o.inserted, o.duplicates, o.conflicts.len()), (0, 2, 0));
     // Another process (another handle: no recent keys) takes the staged path.
-    let other = tally::Tally::with_pool_size(db.url(), 2).unwrap();
+    let other = tally::Tally::builder(db.url())
+        .pool_size(2)
+        .build_lazy()
+        .unwrap();
     let fresh = event(8, "acme", Service::API, "1", t);
     let o = other
         .write(&[fresh.clone(), changed[0].clone(), original.clone()])

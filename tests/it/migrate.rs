@@ -19,7 +19,7 @@ async fn concurrent_migrations_are_safe() {
     let db = TestDb::empty().await.unwrap();
     // Separate stores: separate pools, separate sessions, as separate processes have.
     let stores: Vec<Tally> = (0..4)
-        .map(|_| Tally::with_pool_size(db.url(), 2).unwrap())
+        .map(|_| Tally::builder(db.url()).pool_size(2).build_lazy().unwrap())
         .collect();
     let handles: Vec<_> = stores
         .into_iter()

@@ -110,7 +110,10 @@ async fn an_application_role_with_table_privileges_records_and_reports() {
         &format!("user={role}"),
     );
     let result = async {
-        let app = tally::Tally::with_pool_size(&url, 2).unwrap();
+        let app = tally::Tally::builder(&url)
+            .pool_size(2)
+            .build_lazy()
+            .unwrap();
         // A migrate with nothing to do needs no DDL right.
         assert!(app.migrate().await.unwrap().applied.is_empty());
         // This month has a partition (made by the owner); 20 months ago has none, and
@@ -128,7 +131,8 @@ async fn an_application_role_with_table_privileges_records_and_reports() {
         )
         .unwrap();
         let s = app
-            .summary(&acme, range, Some(&Service::API), None)
+            .summary(&acme, range)
+            .service(&Service::API)
             .await
             .unwrap();
         assert_eq!(s.services[0].quantity, Decimal::from(5));
@@ -254,7 +258,7 @@ async fn a_partition_that_cannot_be_made_dead_letters_nothing() {
     let old = (Utc::now() - chrono::Duration::days(400)).to_rfc3339();
     let rec = db
         .tally()
-        .recorder(tally::RecorderConfig::default().batch_size(10));
+        .recorder_with(tally::RecorderConfig::default().batch_size(10));
     let batch: Vec<_> = (0..25)
         .map(|i| event(1000 + i, "acme", Service::API, "2", &old))
         .collect();

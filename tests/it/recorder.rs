@@ -8,7 +8,7 @@ use tally_tests::{Proxy, api_events as events, at, event};
 #[tokio::test]
 async fn flush_commits_everything_recorded_before_it() {
     let db = TestDb::new().await.unwrap();
-    let rec = db.tally().recorder(
+    let rec = db.tally().recorder_with(
         RecorderConfig::default()
             .batch_size(100)
             .max_batch_size(100)
@@ -41,7 +41,7 @@ async fn flush_commits_everything_recorded_before_it() {
 #[tokio::test]
 async fn a_partial_batch_is_written_after_the_timeout() {
     let db = TestDb::new().await.unwrap();
-    let rec = db.tally().recorder(
+    let rec = db.tally().recorder_with(
         RecorderConfig::default()
             .batch_size(1000)
             .batch_timeout(Duration::from_millis(200))
@@ -90,7 +90,7 @@ async fn batch_settings_come_from_the_environment() {
     .unwrap();
     let db = TestDb::new().await.unwrap();
     // Group commit off, so batches are cut at exactly the size.
-    let rec = db.tally().recorder(cfg.workers(1).max_batch_size(3));
+    let rec = db.tally().recorder_with(cfg.workers(1).max_batch_size(3));
     rec.record_many(events(7, 0)).await.unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     // 3 + 3 by size, the last 1 by the 0.1 s timeout.
@@ -147,8 +147,8 @@ fn child_records_events() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let store = Tally::with_pool_size(&url, 4).unwrap();
-        let rec = store.recorder(RecorderConfig::default().batch_size(250));
+        let store = Tally::builder(&url).pool_size(4).build_lazy().unwrap();
+        let rec = store.recorder_with(RecorderConfig::default().batch_size(250));
         let mut all = events(3000, 0);
         if std::env::var("TALLY_CHILD_REVERSE").is_ok_and(|v| v == "1") {
             all.reverse();
@@ -166,9 +166,9 @@ async fn two_recorders_recording_the_same_events_count_them_once() {
     let all = events(5000, 0);
     let a = db
         .tally()
-        .recorder(RecorderConfig::default().batch_size(512));
-    let other = Tally::with_pool_size(db.url(), 4).unwrap();
-    let b = other.recorder(RecorderConfig::default().batch_size(700).workers(3));
+        .recorder_with(RecorderConfig::default().batch_size(512));
+    let other = Tally::builder(db.url()).pool_size(4).build_lazy().unwrap();
+    let b = other.recorder_with(RecorderConfig::default().batch_size(700).workers(3));
     let (ea, mut eb) = (all.clone(), all.clone());
     eb.reverse();
     let ta = tokio::spawn(async move {
@@ -197,8 +197,11 @@ async fn two_recorders_recording_the_same_events_count_them_once() {
 async fn events_queued_while_the_database_is_down_are_committed_when_it_returns() {
     let db = TestDb::new().await.unwrap();
     let proxy = Proxy::start(db.url()).await;
-    let store = Tally::with_pool_size(&proxy.url(db.url()), 2).unwrap();
-    let rec = store.recorder(
+    let store = Tally::builder(&proxy.url(db.url()))
+        .pool_size(2)
+        .build_lazy()
+        .unwrap();
+    let rec = store.recorder_with(
         RecorderConfig::default()
             .batch_size(50)
             .queue_capacity(200)
@@ -257,7 +260,7 @@ async fn a_permanent_failure_is_isolated_and_the_rest_is_written() {
     // narrow the failure down to that one event, dead-letter it with the reason, write
     // the 199 others, and keep going.
     let db = TestDb::new().await.unwrap();
-    let rec = db.tally().recorder(
+    let rec = db.tally().recorder_with(
         RecorderConfig::default()
             .batch_size(200)
             .batch_timeout(Duration::from_secs(3600))
@@ -317,12 +320,12 @@ async fn errors_say_what_kind_they_are_and_name_the_field() {
     assert_eq!(e.kind(), ErrorKind::Invalid);
     assert_eq!((e.field(), e.value()), (Some("service"), Some("apis")));
     assert!(!e.is_transient());
-    let e = Tally::connect("postgres://u:secret@host:notaport/db").unwrap_err();
+    let e = Tally::connect_lazy("postgres://u:secret@host:notaport/db").unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Config);
     assert_eq!(e.field(), Some("database_url"));
     assert!(!e.to_string().contains("secret"), "{e}");
     // Nothing listens on port 1: a connection failure, which is transient.
-    let down = Tally::connect("host=127.0.0.1 port=1 user=postgres dbname=x").unwrap();
+    let down = Tally::connect_lazy("host=127.0.0.1 port=1 user=postgres dbname=x").unwrap();
     let e = down.verify().await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Connection, "{e}");
     assert!(e.is_transient(), "{e}");
@@ -377,7 +380,7 @@ async fn a_busy_writer_gets_fewer_larger_batches_and_a_trickle_small_ones() {
     // Group commit: with one writer kept busy, batches of 100 grow (up to 5 000) instead
     // of the dispatcher waiting for each; a lone event still goes by the timeout.
     let db = TestDb::new().await.unwrap();
-    let rec = db.tally().recorder(growing(Duration::from_millis(50)));
+    let rec = db.tally().recorder_with(growing(Duration::from_millis(50)));
     rec.record_many(events(40_000, 0)).await.unwrap();
     rec.flush().await.unwrap();
     let s = rec.status();
@@ -405,7 +408,7 @@ async fn a_batch_that_grew_while_its_writer_was_busy_goes_when_the_writer_is_fre
     // Nothing else arrives and the timeout is an hour away: the writer finishing its
     // batch is what must send the one that grew meanwhile.
     let db = TestDb::new().await.unwrap();
-    let rec = db.tally().recorder(growing(Duration::from_secs(3600)));
+    let rec = db.tally().recorder_with(growing(Duration::from_secs(3600)));
     rec.record_many(events(100, 0)).await.unwrap();
     rec.record_many(events(300, 100)).await.unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
@@ -426,7 +429,7 @@ async fn a_batch_that_grew_while_its_writer_was_busy_goes_when_the_writer_is_fre
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn record_committed_returns_once_committed_and_callers_share_commits() {
     let db = TestDb::new().await.unwrap();
-    let rec = db.tally().recorder(
+    let rec = db.tally().recorder_with(
         RecorderConfig::default()
             .batch_size(10_000)
             .batch_timeout(Duration::from_secs(3600)),
@@ -455,7 +458,7 @@ async fn record_committed_returns_once_committed_and_callers_share_commits() {
                 let who: tally::CustomerId = format!("c{c}").parse().unwrap();
                 let day =
                     TimeRange::new(at("2026-11-01T00:00:00Z"), at("2026-11-02T00:00:00Z")).unwrap();
-                tally.summary(&who, day, None, None).await.unwrap().services[0].events
+                tally.summary(&who, day).await.unwrap().services[0].events
             })
         })
         .collect();
@@ -477,7 +480,7 @@ async fn record_committed_returns_once_committed_and_callers_share_commits() {
 #[tokio::test]
 async fn record_committed_reports_a_refused_event() {
     let db = TestDb::new().await.unwrap();
-    let rec = db.tally().recorder(RecorderConfig::default());
+    let rec = db.tally().recorder_with(RecorderConfig::default());
     // Seven of the largest quantity fill an hour's total to the limit; an eighth is
     // refused (SQLSTATE 23514).
     let big = "9999999999999.999999999999999";
@@ -508,7 +511,7 @@ async fn record_committed_reports_a_refused_event() {
 #[tokio::test]
 async fn record_committed_reports_a_conflict() {
     let db = TestDb::new().await.unwrap();
-    let rec = db.tally().recorder(RecorderConfig::default());
+    let rec = db.tally().recorder_with(RecorderConfig::default());
     let t = "2026-11-01T10:00:00Z";
     rec.record_committed(event(5, "acme", Service::API, "5", t))
         .await

@@ -1,352 +1,22 @@
+//! The reads themselves: each takes its query ([`crate::query`]) and answers from the
+//! rollups through [`totals`].
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, Duration, NaiveDate, Utc};
 use rust_decimal::{Decimal, RoundingStrategy};
-use serde::{Serialize, Serializer, ser::SerializeStruct};
 use tally_core::{
-    Catalog, CustomerId, Granularity, Limit, Metered, PriceBook, Service, TimeRange, Totals, Zone,
-    round_to, serde_fmt,
+    Catalog, CustomerId, Granularity, Metered, PriceBook, Service, TimeRange, Totals, Zone,
+    round_to,
 };
 use tally_store::{Result, Store, Who};
 
+use crate::query::{PeaksQuery, StatsQuery, SummaryQuery, TrendsQuery, UsageQuery};
+use crate::report::{
+    Aggregation, Bucket, DayLine, Invoice, InvoiceLine, LineKind, Over, Peak, ServiceLine, Stats,
+    Summary, TrendDay, add_money, invalid, stats_of,
+};
 use crate::totals::{by_service, totals};
-
-/// One service's line of a usage summary.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ServiceLine {
-    /// The service.
-    pub service: String,
-    /// Its unit.
-    pub unit: String,
-    /// Quantity used in the range.
-    #[serde(serialize_with = "serde_fmt::decimal")]
-    pub quantity: Decimal,
-    /// Events in the range.
-    pub events: i64,
-    /// Price per unit, when the service has a per-unit price.
-    #[serde(serialize_with = "serde_fmt::opt_decimal")]
-    pub unit_price: Option<Decimal>,
-    /// The amount, rounded to cents once.
-    #[serde(serialize_with = "serde_fmt::money")]
-    pub amount: Decimal,
-}
-
-/// One day and service of a detailed summary.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct DayLine {
-    /// The calendar day (in the summary's zone).
-    pub date: NaiveDate,
-    /// The service.
-    pub service: String,
-    /// Quantity used that day.
-    #[serde(serialize_with = "serde_fmt::decimal")]
-    pub quantity: Decimal,
-    /// Events that day.
-    pub events: i64,
-}
-
-/// A customer's usage and its cost over a range.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Summary {
-    /// The customer.
-    pub customer_id: String,
-    /// Start of the range (inclusive).
-    #[serde(serialize_with = "serde_fmt::instant")]
-    pub from: DateTime<Utc>,
-    /// End of the range (exclusive).
-    #[serde(serialize_with = "serde_fmt::instant")]
-    pub to: DateTime<Utc>,
-    /// One line per service (every known service; zeros where unused).
-    pub services: Vec<ServiceLine>,
-    /// Sum of the line amounts.
-    #[serde(serialize_with = "serde_fmt::money")]
-    pub total_amount: Decimal,
-    /// Per-day breakdown, when asked for.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub days: Option<Vec<DayLine>>,
-}
-
-/// One bucket of an aggregation. In JSON it carries its `avg` too.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Bucket {
-    /// Bucket start (UTC instant of the zone's hour, day or month start).
-    pub bucket: DateTime<Utc>,
-    /// The customer, or `None` when all customers are added up.
-    pub customer_id: Option<String>,
-    /// The service.
-    pub service: String,
-    /// Events.
-    pub events: i64,
-    /// Total quantity.
-    pub quantity: Decimal,
-    /// Smallest event quantity.
-    pub min: Decimal,
-    /// Largest event quantity.
-    pub max: Decimal,
-}
-
-impl Bucket {
-    /// Mean event quantity. Computed on demand: a 28-digit decimal division per bucket
-    /// was the largest cost of building a long series (profiled).
-    pub fn avg(&self) -> Decimal {
-        if self.events == 0 {
-            Decimal::ZERO
-        } else {
-            self.quantity / Decimal::from(self.events)
-        }
-    }
-}
-
-impl Serialize for Bucket {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        struct Dec(Decimal);
-        impl Serialize for Dec {
-            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                serde_fmt::decimal(&self.0, s)
-            }
-        }
-        let mut st = s.serialize_struct("Bucket", 8)?;
-        st.serialize_field("bucket", &serde_fmt::rfc3339(self.bucket))?;
-        st.serialize_field("customer_id", &self.customer_id)?;
-        st.serialize_field("service", &self.service)?;
-        st.serialize_field("events", &self.events)?;
-        st.serialize_field("quantity", &Dec(self.quantity))?;
-        st.serialize_field("min", &Dec(self.min))?;
-        st.serialize_field("max", &Dec(self.max))?;
-        st.serialize_field("avg", &Dec(self.avg()))?;
-        st.end()
-    }
-}
-
-/// An aggregation: buckets of one size in one zone.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Aggregation {
-    /// The bucket size (`hourly`, `daily`, `monthly` in JSON).
-    #[serde(serialize_with = "serde_fmt::display")]
-    pub period: Granularity,
-    /// The zone of the buckets.
-    #[serde(serialize_with = "serde_fmt::display")]
-    pub tz: Zone,
-    /// Buckets with usage, in (bucket, service) order.
-    pub buckets: Vec<Bucket>,
-}
-
-/// What statistics are computed over.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Over {
-    /// Individual event quantities.
-    Events,
-    /// Hourly totals, zero hours included.
-    Hour,
-    /// Daily totals, zero days included.
-    Day,
-}
-
-impl std::str::FromStr for Over {
-    type Err = tally_core::Error;
-    fn from_str(s: &str) -> Result<Over, tally_core::Error> {
-        match s {
-            "events" => Ok(Over::Events),
-            "hour" => Ok(Over::Hour),
-            "day" => Ok(Over::Day),
-            _ => Err(invalid("over", s, "expected events, hour or day")),
-        }
-    }
-}
-
-/// Statistics of a customer's use of a service.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Stats {
-    /// The customer.
-    pub customer_id: String,
-    /// The service.
-    pub service: String,
-    /// What the values are.
-    pub over: Over,
-    /// Start of the window.
-    #[serde(serialize_with = "serde_fmt::instant")]
-    pub from: DateTime<Utc>,
-    /// End of the window (exclusive).
-    #[serde(serialize_with = "serde_fmt::instant")]
-    pub to: DateTime<Utc>,
-    /// Number of values (events, or buckets in the window).
-    pub count: i64,
-    /// Their sum.
-    #[serde(serialize_with = "serde_fmt::decimal")]
-    pub total: Decimal,
-    /// Their mean.
-    #[serde(serialize_with = "serde_fmt::decimal")]
-    pub avg: Decimal,
-    /// Smallest.
-    #[serde(serialize_with = "serde_fmt::decimal")]
-    pub min: Decimal,
-    /// Largest.
-    #[serde(serialize_with = "serde_fmt::decimal")]
-    pub max: Decimal,
-    /// 50th percentile (`percentile_cont` interpolation).
-    #[serde(serialize_with = "serde_fmt::decimal")]
-    pub median: Decimal,
-    /// 95th percentile.
-    #[serde(serialize_with = "serde_fmt::decimal")]
-    pub p95: Decimal,
-    /// 99th percentile.
-    #[serde(serialize_with = "serde_fmt::decimal")]
-    pub p99: Decimal,
-}
-
-/// One day of a trend.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct TrendDay {
-    /// The calendar day in the trend's zone.
-    pub date: NaiveDate,
-    /// The service.
-    pub service: String,
-    /// That day's total (0 without usage).
-    #[serde(serialize_with = "serde_fmt::decimal")]
-    pub total: Decimal,
-    /// The previous calendar day's total, `None` before the window.
-    #[serde(serialize_with = "serde_fmt::opt_decimal")]
-    pub previous: Option<Decimal>,
-    /// Change against the previous day in percent, 2 places, half-up; `None` when the
-    /// previous day is 0 or before the window.
-    #[serde(serialize_with = "serde_fmt::opt_fixed2")]
-    pub change_pct: Option<Decimal>,
-}
-
-/// One peak bucket.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Peak {
-    /// Bucket start (UTC).
-    #[serde(serialize_with = "serde_fmt::instant")]
-    pub bucket: DateTime<Utc>,
-    /// The service.
-    pub service: String,
-    /// The bucket's total.
-    #[serde(serialize_with = "serde_fmt::decimal")]
-    pub total: Decimal,
-    /// Its events.
-    pub events: i64,
-}
-
-/// What an invoice line is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LineKind {
-    /// A service's usage priced (also listed at zero usage when the price charges
-    /// something then, e.g. a first-tier flat fee).
-    Usage,
-    /// Makes a service's line up to its price's minimum.
-    TrueUp,
-    /// Takes off what a service's line has above its price's maximum (negative).
-    Cap,
-    /// Makes the invoice up to the price book's minimum (no service).
-    Minimum,
-}
-
-/// One line of an invoice.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct InvoiceLine {
-    /// The service (`None` for an invoice-level minimum).
-    pub service: Option<String>,
-    /// What the line is for.
-    pub kind: LineKind,
-    /// Units used in the period.
-    #[serde(serialize_with = "serde_fmt::decimal")]
-    pub quantity: Decimal,
-    /// Units billed after the included allowance.
-    #[serde(serialize_with = "serde_fmt::decimal")]
-    pub billable_quantity: Decimal,
-    /// The amount, rounded half-up to the currency's minor unit once.
-    #[serde(serialize_with = "serde_fmt::money")]
-    pub amount: Decimal,
-}
-
-/// An invoice preview.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Invoice {
-    /// The customer.
-    pub customer_id: String,
-    /// First instant of the period.
-    #[serde(serialize_with = "serde_fmt::instant")]
-    pub period_start: DateTime<Utc>,
-    /// First instant after it.
-    #[serde(serialize_with = "serde_fmt::instant")]
-    pub period_end: DateTime<Utc>,
-    /// Currency of the amounts.
-    pub currency: String,
-    /// One line per service used.
-    pub lines: Vec<InvoiceLine>,
-    /// Sum of the lines.
-    #[serde(serialize_with = "serde_fmt::money")]
-    pub total: Decimal,
-}
-
-fn invalid(field: &'static str, value: &str, reason: &str) -> tally_core::Error {
-    tally_core::Error::Invalid {
-        field,
-        value: value.to_owned(),
-        reason: reason.to_owned(),
-    }
-}
-
-/// `percentile_cont(p)` of sorted values: linear interpolation between the values at
-/// `floor(p·(n−1))` and `ceil(p·(n−1))`, exactly.
-pub fn percentile_cont(sorted: &[Decimal], p: Decimal) -> Decimal {
-    if sorted.is_empty() {
-        return Decimal::ZERO;
-    }
-    let pos = p.clamp(Decimal::ZERO, Decimal::ONE) * Decimal::from(sorted.len() - 1);
-    let lo = pos.floor();
-    let i = usize::try_from(lo.mantissa() / 10i128.pow(lo.scale())).unwrap_or(0);
-    let frac = pos - lo;
-    let Some(&at) = sorted.get(i) else {
-        return Decimal::ZERO;
-    };
-    match sorted.get(i + 1) {
-        Some(next) if !frac.is_zero() => at + frac * (*next - at),
-        _ => at,
-    }
-}
-
-fn add_money(a: Decimal, b: Decimal) -> Result<Decimal> {
-    Ok(tally_core::add_exact(a, b, "an invoice total")?)
-}
-
-const P50: Decimal = Decimal::from_parts(5, 0, 0, false, 1);
-const P95: Decimal = Decimal::from_parts(95, 0, 0, false, 2);
-const P99: Decimal = Decimal::from_parts(99, 0, 0, false, 2);
-
-fn stats_of(
-    mut values: Vec<Decimal>,
-    customer: &CustomerId,
-    service: &Service,
-    over: Over,
-    window: TimeRange,
-) -> Result<Stats> {
-    values.sort();
-    let total = tally_core::exact_sum(values.iter().copied())?;
-    let count = values.len() as i64;
-    Ok(Stats {
-        customer_id: customer.to_string(),
-        service: service.to_string(),
-        over,
-        from: window.from(),
-        to: window.to(),
-        count,
-        total,
-        avg: if count == 0 {
-            Decimal::ZERO
-        } else {
-            total / Decimal::from(count)
-        },
-        min: values.first().copied().unwrap_or_default(),
-        max: values.last().copied().unwrap_or_default(),
-        median: percentile_cont(&values, P50),
-        p95: percentile_cont(&values, P95),
-        p99: percentile_cont(&values, P99),
-    })
-}
 
 /// The read side of Tally: summaries, aggregation, statistics, trends, peaks and
 /// invoices, exact and served from the rollups.
@@ -354,14 +24,16 @@ fn stats_of(
 pub struct Analytics {
     store: Store,
     prices: PriceBook,
+    zone: Zone,
 }
 
 impl Analytics {
-    /// Analytics over `store`, pricing with the seed's per-unit defaults.
+    /// Analytics over `store`, pricing with the seed's per-unit defaults, in UTC.
     pub fn new(store: Store) -> Analytics {
         Analytics {
             store,
             prices: PriceBook::default(),
+            zone: Zone::UTC,
         }
     }
 
@@ -371,9 +43,46 @@ impl Analytics {
         self
     }
 
+    /// Reads in `zone` unless a query says otherwise.
+    pub fn with_zone(mut self, zone: Zone) -> Analytics {
+        self.zone = zone;
+        self
+    }
+
     /// The price book in use.
     pub fn prices(&self) -> &PriceBook {
         &self.prices
+    }
+
+    /// The zone reads use unless a query names one.
+    pub fn zone(&self) -> Zone {
+        self.zone
+    }
+
+    /// A customer's usage and cost per service over `range`; see [`SummaryQuery`].
+    pub fn summary(&self, customer: &CustomerId, range: TimeRange) -> SummaryQuery<'_> {
+        SummaryQuery::new(self, customer.clone(), range)
+    }
+
+    /// Usage per bucket over `range`, of all customers added up unless one is named;
+    /// see [`UsageQuery`].
+    pub fn usage(&self, range: TimeRange) -> UsageQuery<'_> {
+        UsageQuery::new(self, range)
+    }
+
+    /// Statistics of a customer's use of a service; see [`StatsQuery`].
+    pub fn stats(&self, customer: &CustomerId, service: &Service) -> StatsQuery<'_> {
+        StatsQuery::new(self, customer.clone(), service.clone())
+    }
+
+    /// Daily totals with day-over-day change; see [`TrendsQuery`].
+    pub fn trends(&self, customer: &CustomerId) -> TrendsQuery<'_> {
+        TrendsQuery::new(self, customer.clone())
+    }
+
+    /// The largest buckets of a customer's use of a service; see [`PeaksQuery`].
+    pub fn peaks(&self, customer: &CustomerId, service: &Service) -> PeaksQuery<'_> {
+        PeaksQuery::new(self, customer.clone(), service.clone())
     }
 
     /// What `price` is applied to: the totals, and each event's quantity when the
@@ -412,16 +121,10 @@ impl Analytics {
         Ok((services, catalog))
     }
 
-    /// A customer's usage and cost per service over `range`. With `detailed`, adds a
-    /// per-day breakdown in that zone.
-    pub async fn summary(
-        &self,
-        customer: &CustomerId,
-        range: TimeRange,
-        service: Option<&Service>,
-        detailed: Option<Zone>,
-    ) -> Result<Summary> {
-        let (services, catalog) = self.services(service).await?;
+    pub(crate) async fn run_summary(&self, q: &SummaryQuery<'_>) -> Result<Summary> {
+        let (customer, range) = (&q.customer, q.range);
+        let detailed = q.daily.then_some(q.zone);
+        let (services, catalog) = self.services(q.service.as_ref()).await?;
         let sums = by_service(
             totals(
                 &self.store,
@@ -485,17 +188,10 @@ impl Analytics {
         })
     }
 
-    /// Usage per bucket of `granularity` in `zone` over `range`, for one customer or
-    /// (with `None`) all customers added up. Buckets without usage are omitted.
-    pub async fn aggregate(
-        &self,
-        customer: Option<&CustomerId>,
-        range: TimeRange,
-        service: Option<&Service>,
-        granularity: Granularity,
-        zone: Zone,
-    ) -> Result<Aggregation> {
-        let (services, _) = self.services(service).await?;
+    pub(crate) async fn run_usage(&self, q: &UsageQuery<'_>) -> Result<Aggregation> {
+        let (customer, range) = (q.customer.as_ref(), q.range);
+        let (granularity, zone) = (q.granularity, q.zone);
+        let (services, _) = self.services(q.service.as_ref()).await?;
         let buckets = zone.buckets(range, granularity);
         let who = customer.map_or(Who::All, Who::One);
         let mut t: Vec<((DateTime<Utc>, usize), Totals)> =
@@ -527,23 +223,22 @@ impl Analytics {
         })
     }
 
-    /// Statistics over the `days` complete UTC days before `as_of`'s day:
-    /// `[midnight − days, midnight)`.
-    pub async fn stats(
-        &self,
-        customer: &CustomerId,
-        service: &Service,
-        days: u32,
-        over: Over,
-        as_of: DateTime<Utc>,
-    ) -> Result<Stats> {
+    pub(crate) async fn run_stats(&self, q: &StatsQuery<'_>) -> Result<Stats> {
+        let (customer, service, days, over, zone) =
+            (&q.customer, &q.service, q.days, q.over, q.zone);
+        let as_of = q.as_of.unwrap_or_else(Utc::now);
         if !(1..=3660).contains(&days) {
             return Err(invalid("days", &days.to_string(), "must be from 1 to 3660").into());
         }
         let (mut found, _) = self.services(Some(service)).await?;
         let service = found.pop().unwrap_or_else(|| service.clone());
-        let end = Zone::UTC.bucket_start(as_of, Granularity::Day);
-        let window = TimeRange::new(end - Duration::days(i64::from(days)), end)?;
+        // Whole days of the zone: [midnight − days, midnight) of as_of's day.
+        let today = zone.date_of(as_of);
+        let end = zone.start_of_day(today);
+        let window = TimeRange::new(
+            zone.start_of_day(today - Duration::days(i64::from(days))),
+            end,
+        )?;
         let values = match over {
             Over::Events => {
                 self.store
@@ -556,7 +251,7 @@ impl Analytics {
                 } else {
                     Granularity::Day
                 };
-                let buckets = Zone::UTC.buckets(window, g);
+                let buckets = zone.buckets(window, g);
                 let t = totals(
                     &self.store,
                     &buckets,
@@ -577,16 +272,9 @@ impl Analytics {
         stats_of(values, customer, &service, over, window)
     }
 
-    /// Daily totals over the last `days` calendar days in `zone`, today included, each
-    /// with the previous day's total and the change in percent.
-    pub async fn trends(
-        &self,
-        customer: &CustomerId,
-        service: Option<&Service>,
-        days: u32,
-        zone: Zone,
-        as_of: DateTime<Utc>,
-    ) -> Result<Vec<TrendDay>> {
+    pub(crate) async fn run_trends(&self, q: &TrendsQuery<'_>) -> Result<Vec<TrendDay>> {
+        let (customer, service, days, zone) = (&q.customer, q.service.as_ref(), q.days, q.zone);
+        let as_of = q.as_of.unwrap_or_else(Utc::now);
         if !(1..=3660).contains(&days) {
             return Err(invalid("days", &days.to_string(), "must be from 1 to 3660").into());
         }
@@ -622,7 +310,7 @@ impl Analytics {
                 out.push(TrendDay {
                     date: zone.date_of(*label),
                     service: services.get(s).map(ToString::to_string).unwrap_or_default(),
-                    total,
+                    quantity: total,
                     previous,
                     change_pct,
                 });
@@ -632,24 +320,50 @@ impl Analytics {
         Ok(out)
     }
 
-    /// The `limit` largest hours, days or months (UTC) of a customer's use of a service,
-    /// ties broken by the earlier bucket.
-    pub async fn peaks(
-        &self,
-        customer: &CustomerId,
-        service: &Service,
-        by: Granularity,
-        limit: Limit,
-    ) -> Result<Vec<Peak>> {
-        let top = self.store.top_buckets(customer, service, by, limit).await?;
-        Ok(top
+    pub(crate) async fn run_peaks(&self, q: &PeaksQuery<'_>) -> Result<Vec<Peak>> {
+        let (customer, service, by, limit, zone) = (&q.customer, &q.service, q.by, q.limit, q.zone);
+        let peak = |bucket, t: Totals| Peak {
+            bucket,
+            service: service.to_string(),
+            quantity: t.quantity,
+            events: t.events,
+        };
+        if zone == Zone::UTC {
+            // UTC buckets are the rollups' own rows: the database sorts and cuts them.
+            let top = self.store.top_buckets(customer, service, by, limit).await?;
+            return Ok(top
+                .into_iter()
+                .map(|b| Peak {
+                    bucket: b.bucket,
+                    service: service.to_string(),
+                    quantity: b.quantity,
+                    events: b.events,
+                })
+                .collect());
+        }
+        // Another zone's buckets cut UTC days (and some UTC hours): every bucket of the
+        // customer's history is totalled exactly, then the largest are kept.
+        let Some(used) = self.store.usage_extent(customer, service).await? else {
+            return Ok(Vec::new());
+        };
+        // Buckets are labelled by their start even where clipped to the extent, and
+        // nothing was used outside it.
+        let buckets = zone.buckets(used, by);
+        let t = totals(
+            &self.store,
+            &buckets,
+            Who::One(customer),
+            std::slice::from_ref(service),
+        )
+        .await?;
+        let mut all: Vec<(DateTime<Utc>, Totals)> =
+            t.into_iter().map(|((label, _), t)| (label, t)).collect();
+        all.sort_by(|(a, x), (b, y)| y.quantity.cmp(&x.quantity).then(a.cmp(b)));
+        let keep = usize::try_from(limit.get()).unwrap_or(usize::MAX);
+        Ok(all
             .into_iter()
-            .map(|b| Peak {
-                bucket: b.bucket,
-                service: service.to_string(),
-                total: b.quantity,
-                events: b.events,
-            })
+            .take(keep)
+            .map(|(b, t)| peak(b, t))
             .collect())
     }
 
@@ -735,22 +449,7 @@ impl Analytics {
             period_end: period.to(),
             currency: self.prices.currency.clone(),
             lines,
-            total: money(total),
+            total_amount: money(total),
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn percentile_cont_matches_postgresql() {
-        let v: Vec<Decimal> = (1..=10).map(Decimal::from).collect();
-        assert_eq!(percentile_cont(&v, P50), Decimal::new(55, 1));
-        assert_eq!(percentile_cont(&v, P95), Decimal::new(955, 2));
-        assert_eq!(percentile_cont(&v, P99), Decimal::new(991, 2));
-        assert_eq!(percentile_cont(&[Decimal::ONE], P99), Decimal::ONE);
-        assert_eq!(percentile_cont(&[], P50), Decimal::ZERO);
     }
 }

@@ -9,22 +9,30 @@
 //! [`tally_core::PriceBook`] and rounded once per line. Results serialize to the JSON
 //! shapes of the CLI contract (decimals as strings, instants as RFC 3339 UTC).
 //!
+//! Each read is a query builder: the required parts in the call, the optional ones as
+//! methods, `.await` to run it. Every read honours a zone, the handle's by default.
+//!
 //! ```no_run
 //! use tally_analytics::Analytics;
 //! use tally_core::{CustomerId, Granularity, TimeRange, Zone, parse_instant};
 //!
 //! # async fn run(store: tally_store::Store) -> tally_store::Result<()> {
-//! let analytics = Analytics::new(store);
+//! let berlin: Zone = "Europe/Berlin".parse()?;
+//! let analytics = Analytics::new(store).with_zone(berlin);
 //! let customer: CustomerId = "acme".parse()?;
 //! let range = TimeRange::new(
-//!     parse_instant("from", "2026-11-01", Zone::UTC)?,
-//!     parse_instant("to", "2026-12-01", Zone::UTC)?,
+//!     parse_instant("from", "2026-11-01", berlin)?,
+//!     parse_instant("to", "2026-12-01", berlin)?,
 //! )?;
-//! let summary = analytics.summary(&customer, range, None, None).await?;
+//! let summary = analytics.summary(&customer, range).daily().await?;
 //! println!("{} total", summary.total_amount);
-//! let berlin: Zone = "Europe/Berlin".parse()?;
-//! let days = analytics.aggregate(Some(&customer), range, None, Granularity::Day, berlin).await?;
-//! # let _ = days; Ok(()) }
+//! let hours = analytics
+//!     .usage(range)
+//!     .customer(&customer)
+//!     .by(Granularity::Hour)
+//!     .in_zone(Zone::UTC)
+//!     .await?;
+//! # let _ = hours; Ok(()) }
 //! ```
 
 #![cfg_attr(
@@ -33,9 +41,15 @@
 )]
 
 mod analytics;
+mod query;
+mod report;
 mod totals;
 
-pub use analytics::{
-    Aggregation, Analytics, Bucket, DayLine, Invoice, InvoiceLine, LineKind, Over, Peak,
-    ServiceLine, Stats, Summary, TrendDay, percentile_cont,
+pub use analytics::Analytics;
+pub use query::{Answer, PeaksQuery, StatsQuery, SummaryQuery, TrendsQuery, UsageQuery};
+#[doc(hidden)]
+pub use report::percentile_cont;
+pub use report::{
+    Aggregation, Bucket, DayLine, Invoice, InvoiceLine, LineKind, Over, Peak, ServiceLine, Stats,
+    Summary, TrendDay,
 };

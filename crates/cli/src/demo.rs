@@ -102,7 +102,7 @@ async fn scenarios(t: &Tally, events: usize, dir: &std::path::Path) -> Result<()
         2,
         "a high-volume batch through the recorder (binary COPY, exactly once)",
     )?;
-    let rec = t.recorder(tally::RecorderConfig::default());
+    let rec = t.recorder();
     let customers: Vec<CustomerId> = (0..200)
         .filter_map(|i| format!("cust-{i:03}").parse().ok())
         .collect();
@@ -155,18 +155,16 @@ async fn scenarios(t: &Tally, events: usize, dir: &std::path::Path) -> Result<()
     let kolkata: Zone = "Asia/Kolkata".parse().map_err(crate::bad)?;
     let last_week = TimeRange::new(now - Duration::days(7), now).map_err(crate::bad)?;
     let agg = t
-        .aggregate(
-            Some(&top),
-            last_week,
-            Some(&Service::API),
-            Granularity::Day,
-            kolkata,
-        )
+        .usage(last_week)
+        .customer(&top)
+        .service(&Service::API)
+        .by(Granularity::Day)
+        .in_zone(kolkata)
         .await?;
     emit(Format::Table, &agg)?;
 
     step(4, "a usage report with cost: acme, this month")?;
-    emit(Format::Table, &t.summary(&acme, month, None, None).await?)?;
+    emit(Format::Table, &t.summary(&acme, month).await?)?;
 
     step(
         5,
@@ -245,19 +243,23 @@ async fn scenarios(t: &Tally, events: usize, dir: &std::path::Path) -> Result<()
     step(7, "statistics, trends and peaks: cust-000's API use")?;
     emit(
         Format::Table,
-        &t.stats(&top, &Service::API, 14, Over::Hour, now).await?,
+        &t.stats(&top, &Service::API)
+            .days(14)
+            .over(Over::Hour)
+            .as_of(now)
+            .await?,
     )?;
     let days = t
-        .trends(&top, Some(&Service::API), 5, Zone::UTC, now)
+        .trends(&top)
+        .service(&Service::API)
+        .days(5)
+        .as_of(now)
         .await?;
     emit(Format::Table, &Trends { days })?;
     let peaks = t
-        .peaks(
-            &top,
-            &Service::API,
-            Granularity::Day,
-            Limit::new(3).map_err(crate::bad)?,
-        )
+        .peaks(&top, &Service::API)
+        .by(Granularity::Day)
+        .limit(Limit::new(3).map_err(crate::bad)?)
         .await?;
     emit(Format::Table, &Peaks { peaks })?;
 
@@ -301,7 +303,7 @@ async fn scenarios(t: &Tally, events: usize, dir: &std::path::Path) -> Result<()
         9,
         "API monitoring: requests per endpoint and status, the last hour",
     )?;
-    let api = t.recorder(tally::RecorderConfig::default());
+    let api = t.recorder();
     let endpoints = [
         ("/v1/orders", "POST", 201),
         ("/v1/orders", "GET", 200),
@@ -324,14 +326,11 @@ async fn scenarios(t: &Tally, events: usize, dir: &std::path::Path) -> Result<()
         TimeRange::new(now - Duration::hours(1), now + Duration::seconds(1)).map_err(crate::bad)?;
     emit(
         Format::Table,
-        &t.aggregate(
-            Some(&acme),
-            hour,
-            Some(&Service::API),
-            Granularity::Hour,
-            Zone::UTC,
-        )
-        .await?,
+        &t.usage(hour)
+            .customer(&acme)
+            .service(&Service::API)
+            .by(Granularity::Hour)
+            .await?,
     )?;
 
     step(

@@ -54,10 +54,7 @@ pub(crate) async fn export(url: Option<String>, a: ExportArgs) -> Result<(), Fai
         ));
     }
     let prices = reads::price_book(a.prices.as_deref())?;
-    let tally = match prices {
-        Some(p) => reads::with_prices(tally_for(url)?, Some(p), a.prices.as_deref()).await?,
-        None => tally_for(url)?,
-    };
+    let tally = reads::with_prices(url, prices, a.prices.as_deref()).await?;
     let service: Option<Service> = reads::opt_service(&tally, &a.service).await?;
     let filter = EventFilter {
         range,

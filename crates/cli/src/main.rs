@@ -311,10 +311,18 @@ async fn main() -> ExitCode {
 }
 
 pub(crate) fn tally_for(url: Option<String>) -> Result<Tally, Failure> {
+    tally_builder(url)?.build_lazy().map_err(Failure::from)
+}
+
+/// The builder every command starts from: the URL, and alert thresholds from
+/// `USAGE_ALERT_*` (the seed's variables). It connects on first use, so a command
+/// fails on the database only when it needs one.
+pub(crate) fn tally_builder(url: Option<String>) -> Result<tally::TallyBuilder, Failure> {
     let url = url.ok_or_else(|| {
         Failure::Usage("no database: pass --database-url URL or set DATABASE_URL".into())
     })?;
-    Tally::connect(&url).map_err(Failure::from)
+    let alerts = tally::alerts::AlertConfig::from_env()?;
+    Ok(Tally::builder(url).alert_config(alerts))
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {

@@ -234,7 +234,7 @@ impl Tabular for Stats {
     fn rows(&self, table: bool) -> Vec<Vec<String>> {
         vec![vec![
             self.count.to_string(),
-            num(table, self.total),
+            num(table, self.sum),
             num(table, self.avg.round_dp(6)),
             num(table, self.min),
             num(table, self.max),
@@ -263,7 +263,7 @@ impl Tabular for Trends {
                 vec![
                     d.date.to_string(),
                     d.service.clone(),
-                    num(table, d.total),
+                    num(table, d.quantity),
                     d.previous.map(|p| num(table, p)).unwrap_or_default(),
                     d.change_pct
                         .map(|c| format!("{c:+.2}%"))
@@ -292,7 +292,7 @@ impl Tabular for Peaks {
                 vec![
                     local(p.bucket, Zone::UTC, table),
                     p.service.clone(),
-                    num(table, p.total),
+                    num(table, p.quantity),
                     p.events.to_string(),
                 ]
             })
@@ -331,7 +331,7 @@ impl Tabular for Invoice {
                 String::new(),
                 String::new(),
                 String::new(),
-                money(self.total),
+                money(self.total_amount),
             ]);
         }
         rows

@@ -9,7 +9,7 @@ use tally::{
 use crate::{
     Failure, bad,
     output::{Format, Peaks, Trends, emit},
-    parse_opt, tally_for,
+    parse_opt, tally_builder, tally_for,
 };
 
 #[derive(Args)]
@@ -125,8 +125,7 @@ pub(crate) struct InvoiceArgs {
 
 async fn setup(url: Option<String>, common: &Common) -> Result<Tally, Failure> {
     let path = common.prices.as_deref();
-    let book = price_book(path)?;
-    with_prices(tally_for(url)?, book, path).await
+    with_prices(url, price_book(path)?, path).await
 }
 
 fn bad_prices(path: Option<&str>, e: &dyn std::fmt::Display) -> Failure {
@@ -147,20 +146,21 @@ pub(crate) fn price_book(path: Option<&str>) -> Result<Option<PriceBook>, Failur
     Ok(Some(book))
 }
 
-/// `tally` pricing with `book` (the default book without one), once every service the
-/// book prices is known to the catalogue.
+/// A handle pricing with `book` (the default book without one), once every service
+/// the book prices is known to the catalogue.
 pub(crate) async fn with_prices(
-    tally: Tally,
+    url: Option<String>,
     book: Option<PriceBook>,
     path: Option<&str>,
 ) -> Result<Tally, Failure> {
     let Some(book) = book else {
-        return Ok(tally.with_prices(PriceBook::default()));
+        return Ok(tally_for(url)?);
     };
+    let tally = tally_builder(url)?.prices(book.clone()).build_lazy()?;
     let catalog = tally.catalog().await?;
     book.check_services(&catalog)
         .map_err(|e| bad_prices(path, &e))?;
-    Ok(tally.with_prices(book))
+    Ok(tally)
 }
 
 async fn service(tally: &Tally, name: &str) -> Result<Service, Failure> {
@@ -192,9 +192,14 @@ pub(crate) async fn report(url: Option<String>, a: ReportArgs) -> Result<(), Fai
     let range = range(&a.from, &a.to, zone)?;
     let tally = setup(url, &a.common).await?;
     let svc = opt_service(&tally, &a.service).await?;
-    let s = tally
-        .summary(&customer, range, svc.as_ref(), a.detailed.then_some(zone))
-        .await?;
+    let mut q = tally.summary(&customer, range).in_zone(zone);
+    if let Some(s) = &svc {
+        q = q.service(s);
+    }
+    if a.detailed {
+        q = q.daily();
+    }
+    let s = q.await?;
     emit(a.common.format, &s)
 }
 
@@ -205,9 +210,14 @@ pub(crate) async fn aggregate(url: Option<String>, a: AggregateArgs) -> Result<(
     let range = range(&a.from, &a.to, zone)?;
     let tally = setup(url, &a.common).await?;
     let svc = opt_service(&tally, &a.service).await?;
-    let agg = tally
-        .aggregate(customer.as_ref(), range, svc.as_ref(), g, zone)
-        .await?;
+    let mut q = tally.usage(range).by(g).in_zone(zone);
+    if let Some(c) = &customer {
+        q = q.customer(c);
+    }
+    if let Some(s) = &svc {
+        q = q.service(s);
+    }
+    let agg = q.await?;
     emit(a.common.format, &agg)
 }
 
@@ -217,7 +227,10 @@ pub(crate) async fn stats(url: Option<String>, a: StatsArgs) -> Result<(), Failu
     let tally = setup(url, &a.common).await?;
     let svc = service(&tally, &a.service).await?;
     let s = tally
-        .stats(&customer, &svc, a.days, over, Utc::now())
+        .stats(&customer, &svc)
+        .days(a.days)
+        .over(over)
+        .in_zone(Zone::UTC)
         .await?;
     emit(a.common.format, &s)
 }
@@ -227,9 +240,11 @@ pub(crate) async fn trends(url: Option<String>, a: TrendsArgs) -> Result<(), Fai
     let zone: Zone = a.tz.parse().map_err(bad)?;
     let tally = setup(url, &a.common).await?;
     let svc = opt_service(&tally, &a.service).await?;
-    let days = tally
-        .trends(&customer, svc.as_ref(), a.days, zone, Utc::now())
-        .await?;
+    let mut q = tally.trends(&customer).days(a.days).in_zone(zone);
+    if let Some(s) = &svc {
+        q = q.service(s);
+    }
+    let days = q.await?;
     emit(a.common.format, &Trends { days })
 }
 
@@ -239,7 +254,12 @@ pub(crate) async fn peaks(url: Option<String>, a: PeaksArgs) -> Result<(), Failu
     let limit = Limit::new(a.limit).map_err(bad)?;
     let tally = setup(url, &a.common).await?;
     let svc = service(&tally, &a.service).await?;
-    let peaks = tally.peaks(&customer, &svc, by, limit).await?;
+    let peaks = tally
+        .peaks(&customer, &svc)
+        .by(by)
+        .limit(limit)
+        .in_zone(Zone::UTC)
+        .await?;
     emit(a.common.format, &Peaks { peaks })
 }
 

@@ -12,6 +12,9 @@ impl Limit {
     /// The largest limit accepted.
     pub const MAX: u32 = 10_000;
 
+    /// The limit when none is asked for: 10.
+    pub const DEFAULT: Limit = Limit(10);
+
     /// Validates `n` from outside (field `limit`).
     pub fn new(n: i64) -> Result<Limit> {
         u32::try_from(n)

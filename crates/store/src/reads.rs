@@ -416,4 +416,33 @@ impl Store {
             })
             .collect()
     }
+
+    /// The hours `customer` used `service` in, as one range: from the first hour with
+    /// usage to the end of the last (`None` without usage). The hourly rollup holds
+    /// every event, archived ones included.
+    pub async fn usage_extent(
+        &self,
+        customer: &CustomerId,
+        service: &Service,
+    ) -> Result<Option<TimeRange>> {
+        let client = self.client("reading the extent of usage").await?;
+        let row = client
+            .query_one(
+                "SELECT min(bucket), max(bucket) + interval '1 hour' FROM usage_hourly
+                 WHERE customer_id = $1 AND service = $2",
+                &[&customer.as_str(), &service.as_str()],
+            )
+            .await
+            .map_err(Error::db("reading the extent of usage"))?;
+        let from: Option<DateTime<Utc>> = row
+            .try_get(0)
+            .map_err(Error::db("reading the extent of usage"))?;
+        let to: Option<DateTime<Utc>> = row
+            .try_get(1)
+            .map_err(Error::db("reading the extent of usage"))?;
+        match (from, to) {
+            (Some(from), Some(to)) => Ok(Some(TimeRange::new(from, to)?)),
+            _ => Ok(None),
+        }
+    }
 }

@@ -10,17 +10,18 @@
 //! (files).
 //!
 //! ```no_run
-//! use tally::{CustomerId, Service, Tally, TimeRange, Zone, track};
+//! use tally::{CustomerId, Granularity, Service, Tally, TimeRange, Zone, track};
 //! use tally::export::{EventFilter, ExportFormat};
 //!
 //! # async fn run() -> Result<(), tally::Error> {
 //! // Connects now: a wrong URL or password fails here, naming host, port and user.
-//! // (`TallyBuilder::from_env()` reads DATABASE_URL, USAGE_BATCH_* and USAGE_ALERT_*.)
-//! let tally = Tally::builder("postgres://postgres@127.0.0.1/app").build().await?;
+//! // (`Tally::builder(url)` configures; `TallyBuilder::from_env()` reads DATABASE_URL,
+//! // USAGE_BATCH_* and USAGE_ALERT_*; nothing else reads the environment.)
+//! let tally = Tally::connect("postgres://postgres@127.0.0.1/app").await?;
 //! tally.migrate().await?;
 //!
 //! // Record from any task: the recorder batches, writes by binary COPY, exactly once.
-//! let recorder = tally.start_recorder();
+//! let recorder = tally.recorder();
 //! let customer: CustomerId = "acme".parse()?;
 //! let usage = track::api_request("/v1/things", "GET", 200)?;
 //! recorder.record(usage.for_customer(customer.clone())).await?;
@@ -28,8 +29,10 @@
 //!
 //! // Read it back, priced: this month so far.
 //! let month = TimeRange::from_bounds(None, None, Zone::UTC, tally::chrono::Utc::now())?;
-//! let summary = tally.summary(&customer, month, None, None).await?;
+//! let summary = tally.summary(&customer, month).await?;
 //! println!("{} due", summary.total_amount);
+//! let days = tally.usage(month).customer(&customer).by(Granularity::Day).await?;
+//! println!("{} days with usage", days.buckets.len());
 //!
 //! // Quotas: on the free plan (hard limits), a request past the limit is blocked.
 //! tally.alerts().assign_plan(&customer, &"free".parse()?, None).await?;
@@ -43,8 +46,13 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Reads are query builders (sqlx-style): the required parts in the call, the rest as
+//! methods, `.await` runs it; each honours a zone, the handle's ([`TallyBuilder::zone`])
+//! by default. Money is always named `amount` (`total_amount` for a sum of amounts);
+//! anything else is a quantity or a count.
+//!
 //! Names that would collide or that only some programs need are grouped:
-//! [`pricing`] (price books), [`report`] (read results), [`import`] (file import),
+//! [`pricing`] (price books), [`report`] (read results and queries), [`import`] (file import),
 //! [`alerts`] (quotas, plans, alerts and sinks), [`export`] (CSV, JSON, XLSX),
 //! [`archive`] (archive and restore).
 
@@ -78,11 +86,15 @@ pub mod pricing {
     };
 }
 
-/// What the read calls return. Each serializes to the JSON of the CLI contract.
+/// The read queries and what they return. Each result serializes to the JSON of the
+/// CLI contract.
 pub mod report {
+    #[doc(hidden)]
+    pub use tally_analytics::percentile_cont;
     pub use tally_analytics::{
-        Aggregation, Bucket, DayLine, Invoice, InvoiceLine, LineKind, Over, Peak, ServiceLine,
-        Stats, Summary, TrendDay, percentile_cont,
+        Aggregation, Answer, Bucket, DayLine, Invoice, InvoiceLine, LineKind, Over, Peak,
+        PeaksQuery, ServiceLine, Stats, StatsQuery, Summary, SummaryQuery, TrendDay, TrendsQuery,
+        UsageQuery,
     };
 }
 
@@ -132,7 +144,7 @@ pub use tally_store::schema_fingerprint;
 
 use import::{ImportOptions, ImportReport, Progress};
 use pricing::PriceBook;
-use report::{Aggregation, Invoice, Over, Peak, Stats, Summary, TrendDay};
+use report::{Invoice, PeaksQuery, StatsQuery, SummaryQuery, TrendsQuery, UsageQuery};
 
 /// A handle on a Tally database. Cheap to clone; share it between tasks.
 #[derive(Debug, Clone)]
@@ -141,11 +153,11 @@ pub struct Tally {
     analytics: Analytics,
     alerts: Alerts,
     recorder_config: RecorderConfig,
-    zone: Zone,
 }
 
-/// Configures a [`Tally`]: [`Tally::builder`] or [`TallyBuilder::from_env`], then
-/// [`TallyBuilder::build`], which connects.
+/// Configures a [`Tally`], the one way to: [`Tally::builder`] or
+/// [`TallyBuilder::from_env`], then [`TallyBuilder::build`] (connects) or
+/// [`TallyBuilder::build_lazy`] (connects on first use).
 #[must_use]
 pub struct TallyBuilder {
     url: String,
@@ -199,7 +211,7 @@ impl TallyBuilder {
         self
     }
 
-    /// How [`Tally::start_recorder`] batches (default [`RecorderConfig::default`]).
+    /// How [`Tally::recorder`] batches (default [`RecorderConfig::default`]).
     pub fn recorder(mut self, config: RecorderConfig) -> Self {
         self.recorder = config;
         self
@@ -235,7 +247,8 @@ impl TallyBuilder {
         self
     }
 
-    /// The zone the application reports in by default ([`Tally::zone`]).
+    /// The zone every read uses unless its query names one ([`Tally::zone`]; default
+    /// UTC).
     pub fn zone(mut self, zone: Zone) -> Self {
         self.zone = zone;
         self
@@ -251,12 +264,19 @@ impl TallyBuilder {
     /// fails here, naming host, port, user and database (never the password). Alerts
     /// are then evaluated after every batch the write path commits.
     pub async fn build(self) -> Result<Tally> {
+        let tally = self.build_lazy()?;
+        tally.store.check_connection().await?;
+        Ok(tally)
+    }
+
+    /// As [`TallyBuilder::build`], connecting on first use instead (a bad URL still
+    /// fails here): for a program that must start while the database is down.
+    pub fn build_lazy(self) -> Result<Tally> {
         let store = tally_store::Store::with_pool_size(&self.url, self.pool_size)?;
-        store.check_connection().await?;
-        let analytics = match self.prices {
-            Some(p) => Analytics::new(store.clone()).with_prices(p),
-            None => Analytics::new(store.clone()),
-        };
+        let mut analytics = Analytics::new(store.clone()).with_zone(self.zone);
+        if let Some(p) = self.prices {
+            analytics = analytics.with_prices(p);
+        }
         let alerts = Alerts::new(store.clone(), self.alerts);
         for s in self.sinks {
             alerts.add_sink(s);
@@ -267,35 +287,26 @@ impl TallyBuilder {
             analytics,
             alerts,
             recorder_config: self.recorder,
-            zone: self.zone,
         })
     }
 }
 
 impl Tally {
-    /// A handle for `url` (`postgres://…` or `host=… dbname=…`) with a pool of 8
-    /// connections; connects lazily. Alert thresholds come from `USAGE_ALERT_WARNING`,
-    /// `USAGE_ALERT_CRITICAL` and `USAGE_ALERT_EXCEEDED` when set.
-    pub fn connect(url: &str) -> Result<Tally> {
-        Tally::with_pool_size(url, 8)
+    /// Connects to `url` (`postgres://…` or `host=… dbname=…`) with the defaults: a
+    /// pool of 8, UTC, the built-in prices and thresholds. A server that is down or a
+    /// wrong password fails here; [`Tally::builder`] configures anything else.
+    pub async fn connect(url: &str) -> Result<Tally> {
+        Tally::builder(url).build().await
     }
 
-    /// As [`Tally::connect`], with at most `pool_size` connections.
-    pub fn with_pool_size(url: &str, pool_size: usize) -> Result<Tally> {
-        let store = tally_store::Store::with_pool_size(url, pool_size)?;
-        let analytics = Analytics::new(store.clone());
-        let alerts = Alerts::new(store.clone(), AlertConfig::from_env()?);
-        Ok(Tally {
-            store,
-            analytics,
-            alerts,
-            recorder_config: RecorderConfig::default(),
-            zone: Zone::UTC,
-        })
+    /// As [`Tally::connect`], connecting on first use instead.
+    pub fn connect_lazy(url: &str) -> Result<Tally> {
+        Tally::builder(url).build_lazy()
     }
 
     /// A builder for `url`: pool size, recorder batching, alert thresholds and sinks,
-    /// price book, default zone; [`TallyBuilder::build`] connects eagerly.
+    /// price book, default zone. It reads no environment ([`TallyBuilder::from_env`]
+    /// does).
     pub fn builder(url: impl Into<String>) -> TallyBuilder {
         TallyBuilder {
             url: url.into(),
@@ -308,21 +319,21 @@ impl Tally {
         }
     }
 
-    /// A recorder configured as the builder said (batch size and timeout).
-    pub fn start_recorder(&self) -> Recorder {
-        self.recorder(self.recorder_config.clone())
+    /// A batching recorder configured as the builder said. Alerts are evaluated after
+    /// each batch it commits.
+    pub fn recorder(&self) -> Recorder {
+        self.recorder_with(self.recorder_config.clone())
     }
 
-    /// The application's default zone (set by the builder; UTC otherwise).
+    /// A batching recorder configured by `config`.
+    pub fn recorder_with(&self, config: RecorderConfig) -> Recorder {
+        self.alerts.watch();
+        self.store.recorder(config)
+    }
+
+    /// The zone reads use unless a query names one (set by the builder; UTC otherwise).
     pub fn zone(&self) -> Zone {
-        self.zone
-    }
-
-    /// The same database with alerts configured by `config` (sinks added so far are
-    /// not carried over).
-    pub fn with_alert_config(mut self, config: AlertConfig) -> Tally {
-        self.alerts = Alerts::new(self.store.clone(), config);
-        self
+        self.analytics.zone()
     }
 
     /// An exporter over this database, pricing rows with [`Tally::prices`].
@@ -396,13 +407,6 @@ impl Tally {
         self.alerts.record_within_quota(event).await
     }
 
-    /// The same database, pricing reads with `prices` (default: the built-in per-unit
-    /// prices).
-    pub fn with_prices(mut self, prices: PriceBook) -> Tally {
-        self.analytics = self.analytics.with_prices(prices);
-        self
-    }
-
     /// The price book reads use.
     pub fn prices(&self) -> &PriceBook {
         self.analytics.prices()
@@ -411,12 +415,6 @@ impl Tally {
     /// Applies the embedded migrations; safe to run concurrently and repeatedly.
     pub async fn migrate(&self) -> Result<MigrateReport> {
         self.store.migrate().await
-    }
-
-    /// A batching recorder. Alerts are evaluated after each batch it commits.
-    pub fn recorder(&self, config: RecorderConfig) -> Recorder {
-        self.alerts.watch();
-        self.store.recorder(config)
     }
 
     /// Writes events exactly once, now, in one transaction; alerts are evaluated
@@ -475,72 +473,35 @@ impl Tally {
         self.store.ensure_partitions_ahead(months).await
     }
 
-    /// A customer's usage and cost per service over `range`; with `detailed`, a
-    /// per-day breakdown in that zone.
-    pub async fn summary(
-        &self,
-        customer: &CustomerId,
-        range: TimeRange,
-        service: Option<&Service>,
-        detailed: Option<Zone>,
-    ) -> Result<Summary> {
-        self.analytics
-            .summary(customer, range, service, detailed)
-            .await
+    /// A customer's usage and cost per service over `range`: `.service(s)`,
+    /// `.daily()` (a per-day breakdown), `.in_zone(z)`, then `.await`.
+    pub fn summary(&self, customer: &CustomerId, range: TimeRange) -> SummaryQuery<'_> {
+        self.analytics.summary(customer, range)
     }
 
-    /// Usage per hour, day or month of `zone`, for one customer or all.
-    pub async fn aggregate(
-        &self,
-        customer: Option<&CustomerId>,
-        range: TimeRange,
-        service: Option<&Service>,
-        granularity: Granularity,
-        zone: Zone,
-    ) -> Result<Aggregation> {
-        self.analytics
-            .aggregate(customer, range, service, granularity, zone)
-            .await
+    /// Usage per bucket over `range`, all customers added up unless `.customer(c)`;
+    /// `.service(s)`, `.by(granularity)` (default day), `.in_zone(z)`, then `.await`.
+    pub fn usage(&self, range: TimeRange) -> UsageQuery<'_> {
+        self.analytics.usage(range)
     }
 
-    /// Statistics over the `days` complete UTC days before `as_of`'s day.
-    pub async fn stats(
-        &self,
-        customer: &CustomerId,
-        service: &Service,
-        days: u32,
-        over: Over,
-        as_of: chrono::DateTime<chrono::Utc>,
-    ) -> Result<Stats> {
-        self.analytics
-            .stats(customer, service, days, over, as_of)
-            .await
+    /// Statistics of a customer's use of a service over whole days before `as_of`'s:
+    /// `.days(n)` (default 30), `.over(o)` (default events), `.as_of(t)` (default now),
+    /// `.in_zone(z)`, then `.await`.
+    pub fn stats(&self, customer: &CustomerId, service: &Service) -> StatsQuery<'_> {
+        self.analytics.stats(customer, service)
     }
 
-    /// Daily totals of the last `days` calendar days of `zone`, with day-over-day
-    /// change.
-    pub async fn trends(
-        &self,
-        customer: &CustomerId,
-        service: Option<&Service>,
-        days: u32,
-        zone: Zone,
-        as_of: chrono::DateTime<chrono::Utc>,
-    ) -> Result<Vec<TrendDay>> {
-        self.analytics
-            .trends(customer, service, days, zone, as_of)
-            .await
+    /// Daily totals with day-over-day change: `.service(s)`, `.days(n)` (default 7),
+    /// `.as_of(t)` (default now), `.in_zone(z)`, then `.await`.
+    pub fn trends(&self, customer: &CustomerId) -> TrendsQuery<'_> {
+        self.analytics.trends(customer)
     }
 
-    /// The largest UTC hours, days or months of a customer's use of a service.
-    pub async fn peaks(
-        &self,
-        customer: &CustomerId,
-        service: &Service,
-        by: Granularity,
-        limit: Limit,
-    ) -> Result<Vec<Peak>> {
-        self.analytics.peaks(customer, service, by, limit).await
+    /// The largest buckets of a customer's use of a service: `.by(granularity)`
+    /// (default hour), `.limit(n)` (default 10), `.in_zone(z)`, then `.await`.
+    pub fn peaks(&self, customer: &CustomerId, service: &Service) -> PeaksQuery<'_> {
+        self.analytics.peaks(customer, service)
     }
 
     /// An invoice preview for `period`.

@@ -114,7 +114,7 @@ impl CitusDb {
             }
         }
         let url = with_dbname(&admin, &name)?;
-        let tally = Tally::with_pool_size(&url, 8)?;
+        let tally = Tally::builder(&url).pool_size(8).build_lazy()?;
         Ok(Some(CitusDb {
             name,
             url,

@@ -135,7 +135,7 @@ impl Database {
             .await
             .map_err(db("creating a throwaway database"))?;
         let url = with_dbname(&admin_url, &name)?;
-        let tally = Tally::with_pool_size(&url, 8)?;
+        let tally = Tally::builder(&url).pool_size(8).build_lazy()?;
         Ok(Database {
             name,
             url,
@@ -304,7 +304,9 @@ async fn build_template(admin_url: &str) -> Result<String> {
             .await
             .map_err(db("creating the template"))?;
         {
-            let tally = Tally::with_pool_size(&with_dbname(admin_url, &building)?, 1)?;
+            let tally = Tally::builder(with_dbname(admin_url, &building)?)
+                .pool_size(1)
+                .build_lazy()?;
             tally.migrate().await?;
         }
         // The pool's connection may still be closing; the rename needs it gone.

@@ -25,7 +25,7 @@
 //! let tally = tally::Tally::builder("postgres://postgres@127.0.0.1/app").build().await?;
 //! tally.migrate().await?;
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
-//! let recorder = tally.start_recorder();
+//! let recorder = tally.recorder();
 //! tally_example_axum::serve(listener, tally, recorder, tally_example_axum::shutdown_signal())
 //!     .await
 //! # }
@@ -331,7 +331,7 @@ async fn usage(
             state.tally.zone(),
             Utc::now(),
         )?;
-        state.tally.summary(&customer, range, None, None).await
+        state.tally.summary(&customer, range).await
     };
     match report.await {
         Ok(summary) => Json(summary).into_response(),

@@ -48,6 +48,6 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let bind = std::env::var("BIND").unwrap_or_else(|_| "127.0.0.1:3000".to_owned());
     let listener = tokio::net::TcpListener::bind(&bind).await?;
     println!("listening on http://{}", listener.local_addr()?);
-    let recorder = tally.start_recorder();
+    let recorder = tally.recorder();
     Ok(serve_with(listener, tally, recorder, check, shutdown_signal()).await?)
 }

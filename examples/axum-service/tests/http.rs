@@ -55,7 +55,7 @@ fn api_line(report: &serde_json::Value) -> (String, i64) {
 async fn api_events(tally: &Tally, customer: &str) -> i64 {
     let customer: CustomerId = customer.parse().unwrap();
     let month = TimeRange::from_bounds(None, None, Zone::UTC, Utc::now()).unwrap();
-    let summary = tally.summary(&customer, month, None, None).await.unwrap();
+    let summary = tally.summary(&customer, month).await.unwrap();
     summary
         .services
         .iter()
@@ -80,7 +80,7 @@ async fn requests_are_metered_and_a_hard_quota_answers_429() {
 
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let recorder = tally.start_recorder();
+    let recorder = tally.recorder();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(tally_example_axum::serve(
         listener,
