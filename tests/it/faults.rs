@@ -49,7 +49,7 @@ async fn a_recorder_started_while_the_database_is_down_waits_then_commits_everyt
     let db = TestDb::new().await.unwrap();
     let proxy = Proxy::start(db.url()).await;
     proxy.down();
-    let tally = Tally::builder(&proxy.url(db.url()))
+    let tally = Tally::builder(proxy.url(db.url()))
         .pool_size(2)
         .build_lazy()
         .unwrap();

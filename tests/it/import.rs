@@ -247,7 +247,7 @@ async fn a_lenient_import_rides_out_a_dropped_connection() {
     // finishes with every row stored exactly once.
     let db = TestDb::new().await.unwrap();
     let proxy = std::sync::Arc::new(tally_tests::Proxy::start(db.url()).await);
-    let tally = tally::Tally::builder(&proxy.url(db.url()))
+    let tally = tally::Tally::builder(proxy.url(db.url()))
         .pool_size(2)
         .build_lazy()
         .unwrap();

@@ -197,7 +197,7 @@ async fn two_recorders_recording_the_same_events_count_them_once() {
 async fn events_queued_while_the_database_is_down_are_committed_when_it_returns() {
     let db = TestDb::new().await.unwrap();
     let proxy = Proxy::start(db.url()).await;
-    let store = Tally::builder(&proxy.url(db.url()))
+    let store = Tally::builder(proxy.url(db.url()))
         .pool_size(2)
         .build_lazy()
         .unwrap();

@@ -154,7 +154,7 @@ pub(crate) async fn with_prices(
     path: Option<&str>,
 ) -> Result<Tally, Failure> {
     let Some(book) = book else {
-        return Ok(tally_for(url)?);
+        return tally_for(url);
     };
     let tally = tally_builder(url)?.prices(book.clone()).build_lazy()?;
     let catalog = tally.catalog().await?;
