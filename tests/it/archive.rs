@@ -289,3 +289,35 @@ async fn verify_after_overlapping_archives_and_a_cut_hour_still_sees_a_changed_r
         .unwrap();
     assert!(t.verify().await.unwrap().mismatches >= 1);
 }
+
+/// While another run holds the archive lock, a second archive is refused as `Busy`
+/// (transient: the same call succeeds once the first ends), and it wrote nothing.
+#[tokio::test]
+async fn an_archive_while_another_runs_is_busy_and_then_succeeds() {
+    let db = TestDb::new().await.unwrap();
+    let holder = db.client().await.unwrap();
+    // The key archive.rs locks ("archive" in ASCII).
+    holder
+        .execute("SELECT pg_advisory_lock($1)", &[&0x0061_7263_6869_7665_i64])
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let options = ArchiveOptions {
+        cutoff: at("2026-08-01T00:00:00Z"),
+        dir: dir.path().to_owned(),
+        forget_keys: false,
+    };
+    let e = db.tally().archive(&options).await.unwrap_err();
+    assert_eq!(e.kind(), tally::ErrorKind::Busy, "{e}");
+    assert!(e.is_transient(), "{e}");
+    assert!(e.to_string().contains("another archive or restore"), "{e}");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    holder
+        .execute(
+            "SELECT pg_advisory_unlock($1)",
+            &[&0x0061_7263_6869_7665_i64],
+        )
+        .await
+        .unwrap();
+    db.tally().archive(&options).await.unwrap();
+}

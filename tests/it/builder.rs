@@ -70,12 +70,25 @@ async fn the_builder_wires_recorder_settings_and_alerts() {
         "USAGE_ALERT_WARNING" => Some("seventy".to_owned()),
         _ => None,
     };
+    // Every setting from the environment is a Config error naming the variable.
+    let e = TallyBuilder::from_lookup(bad).unwrap_err();
     assert_eq!(
-        TallyBuilder::from_lookup(bad).unwrap_err().field(),
-        Some("USAGE_ALERT_WARNING")
+        (e.kind(), e.field()),
+        (ErrorKind::Config, Some("USAGE_ALERT_WARNING"))
     );
+    let e = TallyBuilder::from_lookup(|_| None).unwrap_err();
     assert_eq!(
-        TallyBuilder::from_lookup(|_| None).unwrap_err().field(),
-        Some("DATABASE_URL")
+        (e.kind(), e.field()),
+        (ErrorKind::Config, Some("DATABASE_URL"))
+    );
+    let batch = |k: &str| match k {
+        "DATABASE_URL" => Some(db.url().to_owned()),
+        "USAGE_BATCH_SIZE" => Some("many".to_owned()),
+        _ => None,
+    };
+    let e = TallyBuilder::from_lookup(batch).unwrap_err();
+    assert_eq!(
+        (e.kind(), e.field()),
+        (ErrorKind::Config, Some("USAGE_BATCH_SIZE"))
     );
 }

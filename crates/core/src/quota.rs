@@ -454,8 +454,9 @@ impl Thresholds {
         let read = |name: &'static str, default: Decimal| -> Result<Decimal> {
             match lookup(name) {
                 None => Ok(default),
-                Some(v) => Decimal::from_str_exact(v.trim())
-                    .map_err(|_| Error::invalid(name, &v, "must be a number of percent")),
+                Some(v) => Decimal::from_str_exact(v.trim()).map_err(|_| {
+                    Error::invalid(name, &v, "must be a number of percent").into_setting()
+                }),
             }
         };
         Thresholds::new(
@@ -463,6 +464,7 @@ impl Thresholds {
             read("USAGE_ALERT_CRITICAL", d.percent(Level::Critical))?,
             read("USAGE_ALERT_EXCEEDED", d.percent(Level::Exceeded))?,
         )
+        .map_err(Error::into_setting)
     }
 }
 

@@ -917,9 +917,5 @@ async fn lock(client: &tokio_postgres::Client) -> Result<()> {
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
     }
-    Err(Error::invalid(
-        "archive",
-        "lock",
-        "another archive or restore is running on this database",
-    ))
+    Err(Error::busy("archive", "another archive or restore"))
 }

@@ -19,7 +19,8 @@ pub enum ErrorKind {
     /// A value from outside failed validation; [`Error::field`] and [`Error::value`]
     /// name it. Retrying the same value fails again.
     Invalid,
-    /// A setting (URL, environment variable, pool size) is not usable.
+    /// A setting (URL, environment variable, pool size) is not usable; [`Error::field`]
+    /// names it.
     Config,
     /// PostgreSQL refused a statement ([`Error::sqlstate`] has its code).
     Database,
@@ -33,6 +34,12 @@ pub enum ErrorKind {
     ImportRejected,
     /// The recorder was closed; no more events are accepted.
     Closed,
+    /// Another process holds what this call needs (an archive or restore running on
+    /// the same database); the same call may succeed once it is done.
+    Busy,
+    /// Tally broke one of its own rules (a bug, never the caller's input); the message
+    /// says which. Report it.
+    Internal,
     /// A bounded wait ran out before the work was done.
     Timeout,
     /// An event reused the id of a stored event with a different payload (service,
@@ -79,6 +86,14 @@ enum Repr {
         errors: Vec<LineError>,
     },
     Closed,
+    Busy {
+        what: &'static str,
+        holder: &'static str,
+    },
+    Internal {
+        what: &'static str,
+        message: String,
+    },
     Timeout {
         what: &'static str,
     },
@@ -197,6 +212,19 @@ impl Error {
         Error::new(Repr::Closed)
     }
 
+    /// `what` could not start because `holder` is running.
+    pub(crate) fn busy(what: &'static str, holder: &'static str) -> Error {
+        Error::new(Repr::Busy { what, holder })
+    }
+
+    /// An invariant of Tally's own code failed while doing `what`.
+    pub(crate) fn internal(what: &'static str, message: impl Into<String>) -> Error {
+        Error::new(Repr::Internal {
+            what,
+            message: message.into(),
+        })
+    }
+
     pub(crate) fn timeout(what: &'static str) -> Error {
         Error::new(Repr::Timeout { what })
     }
@@ -221,6 +249,8 @@ impl Error {
             Repr::Io { .. } => ErrorKind::Io,
             Repr::ImportRejected { .. } => ErrorKind::ImportRejected,
             Repr::Closed => ErrorKind::Closed,
+            Repr::Busy { .. } => ErrorKind::Busy,
+            Repr::Internal { .. } => ErrorKind::Internal,
             Repr::Timeout { .. } => ErrorKind::Timeout,
             Repr::Conflict { .. } => ErrorKind::Conflict,
         }
@@ -285,7 +315,8 @@ impl Error {
     /// cut, the server is starting or shutting down (SQLSTATE class 57) or out of
     /// resources — disk full, out of memory, too many connections (class 53) — or the
     /// transaction lost a serialization race or a deadlock (40001, 40P01), or a
-    /// bounded wait ran out. On Citus, a connection from the coordinator to a worker
+    /// bounded wait ran out, or another process held a lock this call needs (`Busy`).
+    /// On Citus, a connection from the coordinator to a worker
     /// that failed inside the transaction ("failure on connection marked as
     /// essential", which Citus raises as the internal error XX000) is transient too:
     /// the transaction was rolled back whole. Everything else — bad input, a value or
@@ -297,7 +328,7 @@ impl Error {
     /// `Recorder`).
     pub fn is_transient(&self) -> bool {
         match &*self.0 {
-            Repr::Pool { .. } | Repr::Timeout { .. } => true,
+            Repr::Pool { .. } | Repr::Timeout { .. } | Repr::Busy { .. } => true,
             Repr::Db { source, .. } => match source.code() {
                 None => true, // I/O or closed connection
                 Some(code) => {
@@ -326,7 +357,18 @@ fn citus_lost_a_worker(e: &tokio_postgres::Error) -> bool {
 
 impl From<tally_core::Error> for Error {
     fn from(e: tally_core::Error) -> Error {
-        Error::new(Repr::Invalid(e))
+        match e {
+            tally_core::Error::Setting {
+                field,
+                value,
+                reason,
+            } => Error::new(Repr::Config {
+                field,
+                value,
+                reason,
+            }),
+            e => Error::new(Repr::Invalid(e)),
+        }
     }
 }
 
@@ -382,6 +424,16 @@ impl fmt::Display for Error {
                 Ok(())
             }
             Repr::Closed => f.write_str("the recorder is closed"),
+            Repr::Busy { what, holder } => {
+                write!(
+                    f,
+                    "{what}: {holder} is running on this database; try again when it ends"
+                )
+            }
+            Repr::Internal { what, message } => write!(
+                f,
+                "internal error {what}: {message} (a bug in Tally; please report it)"
+            ),
             Repr::Timeout { what } => write!(f, "timed out {what}"),
             Repr::Conflict { event_id, customer } => write!(
                 f,

@@ -581,7 +581,12 @@ pub struct Claimed {
 
 impl DeliveryClaim {
     fn client(&self) -> Result<&deadpool_postgres::Client> {
-        self.client.as_ref().ok_or_else(Error::closed)
+        self.client.as_ref().ok_or_else(|| {
+            Error::internal(
+                "using a delivery claim",
+                "its connection was already handed back",
+            )
+        })
     }
 
     fn with(self, alert: Alert) -> Claimed {
@@ -591,7 +596,12 @@ impl DeliveryClaim {
     /// Records that the sink has the alert; it is never handed to that sink again.
     pub async fn delivered(mut self) -> Result<()> {
         const CTX: &str = "acknowledging a delivery";
-        let client = self.client.take().ok_or_else(Error::closed)?;
+        let client = self.client.take().ok_or_else(|| {
+            Error::internal(
+                "using a delivery claim",
+                "its connection was already handed back",
+            )
+        })?;
         client
             .execute(
                 "INSERT INTO usage_alert_deliveries (customer_id, alert_id, sink) VALUES ($1, $2, $3)
@@ -605,7 +615,12 @@ impl DeliveryClaim {
 
     /// Gives the claim up (the sink failed): the alert stays pending.
     pub async fn release(mut self) -> Result<()> {
-        let client = self.client.take().ok_or_else(Error::closed)?;
+        let client = self.client.take().ok_or_else(|| {
+            Error::internal(
+                "using a delivery claim",
+                "its connection was already handed back",
+            )
+        })?;
         client
             .batch_execute("ROLLBACK")
             .await

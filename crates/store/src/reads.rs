@@ -155,10 +155,12 @@ fn quarter_row(row: &Row, index: &HashMap<&str, usize>) -> Result<Option<Quarter
         max: ends(14)?,
     };
     let quarters = Quarters::from_columns(&columns, events, quantity).ok_or_else(|| {
-        Error::invalid(
-            "hourly rollup row",
-            format!("{bucket} {columns:?}"),
-            "its quarter-hour columns contradict each other or its totals",
+        Error::corrupt(
+            "reading an hourly rollup row",
+            format!(
+                "a row whose quarter-hour columns contradict each other or its totals \
+                 ({bucket} {columns:?})"
+            ),
         )
     })?;
     Ok(Some(QuarterRow {

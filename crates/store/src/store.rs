@@ -194,10 +194,12 @@ impl Store {
         for e in events {
             e.check()?;
             if e.customer != key.0 || e.service != key.1 {
-                return Err(Error::invalid(
-                    "events",
-                    format!("{}/{}", e.customer, e.service),
-                    format!("an admitted write is of {}/{} only", key.0, key.1),
+                return Err(Error::internal(
+                    "an admitted write",
+                    format!(
+                        "an event of {}/{} in a write admitted for {}/{} only",
+                        e.customer, e.service, key.0, key.1
+                    ),
                 ));
             }
         }

@@ -194,7 +194,7 @@ impl TallyBuilder {
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<TallyBuilder> {
         let url = lookup("DATABASE_URL")
             .filter(|u| !u.trim().is_empty())
-            .ok_or_else(|| InvalidInput::Invalid {
+            .ok_or_else(|| InvalidInput::Setting {
                 field: "DATABASE_URL",
                 value: String::new(),
                 reason: "is not set; it names the database (postgres://user@host/db)".into(),

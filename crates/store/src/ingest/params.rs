@@ -121,10 +121,9 @@ impl<'a> Arrays<'a> {
     ) -> Result<()> {
         for (name, _) in rollup.arrays() {
             let p = self.column(name).ok_or_else(|| {
-                Error::invalid(
-                    "rollup column",
-                    name.to_owned(),
-                    "not known to the write path",
+                Error::internal(
+                    "building a batch's parameters",
+                    format!("rollup column {name} is not known to the write path"),
                 )
             })?;
             out.push(p);

@@ -81,7 +81,12 @@ impl Drop for IngestTx {
 
 impl IngestTx {
     pub(super) fn client(&self) -> Result<&deadpool_postgres::Client> {
-        self.client.as_ref().ok_or_else(Error::closed)
+        self.client.as_ref().ok_or_else(|| {
+            Error::internal(
+                "using a transaction",
+                "its connection was already handed back",
+            )
+        })
     }
 
     /// The direct path for one batch: keys and events go straight in by binary COPY
@@ -363,7 +368,12 @@ impl IngestTx {
     }
 
     async fn end(mut self, statement: &str, context: &'static str) -> Result<()> {
-        let client = self.client.take().ok_or_else(Error::closed)?;
+        let client = self.client.take().ok_or_else(|| {
+            Error::internal(
+                "using a transaction",
+                "its connection was already handed back",
+            )
+        })?;
         client
             .batch_execute(statement)
             .await
