@@ -167,10 +167,10 @@ pub fn numbered_csv(rows: u32) -> String {
 pub fn fault_at_a_third(
     size: u64,
     fault: impl Fn() + Send + Sync + 'static,
-) -> (tally::import::Progress, Arc<AtomicBool>) {
+) -> (tally::Progress, Arc<AtomicBool>) {
     let fired = Arc::new(AtomicBool::new(false));
     let f = fired.clone();
-    let progress: tally::import::Progress = Arc::new(move |read: u64| {
+    let progress: tally::Progress = Arc::new(move |read: u64| {
         if read > size / 3 && !f.swap(true, Ordering::SeqCst) {
             fault();
         }

@@ -128,7 +128,15 @@ struct Inner {
     watching: Mutex<bool>,
     // One evaluation-and-delivery pass at a time in this process.
     pass: tokio::sync::Mutex<()>,
-    backoff: Mutex<HashMap<String, Backoff>>,
+    backoff: Mutex<HashMap<Retried, Backoff>>,
+}
+
+/// What a backoff is for: one sink, or the background pass's own database work.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Retried {
+    Sink(String),
+    Evaluation,
+    Delivery,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -595,9 +603,10 @@ impl Alerts {
         let mut report = DeliveryReport::default();
         for sink in self.sinks() {
             let name = sink.name().to_owned();
+            let retried = Retried::Sink(name.clone());
             if !force
                 && lock(&self.inner.backoff)
-                    .get(&name)
+                    .get(&retried)
                     .and_then(|b| b.until)
                     .is_some_and(|u| Instant::now() < u)
             {
@@ -607,7 +616,7 @@ impl Alerts {
                 let Some(claimed) = self.inner.store.claim_delivery(&name).await? else {
                     // Nothing pending (another process may have delivered it): nothing
                     // to retry either, so no due retry keeps the background pass awake.
-                    lock(&self.inner.backoff).remove(&name);
+                    lock(&self.inner.backoff).remove(&retried);
                     break;
                 };
                 let timeout = self.inner.config.delivery_timeout;
@@ -620,11 +629,11 @@ impl Alerts {
                     Ok(()) => {
                         claimed.claim.delivered().await?;
                         report.delivered += 1;
-                        lock(&self.inner.backoff).remove(&name);
+                        lock(&self.inner.backoff).remove(&retried);
                     }
                     Err(e) => {
                         claimed.claim.release().await?;
-                        let wait = self.note_failure(&name);
+                        let wait = self.note_failure(retried.clone());
                         tracing::warn!(sink = %name, alert = claimed.alert.id, error = %e,
                             retry_in_ms = wait.as_millis() as u64,
                             "delivering an alert failed; it stays pending");
@@ -637,10 +646,10 @@ impl Alerts {
         Ok(report)
     }
 
-    fn note_failure(&self, sink: &str) -> Duration {
+    fn note_failure(&self, what: Retried) -> Duration {
         let c = &self.inner.config;
         let mut backoff = lock(&self.inner.backoff);
-        let b = backoff.entry(sink.to_owned()).or_default();
+        let b = backoff.entry(what).or_default();
         let wait = c
             .retry_initial
             .saturating_mul(2u32.saturating_pow(b.failures.min(20)))
@@ -660,9 +669,6 @@ impl Alerts {
     }
 }
 
-const EVALUATION: &str = "\u{0}evaluation";
-const DELIVERY: &str = "\u{0}delivery";
-
 /// The background pass: evaluate touched keys, deliver, sleep until woken or a retry
 /// is due. Holds the alerts weakly, so dropping every handle ends it.
 async fn background(weak: Weak<Inner>, wake: Arc<Notify>) {
@@ -674,14 +680,13 @@ async fn background(weak: Weak<Inner>, wake: Arc<Notify>) {
         {
             let _pass = alerts.inner.pass.lock().await;
             let keys: Vec<Key> = lock(&alerts.inner.dirty).drain().collect();
-            // Database failures here are retried with the sinks' backoff, under
-            // names no sink has.
+            // Database failures here are retried with the sinks' backoff rule.
             match alerts.evaluate(&keys, Utc::now()).await {
                 Ok(_) => {
-                    lock(&alerts.inner.backoff).remove(EVALUATION);
+                    lock(&alerts.inner.backoff).remove(&Retried::Evaluation);
                 }
                 Err(e) => {
-                    let wait = alerts.note_failure(EVALUATION);
+                    let wait = alerts.note_failure(Retried::Evaluation);
                     tracing::error!(error = %e, retry_in_ms = wait.as_millis() as u64,
                         "evaluating alerts failed; will retry");
                     lock(&alerts.inner.dirty).extend(keys);
@@ -689,10 +694,10 @@ async fn background(weak: Weak<Inner>, wake: Arc<Notify>) {
             }
             match alerts.deliver_pass(false).await {
                 Ok(_) => {
-                    lock(&alerts.inner.backoff).remove(DELIVERY);
+                    lock(&alerts.inner.backoff).remove(&Retried::Delivery);
                 }
                 Err(e) => {
-                    let wait = alerts.note_failure(DELIVERY);
+                    let wait = alerts.note_failure(Retried::Delivery);
                     tracing::error!(error = %e, retry_in_ms = wait.as_millis() as u64,
                         "delivering alerts failed; will retry");
                 }

@@ -76,7 +76,7 @@ pub(crate) async fn export(url: Option<String>, a: ExportArgs) -> Result<(), Fai
     });
     let progress = bar
         .clone()
-        .map(|b| Arc::new(move |n: u64| b.set_position(n)) as tally::export::Progress);
+        .map(|b| Arc::new(move |n: u64| b.set_position(n)) as tally::Progress);
     // A file is written whole or not at all (never truncated under its name).
     let result = match &path {
         Some(p) => tally.export_to(format, filter, p, a.force, progress).await,

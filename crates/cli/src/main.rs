@@ -706,7 +706,7 @@ async fn import(url: Option<String>, a: ImportArgs) -> Result<(), Failure> {
     };
     let progress = bar
         .clone()
-        .map(|b| Arc::new(move |n: u64| b.set_position(n)) as tally::import::Progress);
+        .map(|b| Arc::new(move |n: u64| b.set_position(n)) as tally::Progress);
     let mut options = ImportOptions::new(format);
     options.strict = a.strict;
     options.batch_size = a.batch_size;

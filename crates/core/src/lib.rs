@@ -45,6 +45,7 @@ mod event;
 mod limit;
 mod price_file;
 mod pricing;
+mod progress;
 mod quantity;
 mod quota;
 mod range;
@@ -62,6 +63,7 @@ pub use pricing::{
     Charge, Line, MONEY_SCALE, Metered, Price, PriceBook, PriceModel, PriceVersion, Rounding, Tier,
     currency_exponent, is_iso_4217, round_money, round_to,
 };
+pub use progress::Progress;
 pub use quantity::Quantity;
 pub use quota::{
     Alert, AnchorDay, BillingCycle, Decision, Mode, Plan, PlanName, Quota, QuotaLimit, QuotaSource,

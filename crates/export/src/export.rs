@@ -16,7 +16,7 @@ use rust_xlsxwriter::{Chart, ChartType, Format, Workbook, XlsxError};
 use serde::Serialize;
 use tally_analytics::Analytics;
 use tally_core::{
-    Catalog, CustomerId, Metered, PriceBook, Service, TimeRange, add_exact, serde_fmt,
+    Catalog, CustomerId, Metered, PriceBook, Progress, Service, TimeRange, add_exact, serde_fmt,
 };
 use tally_store::{EventFilter, Result, StoredEvent};
 
@@ -35,9 +35,6 @@ pub const COLUMNS: [&str; 9] = [
     "metadata",
     "event_id",
 ];
-
-/// Called with the number of rows written so far.
-pub type Progress = Arc<dyn Fn(u64) + Send + Sync>;
 
 /// An export's file format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -294,7 +291,7 @@ pub struct Exporter {
 
 /// Where an export is going and the writers' state between the row phase and the
 /// summary phase.
-enum Sink {
+enum Writer {
     Csv(Box<csv::Writer<Box<dyn Write + Send>>>),
     Json(Box<dyn Write + Send>),
     Xlsx {
@@ -367,19 +364,19 @@ impl Exporter {
             at: filter.range.from(),
             services: HashMap::new(),
         };
-        let sink = match format {
-            ExportFormat::Csv => Sink::Csv(Box::new(
+        let writer = match format {
+            ExportFormat::Csv => Writer::Csv(Box::new(
                 csv::WriterBuilder::new()
                     .buffer_capacity(256 * 1024)
                     .from_writer(out),
             )),
-            ExportFormat::Json => Sink::Json(out),
+            ExportFormat::Json => Writer::Json(out),
             ExportFormat::Xlsx => {
                 let mut workbook = Box::new(Workbook::new());
                 workbook
                     .set_tempdir(std::env::temp_dir())
                     .map_err(xlsx_error)?;
-                Sink::Xlsx {
+                Writer::Xlsx {
                     workbook,
                     out,
                     sheet: 0,
@@ -397,9 +394,10 @@ impl Exporter {
         };
         // Phase 1, blocking: stream the rows (one snapshot, in customer order), pricing
         // each customer as its last row passes: rows and totals from the same rows.
-        let (sink, running, head) = tokio::task::spawn_blocking(move || {
-            let (sink, running) = write_rows(sink, rows, pricer, &head, rows_per_sheet, progress)?;
-            Ok::<_, tally_store::Error>((sink, running, head))
+        let (writer, running, head) = tokio::task::spawn_blocking(move || {
+            let (writer, running) =
+                write_rows(writer, rows, pricer, &head, rows_per_sheet, progress)?;
+            Ok::<_, tally_store::Error>((writer, running, head))
         })
         .await
         .map_err(|e| std::io::Error::other(format!("export writer: {e}")))??;
@@ -415,7 +413,7 @@ impl Exporter {
             .try_fold(Decimal::ZERO, |a, t| add_exact(a, t.cost, COST))?;
         // Phase 3, blocking: the summary and the chart, then close.
         let daily = running.daily;
-        let report = tokio::task::spawn_blocking(move || finish(sink, &head, report, &daily))
+        let report = tokio::task::spawn_blocking(move || finish(writer, &head, report, &daily))
             .await
             .map_err(|e| std::io::Error::other(format!("export writer: {e}")))??;
         Ok(report)
@@ -444,20 +442,20 @@ struct Record<'a> {
 }
 
 fn write_rows(
-    mut sink: Sink,
+    mut writer: Writer,
     mut rows: tokio::sync::mpsc::Receiver<Result<Vec<StoredEvent>>>,
     mut pricer: Pricer,
     head: &Head,
     rows_per_sheet: u32,
     progress: Option<Progress>,
-) -> Result<(Sink, Running)> {
-    let mut tally = Running::new();
+) -> Result<(Writer, Running)> {
+    let mut running = Running::new();
     let date = Format::new().set_num_format("yyyy-mm-dd hh:mm:ss.000");
     let number = Format::new().set_num_format("0.############");
     let bold = Format::new().set_bold();
-    match &mut sink {
-        Sink::Csv(w) => w.write_record(COLUMNS).map_err(csv_error)?,
-        Sink::Json(w) => {
+    match &mut writer {
+        Writer::Csv(w) => w.write_record(COLUMNS).map_err(csv_error)?,
+        Writer::Json(w) => {
             let start = serde_json::json!({
                 "start": serde_fmt::rfc3339(head.range.from()),
                 "end": serde_fmt::rfc3339(head.range.to()),
@@ -472,13 +470,13 @@ fn write_rows(
             )
             .map_err(io("writing JSON"))?;
         }
-        Sink::Xlsx { .. } => {}
+        Writer::Xlsx { .. } => {}
     }
     while let Some(chunk) = rows.blocking_recv() {
         for e in chunk? {
             let (unit, unit_price, cost) = pricer.price(&e);
-            match &mut sink {
-                Sink::Csv(w) => w
+            match &mut writer {
+                Writer::Csv(w) => w
                     .write_record([
                         serde_fmt::rfc3339(e.recorded_at).as_str(),
                         &e.customer_id,
@@ -491,8 +489,8 @@ fn write_rows(
                         &e.event_id.to_string(),
                     ])
                     .map_err(csv_error)?,
-                Sink::Json(w) => {
-                    if tally.rows > 0 {
+                Writer::Json(w) => {
+                    if running.rows > 0 {
                         w.write_all(b",").map_err(io("writing JSON"))?;
                     }
                     let metadata: &serde_json::value::RawValue =
@@ -510,7 +508,7 @@ fn write_rows(
                     };
                     serde_json::to_writer(&mut *w, &record).map_err(json_error)?;
                 }
-                Sink::Xlsx {
+                Writer::Xlsx {
                     workbook,
                     sheet,
                     row,
@@ -574,14 +572,19 @@ fn write_rows(
                     *row += 1;
                 }
             }
-            tally.add(&e, &unit, matches!(sink, Sink::Xlsx { .. }), &mut pricer)?;
+            running.add(
+                &e,
+                &unit,
+                matches!(writer, Writer::Xlsx { .. }),
+                &mut pricer,
+            )?;
         }
         if let Some(p) = &progress {
-            p(tally.rows);
+            p(running.rows);
         }
     }
-    tally.close_customer(&mut pricer)?;
-    Ok((sink, tally))
+    running.close_customer(&mut pricer)?;
+    Ok((writer, running))
 }
 
 fn csv_error(e: csv::Error) -> std::io::Error {
@@ -592,19 +595,19 @@ fn csv_error(e: csv::Error) -> std::io::Error {
 }
 
 fn finish(
-    sink: Sink,
+    writer: Writer,
     head: &Head,
     mut report: ExportReport,
     daily: &BTreeMap<NaiveDate, BTreeMap<String, Decimal>>,
 ) -> Result<ExportReport> {
-    match sink {
-        Sink::Csv(w) => {
+    match writer {
+        Writer::Csv(w) => {
             let mut out = w
                 .into_inner()
                 .map_err(|e| io("writing CSV")(std::io::Error::other(e.to_string())))?;
             out.flush().map_err(io("writing CSV"))?;
         }
-        Sink::Json(mut w) => {
+        Writer::Json(mut w) => {
             let summary = serde_json::json!({
                 "total_events": report.rows,
                 "total_cost": serde_fmt::money_text(report.total_cost),
@@ -614,7 +617,7 @@ fn finish(
             write!(w, "],\"summary\":{summary}}}").map_err(io("writing JSON"))?;
             w.flush().map_err(io("writing JSON"))?;
         }
-        Sink::Xlsx {
+        Writer::Xlsx {
             mut workbook,
             mut out,
             sheets,

@@ -35,6 +35,5 @@
 mod export;
 
 pub use export::{
-    COLUMNS, ExportFormat, ExportReport, Exporter, Progress, ServiceTotal, XLSX_MAX_ROWS,
-    default_file_name,
+    COLUMNS, ExportFormat, ExportReport, Exporter, ServiceTotal, XLSX_MAX_ROWS, default_file_name,
 };

@@ -7,14 +7,13 @@ use std::{
     path::Path,
     rc::Rc,
     str::FromStr,
-    sync::Arc,
 };
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 use tally_core::{
-    Catalog, CustomerId, EventId, Metadata, Quantity, UsageEvent, Zone, parse_instant,
+    Catalog, CustomerId, EventId, Metadata, Progress, Quantity, UsageEvent, Zone, parse_instant,
 };
 use tokio::sync::mpsc;
 
@@ -104,9 +103,6 @@ pub struct ImportReport {
 }
 
 const MAX_ERRORS_KEPT: usize = 1_000;
-
-/// Called from the parsing thread with the number of bytes read so far.
-pub type Progress = Arc<dyn Fn(u64) + Send + Sync>;
 
 enum Parsed {
     // The events, and the line each came from.

@@ -54,14 +54,23 @@ pub use archive::{ArchiveOptions, ArchiveReport, Manifest, RestoreReport, Servic
 pub use error::{Error, ErrorKind, Result};
 pub use export::{EventFilter, StoredEvent};
 pub use import::{
-    ImportFormat, ImportOptions, ImportReport, LineError, MAX_LINE_BYTES, Progress, parse_file,
+    ImportFormat, ImportOptions, ImportReport, LineError, MAX_LINE_BYTES, parse_file,
 };
 pub use ingest::WriteOutcome;
-pub use local::{CommitHook, LocalMark};
-pub use migrate::{MigrateReport, app_grants, schema_fingerprint};
-pub use quotas::{AlertFilter, Claimed, DeliveryClaim, Reached};
-pub use reads::{Grain, QuarterRow, TopBucket, UsageRow, Who};
+pub use migrate::{MigrateReport, app_grants};
+pub use quotas::AlertFilter;
 pub use recorder::{Recorder, RecorderConfig, RecorderStatus};
 pub use store::{PartitionStatus, Store, VerifyReport};
+
+// Plumbing between the store and the crates above it (alerts, analytics): public
+// because those crates need it, hidden because an application never should.
+#[doc(hidden)]
+pub use local::{CommitHook, LocalMark};
+#[doc(hidden)]
+pub use migrate::schema_fingerprint;
+#[doc(hidden)]
+pub use quotas::{Claimed, DeliveryClaim, Reached};
+#[doc(hidden)]
+pub use reads::{Grain, QuarterRow, TopBucket, UsageRow, Who};
 
 use numeric::Numeric;

@@ -67,9 +67,9 @@ use tally_alerts::{AlertConfig, Alerts};
 use tally_analytics::Analytics;
 
 pub use tally_core::{
-    BuiltIn, Catalog, CustomerId, EventId, Granularity, Level, Limit, Metadata, Meter, Quantity,
-    Service, Thresholds, TimeRange, Totals, Usage, UsageEvent, Zone, check_instant, chrono,
-    convert, normalize_instant, parse_instant, parse_month, rust_decimal, serde_fmt,
+    BuiltIn, Catalog, CustomerId, EventId, Granularity, Level, Limit, Metadata, Meter, Progress,
+    Quantity, Service, Thresholds, TimeRange, Totals, Usage, UsageEvent, Zone, check_instant,
+    chrono, convert, normalize_instant, parse_instant, parse_month, rust_decimal, serde_fmt,
     supported_instants, track, uuid,
 };
 pub use tally_store::{
@@ -114,7 +114,7 @@ pub mod alerts {
 /// Exports of raw usage as CSV, JSON or XLSX.
 pub mod export {
     pub use tally_export::{
-        COLUMNS, ExportFormat, ExportReport, Exporter, Progress, ServiceTotal, XLSX_MAX_ROWS,
+        COLUMNS, ExportFormat, ExportReport, Exporter, ServiceTotal, XLSX_MAX_ROWS,
         default_file_name,
     };
     pub use tally_store::{EventFilter, StoredEvent};
@@ -129,9 +129,7 @@ pub mod archive {
 pub mod import {
     #[doc(hidden)]
     pub use tally_store::parse_file;
-    pub use tally_store::{
-        ImportFormat, ImportOptions, ImportReport, LineError, MAX_LINE_BYTES, Progress,
-    };
+    pub use tally_store::{ImportFormat, ImportOptions, ImportReport, LineError, MAX_LINE_BYTES};
 }
 
 /// The error of parsing a value from outside (a customer id, a quantity, a zone...):
@@ -142,7 +140,7 @@ pub use tally_core::Error as InvalidInput;
 #[doc(hidden)]
 pub use tally_store::schema_fingerprint;
 
-use import::{ImportOptions, ImportReport, Progress};
+use import::{ImportOptions, ImportReport};
 use pricing::PriceBook;
 use report::{Invoice, PeaksQuery, StatsQuery, SummaryQuery, TrendsQuery, UsageQuery};
 
@@ -348,7 +346,7 @@ impl Tally {
         format: export::ExportFormat,
         filter: export::EventFilter,
         out: Box<dyn std::io::Write + Send>,
-        progress: Option<export::Progress>,
+        progress: Option<Progress>,
     ) -> Result<export::ExportReport> {
         self.exporter().export(format, filter, out, progress).await
     }
@@ -362,7 +360,7 @@ impl Tally {
         filter: export::EventFilter,
         path: &std::path::Path,
         force: bool,
-        progress: Option<export::Progress>,
+        progress: Option<Progress>,
     ) -> Result<export::ExportReport> {
         self.exporter()
             .export_to(format, filter, path, force, progress)
