@@ -1,0 +1,223 @@
+//! The alerts outbox: alerts recorded once per level and period, and claimed for delivery
+//! to one sink at a time inside a transaction that commits with the acknowledgement.
+
+use tally_core::{Alert, CustomerId, Level, Service, percent_of};
+use tokio_postgres::Row;
+
+use super::{AlertFilter, Reached, get, numeric_opt, stored_service};
+use crate::{Error, Result, Store};
+
+fn alert_of(row: &Row) -> Result<Alert> {
+    const CTX: &str = "reading alerts";
+    let usage = numeric_opt(row, 4, CTX)?.unwrap_or_default();
+    let limit = numeric_opt(row, 5, CTX)?.unwrap_or_default();
+    Ok(Alert {
+        id: get(row, 0, CTX)?,
+        customer_id: CustomerId::new(get::<&str>(row, 1, CTX)?)?,
+        service: stored_service(get(row, 2, CTX)?)?,
+        level: get::<&str>(row, 3, CTX)?.parse()?,
+        usage,
+        limit,
+        percent: percent_of(usage, limit),
+        period_start: get(row, 6, CTX)?,
+        period_end: get(row, 7, CTX)?,
+        triggered_at: get(row, 8, CTX)?,
+        notify: get(row, 9, CTX)?,
+    })
+}
+
+const ALERT_COLUMNS: &str = "alert_id, customer_id, service, level, usage, quota_limit, period_start, period_end, triggered_at, notify";
+impl Store {
+    /// Records the levels `reached` for its period, each at most once per customer,
+    /// service and period whoever else records at the same time (a unique key decides).
+    /// The highest level is marked to be announced. Returns the alerts this call added.
+    pub async fn record_alerts(&self, reached: &Reached<'_>) -> Result<Vec<Alert>> {
+        let Some(top) = reached.levels.iter().max() else {
+            return Ok(Vec::new());
+        };
+        let levels: Vec<&str> = reached.levels.iter().map(|l| l.as_str()).collect();
+        let client = self.client("recording alerts").await?;
+        let sql = format!(
+            "INSERT INTO usage_alerts (customer_id, service, level, period_start, period_end, usage, quota_limit, notify)
+             SELECT $1, $2, l, $3, $4, $5, $6, l = $8 FROM unnest($7::text[]) AS l
+             ON CONFLICT (customer_id, service, period_start, level) DO NOTHING
+             RETURNING {ALERT_COLUMNS}"
+        );
+        let rows = client
+            .query(
+                &sql,
+                &[
+                    &reached.customer.as_str(),
+                    &reached.service.as_str(),
+                    &reached.period.from(),
+                    &reached.period.to(),
+                    &reached.usage,
+                    &reached.limit,
+                    &levels,
+                    &top.as_str(),
+                ],
+            )
+            .await
+            .map_err(Error::db("recording alerts"))?;
+        let mut out = rows.iter().map(alert_of).collect::<Result<Vec<_>>>()?;
+        out.sort_by_key(|a| a.level);
+        Ok(out)
+    }
+
+    /// The alerts matching `filter`, newest first.
+    pub async fn alerts(&self, filter: &AlertFilter) -> Result<Vec<Alert>> {
+        let client = self.client("reading alerts").await?;
+        let sql = format!(
+            "SELECT {ALERT_COLUMNS} FROM usage_alerts
+             WHERE ($1::timestamptz IS NULL OR triggered_at >= $1)
+               AND ($2::text IS NULL OR customer_id = $2)
+               AND ($3::text IS NULL OR service = $3)
+               AND ($4::text IS NULL OR level = $4)
+             ORDER BY triggered_at DESC, alert_id DESC"
+        );
+        let rows = client
+            .query(
+                &sql,
+                &[
+                    &filter.since,
+                    &filter.customer.as_ref().map(CustomerId::as_str),
+                    &filter.service.as_ref().map(Service::as_str),
+                    &filter.level.map(Level::as_str),
+                ],
+            )
+            .await
+            .map_err(Error::db("reading alerts"))?;
+        rows.iter().map(alert_of).collect()
+    }
+
+    /// Claims the oldest announced alert `sink` has not acknowledged, for delivery.
+    /// `None` when there is none, or when another handle (in this process or another)
+    /// is delivering to a sink of that name right now: one deliverer per sink at a
+    /// time keeps delivery in order and exactly once.
+    pub async fn claim_delivery(&self, sink: &str) -> Result<Option<Claimed>> {
+        const CTX: &str = "claiming an alert for delivery";
+        let client = self.client(CTX).await?;
+        let mut claim = DeliveryClaim {
+            client: Some(client),
+            sink: sink.to_owned(),
+            customer_id: String::new(),
+            alert_id: 0,
+        };
+        let c = claim.client()?;
+        c.batch_execute("BEGIN").await.map_err(Error::db(CTX))?;
+        let locked: bool = c
+            .query_one(
+                "SELECT pg_try_advisory_xact_lock(hashtext('tally_alert_sink'), hashtext($1))",
+                &[&sink],
+            )
+            .await
+            .map_err(Error::db(CTX))?
+            .try_get(0)
+            .map_err(Error::db(CTX))?;
+        if !locked {
+            claim.release().await?;
+            return Ok(None);
+        }
+        let sql = format!(
+            "SELECT {ALERT_COLUMNS} FROM usage_alerts a
+             WHERE a.notify AND NOT EXISTS (
+                 SELECT 1 FROM usage_alert_deliveries d
+                 WHERE d.sink = $1 AND d.customer_id = a.customer_id AND d.alert_id = a.alert_id)
+             ORDER BY a.alert_id LIMIT 1"
+        );
+        let row = c.query_opt(&sql, &[&sink]).await.map_err(Error::db(CTX))?;
+        match row {
+            None => {
+                claim.release().await?;
+                Ok(None)
+            }
+            Some(row) => {
+                let alert = alert_of(&row)?;
+                claim.alert_id = alert.id;
+                claim.customer_id = alert.customer_id.to_string();
+                Ok(Some(claim.with(alert)))
+            }
+        }
+    }
+}
+
+/// An alert claimed for one sink (see [`Store::claim_delivery`]): holds a transaction
+/// that [`DeliveryClaim::delivered`] commits with the acknowledgement. Dropped without
+/// it — the sink failed, the task was cancelled, the process died — the claim lapses
+/// and the alert stays pending for that sink.
+#[derive(Debug)]
+pub struct DeliveryClaim {
+    // Taken when finished; still here on drop means "roll back".
+    client: Option<deadpool_postgres::Client>,
+    sink: String,
+    customer_id: String,
+    alert_id: i64,
+}
+
+/// A [`DeliveryClaim`] and the alert it is for.
+#[derive(Debug)]
+pub struct Claimed {
+    /// The claim.
+    pub claim: DeliveryClaim,
+    /// The alert to deliver.
+    pub alert: Alert,
+}
+
+impl DeliveryClaim {
+    fn client(&self) -> Result<&deadpool_postgres::Client> {
+        self.client.as_ref().ok_or_else(|| {
+            Error::internal(
+                "using a delivery claim",
+                "its connection was already handed back",
+            )
+        })
+    }
+
+    fn with(self, alert: Alert) -> Claimed {
+        Claimed { claim: self, alert }
+    }
+
+    /// Records that the sink has the alert; it is never handed to that sink again.
+    pub async fn delivered(mut self) -> Result<()> {
+        const CTX: &str = "acknowledging a delivery";
+        let client = self.client.take().ok_or_else(|| {
+            Error::internal(
+                "using a delivery claim",
+                "its connection was already handed back",
+            )
+        })?;
+        client
+            .execute(
+                "INSERT INTO usage_alert_deliveries (customer_id, alert_id, sink) VALUES ($1, $2, $3)
+                 ON CONFLICT DO NOTHING",
+                &[&self.customer_id, &self.alert_id, &self.sink],
+            )
+            .await
+            .map_err(Error::db(CTX))?;
+        client.batch_execute("COMMIT").await.map_err(Error::db(CTX))
+    }
+
+    /// Gives the claim up (the sink failed): the alert stays pending.
+    pub async fn release(mut self) -> Result<()> {
+        let client = self.client.take().ok_or_else(|| {
+            Error::internal(
+                "using a delivery claim",
+                "its connection was already handed back",
+            )
+        })?;
+        client
+            .batch_execute("ROLLBACK")
+            .await
+            .map_err(Error::db("releasing a delivery claim"))
+    }
+}
+
+impl Drop for DeliveryClaim {
+    fn drop(&mut self) {
+        // Not finished: close the connection rather than pool it mid-transaction; the
+        // server rolls back and frees the sink's lock.
+        if let Some(client) = self.client.take() {
+            drop(deadpool_postgres::Object::take(client));
+        }
+    }
+}
