@@ -1,0 +1,159 @@
+//! A price book: dated price versions per service, its currency, its minimum, and the
+//! built-in per-unit defaults.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use super::{Price, check_non_negative, currency_exponent, is_iso_4217};
+use crate::{BuiltIn, Error, Result, Service};
+
+/// A price in force from an instant on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PriceVersion {
+    /// From when (inclusive) this price applies.
+    pub effective_from: DateTime<Utc>,
+    /// The price.
+    #[serde(flatten)]
+    pub price: Price,
+}
+
+/// Prices per service, each a history of versions, so a change takes effect from a date
+/// and never rewrites past periods.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PriceBook {
+    /// ISO currency code; amounts are rounded to its minor unit ([`currency_exponent`]).
+    #[serde(default = "default_currency")]
+    pub currency: String,
+    /// Digits of the minor unit, when the currency code's own should not be used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minor_units: Option<u32>,
+    /// Least total of an invoice: below it, a true-up line makes up the difference.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minimum: Option<Decimal>,
+    /// Versions per service name, in any order.
+    pub services: BTreeMap<String, Vec<PriceVersion>>,
+}
+
+fn default_currency() -> String {
+    "USD".to_owned()
+}
+
+impl Default for PriceBook {
+    /// The seed's per-unit defaults for the six built-ins, in effect from the first
+    /// supported instant (so a range starting before 1970 is priced too).
+    fn default() -> Self {
+        let epoch = crate::supported_instants().0;
+        let services = BuiltIn::ALL
+            .into_iter()
+            .map(|b| {
+                (
+                    b.name().to_owned(),
+                    vec![PriceVersion {
+                        effective_from: epoch,
+                        price: Price::per_unit(b.default_unit_price()),
+                    }],
+                )
+            })
+            .collect();
+        PriceBook {
+            currency: default_currency(),
+            minor_units: None,
+            minimum: None,
+            services,
+        }
+    }
+}
+
+impl PriceBook {
+    /// An empty book.
+    pub fn empty() -> PriceBook {
+        PriceBook {
+            currency: default_currency(),
+            minor_units: None,
+            minimum: None,
+            services: BTreeMap::new(),
+        }
+    }
+
+    /// Digits of the minor unit amounts are rounded to.
+    pub fn exponent(&self) -> u32 {
+        self.minor_units
+            .unwrap_or_else(|| currency_exponent(&self.currency))
+    }
+
+    /// Adds a price for `service` from `effective_from` on.
+    pub fn set(
+        &mut self,
+        service: &Service,
+        effective_from: DateTime<Utc>,
+        price: Price,
+    ) -> &mut Self {
+        let versions = self
+            .services
+            .entry(service.as_str().to_owned())
+            .or_default();
+        versions.retain(|v| v.effective_from != effective_from);
+        versions.push(PriceVersion {
+            effective_from,
+            price,
+        });
+        self
+    }
+
+    /// Validates every price (after deserializing a file).
+    pub fn validate(&self) -> Result<()> {
+        if let Some(m) = self.minimum {
+            check_non_negative("minimum", m)?;
+        }
+        if self.minor_units.is_some_and(|d| d > 6) {
+            return Err(Error::invalid(
+                "minor_units",
+                self.minor_units.unwrap_or_default(),
+                "must be from 0 to 6",
+            ));
+        }
+        if !is_iso_4217(&self.currency) {
+            return Err(Error::invalid(
+                "currency",
+                &self.currency,
+                "must be an ISO 4217 code such as USD, EUR or JPY",
+            ));
+        }
+        for (service, versions) in &self.services {
+            let mut from = std::collections::BTreeSet::new();
+            for v in versions {
+                if !from.insert(v.effective_from) {
+                    return Err(Error::invalid(
+                        "effective_from",
+                        v.effective_from.to_rfc3339(),
+                        format!("two versions of {service:?} start at the same instant"),
+                    ));
+                }
+                v.price.clone().validated()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses a price for a service the catalogue does not know (`"apis"` would
+    /// otherwise price nothing and bill 0.00 for `api`).
+    pub fn check_services(&self, catalog: &crate::Catalog) -> Result<()> {
+        for name in self.services.keys() {
+            catalog.service(name)?;
+        }
+        Ok(())
+    }
+
+    /// The price of `service` in force at `t`, if any.
+    pub fn price_at(&self, service: &Service, t: DateTime<Utc>) -> Option<&Price> {
+        self.services
+            .get(service.as_str())?
+            .iter()
+            .filter(|v| v.effective_from <= t)
+            .max_by_key(|v| v.effective_from)
+            .map(|v| &v.price)
+    }
+}
