@@ -39,7 +39,6 @@ mod error;
 mod export;
 mod import;
 mod ingest;
-mod local;
 mod migrate;
 mod numeric;
 mod partitions;
@@ -65,7 +64,7 @@ pub use store::{PartitionStatus, Store, VerifyReport};
 // Plumbing between the store and the crates above it (alerts, analytics): public
 // because those crates need it, hidden because an application never should.
 #[doc(hidden)]
-pub use local::{CommitHook, LocalMark};
+pub use ingest::{CommitHook, LocalMark};
 #[doc(hidden)]
 pub use migrate::schema_fingerprint;
 #[doc(hidden)]

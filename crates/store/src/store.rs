@@ -171,14 +171,7 @@ impl Store {
         for e in events {
             e.check()?;
         }
-        let local = self.ingest.local();
-        local.recorded(events);
-        let result = self.ingest.write(events, Lane::next()).await;
-        match result {
-            Ok(_) => local.committed(events),
-            Err(_) => local.settled(events),
-        }
-        result
+        self.ingest.write_counted(events, Lane::next()).await
     }
 
     /// Writes `events` (all of `key`'s customer and service) only if `admit` accepts
@@ -203,19 +196,9 @@ impl Store {
                 ));
             }
         }
-        let result = self
-            .ingest
+        self.ingest
             .write_admitted(events, Lane::next(), key, admit)
-            .await;
-        // Into this process's ledger only once committed: an admitted write waiting
-        // for the lock must not count against the one holding it (the database read
-        // under the lock is exact for these writes).
-        if let Ok(Some(_)) = result {
-            let local = self.ingest.local();
-            local.recorded(events);
-            local.committed(events);
-        }
-        result
+            .await
     }
 
     /// Registers `hook`, called after every batch this handle's write path commits

@@ -267,14 +267,10 @@ impl Store {
     async fn write_riding_out(&self, batch: &[UsageEvent]) -> Result<WriteOutcome> {
         let started = tokio::time::Instant::now();
         let mut backoff = std::time::Duration::from_millis(100);
-        let local = self.ingest().local();
-        local.recorded(batch);
+        self.ingest().entered(batch);
         loop {
-            match self.ingest().write(batch, Lane::next()).await {
-                Ok(outcome) => {
-                    local.committed(batch);
-                    return Ok(outcome);
-                }
+            match self.ingest().write_entered(batch, Lane::next()).await {
+                Ok(outcome) => return Ok(outcome),
                 Err(e) if e.is_transient() && started.elapsed() + backoff < IMPORT_RETRY_FOR => {
                     tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64,
                         "an import batch failed for a transient reason; retrying");
@@ -282,7 +278,7 @@ impl Store {
                     backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
                 }
                 Err(e) => {
-                    local.settled(batch);
+                    self.ingest().left_unwritten(batch);
                     return Err(e);
                 }
             }

@@ -15,6 +15,7 @@ mod batch;
 mod citus;
 mod copy;
 mod hints;
+mod local;
 mod params;
 mod sql;
 mod tx;
@@ -35,7 +36,9 @@ use hints::{NewestHours, RecentKeys};
 use tx::Applied;
 pub(crate) use tx::{IngestTx, Path};
 
-use crate::{Error, Result, local::Local, partitions::Partitions};
+use crate::{Error, Result, partitions::Partitions};
+pub(crate) use local::Local;
+pub use local::{CommitHook, LocalMark};
 
 /// What writing a batch did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -131,8 +134,53 @@ impl Ingest {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// This process's ledger of what it is writing, for its hooks and marks (the
+    /// ledger's entries change only here, through the calls below).
     pub(crate) fn local(&self) -> &Arc<Local> {
         &self.local
+    }
+
+    // ----- the in-flight ledger: what this process is writing, read by quota checks
+    // ----- (a hard quota must count what it has accepted but not yet committed)
+
+    /// `events` entered the write path ahead of their write (a recorder's queue, an
+    /// import batch that may be retried): they count as in flight until written
+    /// ([`Ingest::write_entered`]) or given up ([`Ingest::left_unwritten`]).
+    pub(crate) fn entered(&self, events: &[UsageEvent]) {
+        self.local.recorded(events);
+    }
+
+    /// `events`, entered before, left the write path without being written (a closed
+    /// queue, a dead letter, a retry given up).
+    pub(crate) fn left_unwritten(&self, events: &[UsageEvent]) {
+        self.local.settled(events);
+    }
+
+    /// Writes `events` that entered the write path: once committed they are settled
+    /// and the commit hooks told; a failure leaves them in flight, for the caller to
+    /// retry or give up.
+    pub(crate) async fn write_entered(
+        &self,
+        events: &[UsageEvent],
+        lane: Lane,
+    ) -> Result<WriteOutcome> {
+        let outcome = self.write(events, lane).await?;
+        self.local.committed(events);
+        Ok(outcome)
+    }
+
+    /// Writes `events` now, in flight for the length of the call.
+    pub(crate) async fn write_counted(
+        &self,
+        events: &[UsageEvent],
+        lane: Lane,
+    ) -> Result<WriteOutcome> {
+        self.entered(events);
+        let result = self.write_entered(events, lane).await;
+        if result.is_err() {
+            self.left_unwritten(events);
+        }
+        result
     }
 
     /// A connection of its own, outside the pool: dropped, it closes, and the server
@@ -177,8 +225,8 @@ impl Ingest {
 
     /// Writes `events` exactly once, in one transaction: events already stored (same
     /// customer and id), or repeated within `events`, are skipped; the rest and their
-    /// rollups commit together.
-    pub(crate) async fn write(&self, events: &[UsageEvent], lane: Lane) -> Result<WriteOutcome> {
+    /// rollups commit together. The ledger is the callers' above.
+    async fn write(&self, events: &[UsageEvent], lane: Lane) -> Result<WriteOutcome> {
         if events.is_empty() {
             return Ok(WriteOutcome::default());
         }
@@ -224,7 +272,13 @@ impl Ingest {
             tx.rollback().await?;
             return Ok(None);
         }
-        tx.write_batch(events.len(), &batch).await.map(Some)
+        let outcome = tx.write_batch(events.len(), &batch).await?;
+        // Into the ledger only once committed: an admitted write waiting for the lock
+        // must not count against the one holding it (the database read under the lock
+        // is exact for these writes).
+        self.local.recorded(events);
+        self.local.committed(events);
+        Ok(Some(outcome))
     }
 
     /// Starts a transaction on the write path. Nothing it stages is visible until

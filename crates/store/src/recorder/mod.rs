@@ -18,7 +18,6 @@ use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 use crate::{
     Error, Result,
     ingest::{Ingest, Lane},
-    local::Local,
 };
 
 mod config;
@@ -169,7 +168,8 @@ pub struct Recorder {
     tx: mpsc::Sender<Msg>,
     shared: Arc<Shared>,
     capacity: usize,
-    local: Arc<Local>,
+    // Where queued events are entered into this process's in-flight ledger.
+    ingest: Ingest,
 }
 
 impl std::fmt::Debug for Recorder {
@@ -216,13 +216,12 @@ impl Recorder {
             )));
         }
         let capacity = config.queue_capacity;
-        let local = ingest.local().clone();
         tokio::spawn(dispatcher(rx, workers, freed, handles, config));
         Recorder {
             tx,
             shared,
             capacity,
-            local,
+            ingest,
         }
     }
 
@@ -310,10 +309,10 @@ impl Recorder {
         self.shared
             .pending
             .fetch_add(u64::from(n), Ordering::Relaxed);
-        self.local.recorded(&events);
+        self.ingest.entered(&events);
         if let Err(mpsc::error::SendError(msg)) = self.tx.send(Msg::Events(events, waiter)).await {
             if let Msg::Events(events, _) = msg {
-                self.local.settled(&events);
+                self.ingest.left_unwritten(&events);
             }
             self.shared
                 .pending

@@ -286,9 +286,8 @@ async fn write_isolating(
         let Some(slice) = events.get(range.clone()) else {
             continue; // sub-ranges of 0..len: never taken
         };
-        match ingest.write(slice, lane).await {
+        match ingest.write_entered(slice, lane).await {
             Ok(outcome) => {
-                ingest.local().committed(slice);
                 backoff = config.retry_initial;
                 {
                     let mut s = shared.status();
@@ -326,7 +325,7 @@ async fn write_isolating(
             Err(e) => {
                 note_failure(shared, &e);
                 dead_letter(ingest, slice, &e, shared, config).await;
-                ingest.local().settled(slice);
+                ingest.left_unwritten(slice);
                 refused.push((range.start, e));
             }
         }

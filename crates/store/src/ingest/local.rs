@@ -62,7 +62,7 @@ impl Local {
     }
 
     /// `events` entered the write path.
-    pub(crate) fn recorded(&self, events: &[UsageEvent]) {
+    pub(super) fn recorded(&self, events: &[UsageEvent]) {
         let sums = per_key(events);
         let mut l = self.ledger();
         if l.entries.len() > PRUNE_ABOVE {
@@ -83,7 +83,7 @@ impl Local {
     }
 
     /// `events` left the write path: committed, dead-lettered or given back.
-    pub(crate) fn settled(&self, events: &[UsageEvent]) {
+    pub(super) fn settled(&self, events: &[UsageEvent]) {
         self.settle(&per_key(events));
     }
 
@@ -102,7 +102,7 @@ impl Local {
 
     /// `events` committed: settles them, then tells the hooks which keys they touched
     /// (one pass over the events for both).
-    pub(crate) fn committed(&self, events: &[UsageEvent]) {
+    pub(super) fn committed(&self, events: &[UsageEvent]) {
         let sums = per_key(events);
         self.settle(&sums);
         if self
