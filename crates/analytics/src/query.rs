@@ -17,13 +17,36 @@ use crate::report::{Aggregation, Over, Peak, Stats, Summary, TrendDay};
 /// What `.await` on a query returns.
 pub type Answer<'a, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'a>>;
 
+/// What every query has: `.await` runs it, and `in_zone` names its zone.
 macro_rules! runs {
     ($query:ident, $out:ty, $run:ident) => {
+        impl $query<'_> {
+            /// Reads in `zone`'s calendar: its hours, days and months (default: the
+            /// handle's zone).
+            pub fn in_zone(mut self, zone: Zone) -> Self {
+                self.zone = zone;
+                self
+            }
+        }
+
         impl<'a> IntoFuture for $query<'a> {
             type Output = Result<$out>;
             type IntoFuture = Answer<'a, $out>;
             fn into_future(self) -> Self::IntoFuture {
                 Box::pin(async move { self.analytics.$run(&self).await })
+            }
+        }
+    };
+}
+
+/// `.service(s)` on the queries that read every service unless told.
+macro_rules! one_service {
+    ($query:ident, $default:literal) => {
+        impl $query<'_> {
+            #[doc = concat!("Only `service` (", $default, ").")]
+            pub fn service(mut self, service: &Service) -> Self {
+                self.service = Some(service.clone());
+                self
             }
         }
     };
@@ -54,26 +77,15 @@ impl<'a> SummaryQuery<'a> {
         }
     }
 
-    /// Only `service` (default: every service of the catalogue).
-    pub fn service(mut self, service: &Service) -> Self {
-        self.service = Some(service.clone());
-        self
-    }
-
     /// Adds a per-day breakdown, in the query's zone.
     pub fn daily(mut self) -> Self {
         self.daily = true;
         self
     }
-
-    /// The zone of the per-day breakdown.
-    pub fn in_zone(mut self, zone: Zone) -> Self {
-        self.zone = zone;
-        self
-    }
 }
 
 runs!(SummaryQuery, Summary, run_summary);
+one_service!(SummaryQuery, "default: every service of the catalogue");
 
 /// Usage per hour, day or month of a zone over a range, of one customer or of all
 /// customers added up; buckets without usage are left out. From [`Analytics::usage`].
@@ -106,26 +118,15 @@ impl<'a> UsageQuery<'a> {
         self
     }
 
-    /// Only `service` (default: every service).
-    pub fn service(mut self, service: &Service) -> Self {
-        self.service = Some(service.clone());
-        self
-    }
-
     /// Buckets of `granularity` (default [`Granularity::Day`]).
     pub fn by(mut self, granularity: Granularity) -> Self {
         self.granularity = granularity;
         self
     }
-
-    /// Buckets of `zone`'s calendar.
-    pub fn in_zone(mut self, zone: Zone) -> Self {
-        self.zone = zone;
-        self
-    }
 }
 
 runs!(UsageQuery, Aggregation, run_usage);
+one_service!(UsageQuery, "default: every service");
 
 /// Statistics of a customer's use of a service over the whole days of the query's
 /// zone before `as_of`'s day: `[midnight − days, midnight)`. From [`Analytics::stats`].
@@ -171,12 +172,6 @@ impl<'a> StatsQuery<'a> {
         self.as_of = Some(as_of);
         self
     }
-
-    /// Days and hours of `zone`.
-    pub fn in_zone(mut self, zone: Zone) -> Self {
-        self.zone = zone;
-        self
-    }
 }
 
 runs!(StatsQuery, Stats, run_stats);
@@ -206,12 +201,6 @@ impl<'a> TrendsQuery<'a> {
         }
     }
 
-    /// Only `service`, listed even without usage (default: the services used).
-    pub fn service(mut self, service: &Service) -> Self {
-        self.service = Some(service.clone());
-        self
-    }
-
     /// Calendar days, `as_of`'s included (1 to 3660; default 7).
     pub fn days(mut self, days: u32) -> Self {
         self.days = days;
@@ -223,15 +212,13 @@ impl<'a> TrendsQuery<'a> {
         self.as_of = Some(as_of);
         self
     }
-
-    /// Days of `zone`'s calendar.
-    pub fn in_zone(mut self, zone: Zone) -> Self {
-        self.zone = zone;
-        self
-    }
 }
 
 runs!(TrendsQuery, Vec<TrendDay>, run_trends);
+one_service!(
+    TrendsQuery,
+    "listed even without usage; default: the services used"
+);
 
 /// The largest hours, days or months of a customer's use of a service, ties broken by
 /// the earlier bucket. From [`Analytics::peaks`].
@@ -267,12 +254,6 @@ impl<'a> PeaksQuery<'a> {
     /// How many (default 10).
     pub fn limit(mut self, limit: Limit) -> Self {
         self.limit = limit;
-        self
-    }
-
-    /// Buckets of `zone`'s calendar.
-    pub fn in_zone(mut self, zone: Zone) -> Self {
-        self.zone = zone;
         self
     }
 }
