@@ -335,7 +335,7 @@ async fn scenarios(t: &Tally, events: usize, dir: &std::path::Path) -> Result<()
 
     step(
         10,
-        "storage billing: 2 TiB held for the month (1 474 560 GB-hours), an invoice",
+        "storage billing: 2 TiB held for the month (1 474 560 GiB-hours), an invoice",
     )?;
     let store_co: CustomerId = "store-co".parse().map_err(crate::bad)?;
     let held = track::storage(2 * (1u64 << 40), "720".parse().map_err(crate::bad)?)

@@ -61,6 +61,7 @@ pub(crate) async fn export(url: Option<String>, a: ExportArgs) -> Result<(), Fai
         customer,
         service,
     };
+    let hint_filter = filter.clone();
     let path: Option<PathBuf> = (!to_stdout).then(|| {
         a.output
             .map(PathBuf::from)
@@ -89,6 +90,15 @@ pub(crate) async fn export(url: Option<String>, a: ExportArgs) -> Result<(), Fai
         b.finish_and_clear();
     }
     let report = result?;
+    if report.rows == 0 {
+        let archived = tally.archived_events(&hint_filter).await?;
+        if archived > 0 {
+            eprintln!(
+                "note: {archived} event(s) matching this export are in archives covering \
+                 this range, not in the database (`tally restore FILE` puts them back)"
+            );
+        }
+    }
     match path {
         Some(p) => out(format_args!(
             "exported {} row(s) to {} (total cost {})\n",
@@ -102,7 +112,8 @@ pub(crate) async fn export(url: Option<String>, a: ExportArgs) -> Result<(), Fai
 
 #[derive(Args)]
 pub(crate) struct ArchiveArgs {
-    /// Archive raw events recorded more than this many days ago.
+    /// Archive raw events recorded before the UTC day that was this many days ago
+    /// (cut at that day's midnight, so runs on the same day archive the same span).
     #[arg(long, default_value_t = 90)]
     older_than: u32,
     /// Directory for the archive files (created if missing).
@@ -123,7 +134,12 @@ pub(crate) async fn archive(url: Option<String>, a: ArchiveArgs) -> Result<(), F
             a.older_than
         )));
     }
-    let cutoff = Utc::now() - tally::chrono::Duration::days(i64::from(a.older_than));
+    // Cut at the UTC midnight that starts the day N days ago, not N days ago to the
+    // nanosecond: runs on the same day have the same cutoff, so a daily schedule (or a
+    // rerun) writes one file per day, not a file of the few seconds between two runs.
+    let cutoff = Zone::UTC.start_of_day(
+        Zone::UTC.date_of(Utc::now() - tally::chrono::Duration::days(i64::from(a.older_than))),
+    );
     let tally = tally_for(url)?;
     let report = tally
         .archive(&tally::archive::ArchiveOptions {

@@ -126,6 +126,9 @@ pub(crate) enum Failure {
     Runtime(String),
     /// The reader of stdout went away (`tally … | head`): stop, quietly, exit 0.
     Quiet,
+    /// A lenient import stored the good lines and rejected others (its summary says
+    /// which): exit 3.
+    Partial,
 }
 
 impl From<tally::Error> for Failure {
@@ -181,6 +184,7 @@ async fn main() -> ExitCode {
             ExitCode::from(1)
         }
         Err(Failure::Quiet) => ExitCode::SUCCESS,
+        Err(Failure::Partial) => ExitCode::from(3),
     }
 }
 

@@ -117,7 +117,9 @@ fn money(d: Decimal) -> String {
     money_text(d)
 }
 
-/// Exact in CSV, compact (1.50M) in tables.
+/// Exact in CSV, compact (1.50M) in tables: for the analytics tables only. Money and
+/// the quantities a bill is made of (report and invoice lines) are always exact
+/// ([`dec`], [`money`]): a finance team reads them digit by digit.
 fn num(table: bool, d: Decimal) -> String {
     if table { format_compact(d) } else { dec(d) }
 }
@@ -156,7 +158,7 @@ impl Tabular for Summary {
                     vec![
                         d.date.to_string(),
                         d.service.clone(),
-                        num(table, d.quantity),
+                        dec(d.quantity),
                         d.events.to_string(),
                     ]
                 })
@@ -169,7 +171,7 @@ impl Tabular for Summary {
                 vec![
                     l.service.clone(),
                     l.unit.clone(),
-                    num(table, l.quantity),
+                    dec(l.quantity),
                     l.events.to_string(),
                     l.unit_price.map(dec).unwrap_or_default(),
                     money(l.amount),
@@ -319,8 +321,8 @@ impl Tabular for Invoice {
                 vec![
                     l.service.clone().unwrap_or_default(),
                     kind.into(),
-                    num(table, l.quantity),
-                    num(table, l.billable_quantity),
+                    dec(l.quantity),
+                    dec(l.billable_quantity),
                     money(l.amount),
                 ]
             })

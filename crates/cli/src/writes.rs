@@ -404,10 +404,15 @@ pub(crate) async fn import(url: Option<String>, a: ImportArgs) -> Result<(), Fai
             for e in &report.errors {
                 text.push_str(&format!("  line {}: {}\n", e.line, e.message));
             }
-            out(format_args!("{text}"))
+            out(format_args!("{text}"))?;
         }
-        f => emit(f, &report),
+        f => emit(f, &report)?,
     }
+    // Imported, but not every line: a script can tell (exit 3, docs/cli.md).
+    if report.rejected > 0 {
+        return Err(Failure::Partial);
+    }
+    Ok(())
 }
 
 fn import_failure(e: tally::Error, output: Format) -> Failure {

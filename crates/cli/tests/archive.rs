@@ -181,6 +181,24 @@ async fn export_writes_a_new_file_and_never_overwrites() {
     assert_eq!(bad.status.code(), Some(2));
     let bad = tally(&db, &["export", "--format", "pdf"]);
     assert_eq!(bad.status.code(), Some(2));
+    // A character device exists, and is a fine destination: streamed into, not replaced.
+    let null = tally(
+        &db,
+        &[
+            "export",
+            "--format",
+            "xlsx",
+            "--from",
+            from,
+            "-o",
+            "/dev/null",
+        ],
+    );
+    assert!(null.status.success(), "{null:?}");
+    assert!(
+        String::from_utf8_lossy(&null.stdout).contains("exported 200 row(s) to /dev/null"),
+        "{null:?}"
+    );
 }
 
 /// Runs `tally args…` to its end (killed after `limit`), sampling its peak resident
@@ -515,4 +533,97 @@ async fn an_export_that_cannot_finish_leaves_no_truncated_file_under_its_name() 
     assert_eq!(entries(&out), ["u.csv"]);
     let mut rows = csv::Reader::from_path(out.join("u.csv")).unwrap();
     assert_eq!(rows.records().count(), 4000);
+}
+
+/// `--older-than N` cuts at the UTC midnight starting the day N days ago: a second run on
+/// the same day archives nothing more (no file of the seconds between two runs), and the
+/// span a run archives ends on a midnight.
+#[tokio::test]
+async fn archive_runs_on_the_same_day_cut_at_the_same_midnight() {
+    let db = TestDb::new().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // One event a minute over the 10 minutes around "91 days ago", and older ones.
+    let now = tally::chrono::Utc::now();
+    let mut text = String::from("event_id,customer_id,service,quantity,recorded_at,metadata\n");
+    for i in 0..40i64 {
+        let t = now - tally::chrono::Duration::days(91) + tally::chrono::Duration::minutes(i - 20)
+            - tally::chrono::Duration::days(i % 3);
+        text.push_str(&format!(
+            "{},c1,api,1,{},\n",
+            tally::uuid::Uuid::from_u128(i as u128 + 1),
+            tally::serde_fmt::rfc3339(t)
+        ));
+    }
+    let file = dir.path().join("usage.csv");
+    std::fs::write(&file, text).unwrap();
+    assert!(
+        tally(&db, &["import", file.to_str().unwrap()])
+            .status
+            .success()
+    );
+    let archive_dir = dir.path().join("archive");
+    let run = || {
+        json(&tally(
+            &db,
+            &[
+                "archive",
+                "--older-than",
+                "90",
+                "--dir",
+                archive_dir.to_str().unwrap(),
+                "--format",
+                "json",
+            ],
+        ))
+    };
+    let midnight = |v: &serde_json::Value| {
+        let to: tally::chrono::DateTime<tally::chrono::Utc> =
+            v["range_to"].as_str().unwrap().parse().unwrap();
+        assert_eq!(to.timestamp() % 86_400, 0, "{v}");
+        to
+    };
+    let first = run();
+    let firsts: Vec<_> = first["archives"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(midnight)
+        .collect();
+    assert!(!firsts.is_empty(), "{first}");
+    // Exporting the archived span finds no rows, and says where they went.
+    let cutoff = tally::serde_fmt::rfc3339(*firsts.iter().max().unwrap());
+    let export = tally(
+        &db,
+        &[
+            "export",
+            "--format",
+            "csv",
+            "--from",
+            "2000-01-01",
+            "--to",
+            &cutoff,
+            "-o",
+            "-",
+        ],
+    );
+    assert!(export.status.success(), "{export:?}");
+    assert_eq!(String::from_utf8_lossy(&export.stdout).lines().count(), 1);
+    let note = String::from_utf8_lossy(&export.stderr);
+    assert!(note.contains("in archives covering this range"), "{note}");
+    let second = run();
+    let seconds: Vec<_> = second["archives"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(midnight)
+        .collect();
+    // Only a run that crossed a UTC midnight since the first one archives more, and
+    // then up to the next midnight.
+    assert!(
+        seconds.is_empty()
+            || seconds
+                .iter()
+                .all(|t| *t == *firsts.iter().max().unwrap() + tally::chrono::Duration::days(1)),
+        "first {first}\nsecond {second}"
+    );
 }

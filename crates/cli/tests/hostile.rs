@@ -576,10 +576,11 @@ async fn refused_input_exits_with_its_code_names_the_problem_and_writes_nothing(
         ),
         (format!("{header}c1,api,1,2026-11-01\"\n"), "recorded_at"),
     ] {
+        // Lenient: the line is rejected, named in the summary, and the run exits 3.
         cases.push(with_file(
             &["import", "{file}", "--input", "csv", "--format", "json"],
             content,
-            0,
+            3,
             fragment,
         ));
     }
@@ -592,7 +593,7 @@ async fn refused_input_exits_with_its_code_names_the_problem_and_writes_nothing(
         (b"{\"customer_id\":\"c\",\"service\":\"api\",\"quantity\":\"1\"}\n".to_vec(), "recorded_at"),
         (b"{\"customer_id\":\"c\",\"service\":\"api\",\"quantity\":1e400,\"recorded_at\":\"2026-11-01T00:00:00Z\"}\n".to_vec(), "quantity"),
     ] {
-        cases.push(with_file(&["import", "{file}", "--input", "ndjson", "--format", "json"], content, 0, fragment));
+        cases.push(with_file(&["import", "{file}", "--input", "ndjson", "--format", "json"], content, 3, fragment));
     }
     // Quotas, plans and alerts (issue 9): refused before anything is written.
     fn quota<'a>(extra: &[&'a str]) -> Vec<&'a str> {
@@ -820,7 +821,11 @@ async fn accepted_edge_cases_store_what_they_echo() {
     // CRLF rows: the bad row is reported on its own line (3), not one too low.
     let crlf = dir.path().join("crlf.csv");
     std::fs::write(&crlf, "customer_id,service,quantity,recorded_at\r\nc1,api,1,2026-10-01T00:00:00Z\r\nc1,api,x,2026-10-01T00:00:00Z\r\n").unwrap();
-    let imported = json(&["import", crlf.to_str().unwrap(), "--format", "json"]);
+    // Stored the good row, rejected the bad: exit 3, which a script can test.
+    let imported = common::json_exiting(
+        &common::tally(&db, &["import", crlf.to_str().unwrap(), "--format", "json"]),
+        3,
+    );
     assert_eq!(imported["errors"][0]["line"], 3, "{imported}");
     // Metadata numbers keep every digit (record, CSV and NDJSON; issue 22): jsonb holds
     // them exactly, and the export gives them back as written.
@@ -1087,10 +1092,10 @@ async fn a_reused_event_id_with_another_payload_is_a_conflict() {
         ),
     )
     .unwrap();
-    let lenient = common::json(&common::tally(
-        &db,
-        &["import", file.to_str().unwrap(), "--format", "json"],
-    ));
+    let lenient = common::json_exiting(
+        &common::tally(&db, &["import", file.to_str().unwrap(), "--format", "json"]),
+        3,
+    );
     assert_eq!(
         (
             &lenient["inserted"],

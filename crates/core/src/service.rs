@@ -46,12 +46,13 @@ impl BuiltIn {
         }
     }
 
-    /// The unit quantities of this service are counted in.
+    /// The unit quantities of this service are counted in. Sizes are binary: `GiB`
+    /// (2^30 bytes), as the `track` helpers convert them, never decimal GB.
     pub const fn unit(self) -> &'static str {
         match self {
             BuiltIn::Api => "requests",
-            BuiltIn::Storage => "GB-hours",
-            BuiltIn::Bandwidth => "GB",
+            BuiltIn::Storage => "GiB-hours",
+            BuiltIn::Bandwidth => "GiB",
             BuiltIn::Compute => "CPU-hours",
             BuiltIn::Database => "queries",
             BuiltIn::Functions => "invocations",

@@ -376,6 +376,13 @@ impl Tally {
         self.store.archive(options).await
     }
 
+    /// How many events matching `filter`'s customer and service are in archives whose
+    /// span overlaps its range (an upper bound): why an export of an archived range
+    /// finds nothing.
+    pub async fn archived_events(&self, filter: &export::EventFilter) -> Result<i64> {
+        self.store.archived_events(filter).await
+    }
+
     /// Puts an archive's raw events back (not into the rollups: they never left).
     pub async fn restore(&self, file: &std::path::Path) -> Result<archive::RestoreReport> {
         self.store.restore(file).await

@@ -25,6 +25,16 @@ fn exists_error(path: &Path) -> tally_store::Error {
     })
 }
 
+/// Whether `path` names a character device or a FIFO: a destination to stream into
+/// rather than a file written whole under its name.
+pub(super) fn is_stream(path: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::metadata(path).is_ok_and(|m| {
+        let t = m.file_type();
+        t.is_char_device() || t.is_fifo()
+    })
+}
+
 /// An export file being written: a temporary file beside its destination, removed
 /// unless [`Pending::commit`] puts it in place.
 pub(super) struct Pending {

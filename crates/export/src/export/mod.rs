@@ -184,7 +184,8 @@ impl Exporter {
     /// renamed to `path`, so a full disk or a crash never leaves a truncated file under
     /// that name (the temporary one is removed on failure). An existing `path` is
     /// refused, naming it (field `output`), unless `force`: then it is replaced only
-    /// once the new file is complete.
+    /// once the new file is complete. A character device or a FIFO (`/dev/null`, a
+    /// named pipe) is not a file to replace: the rows are streamed into it.
     pub async fn export_to(
         &self,
         format: ExportFormat,
@@ -193,6 +194,16 @@ impl Exporter {
         force: bool,
         progress: Option<Progress>,
     ) -> Result<ExportReport> {
+        // A device or a pipe (`-o /dev/null`, `-o /dev/stdout`, a FIFO) is a stream, not
+        // a file to replace: written straight through, no temporary file, no rename.
+        if file::is_stream(path) {
+            let out = std::fs::OpenOptions::new()
+                .write(true)
+                .open(path)
+                .map_err(io(&format!("opening {}", path.display())))?;
+            let out = Box::new(std::io::BufWriter::with_capacity(1 << 20, out));
+            return self.export(format, filter, out, progress).await;
+        }
         let pending = Pending::create(path, force)?;
         let file = pending
             .file

@@ -165,3 +165,31 @@ async fn lock(client: &tokio_postgres::Client) -> Result<()> {
     }
     Err(Error::busy("archive", "another archive or restore"))
 }
+
+impl crate::Store {
+    /// How many events matching `filter`'s customer and service are in complete
+    /// archives whose span overlaps `filter`'s range: what an export of that range no
+    /// longer finds in the database (an archive's events may lie partly outside the
+    /// range, so this is an upper bound, for a hint).
+    pub async fn archived_events(&self, filter: &crate::EventFilter) -> Result<i64> {
+        const CTX: &str = "reading the archive ledger";
+        let client = self.client(CTX).await?;
+        let row = client
+            .query_one(
+                "SELECT coalesce(sum(t.events), 0)::int8
+                 FROM usage_archived_totals t JOIN usage_archives a USING (archive_id)
+                 WHERE a.state = 'complete' AND a.range_from < $2 AND a.range_to > $1
+                   AND ($3::text IS NULL OR t.customer_id = $3)
+                   AND ($4::text IS NULL OR t.service = $4)",
+                &[
+                    &filter.range.from(),
+                    &filter.range.to(),
+                    &filter.customer.as_ref().map(|c| c.as_str()),
+                    &filter.service.as_ref().map(|s| s.as_str()),
+                ],
+            )
+            .await
+            .map_err(Error::db(CTX))?;
+        row.try_get(0).map_err(Error::db(CTX))
+    }
+}
