@@ -32,6 +32,7 @@ pub(crate) struct ExportArgs {
     /// End, exclusive; default the first of next month.
     #[arg(long)]
     to: Option<String>,
+    /// Service: api, storage, bandwidth, compute, database, functions or a defined meter.
     #[arg(long)]
     service: Option<String>,
     /// Time zone of dates given as YYYY-MM-DD.
@@ -140,7 +141,7 @@ pub(crate) async fn archive(url: Option<String>, a: ArchiveArgs) -> Result<(), F
     let cutoff = Zone::UTC.start_of_day(
         Zone::UTC.date_of(Utc::now() - tally::chrono::Duration::days(i64::from(a.older_than))),
     );
-    let tally = tally_for(url)?;
+    let tally = tally_for(url).await?;
     let report = tally
         .archive(&tally::archive::ArchiveOptions {
             cutoff,
@@ -180,7 +181,7 @@ pub(crate) async fn archive(url: Option<String>, a: ArchiveArgs) -> Result<(), F
 }
 
 pub(crate) async fn restore(url: Option<String>, file: PathBuf) -> Result<(), Failure> {
-    let tally = tally_for(url)?;
+    let tally = tally_for(url).await?;
     let r = tally.restore(&file).await?;
     if r.already_restored {
         out(format_args!(

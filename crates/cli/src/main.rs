@@ -9,7 +9,7 @@
     warn(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
 )]
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{io::IsTerminal, path::PathBuf, process::ExitCode};
 
 mod compact;
 mod demo;
@@ -19,7 +19,7 @@ mod quotas;
 mod reads;
 mod writes;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use serde::Serialize;
 use tally::{ErrorKind, MigrateReport, PartitionStatus, Tally};
 
@@ -42,40 +42,80 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Apply the schema migrations (idempotent, safe to run concurrently).
+    #[command(
+        after_help = "Examples:\n  tally migrate\n  DATABASE_URL=postgres://owner@db/app tally migrate --format json"
+    )]
     Migrate(OutputArg),
     /// Record one usage event, exactly once.
+    #[command(
+        after_help = "Examples:\n  tally record --customer acme --service api --quantity 3\n  tally record --customer acme --service storage --quantity 1.5 --at 2026-11-01T10:00:00Z --event-id 0195f000-0000-7000-8000-000000000001"
+    )]
     Record(writes::RecordArgs),
     /// Record usage through one of the six tracking helpers.
     Track(writes::TrackArgs),
     /// Import usage events from a CSV or NDJSON file (or - for stdin).
+    #[command(
+        after_help = "Examples:\n  tally import usage.csv\n  tally import usage.ndjson --strict --format json\n  cat usage.csv | tally import - --input csv"
+    )]
     Import(writes::ImportArgs),
     /// Recompute the rollups from raw events and report differences.
+    #[command(after_help = "Examples:\n  tally verify\n  tally verify --format json")]
     Verify(OutputArg),
     /// Show the events table's monthly partitions and the default partition's size.
+    #[command(after_help = "Examples:\n  tally partitions\n  tally partitions --ensure-ahead 6")]
     Partitions(PartitionsArgs),
     /// Give an application role exactly what it needs on Tally's tables (as the schema
     /// owner, after each migrate).
+    #[command(
+        after_help = "Examples:\n  tally grant --role tally_app\n  tally grant --role tally_app --print"
+    )]
     Grant(GrantArgs),
     /// A customer's usage and cost per service over a range.
+    #[command(
+        after_help = "Examples:\n  tally report --customer acme\n  tally report --customer acme --from 2026-11-01 --to 2026-12-01 --detailed --tz Europe/Berlin"
+    )]
     Report(reads::ReportArgs),
     /// Usage per hour, day or month in a time zone, for a customer or all customers.
+    #[command(
+        after_help = "Examples:\n  tally aggregate --period daily --tz Europe/Berlin\n  tally aggregate --period hourly --customer acme --service api --from 2026-11-01 --format csv"
+    )]
     Aggregate(reads::AggregateArgs),
     /// Count, total, avg, min, max, median, p95, p99 over events or hourly/daily totals.
+    #[command(
+        after_help = "Examples:\n  tally stats --customer acme --service api\n  tally stats --customer acme --service api --over hour --days 30"
+    )]
     Stats(reads::StatsArgs),
     /// Daily totals with the change against the previous calendar day.
+    #[command(
+        after_help = "Examples:\n  tally trends --customer acme\n  tally trends --customer acme --service api --days 14 --tz America/New_York"
+    )]
     Trends(reads::TrendsArgs),
     /// The largest hours, days or months.
+    #[command(
+        after_help = "Examples:\n  tally peaks --customer acme --service api\n  tally peaks --customer acme --service api --by day --limit 3"
+    )]
     Peaks(reads::PeaksArgs),
     /// An invoice preview for a billing period.
+    #[command(
+        after_help = "Examples:\n  tally invoice --customer acme --period 2026-11\n  tally invoice --customer acme --period 2026-11 --prices prices.json --format json"
+    )]
     Invoice(reads::InvoiceArgs),
     /// Run the seed's scenarios end to end on a database of its own (a throwaway
     /// PostgreSQL when DATABASE_URL is unset).
+    #[command(after_help = "Examples:\n  tally demo\n  tally demo --events 100000")]
     Demo(demo::DemoArgs),
     /// Export raw usage as CSV, JSON or XLSX.
+    #[command(
+        after_help = "Examples:\n  tally export --format csv\n  tally export --format xlsx --customer acme --from 2026-11-01 --to 2026-12-01 -o acme.xlsx\n  tally export --format json -o - | jq .summary"
+    )]
     Export(files::ExportArgs),
     /// Move raw events older than N days to archive files (rollups and keys stay).
+    #[command(
+        after_help = "Examples:\n  tally archive\n  tally archive --older-than 30 --dir /var/lib/tally/archive --format json"
+    )]
     Archive(files::ArchiveArgs),
     /// Put an archive's raw events back (not into the rollups again).
+    #[command(after_help = "Examples:\n  tally restore archive/usage_2026_08_1.ndjson.gz")]
     Restore {
         /// The archive file (usage_YYYY_MM_N.ndjson.gz).
         file: PathBuf,
@@ -89,6 +129,24 @@ enum Command {
     /// Alerts: evaluate quotas now, or list the history.
     #[command(subcommand)]
     Alerts(quotas::AlertsCommand),
+    /// Print a shell completion script for bash, zsh, fish, elvish or powershell.
+    #[command(
+        after_help = "Examples:\n  tally completions bash > /etc/bash_completion.d/tally\n  tally completions zsh > ~/.zfunc/_tally\n  tally completions fish > ~/.config/fish/completions/tally.fish"
+    )]
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), or write one page per command into a directory.
+    #[command(
+        after_help = "Examples:\n  tally man > tally.1 && man -l tally.1\n  tally man --dir /usr/local/share/man/man1"
+    )]
+    Man {
+        /// Write tally.1 and a tally-COMMAND.1 page for every command here instead.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Args)]
@@ -171,6 +229,8 @@ async fn main() -> ExitCode {
                 .unwrap_or_else(|_| "warn,deadpool=error".into()),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, never into a log file or pipe.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let cli = Cli::parse();
     match run(cli).await {
@@ -188,13 +248,15 @@ async fn main() -> ExitCode {
     }
 }
 
-pub(crate) fn tally_for(url: Option<String>) -> Result<Tally, Failure> {
-    tally_builder(url)?.build_lazy().map_err(Failure::from)
+/// A handle for a command that needs the database, connected now: a server that is
+/// down fails here, naming the host, port, user and database it tried.
+pub(crate) async fn tally_for(url: Option<String>) -> Result<Tally, Failure> {
+    tally_builder(url)?.build().await.map_err(Failure::from)
 }
 
 /// The builder every command starts from: the URL, and alert thresholds from
-/// `USAGE_ALERT_*` (the seed's variables). It connects on first use, so a command
-/// fails on the database only when it needs one.
+/// `USAGE_ALERT_*` (the seed's variables). Only commands that need the database build
+/// it, after their input is validated.
 pub(crate) fn tally_builder(url: Option<String>) -> Result<tally::TallyBuilder, Failure> {
     let url = url.ok_or_else(|| {
         Failure::Usage("no database: pass --database-url URL or set DATABASE_URL".into())
@@ -206,7 +268,7 @@ pub(crate) fn tally_builder(url: Option<String>) -> Result<tally::TallyBuilder, 
 async fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Migrate(o) => {
-            let tally = tally_for(cli.database_url)?;
+            let tally = tally_for(cli.database_url).await?;
             let report = tally.migrate().await?;
             match o.format {
                 Format::Table => {
@@ -232,7 +294,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Track(t) => writes::track(cli.database_url, t).await?,
         Command::Import(a) => writes::import(cli.database_url, a).await?,
         Command::Verify(o) => {
-            let tally = tally_for(cli.database_url)?;
+            let tally = tally_for(cli.database_url).await?;
             let r = tally.verify().await?;
             match o.format {
                 Format::Table => {
@@ -265,6 +327,29 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Peaks(a) => reads::peaks(cli.database_url, a).await?,
         Command::Invoice(a) => reads::invoice(cli.database_url, a).await?,
         Command::Demo(a) => demo::demo(a).await?,
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "tally", &mut script);
+            out(format_args!("{}", String::from_utf8_lossy(&script)))?;
+        }
+        Command::Man { dir: Some(dir) } => {
+            std::fs::create_dir_all(&dir)
+                .and_then(|()| clap_mangen::generate_to(Cli::command(), &dir))
+                .map_err(|e| {
+                    Failure::Runtime(format!("writing manual pages to {}: {e}", dir.display()))
+                })?;
+            out(format_args!(
+                "wrote the manual pages to {}\n",
+                dir.display()
+            ))?;
+        }
+        Command::Man { dir: None } => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut page)
+                .map_err(|e| Failure::Runtime(format!("writing the manual page: {e}")))?;
+            out(format_args!("{}", String::from_utf8_lossy(&page)))?;
+        }
         Command::Export(a) => files::export(cli.database_url, a).await?,
         Command::Archive(a) => files::archive(cli.database_url, a).await?,
         Command::Restore { file } => files::restore(cli.database_url, file).await?,
@@ -277,7 +362,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             if a.print {
                 out(format_args!("{sql}"))?;
             } else {
-                tally_for(cli.database_url)?.grant_app(&a.role).await?;
+                tally_for(cli.database_url)
+                    .await?
+                    .grant_app(&a.role)
+                    .await?;
                 out(format_args!(
                     "granted the application privileges to {}\n",
                     a.role
@@ -286,7 +374,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Partitions(a) => {
             let o = a.output;
-            let tally = tally_for(cli.database_url)?;
+            let tally = tally_for(cli.database_url).await?;
             if let Some(n) = a.ensure_ahead {
                 tally.ensure_partitions_ahead(n).await?;
             }
@@ -348,5 +436,50 @@ impl Tabular for Partitions {
 
     fn rows(&self, _table: bool) -> Vec<Vec<String>> {
         vec![vec![self.months(), self.0.default_rows.to_string()]]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// Every command and subcommand, with its path (`tally quota set`).
+    fn all(cmd: &clap::Command, path: String, out: &mut Vec<(String, clap::Command)>) {
+        for sub in cmd.get_subcommands() {
+            let p = format!("{path} {}", sub.get_name());
+            out.push((p.clone(), sub.clone()));
+            all(sub, p, out);
+        }
+    }
+
+    #[test]
+    fn every_flag_has_help_and_every_command_an_example() {
+        let cli = Cli::command();
+        cli.clone().debug_assert();
+        let mut cmds = Vec::new();
+        all(&cli, "tally".into(), &mut cmds);
+        let mut missing = Vec::new();
+        for (path, cmd) in &cmds {
+            for arg in cmd.get_arguments() {
+                let builtin = matches!(arg.get_id().as_str(), "help" | "version");
+                if !builtin
+                    && arg
+                        .get_help()
+                        .is_none_or(|h| h.to_string().trim().is_empty())
+                {
+                    missing.push(format!("{path} --{}", arg.get_id()));
+                }
+            }
+            let leaf = cmd.get_subcommands().next().is_none();
+            let example = cmd
+                .get_after_help()
+                .is_some_and(|h| h.to_string().contains("tally "));
+            if leaf && path != "tally help" && !example {
+                missing.push(format!("{path}: no example in --help"));
+            }
+        }
+        assert!(missing.is_empty(), "{}", missing.join("\n"));
     }
 }

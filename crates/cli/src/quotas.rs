@@ -42,8 +42,12 @@ impl LogArg {
 #[derive(Subcommand)]
 pub(crate) enum PlanCommand {
     /// Create or replace a plan.
+    #[command(
+        after_help = "Examples:\n  tally plan set pro --mode hard --limit api=100000 --limit storage=unlimited\n  tally plan set free --limit api=10000 --warning 50 --critical 80 --exceeded 100"
+    )]
     Set(PlanSetArgs),
     /// List the plans and their limits.
+    #[command(after_help = "Examples:\n  tally plan list\n  tally plan list --format json")]
     List(FormatArg),
 }
 
@@ -67,8 +71,10 @@ pub(crate) struct PlanSetArgs {
     /// Alert thresholds of this plan in percent (all three, or none for the defaults).
     #[arg(long, requires_all = ["critical", "exceeded"])]
     warning: Option<String>,
+    /// Critical threshold, percent of the limit (with --warning and --exceeded).
     #[arg(long, requires_all = ["warning", "exceeded"])]
     critical: Option<String>,
+    /// Exceeded threshold, percent of the limit (with --warning and --critical).
     #[arg(long, requires_all = ["warning", "critical"])]
     exceeded: Option<String>,
 }
@@ -107,7 +113,7 @@ pub(crate) async fn plan(url: Option<String>, cmd: PlanCommand) -> Result<(), Fa
                     .map_err(bad)?,
                 );
             }
-            let tally = tally_for(url)?;
+            let tally = tally_for(url).await?;
             let catalog = tally.catalog().await?;
             let mut seen = std::collections::BTreeSet::new();
             for (service, limit) in limits {
@@ -123,7 +129,7 @@ pub(crate) async fn plan(url: Option<String>, cmd: PlanCommand) -> Result<(), Fa
             out(format_args!("plan {} saved\n", plan.name))
         }
         PlanCommand::List(f) => {
-            let tally = tally_for(url)?;
+            let tally = tally_for(url).await?;
             let plans = Plans {
                 plans: tally.alerts().plans().await?,
             };
@@ -183,15 +189,23 @@ impl Tabular for Plans {
 #[derive(Subcommand)]
 pub(crate) enum QuotaCommand {
     /// Set a customer's limit for a service, or put them on a plan (--plan).
+    #[command(
+        after_help = "Examples:\n  tally quota set --customer acme --plan pro --anchor-day 15 --tz America/New_York\n  tally quota set --customer acme --service api --limit 5000 --mode hard"
+    )]
     Set(QuotaSetArgs),
     /// The quotas in force with this period's usage.
+    #[command(
+        after_help = "Examples:\n  tally quota list\n  tally quota list --customer acme --format json"
+    )]
     List(QuotaListArgs),
     /// Remove a customer's own limit for a service (their plan's applies again).
+    #[command(after_help = "Examples:\n  tally quota remove --customer acme --service api")]
     Remove(QuotaRemoveArgs),
 }
 
 #[derive(Args)]
 pub(crate) struct QuotaSetArgs {
+    /// Customer id (1-255 of A-Z a-z 0-9 _ . : @ -).
     #[arg(long)]
     customer: String,
     /// The service the limit is for.
@@ -216,6 +230,7 @@ pub(crate) struct QuotaSetArgs {
 
 #[derive(Args)]
 pub(crate) struct QuotaListArgs {
+    /// Customer id (1-255 of A-Z a-z 0-9 _ . : @ -).
     #[arg(long)]
     customer: Option<String>,
     /// Output format.
@@ -225,8 +240,10 @@ pub(crate) struct QuotaListArgs {
 
 #[derive(Args)]
 pub(crate) struct QuotaRemoveArgs {
+    /// Customer id (1-255 of A-Z a-z 0-9 _ . : @ -).
     #[arg(long)]
     customer: String,
+    /// Service: api, storage, bandwidth, compute, database, functions or a defined meter.
     #[arg(long)]
     service: String,
 }
@@ -250,7 +267,7 @@ pub(crate) async fn quota(url: Option<String>, cmd: QuotaCommand) -> Result<(), 
                         .into(),
                 ));
             }
-            let tally = tally_for(url)?;
+            let tally = tally_for(url).await?;
             let alerts = tally.alerts();
             let mut said = Vec::new();
             if let Some(plan) = &plan {
@@ -275,7 +292,7 @@ pub(crate) async fn quota(url: Option<String>, cmd: QuotaCommand) -> Result<(), 
         }
         QuotaCommand::List(a) => {
             let customer: Option<CustomerId> = parse_opt(&a.customer)?;
-            let tally = tally_for(url)?;
+            let tally = tally_for(url).await?;
             let quotas = tally.alerts().quotas(customer.as_ref()).await?;
             let usage = tally.alerts().period_usage(&quotas, Utc::now()).await?;
             let list = QuotaList {
@@ -294,7 +311,7 @@ pub(crate) async fn quota(url: Option<String>, cmd: QuotaCommand) -> Result<(), 
         }
         QuotaCommand::Remove(a) => {
             let customer: CustomerId = a.customer.parse().map_err(bad)?;
-            let tally = tally_for(url)?;
+            let tally = tally_for(url).await?;
             let service = tally.catalog().await?.service(&a.service).map_err(bad)?;
             if tally.alerts().remove_quota(&customer, &service).await? {
                 out(format_args!("removed {customer}'s own {service} quota\n"))
@@ -376,8 +393,14 @@ impl Tabular for QuotaList {
 pub(crate) enum AlertsCommand {
     /// Evaluate quotas now: fire the levels reached and deliver pending alerts (to
     /// stderr and --log).
+    #[command(
+        after_help = "Examples:\n  tally alerts check\n  tally alerts check --customer acme --log alerts.log"
+    )]
     Check(AlertsCheckArgs),
     /// Alerts of the last N days, newest first.
+    #[command(
+        after_help = "Examples:\n  tally alerts list --days 7\n  tally alerts list --customer acme --level exceeded --format json"
+    )]
     List(AlertsListArgs),
 }
 
@@ -395,11 +418,13 @@ pub(crate) struct AlertsCheckArgs {
 
 #[derive(Args)]
 pub(crate) struct AlertsListArgs {
+    /// Customer id (1-255 of A-Z a-z 0-9 _ . : @ -).
     #[arg(long)]
     customer: Option<String>,
     /// The whole window of the last N days.
     #[arg(long, default_value_t = 30)]
     days: u32,
+    /// Service: api, storage, bandwidth, compute, database, functions or a defined meter.
     #[arg(long)]
     service: Option<String>,
     /// warning, critical or exceeded.
@@ -414,7 +439,7 @@ pub(crate) async fn alerts(url: Option<String>, cmd: AlertsCommand) -> Result<()
     match cmd {
         AlertsCommand::Check(a) => {
             let customer: Option<CustomerId> = parse_opt(&a.customer)?;
-            let tally = tally_for(url)?;
+            let tally = tally_for(url).await?;
             tally.alerts().add_sink(Arc::new(StderrSink));
             a.log.add_sink(&tally);
             let fired = tally.alerts().check(customer.as_ref()).await?;
@@ -448,7 +473,7 @@ pub(crate) async fn alerts(url: Option<String>, cmd: AlertsCommand) -> Result<()
                 service: None,
                 level: parse_opt::<Level>(&a.level)?,
             };
-            let tally = tally_for(url)?;
+            let tally = tally_for(url).await?;
             let service: Option<Service> = crate::reads::opt_service(&tally, &a.service).await?;
             let alerts = tally
                 .alerts()

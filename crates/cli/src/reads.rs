@@ -24,6 +24,7 @@ pub(crate) struct Common {
 
 #[derive(Args)]
 pub(crate) struct ReportArgs {
+    /// Customer id (1-255 of A-Z a-z 0-9 _ . : @ -).
     #[arg(long)]
     customer: String,
     /// Start (RFC 3339 or YYYY-MM-DD); default the first of this month.
@@ -32,6 +33,7 @@ pub(crate) struct ReportArgs {
     /// End, exclusive; default the first of next month.
     #[arg(long)]
     to: Option<String>,
+    /// Service: api, storage, bandwidth, compute, database, functions or a defined meter.
     #[arg(long)]
     service: Option<String>,
     /// Add a per-day breakdown.
@@ -52,10 +54,13 @@ pub(crate) struct AggregateArgs {
     /// One customer; default all customers added up.
     #[arg(long)]
     customer: Option<String>,
+    /// Service: api, storage, bandwidth, compute, database, functions or a defined meter.
     #[arg(long)]
     service: Option<String>,
+    /// Start, inclusive (RFC 3339 with offset, or YYYY-MM-DD in --tz); default the first of this month.
     #[arg(long)]
     from: Option<String>,
+    /// End, exclusive (RFC 3339 with offset, or YYYY-MM-DD in --tz); default the first of next month.
     #[arg(long)]
     to: Option<String>,
     /// IANA time zone of the buckets.
@@ -67,8 +72,10 @@ pub(crate) struct AggregateArgs {
 
 #[derive(Args)]
 pub(crate) struct StatsArgs {
+    /// Customer id (1-255 of A-Z a-z 0-9 _ . : @ -).
     #[arg(long)]
     customer: String,
+    /// Service: api, storage, bandwidth, compute, database, functions or a defined meter.
     #[arg(long)]
     service: String,
     /// Complete UTC days before today.
@@ -83,13 +90,16 @@ pub(crate) struct StatsArgs {
 
 #[derive(Args)]
 pub(crate) struct TrendsArgs {
+    /// Customer id (1-255 of A-Z a-z 0-9 _ . : @ -).
     #[arg(long)]
     customer: String,
+    /// Service: api, storage, bandwidth, compute, database, functions or a defined meter.
     #[arg(long)]
     service: Option<String>,
     /// Calendar days, today included.
     #[arg(long, default_value_t = 7)]
     days: u32,
+    /// IANA time zone of the calendar days (UTC, Europe/Berlin, Asia/Kolkata...).
     #[arg(long, default_value = "UTC")]
     tz: String,
     #[command(flatten)]
@@ -98,8 +108,10 @@ pub(crate) struct TrendsArgs {
 
 #[derive(Args)]
 pub(crate) struct PeaksArgs {
+    /// Customer id (1-255 of A-Z a-z 0-9 _ . : @ -).
     #[arg(long)]
     customer: String,
+    /// Service: api, storage, bandwidth, compute, database, functions or a defined meter.
     #[arg(long)]
     service: String,
     /// hour, day or month (UTC).
@@ -114,6 +126,7 @@ pub(crate) struct PeaksArgs {
 
 #[derive(Args)]
 pub(crate) struct InvoiceArgs {
+    /// Customer id (1-255 of A-Z a-z 0-9 _ . : @ -).
     #[arg(long)]
     customer: String,
     /// Billing period, YYYY-MM (UTC calendar month).
@@ -154,9 +167,9 @@ pub(crate) async fn with_prices(
     path: Option<&str>,
 ) -> Result<Tally, Failure> {
     let Some(book) = book else {
-        return tally_for(url);
+        return tally_for(url).await;
     };
-    let tally = tally_builder(url)?.prices(book.clone()).build_lazy()?;
+    let tally = tally_builder(url)?.prices(book.clone()).build().await?;
     let catalog = tally.catalog().await?;
     book.check_services(&catalog)
         .map_err(|e| bad_prices(path, &e))?;

@@ -59,38 +59,56 @@ pub(crate) struct TrackArgs {
 #[derive(Subcommand)]
 enum TrackService {
     /// One API request.
+    #[command(
+        after_help = "Examples:\n  tally track api --customer acme --endpoint /v1/things/{id} --method POST --status 201"
+    )]
     Api {
         #[command(flatten)]
         event: EventArgs,
+        /// The route called, ideally its pattern (/v1/things/{id}) to keep cardinality low.
         #[arg(long)]
         endpoint: String,
+        /// HTTP method.
         #[arg(long, default_value = "GET")]
         method: String,
+        /// HTTP status code of the response.
         #[arg(long, default_value_t = 200)]
         status: u16,
     },
     /// Bytes stored for some hours (GiB-hours).
+    #[command(
+        after_help = "Examples:\n  tally track storage --customer acme --bytes 1073741824 --hours 24"
+    )]
     Storage {
         #[command(flatten)]
         event: EventArgs,
+        /// Bytes (converted to GiB: 2^30 bytes).
         #[arg(long)]
         bytes: u64,
+        /// Hours the bytes were held (plain decimal, ≥ 0).
         #[arg(long, allow_hyphen_values = true)]
         hours: String,
     },
     /// Bytes transferred (GiB).
+    #[command(
+        after_help = "Examples:\n  tally track bandwidth --customer acme --bytes 1048576 --direction egress"
+    )]
     Bandwidth {
         #[command(flatten)]
         event: EventArgs,
+        /// Bytes (converted to GiB: 2^30 bytes).
         #[arg(long)]
         bytes: u64,
+        /// ingress or egress (kept in the metadata).
         #[arg(long, default_value = "egress")]
         direction: String,
     },
     /// CPU seconds (CPU-hours).
+    #[command(after_help = "Examples:\n  tally track compute --customer acme --cpu-seconds 3600")]
     Compute {
         #[command(flatten)]
         event: EventArgs,
+        /// CPU seconds used (plain decimal, ≥ 0; recorded as CPU-hours).
         #[arg(long, allow_hyphen_values = true)]
         cpu_seconds: String,
         /// Metadata as a JSON object.
@@ -98,22 +116,33 @@ enum TrackService {
         metadata: Option<String>,
     },
     /// One database query.
+    #[command(
+        after_help = "Examples:\n  tally track database --customer acme --kind select --duration-ms 12"
+    )]
     Database {
         #[command(flatten)]
         event: EventArgs,
+        /// Kind of query (select, insert, ...; kept in the metadata).
         #[arg(long, default_value = "select")]
         kind: String,
+        /// How long it took, in milliseconds (kept in the metadata).
         #[arg(long, default_value_t = 0)]
         duration_ms: u64,
     },
     /// One function invocation.
+    #[command(
+        after_help = "Examples:\n  tally track functions --customer acme --name resize --duration-ms 250 --memory-mb 512"
+    )]
     Functions {
         #[command(flatten)]
         event: EventArgs,
+        /// Function name (kept in the metadata).
         #[arg(long)]
         name: String,
+        /// How long it took, in milliseconds (kept in the metadata).
         #[arg(long, default_value_t = 0)]
         duration_ms: u64,
+        /// Memory it ran with, in MB (kept in the metadata).
         #[arg(long, default_value_t = 0)]
         memory_mb: u64,
     },
@@ -147,7 +176,7 @@ pub(crate) async fn record(url: Option<String>, a: RecordArgs) -> Result<(), Fai
         Some(m) => m.parse::<Metadata>().map_err(bad)?,
         None => Metadata::empty(),
     };
-    let tally = tally_for(url)?;
+    let tally = tally_for(url).await?;
     let service = tally.catalog().await?.service(&a.service).map_err(bad)?;
     let usage = Usage {
         service,
@@ -209,7 +238,7 @@ pub(crate) async fn track(url: Option<String>, t: TrackArgs) -> Result<(), Failu
         } => (track::function(&name, duration_ms, memory_mb), event),
     };
     let usage = usage.map_err(bad)?;
-    let tally = tally_for(url)?;
+    let tally = tally_for(url).await?;
     write_one(&tally, usage, &event).await?;
     Ok(())
 }
@@ -364,7 +393,7 @@ pub(crate) async fn import(url: Option<String>, a: ImportArgs) -> Result<(), Fai
         let len = f.metadata().ok().map(|m| m.len());
         (Box::new(f), len)
     };
-    let tally = tally_for(url)?;
+    let tally = tally_for(url).await?;
     let bar = if std::io::stderr().is_terminal() {
         let bar = match size {
             Some(n) => indicatif::ProgressBar::new(n),

@@ -574,3 +574,136 @@ async fn invoice_shows_zero_usage_true_up_cap_and_minimum_lines() {
         (Some("1000"), Some("1000"))
     );
 }
+
+/// A server that is not there fails the command at once, naming where it tried (host,
+/// port, user, database; never a password), with exit 1.
+#[test]
+fn a_connection_failure_names_the_host_and_port_it_tried() {
+    for args in [
+        &["verify"][..],
+        &[
+            "record",
+            "--customer",
+            "acme",
+            "--service",
+            "api",
+            "--quantity",
+            "1",
+        ],
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tally"))
+            .args(args)
+            .env(
+                "DATABASE_URL",
+                "postgres://alice:s3cret@127.0.0.1:1/billing",
+            )
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains("127.0.0.1 port 1 as user alice (database billing)"),
+            "{err}"
+        );
+        assert!(!err.contains("s3cret"), "{err}");
+    }
+}
+
+/// Logs to a pipe or file carry no colour codes (they are for a terminal only).
+#[tokio::test]
+async fn logs_into_a_pipe_have_no_colour_codes() {
+    let db = TestDb::new().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let old = &[
+        "record",
+        "--customer",
+        "acme",
+        "--service",
+        "api",
+        "--quantity",
+        "1",
+    ];
+    assert!(
+        tally(&db, &[&old[..], &["--at", "2020-01-01T00:00:00Z"]].concat())
+            .status
+            .success()
+    );
+    // An archive run logs each file it writes at level info.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args(["archive", "--older-than", "1", "--dir"])
+        .arg(dir.path())
+        .env("DATABASE_URL", db.url())
+        .env("TALLY_LOG", "info")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("INFO") && err.contains("archived"),
+        "no log line to check: {err}"
+    );
+    assert!(!err.contains('\u{1b}'), "{err}");
+}
+
+/// Shell completions and the manual pages are generated and parse: bash's with `bash -n`,
+/// the pages with groff (warnings as errors) where groff is installed; every shell's
+/// script names the commands.
+#[test]
+fn completions_and_man_pages_are_generated_and_parse() {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tally"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        out.stdout
+    };
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        let script = String::from_utf8(run(&["completions", shell])).unwrap();
+        for command in ["aggregate", "invoice", "quota", "completions"] {
+            assert!(script.contains(command), "{shell} lacks {command}");
+        }
+    }
+    let parses = |program: &str, args: &[&str], input: &[u8]| -> Option<std::process::Output> {
+        let mut child = std::process::Command::new(program)
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .ok()?; // not installed here
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(input).unwrap();
+        Some(child.wait_with_output().unwrap())
+    };
+    let bash =
+        parses("bash", &["-n"], &run(&["completions", "bash"])).expect("bash runs the tests");
+    assert!(bash.status.success(), "{bash:?}");
+
+    let page = run(&["man"]);
+    assert!(String::from_utf8_lossy(&page).contains(".TH tally 1"));
+    let dir = tempfile::tempdir().unwrap();
+    run(&["man", "--dir", dir.path().to_str().unwrap()]);
+    let mut pages: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    pages.sort();
+    assert!(
+        pages.iter().any(|p| p.ends_with("tally-quota-set.1")),
+        "{pages:?}"
+    );
+    let mut texts = vec![("tally man".to_owned(), page)];
+    for p in &pages {
+        texts.push((p.display().to_string(), std::fs::read(p).unwrap()));
+    }
+    for (name, text) in &texts {
+        if let Some(groff) = parses("groff", &["-k", "-man", "-Tutf8", "-ww", "-z"], text) {
+            assert!(
+                groff.status.success() && groff.stderr.is_empty(),
+                "{name}: {}",
+                String::from_utf8_lossy(&groff.stderr)
+            );
+        }
+    }
+}
