@@ -152,11 +152,11 @@ enum TrackService {
 pub(crate) struct ImportArgs {
     /// File to import, or - for standard input.
     file: String,
-    /// csv or ndjson selects the input format (default: from the file's extension);
-    /// table or json selects the summary format.
+    /// Format of the summary printed: table or json.
     #[arg(long)]
     format: Option<String>,
-    /// Input format, when --format is used for the summary.
+    /// Format of the file: csv or ndjson (default: from the file's extension; required
+    /// for standard input).
     #[arg(long, value_parser = ["csv", "ndjson"])]
     input: Option<String>,
     /// Reject the whole file if any line is bad.
@@ -349,18 +349,22 @@ impl Tabular for Recorded {
 }
 
 pub(crate) async fn import(url: Option<String>, a: ImportArgs) -> Result<(), Failure> {
-    let (mut input, mut output) = (a.input.clone(), Format::Table);
-    match a.format.as_deref() {
-        None => {}
-        Some(f @ ("csv" | "ndjson" | "jsonl")) => input = Some(f.to_owned()),
-        Some("json") => output = Format::Json,
-        Some("table") => output = Format::Table,
-        Some(other) => {
+    // --format is the summary's, --input the file's: one meaning per flag.
+    let output = match a.format.as_deref() {
+        None | Some("table") => Format::Table,
+        Some("json") => Format::Json,
+        Some(f @ ("csv" | "ndjson" | "jsonl")) => {
             return Err(Failure::Usage(format!(
-                "invalid --format {other:?}: expected csv or ndjson (input) or table or json (summary)"
+                "invalid --format {f:?}: --format is the summary's (table or json); the file's format is --input {f}"
             )));
         }
-    }
+        Some(other) => {
+            return Err(Failure::Usage(format!(
+                "invalid --format {other:?}: expected table or json (the summary; the file's format is --input csv|ndjson)"
+            )));
+        }
+    };
+    let input = a.input.clone();
     if std::path::Path::new(&a.file).is_dir() {
         return Err(Failure::Usage(format!(
             "invalid file {:?}: is a directory",
@@ -370,11 +374,11 @@ pub(crate) async fn import(url: Option<String>, a: ImportArgs) -> Result<(), Fai
     let format = match input.as_deref() {
         Some(f) => f.parse::<ImportFormat>().map_err(Failure::from)?,
         None if a.file == "-" => {
-            return Err(Failure::Usage("reading stdin: say which format with --format csv|ndjson or --input".into()));
+            return Err(Failure::Usage("reading stdin: say which format with --input csv|ndjson".into()));
         }
         None => ImportFormat::from_path(std::path::Path::new(&a.file)).ok_or_else(|| {
             Failure::Usage(format!(
-                "invalid file {:?}: cannot tell the format from its extension; pass --format csv|ndjson",
+                "invalid file {:?}: cannot tell the format from its extension; pass --input csv|ndjson",
                 a.file
             ))
         })?,

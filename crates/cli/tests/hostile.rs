@@ -520,6 +520,12 @@ async fn refused_input_exits_with_its_code_names_the_problem_and_writes_nothing(
             2,
             "--format \"xml\"",
         ),
+        // --format is the summary's only; the file's format is --input (issue 26).
+        case(
+            &["import", "--format", "ndjson", "x.csv"],
+            2,
+            "the file's format is --input ndjson",
+        ),
         case(&["import", "{dir}"], 2, "is a directory"),
         case(&["import", "/nonexistent/usage.csv"], 2, "invalid file"),
         case(&["import", "-"], 2, "stdin"),
