@@ -1,3 +1,5 @@
+//! Record one metered API request behind a quota check, then read what is due.
+
 use tally::{CustomerId, Service, TallyBuilder, TimeRange, Zone, chrono::Utc, track};
 
 #[tokio::main]
