@@ -5,7 +5,7 @@
 use proptest::prelude::*;
 use tally::{
     CustomerId, Metadata, Quantity, Thresholds, UsageEvent, Zone,
-    alerts::{AnchorDay, BillingCycle, Mode, PlanName, QuotaLimit},
+    alerts::{AnchorDay, BillingCycle, Mode, PeriodName, PlanName, QuotaLimit},
     import::{ImportFormat, parse_file},
     parse_instant, supported_instants,
 };
@@ -171,5 +171,30 @@ proptest! {
             prop_assert!(p.to() - p.from() >= tally::chrono::Duration::days(27));
             prop_assert!(p.to() - p.from() <= tally::chrono::Duration::days(32));
         }
+        // A named period: refused naming the field, or a period starting in the month
+        // named (on the anchor day) or holding the day named.
+        match name.parse::<PeriodName>() {
+            Err(e) => prop_assert_eq!(e.field(), Some("period")),
+            Ok(n) => match cycle.period_named(n) {
+                Err(e) => prop_assert_eq!(e.field(), Some("period")),
+                Ok(p) => {
+                    let z = cycle.zone;
+                    match n {
+                        PeriodName::Day(d) => prop_assert!(p.contains(z.start_of_day(d))),
+                        PeriodName::Month(m) => {
+                            use tally::chrono::Datelike;
+                            let start = z.date_of(p.from());
+                            prop_assert_eq!((start.year(), start.month()), (m.year(), m.month()));
+                        }
+                    }
+                }
+            },
+        }
+        // Every month of 2026 names the period starting in it (random text rarely does).
+        use tally::chrono::Datelike;
+        let month = tally::chrono::NaiveDate::from_ymd_opt(2026, 1 + (now.unsigned_abs() % 12) as u32, 1).unwrap();
+        let p = cycle.period_named(PeriodName::Month(month)).unwrap();
+        let start = cycle.zone.date_of(p.from());
+        prop_assert_eq!((start.year(), start.month()), (2026, month.month()));
     }
 }

@@ -2,8 +2,8 @@
 
 use clap::Args;
 use tally::{
-    CustomerId, Granularity, Limit, Service, Tally, TimeRange, Zone, chrono::Utc, parse_month,
-    pricing::PriceBook, report::Over,
+    CustomerId, Granularity, Limit, Service, Tally, TimeRange, Zone, alerts::PeriodName,
+    chrono::Utc, pricing::PriceBook, report::Over,
 };
 
 use crate::{
@@ -129,9 +129,11 @@ pub(crate) struct InvoiceArgs {
     /// Customer id (1-255 of A-Z a-z 0-9 _ . : @ -).
     #[arg(long)]
     customer: String,
-    /// Billing period, YYYY-MM (UTC calendar month).
+    /// Billing period in the customer's cycle (`quota set --anchor-day --tz`; the 1st,
+    /// UTC, by default): YYYY-MM is the period starting in that month, YYYY-MM-DD the
+    /// period holding that day; default the period holding now.
     #[arg(long)]
-    period: String,
+    period: Option<String>,
     #[command(flatten)]
     common: Common,
 }
@@ -278,8 +280,14 @@ pub(crate) async fn peaks(url: Option<String>, a: PeaksArgs) -> Result<(), Failu
 
 pub(crate) async fn invoice(url: Option<String>, a: InvoiceArgs) -> Result<(), Failure> {
     let customer: CustomerId = a.customer.parse().map_err(bad)?;
-    let period = parse_month("period", &a.period).map_err(bad)?;
+    let name: Option<PeriodName> = parse_opt(&a.period)?;
     let tally = setup(url, &a.common).await?;
+    let cycle = tally.billing_cycle(&customer).await?;
+    let period = match name {
+        Some(n) => cycle.period_named(n),
+        None => cycle.period_at(Utc::now()),
+    }
+    .map_err(bad)?;
     let inv = tally.invoice(&customer, period).await?;
     emit(a.common.format, &inv)
 }

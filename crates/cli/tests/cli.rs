@@ -707,3 +707,95 @@ fn completions_and_man_pages_are_generated_and_parse() {
         }
     }
 }
+
+/// An invoice follows the customer's billing cycle: with periods from the 15th at New
+/// York midnight, `--period 2026-11` is 15 November 05:00 UTC to 15 December 05:00 UTC
+/// (EST), and a day names the period holding it. Usage a second either side of an edge
+/// is counted on its side (hand-computed: 10 + 100).
+#[tokio::test]
+async fn an_invoice_is_for_the_customers_own_period() {
+    let db = TestDb::new().await.unwrap();
+    assert!(
+        tally(&db, &["plan", "set", "pro", "--limit", "api=100000"])
+            .status
+            .success()
+    );
+    let cycle = tally(
+        &db,
+        &[
+            "quota",
+            "set",
+            "--customer",
+            "nyc",
+            "--plan",
+            "pro",
+            "--anchor-day",
+            "15",
+            "--tz",
+            "America/New_York",
+        ],
+    );
+    assert!(cycle.status.success(), "{cycle:?}");
+    for (q, at) in [
+        ("1", "2026-11-15T04:59:59Z"),
+        ("10", "2026-11-15T05:00:00Z"),
+        ("100", "2026-12-15T04:59:59Z"),
+        ("1000", "2026-12-15T05:00:00Z"),
+    ] {
+        let r = tally(
+            &db,
+            &[
+                "record",
+                "--customer",
+                "nyc",
+                "--service",
+                "api",
+                "--quantity",
+                q,
+                "--at",
+                at,
+            ],
+        );
+        assert!(r.status.success(), "{r:?}");
+    }
+    for period in ["2026-11", "2026-11-15", "2026-12-14"] {
+        let inv = json(&tally(
+            &db,
+            &[
+                "invoice",
+                "--customer",
+                "nyc",
+                "--period",
+                period,
+                "--format",
+                "json",
+            ],
+        ));
+        assert_eq!(
+            inv["period_start"], "2026-11-15T05:00:00Z",
+            "{period}: {inv}"
+        );
+        assert_eq!(inv["period_end"], "2026-12-15T05:00:00Z", "{period}: {inv}");
+        assert_eq!(inv["lines"][0]["quantity"], "110", "{period}: {inv}");
+    }
+    // A customer without a cycle: the calendar month, UTC, as before.
+    let plain = json(&tally(
+        &db,
+        &[
+            "invoice",
+            "--customer",
+            "other",
+            "--period",
+            "2026-11",
+            "--format",
+            "json",
+        ],
+    ));
+    assert_eq!(
+        (&plain["period_start"], &plain["period_end"]),
+        (
+            &"2026-11-01T00:00:00Z".into(),
+            &"2026-12-01T00:00:00Z".into()
+        )
+    );
+}

@@ -226,7 +226,54 @@ impl Default for BillingCycle {
     }
 }
 
+/// A billing period named from outside: a month (`YYYY-MM`: the period that starts
+/// in it) or a day (`YYYY-MM-DD`: the period that holds it), in the cycle's zone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeriodName {
+    /// The period starting in this month (the date is the month's first day).
+    Month(NaiveDate),
+    /// The period holding this local day.
+    Day(NaiveDate),
+}
+
+impl FromStr for PeriodName {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<PeriodName> {
+        let t = s.trim();
+        let day = |f: &str| NaiveDate::parse_from_str(f, "%Y-%m-%d").ok();
+        match t.len() {
+            7 => day(&format!("{t}-01")).map(PeriodName::Month),
+            10 => day(t).map(PeriodName::Day),
+            _ => None,
+        }
+        .ok_or_else(|| {
+            Error::invalid(
+                "period",
+                s,
+                "expected a month YYYY-MM (the period starting in it) or a day YYYY-MM-DD (the period holding it)",
+            )
+        })
+    }
+}
+
 impl BillingCycle {
+    /// The period `name` names: for a month, the period starting on its anchor day
+    /// (the calendar month for the default cycle); for a day, the period holding that
+    /// day's local midnight.
+    pub fn period_named(&self, name: PeriodName) -> Result<TimeRange> {
+        let out_of_range =
+            |d: NaiveDate| Error::invalid("period", d, "outside the supported range");
+        let day = match name {
+            PeriodName::Month(m) => self.anchor.in_month(m).ok_or_else(|| out_of_range(m))?,
+            PeriodName::Day(d) => d,
+        };
+        let (lo, hi) = crate::supported_instants();
+        if day < lo.date_naive() || day >= hi.date_naive() {
+            return Err(out_of_range(day));
+        }
+        self.period_at(self.zone.start_of_day(day))
+    }
+
     /// The period holding `t`: `[start, end)` from one anchor day's local midnight to
     /// the next month's.
     pub fn period_at(&self, t: DateTime<Utc>) -> Result<TimeRange> {

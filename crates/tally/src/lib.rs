@@ -105,8 +105,8 @@ pub mod alerts {
         StderrSink,
     };
     pub use tally_core::{
-        Alert, AnchorDay, BillingCycle, Decision, Mode, Plan, PlanName, Quota, QuotaLimit,
-        QuotaSource, percent_of,
+        Alert, AnchorDay, BillingCycle, Decision, Mode, PeriodName, Plan, PlanName, Quota,
+        QuotaLimit, QuotaSource, percent_of,
     };
     pub use tally_store::AlertFilter;
 }
@@ -507,6 +507,13 @@ impl Tally {
     /// (default hour), `.limit(n)` (default 10), `.in_zone(z)`, then `.await`.
     pub fn peaks(&self, customer: &CustomerId, service: &Service) -> PeaksQuery<'_> {
         self.analytics.peaks(customer, service)
+    }
+
+    /// When `customer`'s billing periods start (`alerts().set_billing_cycle` sets it;
+    /// the 1st of the month, UTC, otherwise). Its `period_at` and `period_named` give
+    /// the periods to invoice.
+    pub async fn billing_cycle(&self, customer: &CustomerId) -> Result<alerts::BillingCycle> {
+        self.store.billing_cycle(customer).await
     }
 
     /// An invoice preview for `period`.

@@ -255,6 +255,28 @@ impl Store {
         Ok(())
     }
 
+    /// When `customer`'s billing periods start: as set, or the default (the 1st, UTC).
+    pub async fn billing_cycle(&self, customer: &CustomerId) -> Result<BillingCycle> {
+        const CTX: &str = "reading a billing cycle";
+        let client = self.client(CTX).await?;
+        let row = client
+            .query_opt(
+                "SELECT anchor_day, zone FROM tally_customers WHERE customer_id = $1",
+                &[&customer.as_str()],
+            )
+            .await
+            .map_err(Error::db(CTX))?;
+        let Some(row) = row else {
+            return Ok(BillingCycle::default());
+        };
+        let anchor: i16 = get(&row, 0, CTX)?;
+        let zone: &str = get(&row, 1, CTX)?;
+        Ok(BillingCycle {
+            anchor: AnchorDay::new(i64::from(anchor))?,
+            zone: zone.parse()?,
+        })
+    }
+
     /// Sets `customer`'s own quota for `service` (beats their plan's). The service must
     /// be known.
     pub async fn set_quota(
