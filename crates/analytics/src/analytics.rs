@@ -313,6 +313,7 @@ impl Analytics {
                     quantity: total,
                     previous,
                     change_pct,
+                    partial: zone.date_of(*label) == today,
                 });
                 previous = Some(total);
             }

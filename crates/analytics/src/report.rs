@@ -207,6 +207,10 @@ pub struct TrendDay {
     /// previous day is 0 or before the window.
     #[serde(serialize_with = "serde_fmt::opt_fixed2")]
     pub change_pct: Option<Decimal>,
+    /// The day is still running (`as_of`'s day): its total so far is compared with a
+    /// whole day. In JSON only when true.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub partial: bool,
 }
 
 /// One peak bucket.
@@ -237,6 +241,18 @@ pub enum LineKind {
     Cap,
     /// Makes the invoice up to the price book's minimum (no service).
     Minimum,
+}
+
+impl std::fmt::Display for LineKind {
+    /// As in JSON: `usage`, `true_up`, `cap`, `minimum`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LineKind::Usage => "usage",
+            LineKind::TrueUp => "true_up",
+            LineKind::Cap => "cap",
+            LineKind::Minimum => "minimum",
+        })
+    }
 }
 
 /// One line of an invoice.

@@ -9,7 +9,7 @@ use tally::{
     VerifyReport, Zone,
     chrono::{DateTime, Utc},
     import::ImportReport,
-    report::{Aggregation, Invoice, LineKind, Peak, Stats, Summary, TrendDay},
+    report::{Aggregation, Invoice, Peak, Stats, Summary, TrendDay},
     rust_decimal::Decimal,
     serde_fmt::{money_text, rfc3339},
 };
@@ -262,8 +262,13 @@ impl Tabular for Trends {
         self.days
             .iter()
             .map(|d| {
+                // Today's total is so far, not a whole day's: a table says so.
+                let date = match (table, d.partial) {
+                    (true, true) => format!("{} (so far)", d.date),
+                    _ => d.date.to_string(),
+                };
                 vec![
-                    d.date.to_string(),
+                    date,
                     d.service.clone(),
                     num(table, d.quantity),
                     d.previous.map(|p| num(table, p)).unwrap_or_default(),
@@ -312,15 +317,9 @@ impl Tabular for Invoice {
             .lines
             .iter()
             .map(|l| {
-                let kind = match l.kind {
-                    LineKind::Usage => "usage",
-                    LineKind::TrueUp => "true_up",
-                    LineKind::Cap => "cap",
-                    LineKind::Minimum => "minimum",
-                };
                 vec![
                     l.service.clone().unwrap_or_default(),
-                    kind.into(),
+                    l.kind.to_string(),
                     dec(l.quantity),
                     dec(l.billable_quantity),
                     money(l.amount),

@@ -6,7 +6,7 @@ use chrono::{DateTime, Datelike, Duration, DurationRound, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    Error, Result, Zone,
+    Error, Granularity, Result, Zone,
     time::{out_of_range, parse_instant, supported_instants},
 };
 
@@ -150,6 +150,35 @@ impl TimeRange {
         (from < to && to <= 4).then_some(QuarterPiece { hour, from, to })
     }
 
+    /// The calendar month of `zone` that holds `t`: `[first day, first of the next)`.
+    pub fn month_of(zone: Zone, t: DateTime<Utc>) -> TimeRange {
+        let start = zone.bucket_start(t, Granularity::Month);
+        TimeRange {
+            from: start,
+            to: zone.next_bucket(start, Granularity::Month),
+        }
+    }
+
+    /// The calendar day of `zone` that holds `t`.
+    pub fn day_of(zone: Zone, t: DateTime<Utc>) -> TimeRange {
+        let start = zone.bucket_start(t, Granularity::Day);
+        TimeRange {
+            from: start,
+            to: zone.next_bucket(start, Granularity::Day),
+        }
+    }
+
+    /// This calendar month in `zone`, by the system clock ([`TimeRange::month_of`] takes
+    /// the instant).
+    pub fn this_month(zone: Zone) -> TimeRange {
+        TimeRange::month_of(zone, Utc::now())
+    }
+
+    /// Today in `zone`, by the system clock ([`TimeRange::day_of`] takes the instant).
+    pub fn today(zone: Zone) -> TimeRange {
+        TimeRange::day_of(zone, Utc::now())
+    }
+
     /// The range between two optional bounds from outside (`field` names as in
     /// [`parse_instant`]), each parsed in `zone`. A missing bound defaults to the start
     /// or end of the calendar month holding `now` in `zone`.
@@ -179,6 +208,22 @@ impl TimeRange {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn month_and_day_of_an_instant_in_a_zone() {
+        let ny: Zone = "America/New_York".parse().unwrap();
+        let t: DateTime<Utc> = "2026-12-01T03:00:00Z".parse().unwrap(); // 30 Nov, 22:00 EST
+        let m = TimeRange::month_of(ny, t);
+        assert_eq!(m.from().to_rfc3339(), "2026-11-01T04:00:00+00:00"); // EDT midnight
+        assert_eq!(m.to().to_rfc3339(), "2026-12-01T05:00:00+00:00");
+        let d = TimeRange::day_of(ny, t);
+        assert_eq!(d.from().to_rfc3339(), "2026-11-30T05:00:00+00:00");
+        assert_eq!(d.to().to_rfc3339(), "2026-12-01T05:00:00+00:00");
+        let m = TimeRange::this_month(Zone::UTC);
+        assert!((28..=31).contains(&(m.to() - m.from()).num_days()));
+        let d = TimeRange::today(ny);
+        assert!((23..=25).contains(&(d.to() - d.from()).num_hours()));
+    }
     use super::*;
 
     fn utc(s: &str) -> DateTime<Utc> {

@@ -28,7 +28,7 @@
 //! recorder.flush().await?; // committed; alerts are evaluated after each batch
 //!
 //! // Read it back, priced: this month so far.
-//! let month = TimeRange::from_bounds(None, None, Zone::UTC, tally::chrono::Utc::now())?;
+//! let month = TimeRange::this_month(Zone::UTC);
 //! let summary = tally.summary(&customer, month).await?;
 //! println!("{} due", summary.total_amount);
 //! let days = tally.usage(month).customer(&customer).by(Granularity::Day).await?;

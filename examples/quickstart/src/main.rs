@@ -1,6 +1,6 @@
 //! Record one metered API request behind a quota check, then read what is due.
 
-use tally::{CustomerId, Service, TallyBuilder, TimeRange, Zone, chrono::Utc, track};
+use tally::{CustomerId, Service, TallyBuilder, TimeRange, Zone, track};
 
 #[tokio::main]
 async fn main() -> Result<(), tally::Error> {
@@ -22,8 +22,9 @@ async fn main() -> Result<(), tally::Error> {
     }
     recorder.close().await?; // returns once everything recorded is committed
 
-    let month = TimeRange::from_bounds(None, None, Zone::UTC, Utc::now())?;
-    let summary = tally.summary(&customer, month).await?;
+    let summary = tally
+        .summary(&customer, TimeRange::this_month(Zone::UTC))
+        .await?;
     println!("{customer}: {} due this month", summary.total_amount);
     Ok(())
 }
