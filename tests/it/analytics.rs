@@ -256,6 +256,17 @@ async fn summary_prices_usage_and_reads_partial_hours_from_raw_events() {
     assert_eq!((api.quantity, api.events), (d("2352"), 2)); // 2345 + 7
     assert_eq!(api.amount, d("0.24")); // 2352 × 0.0001 = 0.2352 -> 0.24 half-up
     assert_eq!(line("compute").amount, d("0.18")); // 3.5 × 0.05 = 0.175 -> 0.18
+    // Display: exact numbers, money with its minor units.
+    let text = s.to_string();
+    assert!(text.starts_with("acme 2026-"), "{text}");
+    assert!(
+        text.contains("  api 2352 requests (2 events) 0.24\n"),
+        "{text}"
+    );
+    assert!(text.ends_with(&format!(
+        "  total {}",
+        tally::serde_fmt::money_text(s.total_amount)
+    )));
     assert_eq!(line("storage").quantity, Decimal::ZERO);
     assert_eq!(s.total_amount, d("0.42"));
     // No usage: zeros, not an error.
@@ -722,6 +733,10 @@ async fn invoice_applies_the_spec_tier_table_and_dated_prices() {
         .await
         .unwrap();
     assert_eq!(dec.total_amount, d("201.00"));
+    let text = dec.to_string();
+    assert!(text.starts_with("invoice "), "{text}");
+    assert!(text.ends_with("  total 201.00"), "{text}");
+    assert!(text.contains(" usage "), "{text}");
 }
 
 /// Count, sum, minimum and maximum per bucket and service, for fixed-offset zones.

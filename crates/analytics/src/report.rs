@@ -61,6 +61,32 @@ pub struct Summary {
     pub days: Option<Vec<DayLine>>,
 }
 
+impl std::fmt::Display for Summary {
+    /// A plain-text block: the customer and range, a line per service (quantity, unit,
+    /// events, amount), then the total. Every number exact.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "{} {} .. {}",
+            self.customer_id,
+            serde_fmt::rfc3339(self.from),
+            serde_fmt::rfc3339(self.to)
+        )?;
+        for l in &self.services {
+            writeln!(
+                f,
+                "  {} {} {} ({} events) {}",
+                l.service,
+                l.quantity.normalize(),
+                l.unit,
+                l.events,
+                serde_fmt::money_text(l.amount)
+            )?;
+        }
+        write!(f, "  total {}", serde_fmt::money_text(self.total_amount))
+    }
+}
+
 /// One bucket of an aggregation. In JSON it carries its `avg` too.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Bucket {
@@ -226,6 +252,34 @@ pub struct Peak {
     pub quantity: Decimal,
     /// Its events.
     pub events: i64,
+}
+
+impl std::fmt::Display for Invoice {
+    /// A plain-text block: the customer, period and currency, a line per invoice line
+    /// (service, kind, quantity, billable quantity, amount), then the total. Every
+    /// number exact.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "invoice {} {} .. {} ({})",
+            self.customer_id,
+            serde_fmt::rfc3339(self.period_start),
+            serde_fmt::rfc3339(self.period_end),
+            self.currency
+        )?;
+        for l in &self.lines {
+            writeln!(
+                f,
+                "  {} {} {} billable {} {}",
+                l.service.as_deref().unwrap_or("-"),
+                l.kind,
+                l.quantity.normalize(),
+                l.billable_quantity.normalize(),
+                serde_fmt::money_text(l.amount)
+            )?;
+        }
+        write!(f, "  total {}", serde_fmt::money_text(self.total_amount))
+    }
 }
 
 /// What an invoice line is for.

@@ -152,7 +152,10 @@ impl std::fmt::Debug for Alerts {
 
 impl Alerts {
     /// Quotas and alerts on `store`. Nothing is evaluated in the background until
-    /// [`Alerts::watch`].
+    /// [`Alerts::watch`]. For the facade: an application gets its `Alerts` from
+    /// `Tally::alerts()` (configured by `TallyBuilder::alert_config` and `sink`), so this
+    /// constructor is hidden from the facade's documentation.
+    #[doc(hidden)]
     pub fn new(store: Store, config: AlertConfig) -> Alerts {
         Alerts {
             inner: Arc::new(Inner {
