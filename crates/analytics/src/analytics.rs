@@ -323,23 +323,18 @@ impl Analytics {
 
     pub(crate) async fn run_peaks(&self, q: &PeaksQuery<'_>) -> Result<Vec<Peak>> {
         let (customer, service, by, limit, zone) = (&q.customer, &q.service, q.by, q.limit, q.zone);
-        let peak = |bucket, t: Totals| Peak {
+        let peak = |bucket, quantity, events| Peak {
             bucket,
             service: service.to_string(),
-            quantity: t.quantity,
-            events: t.events,
+            quantity,
+            events,
         };
         if zone == Zone::UTC {
             // UTC buckets are the rollups' own rows: the database sorts and cuts them.
             let top = self.store.top_buckets(customer, service, by, limit).await?;
             return Ok(top
                 .into_iter()
-                .map(|b| Peak {
-                    bucket: b.bucket,
-                    service: service.to_string(),
-                    quantity: b.quantity,
-                    events: b.events,
-                })
+                .map(|b| peak(b.bucket, b.quantity, b.events))
                 .collect());
         }
         // Another zone's buckets cut UTC days (and some UTC hours): every bucket of the
@@ -364,7 +359,7 @@ impl Analytics {
         Ok(all
             .into_iter()
             .take(keep)
-            .map(|(b, t)| peak(b, t))
+            .map(|(b, t)| peak(b, t.quantity, t.events))
             .collect())
     }
 

@@ -591,14 +591,13 @@ fn a_connection_failure_names_the_host_and_port_it_tried() {
             "1",
         ],
     ] {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tally"))
-            .args(args)
-            .env(
+        let out = common::tally_with(
+            args,
+            &[(
                 "DATABASE_URL",
                 "postgres://alice:s3cret@127.0.0.1:1/billing",
-            )
-            .output()
-            .unwrap();
+            )],
+        );
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{err}");
         assert!(
@@ -629,13 +628,16 @@ async fn logs_into_a_pipe_have_no_colour_codes() {
             .success()
     );
     // An archive run logs each file it writes at level info.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tally"))
-        .args(["archive", "--older-than", "1", "--dir"])
-        .arg(dir.path())
-        .env("DATABASE_URL", db.url())
-        .env("TALLY_LOG", "info")
-        .output()
-        .unwrap();
+    let out = common::tally_with(
+        &[
+            "archive",
+            "--older-than",
+            "1",
+            "--dir",
+            dir.path().to_str().unwrap(),
+        ],
+        &[("DATABASE_URL", db.url()), ("TALLY_LOG", "info")],
+    );
     assert!(out.status.success(), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -651,10 +653,7 @@ async fn logs_into_a_pipe_have_no_colour_codes() {
 #[test]
 fn completions_and_man_pages_are_generated_and_parse() {
     let run = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tally"))
-            .args(args)
-            .output()
-            .unwrap();
+        let out = common::tally_with(args, &[]);
         assert!(out.status.success(), "{args:?}: {out:?}");
         out.stdout
     };

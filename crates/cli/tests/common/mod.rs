@@ -8,9 +8,15 @@ use tally_testdb::TestDb;
 
 /// Runs `tally args…` with `DATABASE_URL` set to the test database.
 pub(crate) fn tally(db: &TestDb, args: &[&str]) -> Output {
+    tally_with(args, &[("DATABASE_URL", db.url())])
+}
+
+/// Runs `tally args…` with these environment variables set (no database unless one
+/// of them names it).
+pub(crate) fn tally_with(args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_tally"))
         .args(args)
-        .env("DATABASE_URL", db.url())
+        .envs(env.iter().copied())
         .output()
         .unwrap()
 }
