@@ -408,7 +408,7 @@ async fn a_single_node_database_moves_onto_citus_with_its_data() {
     let t = Tally::connect_lazy(db.url()).unwrap();
     let moved = t.migrate().await.unwrap();
     assert!(moved.applied.is_empty());
-    assert_eq!(moved.distributed.len(), 15, "{moved:?}");
+    assert_eq!(moved.distributed.len(), 24, "{moved:?}");
     let after = (
         t.verify().await.unwrap(),
         t.summary(&cust, month).await.unwrap(),
@@ -492,7 +492,14 @@ async fn a_distributed_installation_upgrades_to_quarter_hour_detail() {
     let t = Tally::connect_lazy(db.url()).unwrap();
     let report = t.migrate().await.unwrap();
     assert_eq!(report.applied, migrations_from(9));
-    assert!(report.distributed.is_empty(), "{report:?}");
+    // Only the tables of the migrations applied now (12: meters) are distributed now.
+    assert!(
+        report
+            .distributed
+            .iter()
+            .all(|t| t.starts_with("tally_meter_")),
+        "{report:?}"
+    );
     check_quarter_hours_after_upgrade(&t, &client).await;
 }
 
@@ -564,4 +571,67 @@ async fn a_hard_quota_admits_exactly_on_citus() {
         .count();
     assert_eq!(admitted, 10);
     assert_eq!(one.verify().await.unwrap().events, 10);
+}
+
+#[tokio::test]
+async fn meters_are_maintained_backfilled_and_queried_on_citus() {
+    use tally::meters::{Aggregation, CloudEvent, MeterQuery, MeterSpec};
+    let Some(db) = citus().await else {
+        return;
+    };
+    let t0: tally::chrono::DateTime<tally::chrono::Utc> = "2026-11-01T10:00:00Z".parse().unwrap();
+    let ev = |id: u32, customer: &str, model: &str, tokens: u32| {
+        CloudEvent::new("prompt".parse().unwrap(), customer.parse().unwrap())
+            .with_id("citus", &id.to_string())
+            .unwrap()
+            .at(t0 + tally::chrono::Duration::minutes(i64::from(id)))
+            .with_data(
+                format!(r#"{{"model": "{model}", "tokens": {tokens}}}"#)
+                    .parse()
+                    .unwrap(),
+            )
+    };
+    let tally = db.tally();
+    let spec = |slug: &str, agg| {
+        MeterSpec::new(
+            slug.parse().unwrap(),
+            "prompt".parse().unwrap(),
+            agg,
+            (agg != Aggregation::Count).then(|| "$.tokens".parse().unwrap()),
+        )
+        .unwrap()
+        .dimension("model", "$.model".parse().unwrap())
+        .unwrap()
+    };
+    // One meter before the events (the write path), one after (the backfill).
+    tally
+        .create_meter(&spec("tokens", Aggregation::Sum), None)
+        .await
+        .unwrap();
+    tally
+        .write_cloud_events(&[
+            ev(1, "acme", "a", 5),
+            ev(2, "globex", "b", 7),
+            ev(3, "acme", "b", 1),
+        ])
+        .await
+        .unwrap();
+    let m = tally
+        .create_meter(&spec("prompts", Aggregation::Count), None)
+        .await
+        .unwrap();
+    assert_eq!(m.backfilled, 3);
+    let range = TimeRange::new(t0, t0 + tally::chrono::Duration::days(1)).unwrap();
+    let q = MeterQuery::new(range, t0).group_by("model");
+    let values = |r: tally::meters::MeterQueryResult| -> Vec<String> {
+        r.data.iter().map(|r| r.value.to_string()).collect()
+    };
+    assert_eq!(
+        values(tally.query_meter("tokens", &q).await.unwrap()),
+        ["5", "8"]
+    );
+    assert_eq!(
+        values(tally.query_meter("prompts", &q).await.unwrap()),
+        ["1", "2"]
+    );
 }

@@ -14,6 +14,7 @@ use std::{io::IsTerminal, path::PathBuf, process::ExitCode};
 mod compact;
 mod demo;
 mod files;
+mod meters;
 mod output;
 mod quotas;
 mod reads;
@@ -120,6 +121,9 @@ enum Command {
         /// The archive file (usage_YYYY_MM_N.ndjson.gz).
         file: PathBuf,
     },
+    /// Meters: aggregations of the events' own properties, by dimension (docs/meters.md).
+    #[command(subcommand)]
+    Meter(meters::MeterCommand),
     /// Plans: named sets of limits.
     #[command(subcommand)]
     Plan(quotas::PlanCommand),
@@ -355,6 +359,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Restore { file } => files::restore(cli.database_url, file).await?,
         Command::Plan(c) => quotas::plan(cli.database_url, c).await?,
         Command::Quota(c) => quotas::quota(cli.database_url, c).await?,
+        Command::Meter(c) => meters::meter(cli.database_url, c).await?,
         Command::Alerts(c) => quotas::alerts(cli.database_url, c).await?,
         Command::Grant(a) => {
             // Validated before connecting: a bad name is refused without a database.

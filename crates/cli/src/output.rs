@@ -47,7 +47,7 @@ pub(crate) fn emit<T: Serialize + Tabular>(format: Format, value: &T) -> Result<
 }
 
 /// JSON, pretty, keys in sorted order (a `serde_json::Value` object keeps them so).
-fn print_json<T: Serialize + ?Sized>(value: &T) -> Result<(), Failure> {
+pub(crate) fn print_json<T: Serialize + ?Sized>(value: &T) -> Result<(), Failure> {
     let v =
         serde_json::to_value(value).map_err(|e| Failure::Runtime(format!("writing JSON: {e}")))?;
     let text = serde_json::to_string_pretty(&v)

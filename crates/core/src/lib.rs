@@ -43,6 +43,7 @@ mod customer;
 mod error;
 mod event;
 mod limit;
+pub mod meter;
 mod price_file;
 mod pricing;
 mod progress;
@@ -59,6 +60,10 @@ pub use customer::CustomerId;
 pub use error::{Error, Result};
 pub use event::{EventId, Metadata, Usage, UsageEvent, track};
 pub use limit::Limit;
+pub use meter::{
+    Acc, Aggregation, CloudEvent, Dimension, EventType, JsonPath, Latest, MeterPieces, MeterSlug,
+    MeterSpec, Payload, Reading, Sample, Value, WindowSize,
+};
 pub use pricing::{
     Charge, Line, MONEY_SCALE, Metered, Price, PriceBook, PriceModel, PriceVersion, Rounding, Tier,
     currency_exponent, is_iso_4217, round_money, round_to,

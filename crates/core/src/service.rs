@@ -132,6 +132,16 @@ impl Service {
         Ok(Service(Repr::Custom(Arc::from(name))))
     }
 
+    /// The service an event of type `name` is stored as (a built-in for a built-in's
+    /// name). `name` is an event type validated by [`crate::EventType`], whose rule is
+    /// looser than a custom meter's name (`.`, `-`, `:` and `/` are allowed).
+    pub(crate) fn of_event_type(name: &str) -> Service {
+        match BuiltIn::from_name(name) {
+            Some(b) => b.into(),
+            None => Service(Repr::Custom(Arc::from(name))),
+        }
+    }
+
     /// The service's name.
     pub fn as_str(&self) -> &str {
         match &self.0 {

@@ -39,6 +39,7 @@ mod error;
 mod export;
 mod import;
 mod ingest;
+mod meters;
 mod migrate;
 mod numeric;
 mod partitions;
@@ -56,6 +57,7 @@ pub use import::{
     ImportFormat, ImportOptions, ImportReport, LineError, MAX_LINE_BYTES, parse_file,
 };
 pub use ingest::WriteOutcome;
+pub use meters::{DefinedMeter, MeterQuery, MeterQueryResult, MeterRow, MeterState};
 pub use migrate::{MigrateReport, app_grants};
 pub use quotas::AlertFilter;
 pub use recorder::{Recorder, RecorderConfig, RecorderStatus};

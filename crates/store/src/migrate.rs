@@ -83,6 +83,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         name: "0011_event_digests.sql",
         sql: include_str!("../../../migrations/0011_event_digests.sql"),
     },
+    Migration {
+        version: 12,
+        name: "0012_meters.sql",
+        sql: include_str!("../../../migrations/0012_meters.sql"),
+    },
 ];
 
 /// A fingerprint of the whole embedded schema (test harnesses key template databases
@@ -127,7 +132,7 @@ enum Layout {
 /// Every table of the schema that Citus should know, in the order they are
 /// distributed (reference tables before the tables that refer to them; `usage_events`
 /// first of the colocated group). `tally_migrations` stays a coordinator-local table.
-const LAYOUT: [(&str, Layout); 15] = [
+const LAYOUT: [(&str, Layout); 24] = [
     ("tally_meters", Layout::Reference),
     ("tally_plans", Layout::Reference),
     ("tally_plan_limits", Layout::Reference),
@@ -143,6 +148,15 @@ const LAYOUT: [(&str, Layout); 15] = [
     ("usage_alert_deliveries", Layout::ByCustomer),
     ("usage_archived_totals", Layout::ByCustomer),
     ("usage_hourly_total", Layout::ByService),
+    ("tally_meter_defs", Layout::Reference),
+    ("tally_meter_dimensions", Layout::Reference),
+    ("tally_meter_cardinality", Layout::Reference),
+    ("tally_meter_quarters", Layout::ByCustomer),
+    ("tally_meter_days", Layout::ByCustomer),
+    ("tally_meter_distinct_quarters", Layout::ByCustomer),
+    ("tally_meter_distinct_days", Layout::ByCustomer),
+    ("tally_meter_distinct_months", Layout::ByCustomer),
+    ("tally_meter_samples", Layout::ByCustomer),
 ];
 
 /// Whether the database has the Citus extension (then Tally's tables are distributed).
@@ -162,7 +176,7 @@ pub(crate) async fn is_citus(client: &tokio_postgres::Client) -> Result<bool> {
 /// the reads, quotas and alert delivery need, and nothing that could break the
 /// installation (the migration ledger, the archive ledger and the catalogue stay
 /// read-only: migrate, archive, restore and `define_meter` run as the owner).
-const APP_PRIVILEGES: [(&str, &str); 17] = [
+const APP_PRIVILEGES: [(&str, &str); 26] = [
     ("usage_events", "SELECT, INSERT"),
     // `partition_status` counts the default partition's rows directly.
     ("usage_events_default", "SELECT"),
@@ -183,6 +197,17 @@ const APP_PRIVILEGES: [(&str, &str); 17] = [
     ("tally_migrations", "SELECT"),
     ("usage_archives", "SELECT"),
     ("usage_archived_totals", "SELECT"),
+    // Meters are the application's to define (OpenMeter's API creates them); their
+    // rollups merge like the service rollups. A deleted meter is marked, not removed.
+    ("tally_meter_defs", "SELECT, INSERT, UPDATE"),
+    ("tally_meter_dimensions", "SELECT, INSERT"),
+    ("tally_meter_cardinality", "SELECT, INSERT, UPDATE"),
+    ("tally_meter_quarters", "SELECT, INSERT, UPDATE"),
+    ("tally_meter_days", "SELECT, INSERT, UPDATE"),
+    ("tally_meter_distinct_quarters", "SELECT, INSERT"),
+    ("tally_meter_distinct_days", "SELECT, INSERT"),
+    ("tally_meter_distinct_months", "SELECT, INSERT"),
+    ("tally_meter_samples", "SELECT, INSERT"),
 ];
 
 /// The SQL that gives `role` exactly the privileges an application needs on Tally's

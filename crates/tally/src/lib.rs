@@ -77,6 +77,15 @@ pub use tally_store::{
     Result, VerifyReport, WriteOutcome, app_grants,
 };
 
+/// Meters (docs/meters.md): what a meter is, the events it reads, how it is queried.
+pub mod meters {
+    pub use tally_core::meter::{
+        Acc, Aggregation, CloudEvent, DEFAULT_CARDINALITY_LIMIT, Dimension, EventType, JsonPath,
+        MAX_DIMENSIONS, MeterSlug, MeterSpec, WindowSize,
+    };
+    pub use tally_store::{DefinedMeter, MeterQuery, MeterQueryResult, MeterRow, MeterState};
+}
+
 /// Price books: per-unit, package, graduated and volume prices, allowances, one
 /// rounding point.
 pub mod pricing {
@@ -427,6 +436,54 @@ impl Tally {
     pub async fn write(&self, events: &[UsageEvent]) -> Result<WriteOutcome> {
         self.alerts.watch();
         self.store.write(events).await
+    }
+
+    /// Writes CloudEvents exactly once, now, in one transaction (as [`Tally::write`]):
+    /// each is stored under its type, deduplicated by `source` and `id`, and metered
+    /// by every meter of its type; one a meter cannot read refuses the whole call,
+    /// naming the meter, the path and why. An event without `time` is stamped now.
+    pub async fn write_cloud_events(&self, events: &[meters::CloudEvent]) -> Result<WriteOutcome> {
+        let now = chrono::Utc::now();
+        let events = events
+            .iter()
+            .map(|e| e.clone().into_usage(now))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        self.write(&events).await
+    }
+
+    /// Creates a meter and backfills it from the stored events of its type; see
+    /// [`tally_store::Store::create_meter`]. `progress` is told the events read.
+    pub async fn create_meter(
+        &self,
+        spec: &meters::MeterSpec,
+        progress: Option<Progress>,
+    ) -> Result<meters::DefinedMeter> {
+        self.store.create_meter(spec, progress).await
+    }
+
+    /// Every meter, by slug.
+    pub async fn meters(&self) -> Result<Vec<meters::DefinedMeter>> {
+        self.store.meters().await
+    }
+
+    /// The meter with this slug or id.
+    pub async fn meter(&self, slug_or_id: &str) -> Result<meters::DefinedMeter> {
+        self.store.meter(slug_or_id).await
+    }
+
+    /// Deletes a meter (it is no longer maintained or queried; its slug is free).
+    pub async fn delete_meter(&self, slug_or_id: &str) -> Result<meters::DefinedMeter> {
+        self.store.delete_meter(slug_or_id).await
+    }
+
+    /// Reads a meter: one query for every aggregation, window, zone, grouping and
+    /// filter ([`meters::MeterQuery`]).
+    pub async fn query_meter(
+        &self,
+        slug_or_id: &str,
+        query: &meters::MeterQuery,
+    ) -> Result<meters::MeterQueryResult> {
+        self.store.query_meter(slug_or_id, query).await
     }
 
     /// Imports a CSV or NDJSON stream.

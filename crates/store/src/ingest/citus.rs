@@ -77,6 +77,7 @@ pub(super) async fn write_distributed(
             .await
             .map_err(db(context))?;
     }
+    crate::meters::apply_meters(client, &new).await?;
     Ok(Applied {
         inserted: r.events,
         quantity: r.quantity,

@@ -115,7 +115,8 @@ pub(super) const STAGED_CONFLICTS_SQL: &str = "SELECT s.ord
 // appended to within a transaction, so ctid order is arrival order), so an
 // all-or-nothing load can stage many batches and apply them in this one statement,
 // taking its row locks in the global order like every other writer. The rollups are
-// aggregated by the server from the rows inserted; the lane is `$1`.
+// aggregated by the server from the rows inserted; the lane is `$1`, the event types
+// with meters `$2` (their inserted events are returned for the meter step).
 pub(super) static APPLY_STAGED_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         "WITH staged AS (
@@ -132,15 +133,25 @@ pub(super) static APPLY_STAGED_SQL: LazyLock<String> = LazyLock::new(|| {
     INSERT INTO usage_events (event_id, customer_id, service, quantity, recorded_at, metadata)
     SELECT s.event_id, s.customer_id, s.service, s.quantity, s.recorded_at, s.metadata
     FROM staged s JOIN new_keys k ON k.event_id = s.event_id AND k.customer_id = s.customer_id
-    RETURNING customer_id, service, quantity, recorded_at
+    RETURNING event_id, customer_id, service, quantity, recorded_at, metadata
 ), {}
 -- Scalar subqueries run left to right: events, keys, hourly, daily, totals (the lock order).
+-- Then the inserted events of the metered types ($2), for the meter step.
 SELECT (SELECT count(*) FROM ins), (SELECT coalesce(sum(quantity), 0) FROM ins),
        (SELECT count(*) FROM keys), (SELECT count(*) FROM hourly), (SELECT count(*) FROM daily),
-       (SELECT count(*) FROM totals)",
+       (SELECT count(*) FROM totals),
+       (SELECT coalesce(array_agg(event_id ORDER BY event_id, customer_id), '{{}}') FROM ins WHERE service = ANY($2::text[])),
+       (SELECT coalesce(array_agg(customer_id ORDER BY event_id, customer_id), '{{}}') FROM ins WHERE service = ANY($2::text[])),
+       (SELECT coalesce(array_agg(service ORDER BY event_id, customer_id), '{{}}') FROM ins WHERE service = ANY($2::text[])),
+       (SELECT coalesce(array_agg(recorded_at ORDER BY event_id, customer_id), '{{}}') FROM ins WHERE service = ANY($2::text[])),
+       (SELECT coalesce(array_agg(metadata::text ORDER BY event_id, customer_id), '{{}}') FROM ins WHERE service = ANY($2::text[]))",
         upsert_ctes(|r| r.upsert_from("ins", 1))
     )
 });
+
+// The event types among the staged events (whose locks the meter step takes before
+// the slow path's statement).
+pub(super) const STAGED_TYPES_SQL: &str = "SELECT DISTINCT service FROM tally_stage";
 
 pub(super) const DEAD_LETTER_SQL: &str = "INSERT INTO usage_dead_letters
     (event_id, customer_id, service, quantity, recorded_at, metadata, error, sqlstate)

@@ -154,6 +154,7 @@ impl IngestTx {
                 .query_one(&stmt, &deltas.params()?)
                 .await
                 .map_err(Error::db("updating the rollups"))?;
+            crate::meters::apply_meters(client, &new).await?;
             Ok::<_, Error>(((r.events, r.quantity), newest))
         }
         .await;
@@ -313,14 +314,36 @@ impl IngestTx {
             return Ok(std::mem::take(&mut self.applied));
         }
         let client = self.client()?;
+        // The meter step's locks and meters first: the statement returns the inserted
+        // events of the metered types.
+        let types: Vec<String> = client
+            .query(sql::STAGED_TYPES_SQL, &[])
+            .await
+            .map_err(Error::db("reading the staged event types"))?
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(Error::db("reading the staged event types"))?;
+        let types: std::collections::BTreeSet<&str> = types.iter().map(String::as_str).collect();
+        let meters = if types.is_empty() {
+            Vec::new()
+        } else {
+            crate::meters::meters_of_types(client, &types).await?
+        };
+        let metered_types: Vec<&str> = meters.iter().map(|m| m.spec.event_type.as_str()).collect();
         let stmt = client
             .prepare_cached(&sql::APPLY_STAGED_SQL)
             .await
             .map_err(Error::db("preparing the ingest statement"))?;
         let row = client
-            .query_one(&stmt, &[&self.lane.0])
+            .query_one(&stmt, &[&self.lane.0, &metered_types])
             .await
             .map_err(Error::db("applying a batch"))?;
+        if !meters.is_empty() {
+            let events = inserted_events(&row)?;
+            let refs: Vec<&UsageEvent> = events.iter().collect();
+            crate::meters::apply_with(client, &meters, &refs).await?;
+        }
         let inserted: i64 = row
             .try_get(0)
             .map_err(Error::db("reading the batch result"))?;
@@ -413,6 +436,12 @@ async fn insert_new(
         .map_err(db("applying a batch"))?;
     let inserted: i64 = row.try_get(1).map_err(db("applying a batch"))?;
     debug_assert_eq!(inserted as u64, new, "every staged event left is new");
+    let metered: Vec<&UsageEvent> = events
+        .iter()
+        .copied()
+        .filter(|e| !stored.contains(e))
+        .collect();
+    crate::meters::apply_meters(client, &metered).await?;
     Ok(Applied {
         inserted: u64::try_from(inserted).unwrap_or_default(),
         quantity: total,
@@ -471,4 +500,33 @@ async fn copy_new_hourly(
         }
         Err(e) => Err(e),
     }
+}
+
+/// The inserted events the slow path's statement returned (columns 6 to 10: ids,
+/// customers, types, times, payloads), for the meter step.
+fn inserted_events(row: &tokio_postgres::Row) -> Result<Vec<UsageEvent>> {
+    let db = || Error::db("reading the inserted events");
+    let ids: Vec<Uuid> = row.try_get(6).map_err(db())?;
+    let customers: Vec<String> = row.try_get(7).map_err(db())?;
+    let types: Vec<String> = row.try_get(8).map_err(db())?;
+    let times: Vec<chrono::DateTime<chrono::Utc>> = row.try_get(9).map_err(db())?;
+    let payloads: Vec<String> = row.try_get(10).map_err(db())?;
+    let mut out = Vec::with_capacity(ids.len());
+    for ((((id, customer), kind), at), payload) in ids
+        .into_iter()
+        .zip(customers)
+        .zip(types)
+        .zip(times)
+        .zip(payloads)
+    {
+        out.push(UsageEvent {
+            id: id.into(),
+            customer: tally_core::CustomerId::new(customer)?,
+            service: kind.parse::<tally_core::EventType>()?.service(),
+            quantity: tally_core::Quantity::ZERO,
+            recorded_at: at,
+            metadata: payload.parse()?,
+        });
+    }
+    Ok(out)
 }

@@ -1,0 +1,351 @@
+//! Meters (issue 24; docs/meters.md): their definitions, the write path's meter step,
+//! backfill and the one query.
+//!
+//! - this file: [`DefinedMeter`], create (with its backfill), list, show, delete;
+//! - `deltas.rs`: what events add to the meter rollups (pure);
+//! - `write.rs`: the meter step of the ingest transaction;
+//! - `query.rs`: [`MeterQuery`], read from the rollups (and raw events at the edges).
+
+mod deltas;
+mod query;
+mod write;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tally_core::{CustomerId, EventId, Metadata, MeterSpec, Progress, Quantity, UsageEvent};
+
+pub(crate) use deltas::LiveMeter;
+pub use query::{MeterQuery, MeterQueryResult, MeterRow};
+use write::TYPE_LOCK_SEED;
+pub(crate) use write::{apply_meters, apply_with, meters_of_types};
+
+use crate::{Error, Result, Store};
+
+/// Where a meter is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MeterState {
+    /// Counting the events stored before it was created.
+    Backfilling,
+    /// Current: queries answer from it.
+    Ready,
+    /// Its backfill failed ([`DefinedMeter::state_detail`] says why); it is not
+    /// maintained. Delete it and create it again.
+    Failed,
+}
+
+/// A meter as stored: its spec, OpenMeter's id, its state and times.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DefinedMeter {
+    /// OpenMeter's id (a ULID).
+    pub id: String,
+    /// What it meters.
+    #[serde(flatten)]
+    pub spec: MeterSpec,
+    /// Its state.
+    pub state: MeterState,
+    /// Why it failed, when it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state_detail: Option<String>,
+    /// Stored events its backfill metered.
+    pub backfilled: u64,
+    /// Stored events its backfill could not meter (a value missing or not a number).
+    pub skipped: u64,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+    /// When it last changed.
+    pub updated_at: DateTime<Utc>,
+    /// When it was deleted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deleted_at: Option<DateTime<Utc>>,
+    #[serde(skip)]
+    pub(crate) number: i64,
+}
+
+const COLUMNS: &str = "meter, spec::text, id, state, state_detail, backfilled, skipped, created_at, updated_at, deleted_at";
+
+fn defined(row: &tokio_postgres::Row) -> Result<DefinedMeter> {
+    let db = Error::db("reading meters");
+    let live = write::live_meter(row)?;
+    let state: String = row.try_get(3).map_err(db)?;
+    let get = |i| {
+        row.try_get::<_, i64>(i)
+            .map_err(Error::db("reading meters"))
+    };
+    Ok(DefinedMeter {
+        number: live.number,
+        spec: live.spec,
+        id: row.try_get(2).map_err(Error::db("reading meters"))?,
+        state: match state.as_str() {
+            "backfilling" => MeterState::Backfilling,
+            "ready" => MeterState::Ready,
+            "failed" => MeterState::Failed,
+            other => {
+                return Err(Error::corrupt(
+                    "reading meters",
+                    format!("unknown meter state {other:?}"),
+                ));
+            }
+        },
+        state_detail: row.try_get(4).map_err(Error::db("reading meters"))?,
+        backfilled: u64::try_from(get(5)?).unwrap_or_default(),
+        skipped: u64::try_from(get(6)?).unwrap_or_default(),
+        created_at: row.try_get(7).map_err(Error::db("reading meters"))?,
+        updated_at: row.try_get(8).map_err(Error::db("reading meters"))?,
+        deleted_at: row.try_get(9).map_err(Error::db("reading meters"))?,
+    })
+}
+
+/// A UUID (v7: time-ordered) in Crockford's base 32: a ULID, OpenMeter's id format.
+fn ulid(u: uuid::Uuid) -> String {
+    const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+    let n = u.as_u128();
+    (0..26)
+        .map(|i| {
+            let shift = 5 * (25 - i);
+            let idx = ((n >> shift) & 0x1f) as usize;
+            ALPHABET.get(idx).map_or('0', |b| char::from(*b))
+        })
+        .collect()
+}
+
+/// How many stored events a backfill reads at a time.
+const BACKFILL_CHUNK: i64 = 20_000;
+
+impl Store {
+    /// Creates a meter and backfills it from the stored events of its type; returns
+    /// once it is ready (or failed: see [`DefinedMeter::state`]). From the moment it is
+    /// created every new event of its type is metered by the write path; the backfill
+    /// meters exactly the events stored before that moment (the type's lock makes the
+    /// moment one instant for both). `progress` is told how many stored events were
+    /// read. A slug in use is refused (`Invalid`, field `slug`).
+    pub async fn create_meter(
+        &self,
+        spec: &MeterSpec,
+        progress: Option<Progress>,
+    ) -> Result<DefinedMeter> {
+        spec.check()?;
+        let text = serde_json::to_string(spec)
+            .map_err(|e| Error::internal("encoding a meter", e.to_string()))?;
+        let kind = spec.event_type.as_str();
+        // 1. Under the type's exclusive lock (every write of the type waits, and is
+        //    waited for), the meter row; 2. the backfill's snapshot, taken while the
+        //    lock is held: it holds every event written without the meter, and none
+        //    written with it; 3. commit, and writers of the type meter from now on.
+        let mut creator = self.client("creating a meter").await?;
+        let tx = creator
+            .transaction()
+            .await
+            .map_err(Error::db("creating a meter"))?;
+        tx.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended($1, $2))",
+            &[&kind, &TYPE_LOCK_SEED],
+        )
+        .await
+        .map_err(Error::db("locking the event type"))?;
+        let row = tx
+            .query_one(
+                &format!(
+                    "INSERT INTO tally_meter_defs (id, slug, event_type, spec) VALUES ($1, $2, $3, $4::text::jsonb)
+                     RETURNING {COLUMNS}"
+                ),
+                &[&ulid(EventId::new().uuid()), &spec.slug.as_str(), &kind, &text],
+            )
+            .await
+            .map_err(|e| {
+                if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) {
+                    Error::invalid("slug", spec.slug.as_str(), "a meter with this slug exists")
+                } else {
+                    Error::db("creating a meter")(e)
+                }
+            })?;
+        let meter = defined(&row)?;
+        let mut reader = self.client("backfilling a meter").await?;
+        let snapshot = reader
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(Error::db("backfilling a meter"))?;
+        snapshot
+            .execute("SELECT 1", &[])
+            .await
+            .map_err(Error::db("backfilling a meter"))?;
+        tx.commit().await.map_err(Error::db("creating a meter"))?;
+        drop(creator);
+        let outcome = self.backfill(&snapshot, &meter, progress).await;
+        drop(snapshot);
+        let client = self.client("finishing a meter").await?;
+        let row = match outcome {
+            Ok((read, skipped)) => client
+                .query_one(
+                    &format!(
+                        "UPDATE tally_meter_defs SET state = 'ready', backfilled = $2, skipped = $3, updated_at = now()
+                         WHERE meter = $1 RETURNING {COLUMNS}"
+                    ),
+                    &[&meter.number, &(read as i64), &(skipped as i64)],
+                )
+                .await
+                .map_err(Error::db("finishing a meter"))?,
+            Err(e) => {
+                client
+                    .execute(
+                        "UPDATE tally_meter_defs SET state = 'failed', state_detail = $2, updated_at = now() WHERE meter = $1",
+                        &[&meter.number, &e.to_string()],
+                    )
+                    .await
+                    .map_err(Error::db("finishing a meter"))?;
+                return Err(e);
+            }
+        };
+        defined(&row)
+    }
+
+    /// Reads the stored events of the meter's type in `snapshot` and merges what they
+    /// add into its rollups, a chunk per transaction (additive merges commute with the
+    /// write path's). Returns the events metered and skipped.
+    async fn backfill(
+        &self,
+        snapshot: &deadpool_postgres::Transaction<'_>,
+        meter: &DefinedMeter,
+        progress: Option<Progress>,
+    ) -> Result<(u64, u64)> {
+        let live = [LiveMeter {
+            number: meter.number,
+            spec: meter.spec.clone(),
+        }];
+        let service = meter.spec.event_type.service();
+        snapshot
+            .execute(
+                "DECLARE tally_backfill NO SCROLL CURSOR FOR
+                 SELECT event_id, customer_id, recorded_at, metadata::text FROM usage_events WHERE service = $1",
+                &[&meter.spec.event_type.as_str()],
+            )
+            .await
+            .map_err(Error::db("backfilling a meter"))?;
+        let writer = self.client("backfilling a meter").await?;
+        let (mut read, mut skipped) = (0u64, 0u64);
+        loop {
+            let rows = snapshot
+                .query(&format!("FETCH {BACKFILL_CHUNK} FROM tally_backfill"), &[])
+                .await
+                .map_err(Error::db("backfilling a meter"))?;
+            if rows.is_empty() {
+                break;
+            }
+            let mut events = Vec::with_capacity(rows.len());
+            for r in &rows {
+                let db = || Error::db("backfilling a meter");
+                let id: uuid::Uuid = r.try_get(0).map_err(db())?;
+                let customer: String = r.try_get(1).map_err(db())?;
+                let at: DateTime<Utc> = r.try_get(2).map_err(db())?;
+                let metadata: String = r.try_get(3).map_err(db())?;
+                events.push(UsageEvent {
+                    id: id.into(),
+                    customer: CustomerId::new(customer)?,
+                    service: service.clone(),
+                    quantity: Quantity::ZERO,
+                    recorded_at: at,
+                    metadata: metadata.parse::<Metadata>()?,
+                });
+            }
+            let mut deltas = deltas::MeterDeltas::default();
+            skipped += deltas.add(&live, &events, false)?;
+            if !deltas.is_empty() {
+                writer
+                    .batch_execute("BEGIN")
+                    .await
+                    .map_err(Error::db("backfilling a meter"))?;
+                let written = async {
+                    write::check_cardinality(&writer, &live, &deltas).await?;
+                    write::write_deltas(&writer, &deltas).await
+                }
+                .await;
+                let end = if written.is_ok() {
+                    "COMMIT"
+                } else {
+                    "ROLLBACK"
+                };
+                writer
+                    .batch_execute(end)
+                    .await
+                    .map_err(Error::db("backfilling a meter"))?;
+                written?;
+            }
+            read += rows.len() as u64;
+            if let Some(p) = &progress {
+                p(read);
+            }
+        }
+        Ok((read - skipped, skipped))
+    }
+
+    /// Every meter not deleted, by slug.
+    pub async fn meters(&self) -> Result<Vec<DefinedMeter>> {
+        let client = self.client("reading meters").await?;
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT {COLUMNS} FROM tally_meter_defs WHERE deleted_at IS NULL ORDER BY slug"
+                ),
+                &[],
+            )
+            .await
+            .map_err(Error::db("reading meters"))?;
+        rows.iter().map(defined).collect()
+    }
+
+    /// The meter with this slug or id (not deleted); `Invalid` (field `meter`) if none.
+    pub async fn meter(&self, slug_or_id: &str) -> Result<DefinedMeter> {
+        let client = self.client("reading meters").await?;
+        let row = client
+            .query_opt(
+                &format!(
+                    "SELECT {COLUMNS} FROM tally_meter_defs WHERE (slug = $1 OR id = $1) AND deleted_at IS NULL"
+                ),
+                &[&slug_or_id],
+            )
+            .await
+            .map_err(Error::db("reading meters"))?;
+        match row {
+            Some(r) => defined(&r),
+            None => Err(Error::invalid("meter", slug_or_id, "no such meter")),
+        }
+    }
+
+    /// Deletes (retires) a meter: it is no longer maintained, listed or queried, and
+    /// its slug is free again. Its rollups stay (keyed by its number, which is never
+    /// reused). Returns it as deleted.
+    pub async fn delete_meter(&self, slug_or_id: &str) -> Result<DefinedMeter> {
+        let client = self.client("deleting a meter").await?;
+        let row = client
+            .query_opt(
+                &format!(
+                    "UPDATE tally_meter_defs SET deleted_at = now(), updated_at = now()
+                     WHERE (slug = $1 OR id = $1) AND deleted_at IS NULL RETURNING {COLUMNS}"
+                ),
+                &[&slug_or_id],
+            )
+            .await
+            .map_err(Error::db("deleting a meter"))?;
+        match row {
+            Some(r) => defined(&r),
+            None => Err(Error::invalid("meter", slug_or_id, "no such meter")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_ulid_is_26_crockford_characters_in_time_order() {
+        let a = super::ulid(uuid::Uuid::now_v7());
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let b = super::ulid(uuid::Uuid::now_v7());
+        assert_eq!(a.len(), 26);
+        assert!(a < b);
+        assert!(a.chars().next().is_some_and(|c| ('0'..='7').contains(&c)));
+    }
+}

@@ -1,0 +1,665 @@
+//! The one meter query: a meter, some customers (or all), `[from, to)`, a window in a
+//! zone, a grouping and filters. Each window is cut into whole UTC days, whole quarter
+//! hours and (only at an end off the quarter hour, or for `MINUTE`) raw events
+//! (`tally_core::meter_pieces`); the rollups answer the first two, the raw events the
+//! rest, and the parts merge exactly (`tally_core::Acc`; distinct values are counted
+//! across all of a window's parts at once).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde::Serialize;
+use tally_core::{
+    Acc, Aggregation, CustomerId, Latest, Payload, Sample, TimeRange, Value, WindowSize, Zone,
+    meter::{meter_pieces, time_weighted, windows},
+};
+
+use super::DefinedMeter;
+use crate::{Error, Result, Store, numeric::Numeric};
+
+/// What to read from a meter.
+#[derive(Debug, Clone)]
+pub struct MeterQuery {
+    /// `[from, to)`.
+    pub range: TimeRange,
+    /// The window (`None`: the whole range is one).
+    pub window: Option<WindowSize>,
+    /// The zone windows are cut in.
+    pub zone: Zone,
+    /// The customers (all when empty).
+    pub customers: Vec<CustomerId>,
+    /// What to group by: dimension names, and `subject` for the customer.
+    pub group_by: Vec<String>,
+    /// Only events whose dimension has one of these values.
+    pub filters: BTreeMap<String, Vec<String>>,
+    /// A gauge (`TIME_WEIGHTED`) holds its last value up to here at most (the caller's
+    /// now): a range that ends later is not integrated into the future.
+    pub now: DateTime<Utc>,
+}
+
+impl MeterQuery {
+    /// The whole of `range`, every customer, no grouping, in UTC.
+    pub fn new(range: TimeRange, now: DateTime<Utc>) -> MeterQuery {
+        MeterQuery {
+            range,
+            window: None,
+            zone: Zone::UTC,
+            customers: Vec::new(),
+            group_by: Vec::new(),
+            filters: BTreeMap::new(),
+            now,
+        }
+    }
+
+    /// Windows of this size.
+    pub fn window(mut self, size: WindowSize) -> MeterQuery {
+        self.window = Some(size);
+        self
+    }
+
+    /// Windows cut in this zone.
+    pub fn in_zone(mut self, zone: Zone) -> MeterQuery {
+        self.zone = zone;
+        self
+    }
+
+    /// Only this customer (callable again for more).
+    pub fn customer(mut self, customer: &CustomerId) -> MeterQuery {
+        self.customers.push(customer.clone());
+        self
+    }
+
+    /// Grouped by this dimension (or `subject`).
+    pub fn group_by(mut self, name: &str) -> MeterQuery {
+        self.group_by.push(name.to_owned());
+        self
+    }
+
+    /// Only events whose dimension `name` is `value` (callable again for more values).
+    pub fn filter(mut self, name: &str, value: &str) -> MeterQuery {
+        self.filters
+            .entry(name.to_owned())
+            .or_default()
+            .push(value.to_owned());
+        self
+    }
+}
+
+/// One row of a result (OpenMeter's `MeterQueryRow`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MeterRow {
+    /// The aggregate.
+    #[serde(serialize_with = "tally_core::serde_fmt::decimal")]
+    pub value: Decimal,
+    /// The window's start.
+    #[serde(serialize_with = "tally_core::serde_fmt::instant")]
+    pub window_start: DateTime<Utc>,
+    /// The window's end.
+    #[serde(serialize_with = "tally_core::serde_fmt::instant")]
+    pub window_end: DateTime<Utc>,
+    /// The customer, when grouped by `subject`.
+    pub subject: Option<String>,
+    /// The grouped dimensions' values (`None`: absent).
+    pub group_by: BTreeMap<String, Option<String>>,
+}
+
+/// A query's answer (OpenMeter's `MeterQueryResult`): rows only for windows and
+/// groups with events, ordered by window, subject and group values.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MeterQueryResult {
+    /// The range's start.
+    #[serde(serialize_with = "tally_core::serde_fmt::instant")]
+    pub from: DateTime<Utc>,
+    /// The range's end.
+    #[serde(serialize_with = "tally_core::serde_fmt::instant")]
+    pub to: DateTime<Utc>,
+    /// The window.
+    pub window_size: Option<WindowSize>,
+    /// The rows.
+    pub data: Vec<MeterRow>,
+}
+
+/// A result group: the window, the customer (when grouped by it), the grouped values.
+type Group = (usize, Option<String>, Vec<Option<String>>);
+
+/// The plan of a query over one meter: which positions of the dimension tuple are
+/// grouped and filtered.
+struct Plan<'a> {
+    meter: &'a DefinedMeter,
+    windows: Vec<TimeRange>,
+    by_subject: bool,
+    grouped: Vec<usize>,
+    filters: Vec<(usize, Vec<String>)>,
+    customers: Option<Vec<String>>,
+}
+
+impl<'a> Plan<'a> {
+    fn new(meter: &'a DefinedMeter, q: &MeterQuery) -> Result<Plan<'a>> {
+        let spec = &meter.spec;
+        let index = |field: &'static str, name: &str| {
+            spec.dimension_index(name).ok_or_else(|| {
+                let known: Vec<&str> = spec.group_by.iter().map(|d| d.name.as_str()).collect();
+                Error::invalid(
+                    field,
+                    name,
+                    format!(
+                        "meter {} has no such dimension (it has: subject{}{})",
+                        spec.slug,
+                        if known.is_empty() { "" } else { ", " },
+                        known.join(", ")
+                    ),
+                )
+            })
+        };
+        let mut grouped = Vec::new();
+        let mut by_subject = false;
+        for g in &q.group_by {
+            if g == "subject" {
+                by_subject = true;
+            } else {
+                let i = index("group_by", g)?;
+                if !grouped.contains(&i) {
+                    grouped.push(i);
+                }
+            }
+        }
+        grouped.sort_unstable();
+        let filters = q
+            .filters
+            .iter()
+            .map(|(k, v)| Ok((index("filter", k)?, v.clone())))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Plan {
+            meter,
+            windows: windows(q.range, q.window, q.zone)?,
+            by_subject,
+            grouped,
+            filters,
+            customers: (!q.customers.is_empty())
+                .then(|| q.customers.iter().map(|c| c.as_str().to_owned()).collect()),
+        })
+    }
+
+    fn keep(&self, dims: &[Option<String>]) -> bool {
+        self.filters.iter().all(|(i, allowed)| {
+            dims.get(*i)
+                .and_then(|v| v.as_ref())
+                .is_some_and(|v| allowed.contains(v))
+        })
+    }
+
+    fn group(&self, window: usize, customer: &str, dims: &[Option<String>]) -> Group {
+        (
+            window,
+            self.by_subject.then(|| customer.to_owned()),
+            self.grouped
+                .iter()
+                .map(|i| dims.get(*i).cloned().flatten())
+                .collect(),
+        )
+    }
+
+    /// The SQL filter on `r.dims`, parameters from `$first`.
+    fn dims_sql(&self, first: usize) -> String {
+        self.filters
+            .iter()
+            .enumerate()
+            .map(|(k, (i, _))| format!(" AND r.dims->>{i} = ANY(${}::text[])", first + k))
+            .collect()
+    }
+
+    fn row(&self, (w, subject, values): Group, value: Decimal) -> Option<MeterRow> {
+        let window = self.windows.get(w)?;
+        Some(MeterRow {
+            value,
+            window_start: window.from(),
+            window_end: window.to(),
+            subject,
+            group_by: self
+                .grouped
+                .iter()
+                .zip(values)
+                .filter_map(|(i, v)| Some((self.meter.spec.group_by.get(*i)?.name.clone(), v)))
+                .collect(),
+        })
+    }
+}
+
+fn dims_of(text: &str) -> Result<Vec<Option<String>>> {
+    serde_json::from_str(text)
+        .map_err(|e| Error::corrupt("reading meter rollups", format!("dimensions {text}: {e}")))
+}
+
+/// Pieces of every window at one level, as the arrays a read joins against.
+#[derive(Default)]
+struct Pieces {
+    lo: Vec<DateTime<Utc>>,
+    hi: Vec<DateTime<Utc>>,
+    window: Vec<i32>,
+}
+
+impl Pieces {
+    fn push(&mut self, w: usize, r: TimeRange) {
+        self.lo.push(r.from());
+        self.hi.push(r.to());
+        self.window.push(i32::try_from(w).unwrap_or(i32::MAX));
+    }
+
+    fn window_of(&self, t: DateTime<Utc>) -> Option<usize> {
+        let k = self.hi.partition_point(|hi| *hi <= t);
+        let (lo, w) = (self.lo.get(k)?, self.window.get(k)?);
+        (*lo <= t).then_some(usize::try_from(*w).ok()?)
+    }
+}
+
+struct Levels {
+    months: Pieces,
+    days: Pieces,
+    quarters: Pieces,
+    raw: Pieces,
+}
+
+fn levels(windows: &[TimeRange], distinct: bool) -> Levels {
+    let mut l = Levels {
+        months: Pieces::default(),
+        days: Pieces::default(),
+        quarters: Pieces::default(),
+        raw: Pieces::default(),
+    };
+    for (w, window) in windows.iter().enumerate() {
+        let p = meter_pieces(*window);
+        if let Some(days) = p.days {
+            if distinct {
+                // Whole UTC months inside read the month buckets: fewer rows to count.
+                let mut t = days.from();
+                while t < days.to() {
+                    let m = super::deltas::month_of(t);
+                    let next = tally_core::Zone::UTC.next_bucket(m, tally_core::Granularity::Month);
+                    let (lo, hi) = (t, next.min(days.to()));
+                    if let Ok(r) = TimeRange::new(lo, hi) {
+                        if lo == m && hi == next {
+                            l.months.push(w, r);
+                        } else {
+                            l.days.push(w, r);
+                        }
+                    }
+                    t = hi;
+                }
+            } else {
+                l.days.push(w, days);
+            }
+        }
+        for q in p.quarters {
+            l.quarters.push(w, q);
+        }
+        for r in p.raw {
+            l.raw.push(w, r);
+        }
+    }
+    l
+}
+
+impl Store {
+    /// Answers `q` from the meter with this slug or id (see the module docs).
+    /// Refuses (`Invalid`) an unknown meter, dimension or window, a `MINUTE` query
+    /// over more than a day, and a meter still backfilling or failed.
+    pub async fn query_meter(&self, meter: &str, q: &MeterQuery) -> Result<MeterQueryResult> {
+        let meter = self.meter(meter).await?;
+        if meter.state != super::MeterState::Ready {
+            return Err(Error::invalid(
+                "meter",
+                meter.spec.slug.as_str(),
+                match meter.state {
+                    super::MeterState::Failed => format!(
+                        "its backfill failed ({}); delete it and create it again",
+                        meter.state_detail.as_deref().unwrap_or("no reason recorded")
+                    ),
+                    _ => "is still backfilling (or its backfill was interrupted: delete it and create it again)".to_owned(),
+                },
+            ));
+        }
+        let plan = Plan::new(&meter, q)?;
+        let values: BTreeMap<Group, Decimal> = match meter.spec.aggregation {
+            Aggregation::UniqueCount => self.read_distinct(&plan).await?,
+            Aggregation::TimeWeighted => self.read_gauge(&plan, q.now).await?,
+            a => {
+                let accs = self
+                    .read_accs(&plan, q.window == Some(WindowSize::Minute))
+                    .await?;
+                accs.into_iter()
+                    .filter_map(|(g, acc)| Some((g, acc.value(a)?)))
+                    .collect()
+            }
+        };
+        Ok(MeterQueryResult {
+            from: q.range.from(),
+            to: q.range.to(),
+            window_size: q.window,
+            data: values
+                .into_iter()
+                .filter_map(|(g, v)| plan.row(g, v))
+                .collect(),
+        })
+    }
+
+    fn customer_param(plan: &Plan<'_>) -> Option<Vec<String>> {
+        plan.customers.clone()
+    }
+
+    async fn read_accs(&self, plan: &Plan<'_>, minute: bool) -> Result<BTreeMap<Group, Acc>> {
+        let lv = if minute {
+            let mut raw = Pieces::default();
+            for (w, r) in plan.windows.iter().enumerate() {
+                raw.push(w, *r);
+            }
+            Levels {
+                months: Pieces::default(),
+                days: Pieces::default(),
+                quarters: Pieces::default(),
+                raw,
+            }
+        } else {
+            levels(&plan.windows, false)
+        };
+        let client = self.client("querying a meter").await?;
+        let customers = Self::customer_param(plan);
+        let mut out: BTreeMap<Group, Acc> = BTreeMap::new();
+        for (table, pieces) in [
+            ("tally_meter_days", &lv.days),
+            ("tally_meter_quarters", &lv.quarters),
+        ] {
+            if pieces.lo.is_empty() {
+                continue;
+            }
+            let sql = format!(
+                "SELECT w.i, r.customer_id, r.dims::text, sum(r.events)::int8, sum(r.total), min(r.lo), max(r.hi),
+                        (array_agg(r.latest_at ORDER BY r.latest_at DESC NULLS LAST, r.latest_id DESC))[1],
+                        (array_agg(r.latest_id ORDER BY r.latest_at DESC NULLS LAST, r.latest_id DESC))[1],
+                        (array_agg(r.latest_value ORDER BY r.latest_at DESC NULLS LAST, r.latest_id DESC))[1]
+                 FROM unnest($2::timestamptz[], $3::timestamptz[], $4::int4[]) AS w(lo, hi, i)
+                 JOIN {table} r ON r.meter = $1 AND r.bucket >= w.lo AND r.bucket < w.hi
+                 WHERE ($5::text[] IS NULL OR r.customer_id = ANY($5)){}
+                 GROUP BY 1, 2, 3",
+                plan.dims_sql(6)
+            );
+            let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![
+                &plan.meter.number,
+                &pieces.lo,
+                &pieces.hi,
+                &pieces.window,
+                &customers,
+            ];
+            for (_, allowed) in &plan.filters {
+                params.push(allowed);
+            }
+            let rows = client
+                .query(&sql, &params)
+                .await
+                .map_err(Error::db("querying a meter"))?;
+            for r in &rows {
+                let db = || Error::db("querying a meter");
+                let w: i32 = r.try_get(0).map_err(db())?;
+                let customer: String = r.try_get(1).map_err(db())?;
+                let dims = dims_of(&r.try_get::<_, String>(2).map_err(db())?)?;
+                let latest = match (
+                    r.try_get::<_, Option<DateTime<Utc>>>(7).map_err(db())?,
+                    r.try_get::<_, Option<uuid::Uuid>>(8).map_err(db())?,
+                    r.try_get::<_, Option<Numeric>>(9).map_err(db())?,
+                ) {
+                    (Some(at), Some(id), Some(v)) => Some(Latest { at, id, value: v.0 }),
+                    _ => None,
+                };
+                let acc = Acc {
+                    events: r.try_get(3).map_err(db())?,
+                    sum: r.try_get::<_, Numeric>(4).map_err(db())?.0,
+                    min: r
+                        .try_get::<_, Option<Numeric>>(5)
+                        .map_err(db())?
+                        .map(|n| n.0),
+                    max: r
+                        .try_get::<_, Option<Numeric>>(6)
+                        .map_err(db())?
+                        .map(|n| n.0),
+                    latest,
+                };
+                let g = plan.group(usize::try_from(w).unwrap_or_default(), &customer, &dims);
+                out.entry(g).or_default().merge(&acc)?;
+            }
+        }
+        drop(client);
+        self.read_raw(plan, &lv.raw, |g, at, id, value| {
+            if let Value::Number(_) | Value::None = value {
+                out.entry(g).or_default().add(at, id, value.number())?;
+            }
+            Ok(())
+        })
+        .await?;
+        Ok(out)
+    }
+
+    /// Reads the raw events of the meter's type in `pieces`, calling `f` with each
+    /// reading's group (events the meter skips or filters out are not given).
+    async fn read_raw(
+        &self,
+        plan: &Plan<'_>,
+        pieces: &Pieces,
+        mut f: impl FnMut(Group, DateTime<Utc>, uuid::Uuid, Value) -> Result<()>,
+    ) -> Result<()> {
+        if pieces.lo.is_empty() {
+            return Ok(());
+        }
+        let client = self.client("querying a meter").await?;
+        let customers = Self::customer_param(plan);
+        let rows = client
+            .query(
+                "SELECT e.event_id, e.customer_id, e.recorded_at, e.metadata::text
+                 FROM unnest($2::timestamptz[], $3::timestamptz[]) AS w(lo, hi)
+                 JOIN usage_events e ON e.service = $1 AND e.recorded_at >= w.lo AND e.recorded_at < w.hi
+                 WHERE $4::text[] IS NULL OR e.customer_id = ANY($4)",
+                &[
+                    &plan.meter.spec.event_type.as_str(),
+                    &pieces.lo,
+                    &pieces.hi,
+                    &customers,
+                ],
+            )
+            .await
+            .map_err(Error::db("reading raw events for a meter"))?;
+        for r in &rows {
+            let db = || Error::db("reading raw events for a meter");
+            let id: uuid::Uuid = r.try_get(0).map_err(db())?;
+            let customer: String = r.try_get(1).map_err(db())?;
+            let at: DateTime<Utc> = r.try_get(2).map_err(db())?;
+            let metadata: tally_core::Metadata =
+                r.try_get::<_, String>(3).map_err(db())?.parse()?;
+            // Stored before the meter existed and unreadable by it: skipped, as the
+            // backfill skipped it.
+            let Ok(Some(reading)) = plan.meter.spec.read(&Payload::of(&metadata), at) else {
+                continue;
+            };
+            if !plan.keep(&reading.dims) {
+                continue;
+            }
+            let Some(w) = pieces.window_of(at) else {
+                continue;
+            };
+            f(
+                plan.group(w, &customer, &reading.dims),
+                at,
+                id,
+                reading.value,
+            )?;
+        }
+        Ok(())
+    }
+
+    async fn read_distinct(&self, plan: &Plan<'_>) -> Result<BTreeMap<Group, Decimal>> {
+        let lv = levels(&plan.windows, true);
+        let client = self.client("querying a meter").await?;
+        let customers = Self::customer_param(plan);
+        let mut branches = Vec::new();
+        let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+            vec![&plan.meter.number, &customers];
+        for (table, pieces) in [
+            ("tally_meter_distinct_months", &lv.months),
+            ("tally_meter_distinct_days", &lv.days),
+            ("tally_meter_distinct_quarters", &lv.quarters),
+        ] {
+            if pieces.lo.is_empty() {
+                continue;
+            }
+            let n = params.len();
+            branches.push(format!(
+                "SELECT w.i, r.customer_id, r.dims, r.value
+                 FROM unnest(${}::timestamptz[], ${}::timestamptz[], ${}::int4[]) AS w(lo, hi, i)
+                 JOIN {table} r ON r.meter = $1 AND r.bucket >= w.lo AND r.bucket < w.hi
+                 WHERE ($2::text[] IS NULL OR r.customer_id = ANY($2)){{filters}}",
+                n + 1,
+                n + 2,
+                n + 3
+            ));
+            params.extend_from_slice(&[&pieces.lo, &pieces.hi, &pieces.window]);
+        }
+        let first_filter = params.len() + 1;
+        for (_, allowed) in &plan.filters {
+            params.push(allowed);
+        }
+        let filters = plan.dims_sql(first_filter);
+        let union = branches
+            .iter()
+            .map(|b| b.replace("{filters}", &filters))
+            .collect::<Vec<_>>()
+            .join(" UNION ALL ");
+        let subject = if plan.by_subject {
+            "x.customer_id"
+        } else {
+            "NULL::text"
+        };
+        let grouped: String = plan
+            .grouped
+            .iter()
+            .map(|i| format!(", x.dims->>{i}"))
+            .collect();
+        let group_cols: String = (0..plan.grouped.len())
+            .map(|k| format!(", {}", k + 3))
+            .collect();
+        let raw = !lv.raw.lo.is_empty();
+        let mut sets: BTreeMap<Group, BTreeSet<String>> = BTreeMap::new();
+        let mut counts: BTreeMap<Group, Decimal> = BTreeMap::new();
+        if !branches.is_empty() {
+            // With raw parts the values themselves are needed (to count them with the
+            // raw events'); without, the database counts.
+            let sql = if raw {
+                format!("SELECT DISTINCT x.i, {subject}{grouped}, x.value FROM ({union}) x")
+            } else {
+                format!(
+                    "SELECT x.i, {subject}{grouped}, count(DISTINCT x.value) FROM ({union}) x GROUP BY 1, 2{group_cols}"
+                )
+            };
+            let rows = client
+                .query(&sql, &params)
+                .await
+                .map_err(Error::db("querying a meter"))?;
+            let n = plan.grouped.len();
+            for r in &rows {
+                let db = || Error::db("querying a meter");
+                let w: i32 = r.try_get(0).map_err(db())?;
+                let subject: Option<String> = r.try_get(1).map_err(db())?;
+                let values = (0..n)
+                    .map(|k| r.try_get::<_, Option<String>>(2 + k))
+                    .collect::<std::result::Result<Vec<_>, _>>()
+                    .map_err(db())?;
+                let g = (usize::try_from(w).unwrap_or_default(), subject, values);
+                if raw {
+                    sets.entry(g)
+                        .or_default()
+                        .insert(r.try_get(2 + n).map_err(db())?);
+                } else {
+                    let c: i64 = r.try_get(2 + n).map_err(db())?;
+                    counts.insert(g, Decimal::from(c));
+                }
+            }
+        }
+        drop(client);
+        if raw {
+            self.read_raw(plan, &lv.raw, |g, _, _, value| {
+                if let Value::Text(v) = value {
+                    sets.entry(g).or_default().insert(v);
+                }
+                Ok(())
+            })
+            .await?;
+            counts = sets
+                .into_iter()
+                .map(|(g, s)| (g, Decimal::from(s.len())))
+                .collect();
+        }
+        Ok(counts)
+    }
+
+    async fn read_gauge(
+        &self,
+        plan: &Plan<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<BTreeMap<Group, Decimal>> {
+        let (Some(first), Some(last)) = (plan.windows.first(), plan.windows.last()) else {
+            return Ok(BTreeMap::new());
+        };
+        let (from, to) = (first.from(), last.to());
+        let client = self.client("querying a meter").await?;
+        let customers = Self::customer_param(plan);
+        let filters = plan.dims_sql(5);
+        let sql = format!(
+            "SELECT r.customer_id, r.dims::text, r.at, r.event_id, r.value FROM tally_meter_samples r
+             WHERE r.meter = $1 AND r.at >= $2 AND r.at < $3 AND ($4::text[] IS NULL OR r.customer_id = ANY($4)){filters}
+             UNION ALL
+             (SELECT DISTINCT ON (r.customer_id, r.dims) r.customer_id, r.dims::text, r.at, r.event_id, r.value
+              FROM tally_meter_samples r
+              WHERE r.meter = $1 AND r.at < $2 AND ($4::text[] IS NULL OR r.customer_id = ANY($4)){filters}
+              ORDER BY r.customer_id, r.dims, r.at DESC, r.event_id DESC)"
+        );
+        let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+            vec![&plan.meter.number, &from, &to, &customers];
+        for (_, allowed) in &plan.filters {
+            params.push(allowed);
+        }
+        let rows = client
+            .query(&sql, &params)
+            .await
+            .map_err(Error::db("querying a meter"))?;
+        let mut series: HashMap<(String, String), Vec<Sample>> = HashMap::new();
+        for r in &rows {
+            let db = || Error::db("querying a meter");
+            series
+                .entry((r.try_get(0).map_err(db())?, r.try_get(1).map_err(db())?))
+                .or_default()
+                .push(Sample {
+                    at: r.try_get(2).map_err(db())?,
+                    id: r.try_get(3).map_err(db())?,
+                    value: r.try_get::<_, Numeric>(4).map_err(db())?.0,
+                });
+        }
+        let bounds: Vec<(DateTime<Utc>, DateTime<Utc>)> =
+            plan.windows.iter().map(|w| (w.from(), w.to())).collect();
+        let mut out: BTreeMap<Group, Decimal> = BTreeMap::new();
+        for ((customer, dims), samples) in series {
+            let dims = dims_of(&dims)?;
+            for (w, v) in time_weighted(&samples, &bounds, now.min(to))?
+                .into_iter()
+                .enumerate()
+            {
+                if let Some(v) = v {
+                    let slot = out.entry(plan.group(w, &customer, &dims)).or_default();
+                    *slot = tally_core::add_exact(*slot, v, "a gauge's integral")?;
+                }
+            }
+        }
+        Ok(out
+            .into_iter()
+            .map(|(g, v)| (g, tally_core::meter::value_hours(v)))
+            .collect())
+    }
+}

@@ -1,0 +1,436 @@
+//! Meters (issue 24): every aggregation checked against a brute force over the raw
+//! events (random events, duplicates, late arrivals, windows in random zones), the
+//! backfill under concurrent ingest, and the refusals.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Duration, Utc};
+use proptest::prelude::*;
+use rust_decimal::Decimal;
+use tally::{
+    CustomerId, ErrorKind, Metadata, Service, TimeRange, Zone,
+    meters::{Aggregation, CloudEvent, MeterQuery, MeterSpec, WindowSize},
+};
+use tally_testdb::TestDb;
+
+fn t0() -> DateTime<Utc> {
+    "2026-03-30T00:00:00Z".parse().unwrap()
+}
+
+fn spec(slug: &str, agg: Aggregation) -> MeterSpec {
+    let value = match agg {
+        Aggregation::Count => None,
+        Aggregation::UniqueCount => Some("$.user".parse().unwrap()),
+        _ => Some("$.tokens".parse().unwrap()),
+    };
+    MeterSpec::new(slug.parse().unwrap(), "prompt".parse().unwrap(), agg, value)
+        .unwrap()
+        .dimension("model", "$.model".parse().unwrap())
+        .unwrap()
+}
+
+/// One generated event: (id, customer, minute offset, model, tokens, user).
+type Gen = (u32, u8, i64, u8, i64, u8);
+
+fn cloud(g: &Gen) -> CloudEvent {
+    let (id, customer, minute, model, tokens, user) = *g;
+    let data: Metadata = format!(
+        r#"{{"model": "m{model}", "tokens": {}, "user": "u{user}"}}"#,
+        Decimal::new(tokens, 2)
+    )
+    .parse()
+    .unwrap();
+    CloudEvent::new(
+        "prompt".parse().unwrap(),
+        format!("c{customer}").parse().unwrap(),
+    )
+    .with_id("test", &id.to_string())
+    .unwrap()
+    .at(t0() + Duration::minutes(minute))
+    .with_data(data)
+}
+
+/// A result row's key: window start, subject, model.
+type Key = (DateTime<Utc>, Option<String>, Option<String>);
+
+/// The brute force: each distinct event once, grouped and aggregated directly.
+fn brute(
+    agg: Aggregation,
+    events: &[Gen],
+    windows: &[TimeRange],
+    by_subject: bool,
+    by_model: bool,
+    only_model: Option<u8>,
+    until: DateTime<Utc>,
+) -> BTreeMap<Key, Decimal> {
+    let mut unique: BTreeMap<u32, Gen> = BTreeMap::new();
+    for e in events {
+        unique.entry(e.0).or_insert(*e);
+    }
+    let value = |g: &Gen| Decimal::new(g.4, 2);
+    let key = |w: &TimeRange, g: &Gen| {
+        (
+            w.from(),
+            by_subject.then(|| format!("c{}", g.1)),
+            by_model.then(|| format!("m{}", g.3)),
+        )
+    };
+    let mut out = BTreeMap::new();
+    let at = |g: &Gen| t0() + Duration::minutes(g.2);
+    let kept: Vec<&Gen> = unique
+        .values()
+        .filter(|g| only_model.is_none_or(|m| m == g.3))
+        .collect();
+    for w in windows {
+        let mut groups: BTreeMap<_, Vec<&Gen>> = BTreeMap::new();
+        for g in &kept {
+            if agg == Aggregation::TimeWeighted || w.contains(at(g)) {
+                groups.entry(key(w, g)).or_default().push(g);
+            }
+        }
+        for (k, gs) in groups {
+            let v = match agg {
+                Aggregation::Sum => Some(gs.iter().map(|g| value(g)).sum()),
+                Aggregation::Count => Some(Decimal::from(gs.len())),
+                Aggregation::UniqueCount => Some(Decimal::from(
+                    gs.iter()
+                        .map(|g| g.5)
+                        .collect::<std::collections::BTreeSet<_>>()
+                        .len(),
+                )),
+                Aggregation::Avg => {
+                    Some(gs.iter().map(|g| value(g)).sum::<Decimal>() / Decimal::from(gs.len()))
+                }
+                Aggregation::Min => gs.iter().map(|g| value(g)).min(),
+                Aggregation::Max => gs.iter().map(|g| value(g)).max(),
+                Aggregation::Latest => gs
+                    .iter()
+                    .max_by_key(|g| (at(g), cloud(g).event_id().uuid()))
+                    .map(|g| value(g)),
+                Aggregation::TimeWeighted => {
+                    // Minute by minute: each series (customer, model) holds its latest
+                    // sample; the group sums its series.
+                    let mut series: BTreeMap<(u8, u8), Vec<&Gen>> = BTreeMap::new();
+                    for g in &gs {
+                        series.entry((g.1, g.3)).or_default().push(g);
+                    }
+                    let mut total = Decimal::ZERO;
+                    let mut covered = false;
+                    let mut t = w.from();
+                    while t < w.to().min(until) {
+                        for s in series.values() {
+                            if let Some(g) = s
+                                .iter()
+                                .filter(|g| at(g) <= t)
+                                .max_by_key(|g| (at(g), cloud(g).event_id().uuid()))
+                            {
+                                total += value(g);
+                                covered = true;
+                            }
+                        }
+                        t += Duration::minutes(1);
+                    }
+                    covered.then(|| total / Decimal::from(60))
+                }
+            };
+            if let Some(v) = v {
+                out.insert(k, v);
+            }
+        }
+    }
+    out
+}
+
+fn zones() -> impl Strategy<Value = &'static str> {
+    prop::sample::select(vec![
+        "UTC",
+        "Asia/Kolkata",
+        "America/New_York",
+        "Asia/Kathmandu",
+    ])
+}
+
+fn windows_sizes() -> impl Strategy<Value = Option<WindowSize>> {
+    prop::sample::select(vec![
+        None,
+        Some(WindowSize::Hour),
+        Some(WindowSize::Day),
+        Some(WindowSize::Month),
+    ])
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+    #[test]
+    fn every_aggregation_matches_a_brute_force_over_the_raw_events(
+        events in prop::collection::vec((0u32..400, 0u8..3, 0i64..(3 * 24 * 60), 0u8..3, -500i64..100_000, 0u8..20), 1..120),
+        repeats in prop::collection::vec(0usize..120, 0..20),
+        split in 0usize..120,
+        zone in zones(),
+        window in windows_sizes(),
+        from_min in 0i64..(24 * 60),
+        len_min in 1i64..(3 * 24 * 60),
+        by_subject in any::<bool>(),
+        by_model in any::<bool>(),
+        only_model in prop::option::of(0u8..3),
+    ) {
+        // Same id, same payload: a replay. Keep the first of a reused id only.
+        let mut seen = BTreeMap::new();
+        let mut events: Vec<Gen> = events.into_iter().filter(|e| seen.insert(e.0, ()).is_none()).collect();
+        for r in repeats {
+            if let Some(e) = events.get(r % events.len()).copied() {
+                events.push(e);
+            }
+        }
+        let zone: Zone = zone.parse().unwrap();
+        let range = TimeRange::new(t0() + Duration::minutes(from_min), t0() + Duration::minutes(from_min + len_min)).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let db = TestDb::new().await.unwrap();
+            let tally = db.tally();
+            // Half the meters exist before the events (the write path meters them),
+            // half are made after (the backfill does); late and repeated events come
+            // in a second batch.
+            let (first, second) = events.split_at(split.min(events.len()));
+            let aggs = Aggregation::ALL;
+            for a in aggs.iter().step_by(2) {
+                tally.create_meter(&spec(&a.name().to_lowercase(), *a), None).await.unwrap();
+            }
+            let mut first: Vec<CloudEvent> = first.iter().map(cloud).collect();
+            first.reverse();
+            tally.write_cloud_events(&first).await.unwrap();
+            for a in aggs.iter().skip(1).step_by(2) {
+                tally.create_meter(&spec(&a.name().to_lowercase(), *a), None).await.unwrap();
+            }
+            let second: Vec<CloudEvent> = second.iter().map(cloud).collect();
+            tally.write_cloud_events(&second).await.unwrap();
+            let windows = tally::meters::MeterQuery::new(range, t0());
+            let wins = tally_core_windows(range, window, zone);
+            for a in aggs {
+                let mut q = windows.clone().in_zone(zone);
+                if let Some(w) = window {
+                    q = q.window(w);
+                }
+                q.now = t0() + Duration::days(30);
+                if by_subject { q = q.group_by("subject"); }
+                if by_model { q = q.group_by("model"); }
+                if let Some(m) = only_model { q = q.filter("model", &format!("m{m}")); }
+                let got = tally.query_meter(&a.name().to_lowercase(), &q).await.unwrap();
+                let got: BTreeMap<_, _> = got.data.into_iter().map(|r| {
+                    ((r.window_start, r.subject, r.group_by.get("model").cloned().flatten()), r.value.normalize())
+                }).collect();
+                let want: BTreeMap<_, _> = brute(a, &events, &wins, by_subject, by_model, only_model, q.now)
+                    .into_iter().map(|(k, v)| (k, v.normalize())).collect();
+                assert_eq!(got, want, "{a} in {zone} by {window:?}");
+            }
+        });
+    }
+}
+
+fn tally_core_windows(range: TimeRange, size: Option<WindowSize>, zone: Zone) -> Vec<TimeRange> {
+    let g = match size {
+        None => return vec![range],
+        Some(WindowSize::Hour) => tally::Granularity::Hour,
+        Some(WindowSize::Day) => tally::Granularity::Day,
+        Some(WindowSize::Month) => tally::Granularity::Month,
+        Some(WindowSize::Minute) => unreachable!(),
+    };
+    zone.buckets(range, g).into_iter().map(|(_, r)| r).collect()
+}
+
+#[tokio::test]
+async fn a_meter_created_during_ingest_counts_every_event_once() {
+    let db = TestDb::new().await.unwrap();
+    let tally = db.tally().clone();
+    let writer = tokio::spawn({
+        let tally = tally.clone();
+        async move {
+            let mut n = 0u32;
+            for batch in 0..60u32 {
+                let events: Vec<CloudEvent> = (0..50u32)
+                    .map(|i| {
+                        cloud(&(
+                            (batch * 50 + i),
+                            (i % 3) as u8,
+                            i64::from(batch),
+                            (i % 2) as u8,
+                            100,
+                            1,
+                        ))
+                    })
+                    .collect();
+                n += tally.write_cloud_events(&events).await.unwrap().inserted as u32;
+                tokio::task::yield_now().await;
+            }
+            n
+        }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+    let m = tally
+        .create_meter(&spec("count", Aggregation::Count), None)
+        .await
+        .unwrap();
+    assert_eq!(m.state, tally::meters::MeterState::Ready);
+    let written = writer.await.unwrap();
+    assert_eq!(written, 3000);
+    let range = TimeRange::new(t0(), t0() + Duration::days(1)).unwrap();
+    let got = tally
+        .query_meter("count", &MeterQuery::new(range, t0()))
+        .await
+        .unwrap();
+    assert_eq!(got.data.len(), 1);
+    assert_eq!(got.data[0].value, Decimal::from(3000));
+    // The events also count as events of their type in the service rollups.
+    assert_eq!(tally.verify().await.unwrap().mismatches, 0);
+}
+
+#[tokio::test]
+async fn what_a_meter_cannot_read_is_refused_whole_and_named() {
+    let db = TestDb::new().await.unwrap();
+    let tally = db.tally();
+    tally
+        .create_meter(&spec("tokens", Aggregation::Sum), None)
+        .await
+        .unwrap();
+    let good = cloud(&(1, 0, 0, 0, 100, 1));
+    let bad = good
+        .clone()
+        .with_id("test", "2")
+        .unwrap()
+        .with_data(r#"{"model": "m0", "tokens": "lots"}"#.parse().unwrap());
+    let e = tally
+        .write_cloud_events(&[good.clone(), bad])
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Invalid);
+    assert_eq!(e.field(), Some("data"));
+    assert!(
+        e.to_string().contains("tokens") && e.to_string().contains("not a number"),
+        "{e}"
+    );
+    assert_eq!(
+        tally.verify().await.unwrap().events,
+        0,
+        "nothing of the call is stored"
+    );
+    let missing = good
+        .clone()
+        .with_data(r#"{"model": "m0"}"#.parse().unwrap());
+    let e = tally.write_cloud_events(&[missing]).await.unwrap_err();
+    assert!(e.to_string().contains("no value there"), "{e}");
+
+    // A cardinality limit of two models: the third is refused, the known ones pass.
+    let mut limited = spec("limited", Aggregation::Count);
+    limited.cardinality_limit = 2;
+    tally.create_meter(&limited, None).await.unwrap();
+    let ev = |id: u32, model: u8| cloud(&(id, 0, 0, model, 100, 1));
+    tally
+        .write_cloud_events(&[ev(10, 0), ev(11, 1)])
+        .await
+        .unwrap();
+    let e = tally.write_cloud_events(&[ev(12, 2)]).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Invalid);
+    assert!(e.to_string().contains("cardinality limit of 2"), "{e}");
+    tally.write_cloud_events(&[ev(13, 1)]).await.unwrap();
+
+    // The recorder dead-letters the refused event with the reason, and keeps the rest.
+    let recorder = tally.recorder();
+    recorder
+        .record(ev(14, 2).into_usage(Utc::now()).unwrap())
+        .await
+        .unwrap();
+    recorder
+        .record(ev(15, 0).into_usage(Utc::now()).unwrap())
+        .await
+        .unwrap();
+    recorder.close().await.unwrap();
+    let client = db.client().await.unwrap();
+    let dead: Vec<String> = client
+        .query("SELECT error FROM usage_dead_letters", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert!(dead[0].contains("cardinality limit"), "{dead:?}");
+
+    // Unknown meters and dimensions are named.
+    let range = TimeRange::new(t0(), t0() + Duration::days(1)).unwrap();
+    let e = tally
+        .query_meter("nope", &MeterQuery::new(range, t0()))
+        .await
+        .unwrap_err();
+    assert_eq!(e.field(), Some("meter"));
+    let e = tally
+        .query_meter("tokens", &MeterQuery::new(range, t0()).group_by("region"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.field(), Some("group_by"));
+    // A slug in use is refused; deleted, it is free again.
+    let e = tally
+        .create_meter(&spec("tokens", Aggregation::Max), None)
+        .await
+        .unwrap_err();
+    assert_eq!(e.field(), Some("slug"));
+    tally.delete_meter("tokens").await.unwrap();
+    tally
+        .create_meter(&spec("tokens", Aggregation::Max), None)
+        .await
+        .unwrap();
+    assert_eq!(tally.meters().await.unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn a_meter_reads_the_built_in_services_metadata_and_leaves_their_totals_alone() {
+    let db = TestDb::new().await.unwrap();
+    let tally = db.tally();
+    let acme: CustomerId = "acme".parse().unwrap();
+    let events: Vec<tally::UsageEvent> = ["/a", "/b", "/a"]
+        .iter()
+        .enumerate()
+        .map(|(i, ep)| {
+            tally::UsageEvent::new(acme.clone(), Service::API, "2".parse().unwrap())
+                .at(t0() + Duration::minutes(i as i64))
+                .with_metadata(format!(r#"{{"endpoint": "{ep}"}}"#).parse().unwrap())
+        })
+        .collect();
+    tally.write(&events).await.unwrap();
+    let by_endpoint = MeterSpec::new(
+        "api_by_endpoint".parse().unwrap(),
+        "api".parse().unwrap(),
+        Aggregation::Count,
+        None,
+    )
+    .unwrap()
+    .dimension("endpoint", "$.endpoint".parse().unwrap())
+    .unwrap();
+    let m = tally.create_meter(&by_endpoint, None).await.unwrap();
+    assert_eq!(m.backfilled, 3);
+    let range = TimeRange::new(t0(), t0() + Duration::days(1)).unwrap();
+    let got = tally
+        .query_meter(
+            "api_by_endpoint",
+            &MeterQuery::new(range, t0()).group_by("endpoint"),
+        )
+        .await
+        .unwrap();
+    let counts: Vec<(Option<String>, Decimal)> = got
+        .data
+        .iter()
+        .map(|r| (r.group_by["endpoint"].clone(), r.value))
+        .collect();
+    assert_eq!(
+        counts,
+        vec![
+            (Some("/a".into()), Decimal::from(2)),
+            (Some("/b".into()), Decimal::from(1))
+        ]
+    );
+    let s = tally
+        .summary(&acme, range)
+        .service(&Service::API)
+        .await
+        .unwrap();
+    assert_eq!(s.services[0].quantity, Decimal::from(6));
+}
