@@ -10,7 +10,6 @@ use tally::{
         Aggregation, DefinedMeter, EventType, JsonPath, MeterQuery, MeterQueryResult, MeterSlug,
         MeterSpec, WindowSize,
     },
-    serde_fmt::rfc3339,
 };
 
 use crate::{
@@ -184,19 +183,11 @@ pub(crate) async fn meter(url: Option<String>, c: MeterCommand) -> Result<(), Fa
         }
         MeterCommand::Show(a) => {
             let tally = tally_for(url).await?;
-            let m = tally.meter(&a.meter).await?;
-            match a.format {
-                Format::Json => crate::output::print_json(&m),
-                f => emit(f, &Meters(vec![m])),
-            }
+            one(a.format, tally.meter(&a.meter).await?)
         }
         MeterCommand::Delete(a) => {
             let tally = tally_for(url).await?;
-            let m = tally.delete_meter(&a.meter).await?;
-            match a.format {
-                Format::Json => crate::output::print_json(&m),
-                f => emit(f, &Meters(vec![m])),
-            }
+            one(a.format, tally.delete_meter(&a.meter).await?)
         }
         MeterCommand::Query(a) => {
             let zone: Zone = a.tz.parse().map_err(bad)?;
@@ -231,6 +222,14 @@ pub(crate) async fn meter(url: Option<String>, c: MeterCommand) -> Result<(), Fa
                 },
             )
         }
+    }
+}
+
+/// One meter: its object in JSON (as OpenMeter's API returns it), a row otherwise.
+fn one(format: Format, m: DefinedMeter) -> Result<(), Failure> {
+    match format {
+        Format::Json => crate::output::print_json(&m),
+        f => emit(f, &Meters(vec![m])),
     }
 }
 
@@ -296,15 +295,7 @@ impl Tabular for Rows {
     }
 
     fn rows(&self, table: bool) -> Vec<Vec<String>> {
-        let when = |t: tally::chrono::DateTime<Utc>| {
-            if table {
-                t.with_timezone(&self.zone.tz())
-                    .format("%Y-%m-%d %H:%M %Z")
-                    .to_string()
-            } else {
-                rfc3339(t)
-            }
-        };
+        let when = |t| crate::output::local(t, self.zone, table);
         self.result
             .data
             .iter()

@@ -125,7 +125,7 @@ fn num(table: bool, d: Decimal) -> String {
 }
 
 /// A bucket start: RFC 3339 UTC in CSV, local time in tables.
-fn local(t: DateTime<Utc>, zone: Zone, table: bool) -> String {
+pub(crate) fn local(t: DateTime<Utc>, zone: Zone, table: bool) -> String {
     if table {
         t.with_timezone(&zone.tz())
             .format("%Y-%m-%d %H:%M %Z")

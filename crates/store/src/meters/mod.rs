@@ -133,7 +133,10 @@ impl Store {
         //    waited for), the meter row; 2. the backfill's snapshot, taken while the
         //    lock is held: it holds every event written without the meter, and none
         //    written with it; 3. commit, and writers of the type meter from now on.
+        // Both connections first: once the lock is held, writers of the type wait for
+        // it holding theirs, and a full pool would never hand the reader one.
         let mut creator = self.client("creating a meter").await?;
+        let mut reader = self.client("backfilling a meter").await?;
         let tx = creator
             .transaction()
             .await
@@ -161,7 +164,6 @@ impl Store {
                 }
             })?;
         let meter = defined(&row)?;
-        let mut reader = self.client("backfilling a meter").await?;
         let snapshot = reader
             .build_transaction()
             .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)

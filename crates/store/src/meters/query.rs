@@ -211,6 +211,13 @@ impl<'a> Plan<'a> {
             .collect()
     }
 
+    /// The filters' values, as the parameters [`Plan::dims_sql`] names.
+    fn push_filters<'p>(&'p self, params: &mut Vec<&'p (dyn tokio_postgres::types::ToSql + Sync)>) {
+        for (_, allowed) in &self.filters {
+            params.push(allowed);
+        }
+    }
+
     fn row(&self, (w, subject, values): Group, value: Decimal) -> Option<MeterRow> {
         let window = self.windows.get(w)?;
         Some(MeterRow {
@@ -345,10 +352,6 @@ impl Store {
         })
     }
 
-    fn customer_param(plan: &Plan<'_>) -> Option<Vec<String>> {
-        plan.customers.clone()
-    }
-
     async fn read_accs(&self, plan: &Plan<'_>, minute: bool) -> Result<BTreeMap<Group, Acc>> {
         let lv = if minute {
             let mut raw = Pieces::default();
@@ -365,7 +368,7 @@ impl Store {
             levels(&plan.windows, false)
         };
         let client = self.client("querying a meter").await?;
-        let customers = Self::customer_param(plan);
+        let customers = &plan.customers;
         let mut out: BTreeMap<Group, Acc> = BTreeMap::new();
         for (table, pieces) in [
             ("tally_meter_days", &lv.days),
@@ -392,9 +395,7 @@ impl Store {
                 &pieces.window,
                 &customers,
             ];
-            for (_, allowed) in &plan.filters {
-                params.push(allowed);
-            }
+            plan.push_filters(&mut params);
             let rows = client
                 .query(&sql, &params)
                 .await
@@ -452,7 +453,7 @@ impl Store {
             return Ok(());
         }
         let client = self.client("querying a meter").await?;
-        let customers = Self::customer_param(plan);
+        let customers = &plan.customers;
         let rows = client
             .query(
                 "SELECT e.event_id, e.customer_id, e.recorded_at, e.metadata::text
@@ -499,7 +500,7 @@ impl Store {
     async fn read_distinct(&self, plan: &Plan<'_>) -> Result<BTreeMap<Group, Decimal>> {
         let lv = levels(&plan.windows, true);
         let client = self.client("querying a meter").await?;
-        let customers = Self::customer_param(plan);
+        let customers = &plan.customers;
         let mut branches = Vec::new();
         let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
             vec![&plan.meter.number, &customers];
@@ -524,9 +525,7 @@ impl Store {
             params.extend_from_slice(&[&pieces.lo, &pieces.hi, &pieces.window]);
         }
         let first_filter = params.len() + 1;
-        for (_, allowed) in &plan.filters {
-            params.push(allowed);
-        }
+        plan.push_filters(&mut params);
         let filters = plan.dims_sql(first_filter);
         let union = branches
             .iter()
@@ -610,7 +609,7 @@ impl Store {
         };
         let (from, to) = (first.from(), last.to());
         let client = self.client("querying a meter").await?;
-        let customers = Self::customer_param(plan);
+        let customers = &plan.customers;
         let filters = plan.dims_sql(5);
         let sql = format!(
             "SELECT r.customer_id, r.dims::text, r.at, r.event_id, r.value FROM tally_meter_samples r
@@ -623,9 +622,7 @@ impl Store {
         );
         let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
             vec![&plan.meter.number, &from, &to, &customers];
-        for (_, allowed) in &plan.filters {
-            params.push(allowed);
-        }
+        plan.push_filters(&mut params);
         let rows = client
             .query(&sql, &params)
             .await
