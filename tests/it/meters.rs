@@ -434,3 +434,55 @@ async fn a_meter_reads_the_built_in_services_metadata_and_leaves_their_totals_al
         .unwrap();
     assert_eq!(s.services[0].quantity, Decimal::from(6));
 }
+
+#[tokio::test]
+async fn a_strict_import_feeds_the_meters_of_its_types() {
+    use tally::import::{ImportFormat, ImportOptions};
+    let db = TestDb::new().await.unwrap();
+    let tally = db.tally();
+    let by_endpoint = MeterSpec::new(
+        "api_by_endpoint".parse().unwrap(),
+        "api".parse().unwrap(),
+        Aggregation::Count,
+        None,
+    )
+    .unwrap()
+    .dimension("endpoint", "$.endpoint".parse().unwrap())
+    .unwrap();
+    tally.create_meter(&by_endpoint, None).await.unwrap();
+    // All or nothing: the staged path's one statement, which returns the inserted
+    // events of the metered types for the meter step (a repeated line counts once).
+    let line = |id: u32, ep: &str| {
+        format!(
+            r#"{{"event_id":"0195f000-0000-7000-8000-{id:012}","customer_id":"acme","service":"api","quantity":"1","recorded_at":"2026-03-30T10:00:00Z","metadata":{{"endpoint":"{ep}"}}}}"#
+        )
+    };
+    let text = [line(1, "/a"), line(2, "/b"), line(3, "/a"), line(3, "/a")].join("\n");
+    let mut opts = ImportOptions::new(ImportFormat::Ndjson);
+    opts.strict = true;
+    let r = tally
+        .import(std::io::Cursor::new(text), opts, None)
+        .await
+        .unwrap();
+    assert_eq!(r.inserted, 3, "{r:?}");
+    let range = TimeRange::new(t0(), t0() + Duration::days(1)).unwrap();
+    let got = tally
+        .query_meter(
+            "api_by_endpoint",
+            &MeterQuery::new(range, t0()).group_by("endpoint"),
+        )
+        .await
+        .unwrap();
+    let counts: Vec<(Option<String>, Decimal)> = got
+        .data
+        .iter()
+        .map(|r| (r.group_by["endpoint"].clone(), r.value))
+        .collect();
+    assert_eq!(
+        counts,
+        vec![
+            (Some("/a".into()), Decimal::from(2)),
+            (Some("/b".into()), Decimal::from(1))
+        ]
+    );
+}

@@ -519,14 +519,10 @@ fn inserted_events(row: &tokio_postgres::Row) -> Result<Vec<UsageEvent>> {
         .zip(times)
         .zip(payloads)
     {
-        out.push(UsageEvent {
-            id: id.into(),
-            customer: tally_core::CustomerId::new(customer)?,
-            service: kind.parse::<tally_core::EventType>()?.service(),
-            quantity: tally_core::Quantity::ZERO,
-            recorded_at: at,
-            metadata: payload.parse()?,
-        });
+        let service = kind.parse::<tally_core::EventType>()?.service();
+        out.push(crate::meters::stored_event(
+            id, customer, service, at, &payload,
+        )?);
     }
     Ok(out)
 }

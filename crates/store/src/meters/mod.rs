@@ -110,6 +110,25 @@ fn ulid(u: uuid::Uuid) -> String {
         .collect()
 }
 
+/// An event of a meter's type as read back from the database (its quantity is not
+/// read: meters do not use it). The backfill and the slow write path build them here.
+pub(crate) fn stored_event(
+    id: uuid::Uuid,
+    customer: String,
+    service: tally_core::Service,
+    at: DateTime<Utc>,
+    metadata: &str,
+) -> Result<UsageEvent> {
+    Ok(UsageEvent {
+        id: id.into(),
+        customer: CustomerId::new(customer)?,
+        service,
+        quantity: Quantity::ZERO,
+        recorded_at: at,
+        metadata: metadata.parse::<Metadata>()?,
+    })
+}
+
 /// How many stored events a backfill reads at a time.
 const BACKFILL_CHUNK: i64 = 20_000;
 
@@ -244,14 +263,7 @@ impl Store {
                 let customer: String = r.try_get(1).map_err(db())?;
                 let at: DateTime<Utc> = r.try_get(2).map_err(db())?;
                 let metadata: String = r.try_get(3).map_err(db())?;
-                events.push(UsageEvent {
-                    id: id.into(),
-                    customer: CustomerId::new(customer)?,
-                    service: service.clone(),
-                    quantity: Quantity::ZERO,
-                    recorded_at: at,
-                    metadata: metadata.parse::<Metadata>()?,
-                });
+                events.push(stored_event(id, customer, service.clone(), at, &metadata)?);
             }
             let mut deltas = deltas::MeterDeltas::default();
             skipped += deltas.add(&live, &events, false)?;
