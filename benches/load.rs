@@ -15,12 +15,20 @@
 //! (RFC 3339) ends the workload at T instead of now. `--citus` loads into a fresh
 //! database on the Citus cluster `TALLY_CITUS_URL` names (its baseline COPY goes into
 //! a distributed table). `--batch-size`, `--max-batch-size`, `--queue-capacity` and
-//! `--workers` set the recorder's (the defaults otherwise).
+//! `--workers` set the recorder's (the defaults otherwise). `--meters` (issue 24) makes
+//! every event a CloudEvent of type `prompt` (12 models × 2 types, 100 000 users) feeding
+//! three meters (SUM of tokens by model and type, COUNT, UNIQUE_COUNT of users), then
+//! times the backfill of a fourth meter (MAX of tokens by model) over the stored events.
 
 use std::{pin::pin, time::Instant};
 
 use chrono::Utc;
-use tally::RecorderConfig;
+use std::str::FromStr;
+
+use tally::{
+    RecorderConfig,
+    meters::{Aggregation, EventType, MeterSpec},
+};
 use tally_benches::{Shape, duplicates, generate};
 use tally_testdb::{CitusDb, TestDb};
 
@@ -57,6 +65,7 @@ struct Args {
     baseline: bool,
     keep: bool,
     citus: bool,
+    meters: bool,
     end: Option<chrono::DateTime<Utc>>,
 }
 
@@ -71,6 +80,7 @@ fn args() -> Result<Args, String> {
         baseline: true,
         keep: false,
         citus: false,
+        meters: false,
         end: None,
     };
     let mut it = std::env::args().skip(1);
@@ -104,6 +114,7 @@ fn args() -> Result<Args, String> {
             "--no-baseline" => a.baseline = false,
             "--keep" => a.keep = true,
             "--citus" => a.citus = true,
+            "--meters" => a.meters = true,
             "--end" => {
                 let v = value("--end")?;
                 a.end = Some(
@@ -134,6 +145,54 @@ async fn main() {
     }
 }
 
+/// The event as a CloudEvent of type `prompt`: its payload is derived from its id, so a
+/// retry (same id) carries the same payload.
+fn prompt(mut e: tally::UsageEvent) -> tally::UsageEvent {
+    let mut h = 0u64;
+    for b in e.id.uuid().as_bytes() {
+        h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    let data = format!(
+        r#"{{"model": "m{}", "type": "t{}", "tokens": {}, "user": "u{}"}}"#,
+        h % 12,
+        (h >> 8) % 2,
+        (h >> 16) % 5000,
+        (h >> 24) % 100_000
+    );
+    e.service = EventType::from_str("prompt")
+        .map(|t| t.service())
+        .unwrap_or(e.service);
+    e.quantity = tally::Quantity::ZERO;
+    if let Ok(m) = data.parse() {
+        e.metadata = m;
+    }
+    e
+}
+
+/// A meter of type `prompt`.
+fn meter(
+    slug: &str,
+    agg: Aggregation,
+    value: Option<&str>,
+    dims: &[&str],
+) -> Result<MeterSpec, String> {
+    let bad = |e: tally::InvalidInput| e.to_string();
+    let value = value.map(str::parse).transpose().map_err(bad)?;
+    let mut m = MeterSpec::new(
+        slug.parse().map_err(bad)?,
+        "prompt".parse().map_err(bad)?,
+        agg,
+        value,
+    )
+    .map_err(bad)?;
+    for d in dims {
+        m = m
+            .dimension(d, format!("$.{d}").parse().map_err(bad)?)
+            .map_err(bad)?;
+    }
+    Ok(m)
+}
+
 /// `what` failed: its error, said with what was being done.
 fn fail<E: std::fmt::Display>(what: &'static str) -> impl FnOnce(E) -> String {
     move |e| format!("{what}: {e}")
@@ -155,7 +214,10 @@ async fn run(a: Args) -> Result<(), String> {
         ))
     };
     let t = Instant::now();
-    let events = generate(a.events, a.shape, a.end.unwrap_or_else(Utc::now), 42);
+    let mut events = generate(a.events, a.shape, a.end.unwrap_or_else(Utc::now), 42);
+    if a.meters {
+        events = events.into_iter().map(prompt).collect();
+    }
     let dups = duplicates(&events);
     eprintln!(
         "generated {} events ({} duplicates) in {:.1}s",
@@ -250,6 +312,23 @@ async fn run(a: Args) -> Result<(), String> {
         chunks.push(chunk);
     }
     let store = db.tally().clone();
+    if a.meters {
+        for m in [
+            meter(
+                "tokens",
+                Aggregation::Sum,
+                Some("$.tokens"),
+                &["model", "type"],
+            )?,
+            meter("prompts", Aggregation::Count, None, &[])?,
+            meter("users", Aggregation::UniqueCount, Some("$.user"), &[])?,
+        ] {
+            store
+                .create_meter(&m, None)
+                .await
+                .map_err(fail("creating a meter"))?;
+        }
+    }
     let recorder = store.recorder_with({
         let c = RecorderConfig::default()
             .batch_size(a.batch_size)
@@ -291,7 +370,29 @@ async fn run(a: Args) -> Result<(), String> {
             Err(e) => return Err(format!("verifying: {e}")),
         }
     };
+    let mut backfill = None;
+    if a.meters {
+        let m = meter("peak", Aggregation::Max, Some("$.tokens"), &["model"])?;
+        let t = Instant::now();
+        let def = store
+            .create_meter(&m, None)
+            .await
+            .map_err(fail("creating the backfilled meter"))?;
+        let secs = t.elapsed().as_secs_f64();
+        eprintln!(
+            "backfill of a new meter over {} stored events: {:.0} events/s ({secs:.1}s)",
+            def.backfilled,
+            def.backfilled as f64 / secs
+        );
+        backfill = Some(serde_json::json!({
+            "events": def.backfilled,
+            "seconds": (secs * 10.0).round() / 10.0,
+            "events_per_s": (def.backfilled as f64 / secs).round(),
+        }));
+    }
     let out = serde_json::json!({
+        "meters": a.meters,
+        "meter_backfill": backfill,
         "shape": format!("{:?}", a.shape).to_lowercase(),
         "citus": a.citus,
         "events": n,

@@ -60,7 +60,7 @@ fn brute(
     windows: &[TimeRange],
     by_subject: bool,
     by_model: bool,
-    only_model: Option<u8>,
+    (only_model, excluded): (Option<u8>, Option<u8>),
     until: DateTime<Utc>,
 ) -> BTreeMap<Key, Decimal> {
     let mut unique: BTreeMap<u32, Gen> = BTreeMap::new();
@@ -79,7 +79,7 @@ fn brute(
     let at = |g: &Gen| t0() + Duration::minutes(g.2);
     let kept: Vec<&Gen> = unique
         .values()
-        .filter(|g| only_model.is_none_or(|m| m == g.3))
+        .filter(|g| only_model.is_none_or(|m| m == g.3) && excluded.is_none_or(|m| m != g.3))
         .collect();
     for w in windows {
         let mut groups: BTreeMap<_, Vec<&Gen>> = BTreeMap::new();
@@ -173,6 +173,7 @@ proptest! {
         by_subject in any::<bool>(),
         by_model in any::<bool>(),
         only_model in prop::option::of(0u8..3),
+        excluded in prop::option::of(0u8..3),
     ) {
         // Same id, same payload: a replay. Keep the first of a reused id only.
         let mut seen = BTreeMap::new();
@@ -215,11 +216,14 @@ proptest! {
                 if by_subject { q = q.group_by("subject"); }
                 if by_model { q = q.group_by("model"); }
                 if let Some(m) = only_model { q = q.filter("model", &format!("m{m}")); }
+                if let Some(m) = excluded {
+                    q = q.exclude(&BTreeMap::from([("model".to_owned(), format!("m{m}"))]));
+                }
                 let got = tally.query_meter(&a.name().to_lowercase(), &q).await.unwrap();
                 let got: BTreeMap<_, _> = got.data.into_iter().map(|r| {
                     ((r.window_start, r.subject, r.group_by.get("model").cloned().flatten()), r.value.normalize())
                 }).collect();
-                let want: BTreeMap<_, _> = brute(a, &events, &wins, by_subject, by_model, only_model, q.now)
+                let want: BTreeMap<_, _> = brute(a, &events, &wins, by_subject, by_model, (only_model, excluded), q.now)
                     .into_iter().map(|(k, v)| (k, v.normalize())).collect();
                 assert_eq!(got, want, "{a} in {zone} by {window:?}");
             }
@@ -485,4 +489,123 @@ async fn a_strict_import_feeds_the_meters_of_its_types() {
             (Some("/b".into()), Decimal::from(1))
         ]
     );
+}
+
+/// Prices per dimension (issue 24 §6): gpt-4o at its own price, the other models at
+/// the fallback's, a UNIQUE_COUNT priced whole; checked against a hand computation.
+#[tokio::test]
+async fn an_invoice_prices_each_combination_and_the_rest() {
+    let db = TestDb::new().await.unwrap();
+    let book = tally::pricing::PriceBook::from_json(
+        r#"{"currency": "USD", "services": {},
+            "meters": [
+              {"meter": "tokens", "where": {"model": "gpt-4o"}, "model": "per_unit", "unit_price": "0.000005"},
+              {"meter": "tokens", "where": {"model": "o1"}, "model": "per_unit", "unit_price": "0.00006"},
+              {"meter": "tokens", "model": "per_unit", "unit_price": "0.000001"},
+              {"meter": "users", "model": "graduated", "tiers": [
+                 {"up_to": "2", "unit_price": "0"}, {"unit_price": "1.50"}]}
+            ]}"#,
+    )
+    .unwrap();
+    let tally = tally::Tally::builder(db.url())
+        .prices(book)
+        .build()
+        .await
+        .unwrap();
+    let tokens = MeterSpec::new(
+        "tokens".parse().unwrap(),
+        "prompt".parse().unwrap(),
+        Aggregation::Sum,
+        Some("$.tokens".parse().unwrap()),
+    )
+    .unwrap()
+    .dimension("model", "$.model".parse().unwrap())
+    .unwrap();
+    let users = MeterSpec::new(
+        "users".parse().unwrap(),
+        "prompt".parse().unwrap(),
+        Aggregation::UniqueCount,
+        Some("$.user".parse().unwrap()),
+    )
+    .unwrap();
+    tally.create_meter(&tokens, None).await.unwrap();
+    tally.create_meter(&users, None).await.unwrap();
+    let event = |id: u32, customer: &str, model: Option<&str>, tokens: u32, user: &str| {
+        let model = model.map_or(String::new(), |m| format!(r#""model": "{m}", "#));
+        CloudEvent::new("prompt".parse().unwrap(), customer.parse().unwrap())
+            .with_id("test", &id.to_string())
+            .unwrap()
+            .at(t0() + Duration::hours(i64::from(id)))
+            .with_data(
+                format!(r#"{{{model}"tokens": {tokens}, "user": "{user}"}}"#)
+                    .parse()
+                    .unwrap(),
+            )
+    };
+    tally
+        .write_cloud_events(&[
+            event(1, "acme", Some("gpt-4o"), 200_000, "ann"),
+            event(2, "acme", Some("gpt-4o"), 100_000, "bob"),
+            event(3, "acme", Some("mini"), 1_000_000, "cat"),
+            // No model at all: the rest's, not gpt-4o's.
+            event(4, "acme", None, 500_000, "ann"),
+            event(5, "other", Some("o1"), 1_000, "dan"),
+        ])
+        .await
+        .unwrap();
+    let march = TimeRange::new(
+        "2026-03-01T00:00:00Z".parse().unwrap(),
+        "2026-04-01T00:00:00Z".parse().unwrap(),
+    )
+    .unwrap();
+    let inv = tally
+        .invoice(&"acme".parse().unwrap(), march)
+        .await
+        .unwrap();
+    let lines: Vec<(String, String, String)> = inv
+        .lines
+        .iter()
+        .map(|l| {
+            (
+                l.label(),
+                l.quantity.normalize().to_string(),
+                l.amount.to_string(),
+            )
+        })
+        .collect();
+    let s = |a: &str, b: &str, c: &str| (a.to_owned(), b.to_owned(), c.to_owned());
+    // gpt-4o 300k × 0.000005 = 1.50; rest 1.5M × 0.000001 = 1.50; o1 unused by acme
+    // (no line); 3 users, 2 free, 1 × 1.50.
+    assert_eq!(
+        lines,
+        vec![
+            s("tokens[model=gpt-4o]", "300000", "1.50"),
+            s("tokens[rest]", "1500000", "1.50"),
+            s("users", "3", "1.50"),
+        ]
+    );
+    assert_eq!(inv.total_amount.to_string(), "4.50");
+    let json = serde_json::to_value(&inv.lines[0]).unwrap();
+    assert_eq!(json["meter"], "tokens");
+    assert_eq!(json["where"]["model"], "gpt-4o");
+    assert!(json["service"].is_null());
+    assert_eq!(serde_json::to_value(&inv.lines[1]).unwrap()["rest"], true);
+
+    // A price book naming a meter that does not exist is refused, naming it.
+    let bad = tally::pricing::PriceBook::from_json(
+        r#"{"currency": "USD", "services": {},
+            "meters": [{"meter": "tokens_typo", "model": "per_unit", "unit_price": "1"}]}"#,
+    )
+    .unwrap();
+    let t2 = tally::Tally::builder(db.url())
+        .prices(bad)
+        .build()
+        .await
+        .unwrap();
+    let err = t2
+        .invoice(&"acme".parse().unwrap(), march)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Invalid, "{err}");
+    assert!(err.to_string().contains("tokens_typo"), "{err}");
 }

@@ -9,7 +9,7 @@ use tally_core::{
     Catalog, CustomerId, Granularity, Metered, PriceBook, Service, TimeRange, Totals, Zone,
     round_to,
 };
-use tally_store::{Result, Store, Who};
+use tally_store::{MeterQuery, Result, Store, Who};
 
 use crate::query::{PeaksQuery, StatsQuery, SummaryQuery, TrendsQuery, UsageQuery};
 use crate::report::{
@@ -388,6 +388,9 @@ impl Analytics {
             let quantity = used.map_or(Decimal::ZERO, |t| t.quantity);
             let line = |kind, quantity, billable_quantity, amount| InvoiceLine {
                 service: Some(s.to_string()),
+                meter: None,
+                dimensions: BTreeMap::new(),
+                rest: false,
                 kind,
                 quantity,
                 billable_quantity,
@@ -423,6 +426,7 @@ impl Analytics {
                 lines.push(line(LineKind::Cap, Decimal::ZERO, Decimal::ZERO, cap));
             }
         }
+        lines.extend(self.meter_lines(customer, period).await?);
         let mut total = money(Decimal::ZERO);
         for l in &lines {
             total = add_money(total, l.amount)?;
@@ -432,6 +436,9 @@ impl Analytics {
         {
             lines.push(InvoiceLine {
                 service: None,
+                meter: None,
+                dimensions: BTreeMap::new(),
+                rest: false,
                 kind: LineKind::Minimum,
                 quantity: Decimal::ZERO,
                 billable_quantity: Decimal::ZERO,
@@ -447,5 +454,70 @@ impl Analytics {
             lines,
             total_amount: money(total),
         })
+    }
+
+    /// The lines of the meters the price book prices ([`tally_core::MeterPrice`]):
+    /// per combination, the meter's value over the period for the customer's events
+    /// with its values, then the fallback for the events with none of them. A gauge
+    /// (`TIME_WEIGHTED`) holds its last value to the period's end, so the preview of a
+    /// period not over yet bills it as if nothing changes.
+    async fn meter_lines(
+        &self,
+        customer: &CustomerId,
+        period: TimeRange,
+    ) -> Result<Vec<InvoiceLine>> {
+        let exponent = self.prices.exponent();
+        let mut lines = Vec::new();
+        for priced in self.prices.meter_prices_at(period.from()) {
+            let whole = MeterQuery::new(period, period.to()).customer(customer);
+            let mut entries = Vec::new();
+            for (combination, price) in &priced.combinations {
+                let mut q = whole.clone();
+                for (k, v) in combination.iter() {
+                    q = q.filter(k, v);
+                }
+                entries.push(((*combination).clone(), false, *price, q));
+            }
+            if let Some(price) = priced.fallback {
+                let mut q = whole.clone();
+                for (combination, _) in &priced.combinations {
+                    q = q.exclude(combination);
+                }
+                let rest = !priced.combinations.is_empty();
+                entries.push((BTreeMap::new(), rest, price, q));
+            }
+            for (dimensions, rest, price, q) in entries {
+                let answer = self.store.query_meter(priced.meter, &q).await?;
+                let used = answer.data.first().map(|row| row.value);
+                let charge =
+                    price.charge(&Metered::new(used.unwrap_or(Decimal::ZERO), 0), exponent)?;
+                if used.is_none() && charge.line.amount.is_zero() && charge.true_up.is_none() {
+                    continue; // nothing used, nothing charged
+                }
+                let line = |kind, quantity, billable_quantity, amount| InvoiceLine {
+                    service: None,
+                    meter: Some(priced.meter.to_owned()),
+                    dimensions: dimensions.clone(),
+                    rest,
+                    kind,
+                    quantity,
+                    billable_quantity,
+                    amount,
+                };
+                lines.push(line(
+                    LineKind::Usage,
+                    charge.line.quantity,
+                    charge.line.billable_quantity,
+                    charge.line.amount,
+                ));
+                if let Some(up) = charge.true_up {
+                    lines.push(line(LineKind::TrueUp, Decimal::ZERO, Decimal::ZERO, up));
+                }
+                if let Some(cap) = charge.cap {
+                    lines.push(line(LineKind::Cap, Decimal::ZERO, Decimal::ZERO, cap));
+                }
+            }
+        }
+        Ok(lines)
     }
 }

@@ -1,5 +1,7 @@
 //! What the reads return, and the statistics' arithmetic (exact `percentile_cont`).
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, NaiveDate, Utc};
 use rust_decimal::Decimal;
 use serde::{Serialize, Serializer, ser::SerializeStruct};
@@ -271,7 +273,7 @@ impl std::fmt::Display for Invoice {
             writeln!(
                 f,
                 "  {} {} {} billable {} {}",
-                l.service.as_deref().unwrap_or("-"),
+                l.label(),
                 l.kind,
                 l.quantity.normalize(),
                 l.billable_quantity.normalize(),
@@ -312,8 +314,19 @@ impl std::fmt::Display for LineKind {
 /// One line of an invoice.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct InvoiceLine {
-    /// The service (`None` for an invoice-level minimum).
+    /// The service (`None` for a meter's line and an invoice-level minimum).
     pub service: Option<String>,
+    /// The meter of a line priced per meter ([`tally_core::MeterPrice`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub meter: Option<String>,
+    /// The dimension values a meter's line prices (empty: all of the meter's events,
+    /// or, beside lines that have them, the rest).
+    #[serde(rename = "where", skip_serializing_if = "BTreeMap::is_empty")]
+    pub dimensions: BTreeMap<String, String>,
+    /// A meter's fallback line beside lines for combinations: its events that have
+    /// none of them.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub rest: bool,
     /// What the line is for.
     pub kind: LineKind,
     /// Units used in the period.
@@ -325,6 +338,28 @@ pub struct InvoiceLine {
     /// The amount, rounded half-up to the currency's minor unit once.
     #[serde(serialize_with = "serde_fmt::money")]
     pub amount: Decimal,
+}
+
+impl InvoiceLine {
+    /// What the line is for, in one word: the service, the meter with the values it
+    /// prices (`tokens[model=gpt-4o]`, the rest `tokens[rest]`), or `-` for the
+    /// invoice's minimum.
+    pub fn label(&self) -> String {
+        match (&self.service, &self.meter) {
+            (Some(s), _) => s.clone(),
+            (None, Some(m)) if self.dimensions.is_empty() && self.rest => format!("{m}[rest]"),
+            (None, Some(m)) if self.dimensions.is_empty() => m.clone(),
+            (None, Some(m)) => {
+                let values: Vec<String> = self
+                    .dimensions
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
+                format!("{m}[{}]", values.join(","))
+            }
+            (None, None) => "-".to_owned(),
+        }
+    }
 }
 
 /// An invoice preview.

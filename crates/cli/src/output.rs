@@ -318,7 +318,12 @@ impl Tabular for Invoice {
             .iter()
             .map(|l| {
                 vec![
-                    l.service.clone().unwrap_or_default(),
+                    // The minimum's line names nothing.
+                    if l.service.is_none() && l.meter.is_none() {
+                        String::new()
+                    } else {
+                        l.label()
+                    },
                     l.kind.to_string(),
                     dec(l.quantity),
                     dec(l.billable_quantity),

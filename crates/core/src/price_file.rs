@@ -11,7 +11,9 @@ use serde_json::{Map, Value};
 use crate::{Error, PriceBook, Result};
 
 /// Keys of the book itself.
-const BOOK: &[&str] = &["currency", "minor_units", "minimum", "services"];
+const BOOK: &[&str] = &["currency", "minor_units", "minimum", "services", "meters"];
+/// Keys a meter's price has besides a version's.
+const METER_PRICE: &[&str] = &["meter", "where"];
 /// Keys every version has, whatever its model.
 const VERSION: &[&str] = &[
     "effective_from",
@@ -93,36 +95,46 @@ fn known_keys(book: &Value) -> Result<()> {
             return Err(unknown(key, "the book", BOOK));
         }
     }
-    let Some(services) = top.get("services").and_then(Value::as_object) else {
-        return Ok(()); // serde names what is missing or mistyped
-    };
-    for (service, versions) in services {
-        let Some(versions) = versions.as_array() else {
-            continue;
-        };
-        for (i, version) in versions.iter().enumerate() {
-            let place = format!("services.{service}[{i}]");
-            let v = object(version, &place)?;
-            let Some(model) = v.get("model").and_then(Value::as_str) else {
-                continue;
+    if let Some(services) = top.get("services").and_then(Value::as_object) {
+        for (service, versions) in services {
+            let Some(versions) = versions.as_array() else {
+                continue; // serde names what is mistyped
             };
-            let Some(own) = model_keys(model) else {
-                continue;
-            };
-            for key in v.keys() {
-                if !VERSION.contains(&key.as_str()) && !own.contains(&key.as_str()) {
-                    let known: Vec<&str> = VERSION.iter().chain(own).copied().collect();
-                    return Err(unknown(key, &place, &known));
-                }
+            for (i, version) in versions.iter().enumerate() {
+                version_keys(version, &format!("services.{service}[{i}]"), &[])?;
             }
-            let tiers = v.get("tiers").and_then(Value::as_array);
-            for (t, tier) in tiers.into_iter().flatten().enumerate() {
-                let place = format!("{place}.tiers[{t}]");
-                for key in object(tier, &place)?.keys() {
-                    if !TIER.contains(&key.as_str()) {
-                        return Err(unknown(key, &place, TIER));
-                    }
-                }
+        }
+    }
+    if let Some(meters) = top.get("meters").and_then(Value::as_array) {
+        for (i, price) in meters.iter().enumerate() {
+            version_keys(price, &format!("meters[{i}]"), METER_PRICE)?;
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a key that a price version (with `extra` keys) of its model does not have.
+fn version_keys(version: &Value, place: &str, extra: &[&str]) -> Result<()> {
+    let v = object(version, place)?;
+    let Some(model) = v.get("model").and_then(Value::as_str) else {
+        return Ok(());
+    };
+    let Some(own) = model_keys(model) else {
+        return Ok(());
+    };
+    for key in v.keys() {
+        let k = key.as_str();
+        if !VERSION.contains(&k) && !own.contains(&k) && !extra.contains(&k) {
+            let known: Vec<&str> = VERSION.iter().chain(extra).chain(own).copied().collect();
+            return Err(unknown(key, place, &known));
+        }
+    }
+    let tiers = v.get("tiers").and_then(Value::as_array);
+    for (t, tier) in tiers.into_iter().flatten().enumerate() {
+        let place = format!("{place}.tiers[{t}]");
+        for key in object(tier, &place)?.keys() {
+            if !TIER.contains(&key.as_str()) {
+                return Err(unknown(key, &place, TIER));
             }
         }
     }
@@ -262,6 +274,71 @@ mod tests {
         assert_eq!(strict, plain);
         let round = serde_json::to_string(&PriceBook::default()).unwrap();
         assert_eq!(PriceBook::from_json(&round).unwrap(), PriceBook::default());
+    }
+
+    #[test]
+    fn meter_prices_are_read_strictly_and_resolved_per_combination() {
+        let text = r#"{"services": {}, "meters": [
+            {"meter": "tokens", "where": {"model": "gpt-4o"}, "model": "per_unit", "unit_price": "0.000005"},
+            {"meter": "tokens", "where": {"model": "gpt-4o"}, "effective_from": "2026-06-01T00:00:00Z",
+             "model": "per_unit", "unit_price": "0.000004"},
+            {"meter": "tokens", "where": {"model": "mini"}, "model": "per_unit", "unit_price": "0.000001"},
+            {"meter": "tokens", "model": "per_unit", "unit_price": "0.000002"}]}"#;
+        let book = PriceBook::from_json(text).unwrap();
+        let at = |t: &str| t.parse::<chrono::DateTime<chrono::Utc>>().unwrap();
+        let may = book.meter_prices_at(at("2026-05-01T00:00:00Z"));
+        let june = book.meter_prices_at(at("2026-06-01T00:00:00Z"));
+        assert_eq!(may.len(), 1);
+        assert_eq!(may[0].meter, "tokens");
+        let unit = |p: &crate::Price| match &p.model {
+            crate::PriceModel::PerUnit { unit_price } => unit_price.to_string(),
+            _ => String::new(),
+        };
+        let prices = |m: &crate::MeterPrices<'_>| -> Vec<(String, String)> {
+            m.combinations
+                .iter()
+                .map(|(w, p)| (w["model"].clone(), unit(p)))
+                .collect()
+        };
+        assert_eq!(
+            prices(&may[0]),
+            [
+                ("gpt-4o".into(), "0.000005".into()),
+                ("mini".into(), "0.000001".into())
+            ]
+        );
+        assert_eq!(prices(&june[0])[0].1, "0.000004");
+        assert_eq!(may[0].fallback.map(unit).as_deref(), Some("0.000002"));
+        // The round trip keeps them.
+        let again = PriceBook::from_json(&serde_json::to_string(&book).unwrap()).unwrap();
+        assert_eq!(again, book);
+
+        let entry = |extra: &str| {
+            format!(
+                r#"{{"services": {{}}, "meters": [{{"meter": "tokens", "model": "per_unit", "unit_price": "1"{extra}}}]}}"#
+            )
+        };
+        refused(&entry(r#", "wher": {"model": "x"}"#), "wher");
+        refused(&entry(r#", "size": "1""#), "size");
+        refused(
+            r#"{"services": {}, "meters": [{"meter": "Not A Slug!", "model": "per_unit", "unit_price": "1"}]}"#,
+            "Not A Slug!",
+        );
+        refused(
+            &entry(r#", "model": "percentage", "rate": "1", "per_event_min": "1""#)
+                .replace(r#""model": "per_unit", "unit_price": "1", "#, ""),
+            "per-event",
+        );
+        // Two entries that both price the same events, and entries that name different
+        // dimensions (an event could match two), are refused.
+        let two = r#"{"services": {}, "meters": [
+            {"meter": "t", "where": {"model": "a"}, "model": "per_unit", "unit_price": "1"},
+            {"meter": "t", "where": {"model": "a"}, "model": "per_unit", "unit_price": "2"}]}"#;
+        refused(two, "same instant");
+        let mixed = r#"{"services": {}, "meters": [
+            {"meter": "t", "where": {"model": "a"}, "model": "per_unit", "unit_price": "1"},
+            {"meter": "t", "where": {"region": "eu"}, "model": "per_unit", "unit_price": "2"}]}"#;
+        refused(mixed, "same dimensions");
     }
 
     proptest! {

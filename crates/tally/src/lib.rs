@@ -90,8 +90,8 @@ pub mod meters {
 /// rounding point.
 pub mod pricing {
     pub use tally_core::{
-        Charge, Line, MONEY_SCALE, Metered, Price, PriceBook, PriceModel, PriceVersion, Rounding,
-        Tier, currency_exponent, round_money, round_to,
+        Charge, Line, MONEY_SCALE, MeterPrice, MeterPrices, Metered, Price, PriceBook, PriceModel,
+        PriceVersion, Rounding, Tier, currency_exponent, round_money, round_to,
     };
 }
 

@@ -35,6 +35,48 @@ pub struct PriceBook {
     pub minimum: Option<Decimal>,
     /// Versions per service name, in any order.
     pub services: BTreeMap<String, Vec<PriceVersion>>,
+    /// Prices of meters, per dimension combination (see [`MeterPrice`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub meters: Vec<MeterPrice>,
+}
+
+/// A price of a meter's value over the period, for the events whose dimensions have
+/// the values in `where` (every key must match), or, with `where` empty, for the rest
+/// of the meter's events (the fallback). An invoice has a line per entry: Lago's
+/// charge filters and their default.
+///
+/// The entries of a meter that have a `where` all name the same dimensions, so each
+/// event is priced by exactly one entry (or the fallback, or none). Each combination
+/// is a history of versions like a service's, keyed by `effective_from`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeterPrice {
+    /// The meter's slug.
+    pub meter: String,
+    /// Dimension values this entry prices; empty: the fallback.
+    #[serde(default, rename = "where", skip_serializing_if = "BTreeMap::is_empty")]
+    pub filter: BTreeMap<String, String>,
+    /// From when (inclusive) this price applies (default: always).
+    #[serde(default = "always")]
+    pub effective_from: DateTime<Utc>,
+    /// The price.
+    #[serde(flatten)]
+    pub price: Price,
+}
+
+fn always() -> DateTime<Utc> {
+    crate::supported_instants().0
+}
+
+/// The entries of one meter's prices in force at an instant: the combinations (each
+/// a `where`) and the fallback.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MeterPrices<'a> {
+    /// The meter's slug.
+    pub meter: &'a str,
+    /// Each priced combination and its price, in `where` order.
+    pub combinations: Vec<(&'a BTreeMap<String, String>, &'a Price)>,
+    /// The price of the rest, if any.
+    pub fallback: Option<&'a Price>,
 }
 
 fn default_currency() -> String {
@@ -63,6 +105,7 @@ impl Default for PriceBook {
             minor_units: None,
             minimum: None,
             services,
+            meters: Vec::new(),
         }
     }
 }
@@ -75,6 +118,7 @@ impl PriceBook {
             minor_units: None,
             minimum: None,
             services: BTreeMap::new(),
+            meters: Vec::new(),
         }
     }
 
@@ -135,7 +179,90 @@ impl PriceBook {
                 v.price.clone().validated()?;
             }
         }
+        self.validate_meters()
+    }
+
+    fn validate_meters(&self) -> Result<()> {
+        let mut seen = std::collections::BTreeSet::new();
+        let mut keys: BTreeMap<&str, Vec<&String>> = BTreeMap::new();
+        for m in &self.meters {
+            m.meter.parse::<crate::MeterSlug>()?;
+            m.price.clone().validated()?;
+            let per_event_fee = matches!(
+                m.price.model,
+                crate::PriceModel::Percentage { fixed_fee, .. } if !fixed_fee.is_zero()
+            );
+            if m.price.needs_events() || per_event_fee {
+                return Err(Error::invalid(
+                    "model",
+                    "percentage",
+                    format!(
+                        "the price of meter {:?} has per-event bounds or fees; a meter prices its value, not its events",
+                        m.meter
+                    ),
+                ));
+            }
+            if !seen.insert((&m.meter, &m.filter, m.effective_from)) {
+                return Err(Error::invalid(
+                    "effective_from",
+                    m.effective_from.to_rfc3339(),
+                    format!(
+                        "two prices of meter {:?} where {:?} start at the same instant",
+                        m.meter, m.filter
+                    ),
+                ));
+            }
+            if m.filter.is_empty() {
+                continue;
+            }
+            let these: Vec<&String> = m.filter.keys().collect();
+            match keys.get(m.meter.as_str()) {
+                Some(first) if *first != these => {
+                    return Err(Error::invalid(
+                        "where",
+                        format!("{:?}", m.filter),
+                        format!(
+                            "the prices of meter {:?} must all name the same dimensions ({:?}), so that each event has one price",
+                            m.meter, first
+                        ),
+                    ));
+                }
+                Some(_) => {}
+                None => {
+                    keys.insert(&m.meter, these);
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// The meters priced, each with its entries in force at `t`.
+    pub fn meter_prices_at(&self, t: DateTime<Utc>) -> Vec<MeterPrices<'_>> {
+        let mut latest: BTreeMap<(&str, &BTreeMap<String, String>), &MeterPrice> = BTreeMap::new();
+        for m in self.meters.iter().filter(|m| m.effective_from <= t) {
+            let e = latest.entry((m.meter.as_str(), &m.filter)).or_insert(m);
+            if m.effective_from > e.effective_from {
+                *e = m;
+            }
+        }
+        let mut out: Vec<MeterPrices<'_>> = Vec::new();
+        for ((meter, filter), m) in latest {
+            if out.last().is_none_or(|p| p.meter != meter) {
+                out.push(MeterPrices {
+                    meter,
+                    combinations: Vec::new(),
+                    fallback: None,
+                });
+            }
+            if let Some(p) = out.last_mut() {
+                if filter.is_empty() {
+                    p.fallback = Some(&m.price);
+                } else {
+                    p.combinations.push((filter, &m.price));
+                }
+            }
+        }
+        out
     }
 
     /// Refuses a price for a service the catalogue does not know (`"apis"` would

@@ -247,15 +247,15 @@ impl Store {
             .await
             .map_err(Error::db("backfilling a meter"))?;
         let writer = self.client("backfilling a meter").await?;
-        let (mut read, mut skipped) = (0u64, 0u64);
-        loop {
-            let rows = snapshot
+        let fetch = || async {
+            snapshot
                 .query(&format!("FETCH {BACKFILL_CHUNK} FROM tally_backfill"), &[])
                 .await
-                .map_err(Error::db("backfilling a meter"))?;
-            if rows.is_empty() {
-                break;
-            }
+                .map_err(Error::db("backfilling a meter"))
+        };
+        let (mut read, mut skipped) = (0u64, 0u64);
+        let mut rows = fetch().await?;
+        while !rows.is_empty() {
             let mut events = Vec::with_capacity(rows.len());
             for r in &rows {
                 let db = || Error::db("backfilling a meter");
@@ -267,7 +267,12 @@ impl Store {
             }
             let mut deltas = deltas::MeterDeltas::default();
             skipped += deltas.add(&live, &events, false)?;
-            if !deltas.is_empty() {
+            // The next chunk is read (one connection) while this one is written (the
+            // other): the two round trips overlap.
+            let write = async {
+                if deltas.is_empty() {
+                    return Ok(());
+                }
                 writer
                     .batch_execute("BEGIN")
                     .await
@@ -286,12 +291,15 @@ impl Store {
                     .batch_execute(end)
                     .await
                     .map_err(Error::db("backfilling a meter"))?;
-                written?;
-            }
+                written
+            };
+            let (written, next) = futures_util::future::join(write, fetch()).await;
+            written?;
             read += rows.len() as u64;
             if let Some(p) = &progress {
                 p(read);
             }
+            rows = next?;
         }
         Ok((read - skipped, skipped))
     }

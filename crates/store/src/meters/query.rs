@@ -33,6 +33,10 @@ pub struct MeterQuery {
     pub group_by: Vec<String>,
     /// Only events whose dimension has one of these values.
     pub filters: BTreeMap<String, Vec<String>>,
+    /// Not the events that have all of one of these combinations' values (the rest
+    /// of a meter after its priced combinations; an event missing one of the
+    /// dimensions does not have the combination).
+    pub excludes: Vec<BTreeMap<String, String>>,
     /// A gauge (`TIME_WEIGHTED`) holds its last value up to here at most (the caller's
     /// now): a range that ends later is not integrated into the future.
     pub now: DateTime<Utc>,
@@ -48,6 +52,7 @@ impl MeterQuery {
             customers: Vec::new(),
             group_by: Vec::new(),
             filters: BTreeMap::new(),
+            excludes: Vec::new(),
             now,
         }
     }
@@ -82,6 +87,13 @@ impl MeterQuery {
             .entry(name.to_owned())
             .or_default()
             .push(value.to_owned());
+        self
+    }
+
+    /// Not the events whose dimensions have every value of `combination`
+    /// (callable again for more combinations).
+    pub fn exclude(mut self, combination: &BTreeMap<String, String>) -> MeterQuery {
+        self.excludes.push(combination.clone());
         self
     }
 }
@@ -133,6 +145,7 @@ struct Plan<'a> {
     by_subject: bool,
     grouped: Vec<usize>,
     filters: Vec<(usize, Vec<String>)>,
+    excludes: Vec<Vec<(usize, String)>>,
     customers: Option<Vec<String>>,
 }
 
@@ -172,23 +185,38 @@ impl<'a> Plan<'a> {
             .iter()
             .map(|(k, v)| Ok((index("filter", k)?, v.clone())))
             .collect::<Result<Vec<_>>>()?;
+        let excludes = q
+            .excludes
+            .iter()
+            .map(|c| {
+                c.iter()
+                    .map(|(k, v)| Ok((index("exclude", k)?, v.clone())))
+                    .collect::<Result<Vec<_>>>()
+            })
+            .collect::<Result<Vec<_>>>()?;
         Ok(Plan {
             meter,
             windows: windows(q.range, q.window, q.zone)?,
             by_subject,
             grouped,
             filters,
+            excludes,
             customers: (!q.customers.is_empty())
                 .then(|| q.customers.iter().map(|c| c.as_str().to_owned()).collect()),
         })
     }
 
     fn keep(&self, dims: &[Option<String>]) -> bool {
-        self.filters.iter().all(|(i, allowed)| {
-            dims.get(*i)
-                .and_then(|v| v.as_ref())
-                .is_some_and(|v| allowed.contains(v))
-        })
+        let has = |i: &usize, f: &dyn Fn(&String) -> bool| {
+            dims.get(*i).and_then(|v| v.as_ref()).is_some_and(f)
+        };
+        self.filters
+            .iter()
+            .all(|(i, allowed)| has(i, &|v| allowed.contains(v)))
+            && !self
+                .excludes
+                .iter()
+                .any(|c| c.iter().all(|(i, value)| has(i, &|v| v == value)))
     }
 
     fn group(&self, window: usize, customer: &str, dims: &[Option<String>]) -> Group {
@@ -202,19 +230,45 @@ impl<'a> Plan<'a> {
         )
     }
 
-    /// The SQL filter on `r.dims`, parameters from `$first`.
+    /// The SQL filter on `r.dims`, parameters from `$first`: what [`Plan::keep`]
+    /// keeps (a missing dimension is SQL's NULL, which matches neither a filter nor
+    /// an excluded combination).
     fn dims_sql(&self, first: usize) -> String {
-        self.filters
+        let mut n = first;
+        let mut next = || {
+            n += 1;
+            n - 1
+        };
+        let mut sql: String = self
+            .filters
             .iter()
-            .enumerate()
-            .map(|(k, (i, _))| format!(" AND r.dims->>{i} = ANY(${}::text[])", first + k))
-            .collect()
+            .map(|(i, _)| format!(" AND r.dims->>{i} = ANY(${}::text[])", next()))
+            .collect();
+        for c in &self.excludes {
+            let all: Vec<String> = c
+                .iter()
+                .map(|(i, _)| format!("r.dims->>{i} IS NOT DISTINCT FROM ${}::text", next()))
+                .collect();
+            // An empty combination is every event's, as in `keep`.
+            let has = if all.is_empty() {
+                "true".to_owned()
+            } else {
+                all.join(" AND ")
+            };
+            sql.push_str(&format!(" AND NOT ({has})"));
+        }
+        sql
     }
 
     /// The filters' values, as the parameters [`Plan::dims_sql`] names.
     fn push_filters<'p>(&'p self, params: &mut Vec<&'p (dyn tokio_postgres::types::ToSql + Sync)>) {
         for (_, allowed) in &self.filters {
             params.push(allowed);
+        }
+        for c in &self.excludes {
+            for (_, value) in c {
+                params.push(value);
+            }
         }
     }
 

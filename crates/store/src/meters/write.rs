@@ -98,8 +98,12 @@ pub(crate) async fn check_cardinality(
         .unzip();
     let rows = client
         .query(
+            // Known combinations (committed) are filtered out first: ON CONFLICT alone
+            // would make this writer wait for any other transaction that claimed the
+            // same combination (the unique index's wait), serializing the writers.
             "INSERT INTO tally_meter_dimensions (meter, dims)
              SELECT m, d::jsonb FROM unnest($1::int8[], $2::text[]) AS u(m, d)
+             WHERE NOT EXISTS (SELECT 1 FROM tally_meter_dimensions x WHERE x.meter = u.m AND x.dims = u.d::jsonb)
              ON CONFLICT DO NOTHING RETURNING meter, dims::text",
             &[&ms, &ds],
         )
