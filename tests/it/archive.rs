@@ -1,7 +1,12 @@
 //! Archive and restore keep exactly-once and the rollups (issue 10).
 
 use rust_decimal::Decimal;
-use tally::{Service, TimeRange, UsageEvent, archive::ArchiveOptions, chrono::Duration};
+use tally::{
+    Service, TimeRange, UsageEvent,
+    archive::ArchiveOptions,
+    chrono::Duration,
+    meters::{Aggregation, MeterQuery, MeterSpec, WindowSize},
+};
 use tally_testdb::TestDb;
 use tally_tests::{at, event};
 
@@ -46,6 +51,16 @@ async fn archive_keeps_reports_and_keys_and_restore_brings_back_the_original() {
         .await
         .unwrap();
     let t = db.tally();
+    // A meter (issue 24): its rollups stay, its raw events go and come back, and
+    // verify compares it where no archive took events.
+    let calls = MeterSpec::new(
+        "api_calls".parse().unwrap(),
+        "api".parse().unwrap(),
+        Aggregation::Count,
+        None,
+    )
+    .unwrap();
+    t.create_meter(&calls, None).await.unwrap();
     let all = events();
     t.write(&all).await.unwrap();
     let before = t.verify().await.unwrap();
@@ -53,6 +68,11 @@ async fn archive_keeps_reports_and_keys_and_restore_brings_back_the_original() {
     let acme = "acme".parse().unwrap();
     let july = t.summary(&acme, month("2026-07")).await.unwrap();
     let invoice = t.invoice(&acme, month("2026-07")).await.unwrap();
+    let by_day = MeterQuery::new(month("2026-07"), at("2026-08-01T00:00:00Z"))
+        .window(WindowSize::Day)
+        .group_by("subject");
+    let meter_july = t.query_meter("api_calls", &by_day).await.unwrap();
+    assert!(!meter_july.data.is_empty());
 
     let dir = tempfile::tempdir().unwrap();
     let cutoff = at("2026-08-15T00:00:00Z");
@@ -89,6 +109,10 @@ async fn archive_keeps_reports_and_keys_and_restore_brings_back_the_original() {
     assert_eq!((after.mismatches, after.key_mismatches), (0, 0));
     assert_eq!(t.summary(&acme, month("2026-07")).await.unwrap(), july);
     assert_eq!(t.invoice(&acme, month("2026-07")).await.unwrap(), invoice);
+    assert_eq!(
+        t.query_meter("api_calls", &by_day).await.unwrap(),
+        meter_july
+    );
 
     // A retried event that has been archived is still counted once.
     let replay = t.write(&all[..5]).await.unwrap();
@@ -115,6 +139,10 @@ async fn archive_keeps_reports_and_keys_and_restore_brings_back_the_original() {
     assert_eq!(restored.quantity, before.quantity);
     assert_eq!((restored.mismatches, restored.key_mismatches), (0, 0));
     assert_eq!(restored.archived_events, 0);
+    assert_eq!(
+        t.query_meter("api_calls", &by_day).await.unwrap(),
+        meter_july
+    );
     // Twice adds nothing.
     let twice = t
         .restore(&dir.path().join(&report.archives[0].file))

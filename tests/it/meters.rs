@@ -205,6 +205,8 @@ proptest! {
             }
             let second: Vec<CloudEvent> = second.iter().map(cloud).collect();
             tally.write_cloud_events(&second).await.unwrap();
+            // Every meter's rollups agree with a recomputation from the raw events.
+            assert_eq!(tally.verify().await.unwrap().mismatches, 0);
             let windows = tally::meters::MeterQuery::new(range, t0());
             let wins = tally_core_windows(range, window, zone);
             for a in aggs {
@@ -608,4 +610,58 @@ async fn an_invoice_prices_each_combination_and_the_rest() {
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Invalid, "{err}");
     assert!(err.to_string().contains("tokens_typo"), "{err}");
+}
+
+/// `verify` recomputes every meter's rollups from the raw events: a row changed,
+/// removed or added in any of the meter tables is a mismatch.
+#[tokio::test]
+async fn verify_finds_a_changed_row_in_every_meter_table() {
+    let db = TestDb::new().await.unwrap();
+    let tally = db.tally();
+    for a in Aggregation::ALL {
+        tally
+            .create_meter(&spec(&a.name().to_lowercase(), a), None)
+            .await
+            .unwrap();
+    }
+    let events: Vec<CloudEvent> = (0..40u32)
+        .map(|i| {
+            cloud(&(
+                i,
+                (i % 3) as u8,
+                i64::from(i) * 37,
+                (i % 2) as u8,
+                i64::from(i) * 10,
+                (i % 5) as u8,
+            ))
+        })
+        .collect();
+    tally.write_cloud_events(&events).await.unwrap();
+    assert_eq!(tally.verify().await.unwrap().mismatches, 0);
+    let client = db.client().await.unwrap();
+    for (sql, n) in [
+        (
+            "UPDATE tally_meter_quarters SET total = total + 1 WHERE ctid = (SELECT min(ctid) FROM tally_meter_quarters)",
+            1,
+        ),
+        (
+            "UPDATE tally_meter_days SET latest_value = latest_value + 1 WHERE ctid = (SELECT min(ctid) FROM tally_meter_days)",
+            2,
+        ),
+        (
+            "DELETE FROM tally_meter_distinct_months WHERE ctid = (SELECT min(ctid) FROM tally_meter_distinct_months)",
+            3,
+        ),
+        (
+            "INSERT INTO tally_meter_distinct_days SELECT meter, customer_id, bucket, dims, 'nobody' FROM tally_meter_distinct_days LIMIT 1",
+            4,
+        ),
+        (
+            "UPDATE tally_meter_samples SET value = value * 2 + 1 WHERE ctid = (SELECT min(ctid) FROM tally_meter_samples)",
+            5,
+        ),
+    ] {
+        assert_eq!(client.execute(sql, &[]).await.unwrap(), 1, "{sql}");
+        assert_eq!(tally.verify().await.unwrap().mismatches, n, "{sql}");
+    }
 }

@@ -798,3 +798,100 @@ async fn an_invoice_is_for_the_customers_own_period() {
         )
     );
 }
+
+#[tokio::test]
+async fn an_invoice_has_a_line_per_priced_meter_combination() {
+    let db = TestDb::new().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ok = |args: &[&str]| {
+        let out = tally(&db, args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    ok(&[
+        "meter",
+        "create",
+        "tokens",
+        "--type",
+        "api",
+        "--aggregation",
+        "sum",
+        "--value",
+        "$.tokens",
+        "--group-by",
+        "model=$.model",
+    ]);
+    let events = dir.path().join("events.ndjson");
+    std::fs::write(
+        &events,
+        [("gpt-4o", 200_000), ("mini", 1_000_000), ("gpt-4o", 100_000)]
+            .iter()
+            .enumerate()
+            .map(|(i, (model, tokens))| {
+                format!(
+                    r#"{{"customer_id":"acme","service":"api","quantity":"1","recorded_at":"2026-03-30T1{i}:00:00Z","metadata":{{"model":"{model}","tokens":{tokens}}}}}"#
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n"),
+    )
+    .unwrap();
+    ok(&["import", events.to_str().unwrap()]);
+    let prices = dir.path().join("prices.json");
+    std::fs::write(
+        &prices,
+        r#"{"currency": "USD", "services": {}, "meters": [
+            {"meter": "tokens", "where": {"model": "gpt-4o"}, "model": "per_unit", "unit_price": "0.000005"},
+            {"meter": "tokens", "model": "per_unit", "unit_price": "0.000001"}]}"#,
+    )
+    .unwrap();
+    let csv = ok(&[
+        "invoice",
+        "--customer",
+        "acme",
+        "--period",
+        "2026-03",
+        "--prices",
+        prices.to_str().unwrap(),
+        "--format",
+        "csv",
+    ]);
+    // 300k × 0.000005 = 1.50 and 1M × 0.000001 = 1.00; the api line is the built-in
+    // service's, unpriced by this book.
+    assert_eq!(
+        csv,
+        "service,kind,quantity,billable_quantity,amount\n\
+         api,usage,3,3,0.00\n\
+         tokens[model=gpt-4o],usage,300000,300000,1.50\n\
+         tokens[rest],usage,1000000,1000000,1.00\n"
+    );
+    // A meter price with per-event fees is refused at the edge, naming the meter.
+    std::fs::write(
+        &prices,
+        r#"{"currency": "USD", "services": {}, "meters": [
+            {"meter": "tokens", "model": "percentage", "rate": "1", "fixed_fee": "0.1"}]}"#,
+    )
+    .unwrap();
+    let out = tally(
+        &db,
+        &[
+            "invoice",
+            "--customer",
+            "acme",
+            "--period",
+            "2026-03",
+            "--prices",
+            prices.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("\"tokens\""),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -4,10 +4,12 @@
 //! - this file: [`DefinedMeter`], create (with its backfill), list, show, delete;
 //! - `deltas.rs`: what events add to the meter rollups (pure);
 //! - `write.rs`: the meter step of the ingest transaction;
-//! - `query.rs`: [`MeterQuery`], read from the rollups (and raw events at the edges).
+//! - `query.rs`: [`MeterQuery`], read from the rollups (and raw events at the edges);
+//! - `verify.rs`: the rollups recomputed from the raw events and compared.
 
 mod deltas;
 mod query;
+mod verify;
 mod write;
 
 use chrono::{DateTime, Utc};
@@ -129,6 +131,43 @@ pub(crate) fn stored_event(
     })
 }
 
+/// Declares the cursor `tally_events` over the stored events of the meter's type
+/// (read by [`cursor_events`]).
+async fn declare_events(
+    tx: &deadpool_postgres::Transaction<'_>,
+    spec: &MeterSpec,
+    doing: &'static str,
+) -> Result<()> {
+    tx.execute(
+        "DECLARE tally_events NO SCROLL CURSOR FOR
+         SELECT event_id, customer_id, recorded_at, metadata::text FROM usage_events WHERE service = $1",
+        &[&spec.event_type.as_str()],
+    )
+    .await
+    .map(drop)
+    .map_err(Error::db(doing))
+}
+
+/// The events of rows fetched from `tally_events`.
+fn cursor_events(
+    rows: &[tokio_postgres::Row],
+    service: &tally_core::Service,
+    doing: &'static str,
+) -> Result<Vec<UsageEvent>> {
+    rows.iter()
+        .map(|r| {
+            let db = || Error::db(doing);
+            stored_event(
+                r.try_get(0).map_err(db())?,
+                r.try_get(1).map_err(db())?,
+                service.clone(),
+                r.try_get(2).map_err(db())?,
+                &r.try_get::<_, String>(3).map_err(db())?,
+            )
+        })
+        .collect()
+}
+
 /// How many stored events a backfill reads at a time.
 const BACKFILL_CHUNK: i64 = 20_000;
 
@@ -238,33 +277,18 @@ impl Store {
             spec: meter.spec.clone(),
         }];
         let service = meter.spec.event_type.service();
-        snapshot
-            .execute(
-                "DECLARE tally_backfill NO SCROLL CURSOR FOR
-                 SELECT event_id, customer_id, recorded_at, metadata::text FROM usage_events WHERE service = $1",
-                &[&meter.spec.event_type.as_str()],
-            )
-            .await
-            .map_err(Error::db("backfilling a meter"))?;
+        declare_events(snapshot, &meter.spec, "backfilling a meter").await?;
         let writer = self.client("backfilling a meter").await?;
         let fetch = || async {
             snapshot
-                .query(&format!("FETCH {BACKFILL_CHUNK} FROM tally_backfill"), &[])
+                .query(&format!("FETCH {BACKFILL_CHUNK} FROM tally_events"), &[])
                 .await
                 .map_err(Error::db("backfilling a meter"))
         };
         let (mut read, mut skipped) = (0u64, 0u64);
         let mut rows = fetch().await?;
         while !rows.is_empty() {
-            let mut events = Vec::with_capacity(rows.len());
-            for r in &rows {
-                let db = || Error::db("backfilling a meter");
-                let id: uuid::Uuid = r.try_get(0).map_err(db())?;
-                let customer: String = r.try_get(1).map_err(db())?;
-                let at: DateTime<Utc> = r.try_get(2).map_err(db())?;
-                let metadata: String = r.try_get(3).map_err(db())?;
-                events.push(stored_event(id, customer, service.clone(), at, &metadata)?);
-            }
+            let events = cursor_events(&rows, &service, "backfilling a meter")?;
             let mut deltas = deltas::MeterDeltas::default();
             skipped += deltas.add(&live, &events, false)?;
             // The next chunk is read (one connection) while this one is written (the
