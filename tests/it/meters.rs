@@ -608,7 +608,7 @@ async fn an_invoice_prices_each_combination_and_the_rest() {
         .invoice(&"acme".parse().unwrap(), march)
         .await
         .unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Invalid, "{err}");
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
     assert!(err.to_string().contains("tokens_typo"), "{err}");
 }
 

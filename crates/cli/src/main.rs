@@ -18,6 +18,7 @@ mod meters;
 mod output;
 mod quotas;
 mod reads;
+mod serve;
 mod writes;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
@@ -124,6 +125,11 @@ enum Command {
     /// Meters: aggregations of the events' own properties, by dimension (docs/meters.md).
     #[command(subcommand)]
     Meter(meters::MeterCommand),
+    /// Serve OpenMeter's metering API over HTTP (docs/http.md).
+    #[command(
+        after_help = "Examples:\n  tally serve\n  tally serve --listen 0.0.0.0:8888 --token-file /etc/tally/tokens\n  curl -X POST localhost:8888/api/v1/events -H 'Content-Type: application/cloudevents+json' \\\n    -d '{\"specversion\":\"1.0\",\"id\":\"1\",\"source\":\"app\",\"type\":\"prompt\",\"subject\":\"acme\",\"data\":{\"tokens\":12}}'"
+    )]
+    Serve(serve::ServeArgs),
     /// Plans: named sets of limits.
     #[command(subcommand)]
     Plan(quotas::PlanCommand),
@@ -181,6 +187,7 @@ pub(crate) struct OutputArg {
 }
 
 /// An error with the exit code it deserves.
+#[derive(Debug)]
 pub(crate) enum Failure {
     /// Bad input: exit 2.
     Usage(String),
@@ -200,7 +207,8 @@ impl From<tally::Error> for Failure {
             ErrorKind::Invalid
             | ErrorKind::Config
             | ErrorKind::ImportRejected
-            | ErrorKind::Conflict => Failure::Usage(e.to_string()),
+            | ErrorKind::Conflict
+            | ErrorKind::NotFound => Failure::Usage(e.to_string()),
             _ => {
                 let hint = match e.sqlstate() {
                     Some("42P01" | "42883") => " (is the schema there? run `tally migrate` first)",
@@ -360,6 +368,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Plan(c) => quotas::plan(cli.database_url, c).await?,
         Command::Quota(c) => quotas::quota(cli.database_url, c).await?,
         Command::Meter(c) => meters::meter(cli.database_url, c).await?,
+        Command::Serve(a) => serve::serve(cli.database_url, a).await?,
         Command::Alerts(c) => quotas::alerts(cli.database_url, c).await?,
         Command::Grant(a) => {
             // Validated before connecting: a bad name is refused without a database.

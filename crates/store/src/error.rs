@@ -45,6 +45,9 @@ pub enum ErrorKind {
     /// An event reused the id of a stored event with a different payload (service,
     /// quantity or metadata): it is not stored. [`Error::value`] is the id.
     Conflict,
+    /// A thing named by the caller (a meter) does not exist; [`Error::field`] says
+    /// what sort of thing and [`Error::value`] the name given.
+    NotFound,
 }
 
 #[derive(Debug)]
@@ -100,6 +103,10 @@ enum Repr {
     Conflict {
         event_id: String,
         customer: String,
+    },
+    NotFound {
+        field: &'static str,
+        value: String,
     },
 }
 
@@ -237,6 +244,14 @@ impl Error {
         })
     }
 
+    /// No `field` named `value` exists.
+    pub(crate) fn not_found(field: &'static str, value: impl Into<String>) -> Error {
+        Error::new(Repr::NotFound {
+            field,
+            value: value.into(),
+        })
+    }
+
     /// What sort of failure this is.
     pub fn kind(&self) -> ErrorKind {
         match &*self.0 {
@@ -253,6 +268,7 @@ impl Error {
             Repr::Internal { .. } => ErrorKind::Internal,
             Repr::Timeout { .. } => ErrorKind::Timeout,
             Repr::Conflict { .. } => ErrorKind::Conflict,
+            Repr::NotFound { .. } => ErrorKind::NotFound,
         }
     }
 
@@ -263,6 +279,7 @@ impl Error {
             Repr::Invalid(e) => e.field(),
             Repr::Config { field, .. } => Some(field),
             Repr::Conflict { .. } => Some("event_id"),
+            Repr::NotFound { field, .. } => Some(field),
             _ => None,
         }
     }
@@ -273,6 +290,7 @@ impl Error {
             Repr::Invalid(e) => e.value(),
             Repr::Config { value, .. } => Some(value),
             Repr::Conflict { event_id, .. } => Some(event_id),
+            Repr::NotFound { value, .. } => Some(value),
             _ => None,
         }
     }
@@ -440,6 +458,7 @@ impl fmt::Display for Error {
                 "conflict: event_id {event_id} of customer {customer} is stored with a different \
                  payload (service, quantity or metadata); the new one is not stored"
             ),
+            Repr::NotFound { field, value } => write!(f, "no such {field} {value:?}"),
         }
     }
 }

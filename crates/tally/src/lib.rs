@@ -80,8 +80,8 @@ pub use tally_store::{
 /// Meters (docs/meters.md): what a meter is, the events it reads, how it is queried.
 pub mod meters {
     pub use tally_core::meter::{
-        Acc, Aggregation, CloudEvent, DEFAULT_CARDINALITY_LIMIT, Dimension, EventType, JsonPath,
-        MAX_DIMENSIONS, MeterSlug, MeterSpec, WindowSize,
+        Acc, Aggregation, CloudEvent, DEFAULT_CARDINALITY_LIMIT, Dimension, EventType, EventsError,
+        JsonPath, MAX_DIMENSIONS, MeterSlug, MeterSpec, Payload, WindowSize, parse_events,
     };
     pub use tally_store::{DefinedMeter, MeterQuery, MeterQueryResult, MeterRow, MeterState};
 }

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 pub use acc::{Acc, Latest, Sample, time_weighted, value_hours};
-pub use cloud::CloudEvent;
+pub use cloud::{CloudEvent, EventsError, parse_events};
 pub use path::JsonPath;
 pub use window::{MeterPieces, WindowSize, meter_pieces, windows};
 

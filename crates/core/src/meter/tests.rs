@@ -179,3 +179,75 @@ proptest::proptest! {
         }
     }
 }
+
+proptest::proptest! {
+    /// The ingest body parser never panics, on bytes or on near-events.
+    #[test]
+    fn parsing_a_request_body_never_panics(
+        bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+        fields in proptest::collection::vec(
+            (proptest::sample::select(vec!["id", "source", "specversion", "type", "subject", "time", "data", "datacontenttype", "x"]),
+             proptest::sample::select(vec!["null", "1", "\"\"", "\"1.0\"", "\"acme\"", "{}", "[]", "{\"a\":1}", "\"2026-01-01T00:00:00Z\"", "\"application/json\"", "\"not a time\""])),
+            0..10),
+        batch in proptest::prelude::any::<bool>(),
+    ) {
+        let _ = super::parse_events(&bytes);
+        let object = format!(
+            "{{{}}}",
+            fields.iter().map(|(k, v)| format!("\"{k}\": {v}")).collect::<Vec<_>>().join(", ")
+        );
+        let body = if batch { format!("[{object}, {object}]") } else { object };
+        let _ = super::parse_events(body.as_bytes());
+    }
+}
+
+#[test]
+fn a_request_body_is_one_event_or_a_batch_and_a_bad_one_is_named() {
+    let ok = r#"{"id": "e1", "source": "app", "specversion": "1.0", "type": "prompt",
+        "subject": "acme", "time": "2026-03-30T10:00:00+02:00", "data": {"tokens": 12.50},
+        "datacontenttype": "application/json", "traceparent": "ignored"}"#;
+    let one = super::parse_events(ok.as_bytes()).unwrap();
+    assert_eq!(one.len(), 1);
+    assert_eq!(
+        one[0].time.unwrap().to_rfc3339(),
+        "2026-03-30T08:00:00+00:00"
+    );
+    assert_eq!(one[0].data.as_str(), r#"{"tokens":12.50}"#);
+    let two =
+        super::parse_events(format!("[{ok}, {}]", ok.replace("e1", "e2")).as_bytes()).unwrap();
+    assert_eq!(two.len(), 2);
+    for (body, index, field) in [
+        ("[]".to_owned(), None, "body"),
+        ("{".to_owned(), None, "body"),
+        (
+            format!("[{ok}, {}]", ok.replace(r#""subject": "acme","#, "")),
+            Some(1),
+            "subject",
+        ),
+        (ok.replace(r#""1.0""#, r#""0.3""#), None, "specversion"),
+        (
+            ok.replace(r#""type": "prompt""#, r#""type": 7"#),
+            None,
+            "type",
+        ),
+        (
+            ok.replace("2026-03-30T10:00:00+02:00", "yesterday"),
+            None,
+            "time",
+        ),
+        (ok.replace(r#"{"tokens": 12.50}"#, "[1]"), None, "data"),
+        (
+            ok.replace(r#""application/json""#, r#""text/xml""#),
+            None,
+            "datacontenttype",
+        ),
+        (ok.replace(r#""id": "e1""#, r#""id": """#), None, "id"),
+    ] {
+        let e = super::parse_events(body.as_bytes()).unwrap_err();
+        assert_eq!(
+            (e.index, e.error.field()),
+            (index, Some(field)),
+            "{body}: {e}"
+        );
+    }
+}

@@ -357,7 +357,7 @@ impl Store {
             .map_err(Error::db("reading meters"))?;
         match row {
             Some(r) => defined(&r),
-            None => Err(Error::invalid("meter", slug_or_id, "no such meter")),
+            None => Err(Error::not_found("meter", slug_or_id)),
         }
     }
 
@@ -378,7 +378,7 @@ impl Store {
             .map_err(Error::db("deleting a meter"))?;
         match row {
             Some(r) => defined(&r),
-            None => Err(Error::invalid("meter", slug_or_id, "no such meter")),
+            None => Err(Error::not_found("meter", slug_or_id)),
         }
     }
 }
