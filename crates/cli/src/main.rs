@@ -127,7 +127,7 @@ enum Command {
     Meter(meters::MeterCommand),
     /// Serve OpenMeter's metering API over HTTP (docs/http.md).
     #[command(
-        after_help = "Examples:\n  tally serve\n  tally serve --listen 0.0.0.0:8888 --token-file /etc/tally/tokens\n  curl -X POST localhost:8888/api/v1/events -H 'Content-Type: application/cloudevents+json' \\\n    -d '{\"specversion\":\"1.0\",\"id\":\"1\",\"source\":\"app\",\"type\":\"prompt\",\"subject\":\"acme\",\"data\":{\"tokens\":12}}'"
+        after_help = "Examples:\n  tally serve\n  tally serve --listen 0.0.0.0:8888 --token-file /etc/tally/tokens\n  curl localhost:8888/api/v1/meters\n(posting events with curl: README, \"Over HTTP\")"
     )]
     Serve(serve::ServeArgs),
     /// Plans: named sets of limits.
