@@ -131,3 +131,50 @@ impl Store {
         tx.commit().await.map_err(Error::db(CTX))
     }
 }
+
+/// Which recent events to list ([`Store::recent_events`]; OpenMeter's `listEvents`).
+#[derive(Debug, Clone)]
+pub struct RecentFilter {
+    /// When the events happened, `[from, to)`.
+    pub range: TimeRange,
+    /// Only customers whose id contains this.
+    pub customer_contains: Option<String>,
+    /// Only events whose id (as text) contains this.
+    pub id_contains: Option<String>,
+    /// Only these customers (all when empty).
+    pub customers: Vec<String>,
+    /// At most this many, newest first.
+    pub limit: u32,
+}
+
+impl Store {
+    /// The newest events matching `filter`, newest first (ties by id): a debugging
+    /// view, not a bulk read (the raw events have no index, so this scans the
+    /// partitions the range covers; [`Store::events`] streams in bulk).
+    pub async fn recent_events(&self, filter: &RecentFilter) -> Result<Vec<StoredEvent>> {
+        const CTX: &str = "listing recent events";
+        let client = self.client(CTX).await?;
+        let rows = client
+            .query(
+                "SELECT event_id, customer_id, service, quantity, recorded_at, metadata::text
+                 FROM usage_events
+                 WHERE recorded_at >= $1 AND recorded_at < $2
+                   AND ($3::text IS NULL OR strpos(customer_id, $3) > 0)
+                   AND ($4::text IS NULL OR strpos(event_id::text, lower($4)) > 0)
+                   AND (cardinality($6::text[]) = 0 OR customer_id = ANY($6))
+                 ORDER BY recorded_at DESC, event_id DESC
+                 LIMIT $5",
+                &[
+                    &filter.range.from(),
+                    &filter.range.to(),
+                    &filter.customer_contains,
+                    &filter.id_contains,
+                    &i64::from(filter.limit),
+                    &filter.customers,
+                ],
+            )
+            .await
+            .map_err(Error::db(CTX))?;
+        rows.iter().map(stored).collect()
+    }
+}

@@ -52,7 +52,7 @@ mod store;
 
 pub use archive::{ArchiveOptions, ArchiveReport, Manifest, RestoreReport, ServiceCount};
 pub use error::{Error, ErrorKind, Result};
-pub use export::{EventFilter, StoredEvent};
+pub use export::{EventFilter, RecentFilter, StoredEvent};
 pub use import::{
     ImportFormat, ImportOptions, ImportReport, LineError, MAX_LINE_BYTES, parse_file,
 };

@@ -126,7 +126,7 @@ pub mod export {
         COLUMNS, ExportFormat, ExportReport, Exporter, ServiceTotal, XLSX_MAX_ROWS,
         default_file_name,
     };
-    pub use tally_store::{EventFilter, StoredEvent};
+    pub use tally_store::{EventFilter, RecentFilter, StoredEvent};
 }
 
 /// Archives of old raw events, and restoring them.
@@ -469,6 +469,26 @@ impl Tally {
     /// The meter with this slug or id.
     pub async fn meter(&self, slug_or_id: &str) -> Result<meters::DefinedMeter> {
         self.store.meter(slug_or_id).await
+    }
+
+    /// Renames or redescribes a meter (`None` clears the field); what it meters, and
+    /// so its rollups, are unchanged.
+    pub async fn update_meter(
+        &self,
+        slug_or_id: &str,
+        name: Option<String>,
+        description: Option<String>,
+    ) -> Result<meters::DefinedMeter> {
+        self.store.update_meter(slug_or_id, name, description).await
+    }
+
+    /// The newest stored events matching `filter`, newest first: a debugging view
+    /// (see [`tally_store::Store::recent_events`]).
+    pub async fn recent_events(
+        &self,
+        filter: &export::RecentFilter,
+    ) -> Result<Vec<export::StoredEvent>> {
+        self.store.recent_events(filter).await
     }
 
     /// Deletes a meter (it is no longer maintained or queried; its slug is free).

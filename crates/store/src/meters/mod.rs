@@ -383,6 +383,40 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Renames or redescribes a meter (OpenMeter's `updateMeter`): what it meters is
+    /// unchanged, so its rollups stay as they are. `None` clears the field.
+    pub async fn update_meter(
+        &self,
+        slug_or_id: &str,
+        name: Option<String>,
+        description: Option<String>,
+    ) -> Result<DefinedMeter> {
+        const CTX: &str = "updating a meter";
+        let mut spec = self.meter(slug_or_id).await?.spec;
+        spec.name = name;
+        spec.description = description;
+        spec.check()?;
+        let text = serde_json::to_string(&spec)
+            .map_err(|e| Error::internal(CTX, format!("a meter spec did not serialize: {e}")))?;
+        let client = self.client(CTX).await?;
+        let row = client
+            .query_opt(
+                &format!(
+                    "UPDATE tally_meter_defs SET spec = $2::text::jsonb, updated_at = now()
+                     WHERE (slug = $1 OR id = $1) AND deleted_at IS NULL RETURNING {COLUMNS}"
+                ),
+                &[&slug_or_id, &text],
+            )
+            .await
+            .map_err(Error::db(CTX))?;
+        match row {
+            Some(r) => defined(&r),
+            None => Err(Error::not_found("meter", slug_or_id)),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
