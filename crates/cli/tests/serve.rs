@@ -441,7 +441,17 @@ async fn the_openmeter_python_sdk_works_unchanged() {
 #[tokio::test]
 async fn every_error_is_a_problem_naming_what_was_refused() {
     let db = TestDb::new().await.unwrap();
-    let s = Server::start(&db, &["--max-body-bytes", "2000", "--body-timeout", "1"]);
+    let s = Server::start(
+        &db,
+        &[
+            "--max-body-bytes",
+            "2000",
+            "--body-timeout",
+            "1",
+            "--header-timeout",
+            "1",
+        ],
+    );
     tokens_meter(&s);
     let good = |id: &str| {
         event(
@@ -563,6 +573,22 @@ async fn every_error_is_a_problem_naming_what_was_refused() {
     let started = Instant::now();
     assert_problem(&read_reply(&mut slow), 408, &[]);
     assert!(started.elapsed() < Duration::from_secs(20));
+    // One that never finishes its headers is disconnected.
+    let mut slower = TcpStream::connect(&s.addr).unwrap();
+    slower
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    write!(slower, "POST /api/v1/events HTTP/1.1\r\nHost: x\r\n").unwrap();
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let closed = slower.read_to_end(&mut rest);
+    assert!(
+        closed.is_ok() && started.elapsed() < Duration::from_secs(10),
+        "{closed:?} after {:?}: {}",
+        started.elapsed(),
+        String::from_utf8_lossy(&rest)
+    );
+    assert!(!String::from_utf8_lossy(&rest).contains(" 20"), "{rest:?}");
 
     // Meters: a bad definition, a duplicate slug, an unknown one.
     assert_problem(
@@ -765,4 +791,111 @@ async fn a_kill_9_after_204_loses_nothing_and_sigterm_exits_cleanly() {
     s.signal("-TERM");
     let status = s.child.wait().unwrap();
     assert!(status.success(), "{status:?}");
+}
+
+/// The value of a metric line of `/metrics` (0 when absent).
+fn metric(s: &Server, name: &str) -> i64 {
+    let m = s.get("/metrics");
+    m.body
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn wait_for(s: &Server, name: &str, want: i64) {
+    let started = Instant::now();
+    while metric(s, name) != want {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{name} never reached {want} (it is {})",
+            metric(s, name)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Group commit: requests that arrive while a transaction is being written share the
+/// next one, and a refused request in a shared transaction refuses only itself. The
+/// writers are held by locking the raw events table from another session, so which
+/// requests wait together is known.
+#[tokio::test]
+async fn concurrent_requests_share_a_transaction_and_a_bad_one_refuses_only_itself() {
+    let db = TestDb::new().await.unwrap();
+    let s = std::sync::Arc::new(Server::start(&db, &["--writers", "1"]));
+    tokens_meter(&s);
+    let (locker, conn) = tokio_postgres::connect(db.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let batch = |first: usize, n: usize| {
+        let events: Vec<Value> = (first..first + n)
+            .map(|i| {
+                event(
+                    &format!("g{i}"),
+                    &format!("c{}", i % 3),
+                    "2026-03-30T10:00:00Z",
+                    json!({"tokens": i, "model": "m"}),
+                )
+            })
+            .collect();
+        Value::from(events).to_string()
+    };
+    let post = |body: String| {
+        let s = s.clone();
+        std::thread::spawn(move || s.post("/api/v1/events", BATCH, &body))
+    };
+    let mut want = 0;
+    for round in 0..2 {
+        locker
+            .batch_execute("BEGIN; LOCK TABLE usage_events IN EXCLUSIVE MODE")
+            .await
+            .unwrap();
+        // The first request holds the one writer, waiting for the lock.
+        let base = round * 1000;
+        let first = post(batch(base, 1));
+        want += base;
+        wait_for(&s, "tally_events_in_flight", 1);
+        let mut rest: Vec<_> = (1..=10)
+            .map(|r| {
+                want += (base + r * 10..base + r * 10 + 10).sum::<usize>();
+                post(batch(base + r * 10, 10))
+            })
+            .collect();
+        let mut queued = 101;
+        if round == 0 {
+            let mut bad: Value = serde_json::from_str(&batch(base + 500, 2)).unwrap();
+            bad[1]["data"] = json!({"model": "m"});
+            rest.push(std::thread::spawn({
+                let s = s.clone();
+                move || s.post("/api/v1/events", BATCH, &bad.to_string())
+            }));
+            queued += 2;
+        }
+        wait_for(&s, "tally_events_in_flight", queued);
+        std::thread::sleep(Duration::from_millis(100));
+        let transactions = metric(&s, "tally_ingest_transactions_total");
+        locker.batch_execute("COMMIT").await.unwrap();
+        assert_eq!(first.join().unwrap().status, 204);
+        let mut replies: Vec<Reply> = rest.into_iter().map(|t| t.join().unwrap()).collect();
+        if round == 0 {
+            let bad = replies.pop().unwrap();
+            assert_problem(&bad, 400, &[("index", json!(1)), ("field", json!("data"))]);
+        }
+        for r in &replies {
+            assert_eq!(r.status, 204, "{}", r.body);
+        }
+        let after = metric(&s, "tally_ingest_transactions_total");
+        if round == 0 {
+            // The group held the bad request: rolled back, written a request at a time.
+            assert_eq!(after - transactions, 1 + 10);
+            assert_eq!(metric(&s, "tally_ingest_group_splits_total"), 1);
+        } else {
+            // The first request alone, then the ten waiting in one transaction.
+            assert_eq!(after - transactions, 2);
+            assert_eq!(metric(&s, "tally_ingest_group_splits_total"), 1);
+        }
+    }
+    let total = query(&s, "from=2026-03-30T00:00:00Z&to=2026-03-31T00:00:00Z");
+    assert_eq!(total["data"][0]["value"], json!(want), "{total}");
+    assert_eq!(metric(&s, "tally_events_accepted_total"), 202);
 }

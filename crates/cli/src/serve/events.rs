@@ -18,7 +18,7 @@ use tally::{
     meters::{CloudEvent, Payload, parse_events},
 };
 
-use super::{App, bad_request, body_rejection, error_response, problem};
+use super::{App, bad_request, body_rejection, commit::Failed, error_response, problem};
 
 /// Subtracts from the in-flight gauge when the request is answered, however.
 struct InFlight<'a>(&'a App, i64);
@@ -60,6 +60,7 @@ pub(super) async fn ingest(
             Map::new(),
         );
     }
+    let count = |v: usize| u64::try_from(v).unwrap_or(u64::MAX);
     let events = match parse_events(&body) {
         Ok(e) => e,
         Err(e) => {
@@ -67,44 +68,48 @@ pub(super) async fn ingest(
             return error_response(&app, &tally::Error::from(e.error), e.index);
         }
     };
+    let received = Utc::now();
+    let usage = match events
+        .iter()
+        .map(|e| e.clone().into_usage(received))
+        .collect::<Result<Vec<_>, _>>()
+    {
+        Ok(u) => u,
+        Err(e) => {
+            app.metrics.refused.fetch_add(count(events.len()), Relaxed);
+            return error_response(&app, &tally::Error::from(e), None);
+        }
+    };
     let n = i64::try_from(events.len()).unwrap_or(i64::MAX);
     app.metrics.in_flight.fetch_add(n, Relaxed);
     let _gauge = InFlight(&app, n);
-    let received = Utc::now();
     let started = Instant::now();
-    let written = app.tally.write_cloud_events(&events).await;
-    let count = |v: usize| u64::try_from(v).unwrap_or(u64::MAX);
-    match written {
-        Ok(o) => {
+    match app.committer.write(usage).await {
+        Ok(conflicts) => {
             app.metrics.committed(started.elapsed());
-            app.metrics.accepted.fetch_add(o.inserted, Relaxed);
-            app.metrics.duplicates.fetch_add(o.duplicates, Relaxed);
-            app.metrics
-                .refused
-                .fetch_add(count(o.conflicts.len()), Relaxed);
-            if o.conflicts.is_empty() {
+            app.metrics.refused.fetch_add(count(conflicts.len()), Relaxed);
+            if conflicts.is_empty() {
                 return StatusCode::NO_CONTENT.into_response();
             }
             // The rest of the request is committed (a retry of it is deduplicated,
             // and answers the same 409): only the conflicting events are refused.
-            let first = o.conflicts.first().copied().unwrap_or(0);
+            let first = conflicts.first().copied().unwrap_or(0);
             let id = events.get(first).map(|e| e.id.clone()).unwrap_or_default();
             let mut ext = Map::new();
             ext.insert("index".into(), json!(first));
             ext.insert("field".into(), json!("id"));
             ext.insert("value".into(), json!(id));
-            ext.insert("conflicts".into(), json!(o.conflicts));
+            ext.insert("conflicts".into(), json!(conflicts));
             problem(
                 &app,
                 StatusCode::CONFLICT,
                 format!(
-                    "events {:?} reuse the source and id of a stored event with a different payload: they are not stored (the request's other events are)",
-                    o.conflicts
+                    "events {conflicts:?} reuse the source and id of a stored event with a different payload: they are not stored (the request's other events are)"
                 ),
                 ext,
             )
         }
-        Err(e) => {
+        Err(Failed::Write(e)) => {
             app.metrics.refused.fetch_add(count(events.len()), Relaxed);
             let index = if events.len() > 1 && e.kind() == ErrorKind::Invalid {
                 offending(&app.tally, &events, received, &e).await
@@ -113,6 +118,12 @@ pub(super) async fn ingest(
             };
             error_response(&app, &e, index)
         }
+        Err(Failed::Stopped) => problem(
+            &app,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the server is stopping: send the request again".into(),
+            Map::new(),
+        ),
     }
 }
 

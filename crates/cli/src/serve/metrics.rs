@@ -21,9 +21,13 @@ pub(super) struct Metrics {
     /// Responses by status code.
     responses: Mutex<BTreeMap<u16, u64>>,
     /// Events newly stored.
-    pub(super) accepted: AtomicU64,
+    accepted: AtomicU64,
     /// Events already stored (a retry): acknowledged, counted once.
-    pub(super) duplicates: AtomicU64,
+    duplicates: AtomicU64,
+    /// Transactions that wrote events (a group of requests, or one).
+    transactions: AtomicU64,
+    /// Groups rolled back whole and written again one request at a time.
+    pub(super) split: AtomicU64,
     /// Events refused (the request's 4xx, or a conflict).
     pub(super) refused: AtomicU64,
     /// Events of requests being written now (read, not yet committed or refused).
@@ -40,7 +44,14 @@ impl Metrics {
         }
     }
 
-    /// One write's time from the request's events being read to their commit.
+    /// One committed transaction's counts.
+    pub(super) fn transaction(&self, inserted: u64, duplicates: u64) {
+        self.accepted.fetch_add(inserted, Ordering::Relaxed);
+        self.duplicates.fetch_add(duplicates, Ordering::Relaxed);
+        self.transactions.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One request's time from its events being read to their commit.
     pub(super) fn committed(&self, took: Duration) {
         let s = took.as_secs_f64();
         let i = BOUNDS.iter().position(|b| s <= *b).unwrap_or(BOUNDS.len());
@@ -68,6 +79,16 @@ impl Metrics {
             get(&self.duplicates),
         );
         counter(
+            "tally_ingest_transactions_total",
+            "Transactions that wrote events: concurrent requests share one.",
+            get(&self.transactions),
+        );
+        counter(
+            "tally_ingest_group_splits_total",
+            "Shared transactions rolled back (a refused request) and written again a request at a time.",
+            get(&self.split),
+        );
+        counter(
             "tally_events_refused_total",
             "Events in refused requests, and conflicting events.",
             get(&self.refused),
@@ -80,7 +101,7 @@ impl Metrics {
         let name = "tally_ingest_commit_seconds";
         let _ = writeln!(
             o,
-            "# HELP {name} Time from a request's events being read to their commit.\n# TYPE {name} histogram"
+            "# HELP {name} Time from a request's events being read to their commit (its acknowledgment).\n# TYPE {name} histogram"
         );
         let mut cumulative = 0;
         for (i, b) in self.buckets.iter().enumerate() {

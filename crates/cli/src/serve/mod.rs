@@ -7,6 +7,7 @@
 // boxing it would buy nothing.
 #![allow(clippy::result_large_err)]
 
+mod commit;
 mod events;
 mod filters;
 mod meters;
@@ -52,6 +53,14 @@ pub(crate) struct ServeArgs {
     /// Seconds a client has to send its request body (slower: 408).
     #[arg(long, default_value_t = 30)]
     body_timeout: u64,
+    /// Seconds a client has to send a request's headers (slower: the connection is
+    /// closed).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    header_timeout: u64,
+    /// Transactions writing events at once; concurrent requests share them (group
+    /// commit), each writer holding one database connection while it writes.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+    writers: u16,
 }
 
 #[derive(Clone)]
@@ -60,6 +69,7 @@ struct App {
     tokens: Option<Arc<RwLock<Vec<Vec<u8>>>>>,
     requests: Arc<AtomicU64>,
     metrics: Arc<metrics::Metrics>,
+    committer: commit::Committer,
     max_body: usize,
     body_timeout: std::time::Duration,
 }
@@ -89,22 +99,62 @@ pub(crate) async fn serve(url: Option<String>, a: ServeArgs) -> Result<(), Failu
         tracing::warn!("no --token-file: serving {addr} (loopback) without authentication");
     }
     crate::output::out(format_args!("listening on http://{addr}\n"))?;
+    let metrics = Arc::new(metrics::Metrics::default());
     let app = App {
+        committer: commit::Committer::start(tally.clone(), usize::from(a.writers), metrics.clone()),
         tally,
         tokens: tokens.clone(),
         requests: Arc::new(AtomicU64::new(0)),
-        metrics: Arc::default(),
+        metrics,
         max_body: a.max_body_bytes,
         body_timeout: std::time::Duration::from_secs(a.body_timeout),
     };
     if let (Some(tokens), Some(path)) = (tokens, a.token_file.clone()) {
         tokio::spawn(reload_on_hangup(tokens, path));
     }
-    axum::serve(listener, router(app))
-        .with_graceful_shutdown(terminated())
-        .await
-        .map_err(|e| Failure::Usage(format!("serving {addr}: {e}")))?;
+    let header_timeout = std::time::Duration::from_secs(a.header_timeout);
+    accept(listener, router(app), header_timeout).await;
     Ok(())
+}
+
+/// Serves connections until SIGTERM or Ctrl-C, then stops accepting and lets every
+/// connection finish the request it is answering. A client gets `header_timeout` to
+/// send a request's headers (then its connection is closed); the body has its own
+/// limit (`buffer`).
+async fn accept(listener: tokio::net::TcpListener, app: Router, header_timeout: std::time::Duration) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut stop = std::pin::pin!(terminated());
+    loop {
+        let stream = tokio::select! {
+            conn = listener.accept() => match conn {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors, say: wait rather than spin.
+                    tracing::warn!("accepting a connection: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = &mut stop => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_timeout)
+            .serve_connection(
+                TokioIo::new(stream),
+                hyper_util::service::TowerToHyperService::new(app.clone()),
+            );
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!("connection: {e}");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
 }
 
 fn router(app: App) -> Router {
