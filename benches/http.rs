@@ -81,8 +81,18 @@ fn args() -> Result<Args, String> {
 }
 
 const MODELS: [&str; 12] = [
-    "gpt-4o", "gpt-4o-mini", "o1", "o3", "claude", "haiku", "sonnet", "opus", "gemini",
-    "flash", "llama", "mistral",
+    "gpt-4o",
+    "gpt-4o-mini",
+    "o1",
+    "o3",
+    "claude",
+    "haiku",
+    "sonnet",
+    "opus",
+    "gemini",
+    "flash",
+    "llama",
+    "mistral",
 ];
 
 /// Event `seq` of client `client` in run `run`: unique (source, id), one of 1,000
@@ -121,7 +131,13 @@ enum Mode {
 
 impl Mode {
     /// One client's loop until `stop`: the latencies of its calls (µs).
-    async fn client(self, run: u64, c: usize, stop: Arc<AtomicBool>, count: Arc<AtomicU64>) -> Vec<u64> {
+    async fn client(
+        self,
+        run: u64,
+        c: usize,
+        stop: Arc<AtomicBool>,
+        count: Arc<AtomicU64>,
+    ) -> Vec<u64> {
         let mut conn = match &self {
             Mode::Http(addr, _) => Some(Conn::open(addr).await),
             Mode::InProcess(..) => None,
@@ -150,7 +166,8 @@ impl Mode {
                     1
                 }
                 (Mode::Http(_, batch), Some(conn)) => {
-                    let body: Vec<Value> = (seq..seq + batch).map(|s| cloud_event(run, c, s)).collect();
+                    let body: Vec<Value> =
+                        (seq..seq + batch).map(|s| cloud_event(run, c, s)).collect();
                     let body = serde_json::to_vec(&body).unwrap();
                     conn.post("application/cloudevents-batch+json", &body).await;
                     *batch
@@ -261,7 +278,12 @@ async fn main() {
         .stdout(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .unwrap_or_else(|e| panic!("{}: {e} (build it: cargo build --release -p tally-cli)", a.tally));
+        .unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (build it: cargo build --release -p tally-cli)",
+                a.tally
+            )
+        });
     let mut first = String::new();
     BufReader::new(server.stdout.take().unwrap())
         .read_line(&mut first)
@@ -285,7 +307,8 @@ async fn main() {
         recorder.close().await.unwrap();
         // Over HTTP.
         run += 1;
-        let (http_rate, http_lat) = drive(&Mode::Http(addr.clone(), batch), run, clients, for_).await;
+        let (http_rate, http_lat) =
+            drive(&Mode::Http(addr.clone(), batch), run, clients, for_).await;
         println!(
             "{}",
             json!({

@@ -87,7 +87,9 @@ pub(super) async fn ingest(
     match app.committer.write(usage).await {
         Ok(conflicts) => {
             app.metrics.committed(started.elapsed());
-            app.metrics.refused.fetch_add(count(conflicts.len()), Relaxed);
+            app.metrics
+                .refused
+                .fetch_add(count(conflicts.len()), Relaxed);
             if conflicts.is_empty() {
                 return StatusCode::NO_CONTENT.into_response();
             }

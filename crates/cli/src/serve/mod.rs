@@ -121,7 +121,11 @@ pub(crate) async fn serve(url: Option<String>, a: ServeArgs) -> Result<(), Failu
 /// connection finish the request it is answering. A client gets `header_timeout` to
 /// send a request's headers (then its connection is closed); the body has its own
 /// limit (`buffer`).
-async fn accept(listener: tokio::net::TcpListener, app: Router, header_timeout: std::time::Duration) {
+async fn accept(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    header_timeout: std::time::Duration,
+) {
     use hyper_util::rt::{TokioIo, TokioTimer};
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut stop = std::pin::pin!(terminated());
