@@ -24,6 +24,7 @@ use std::{
 
 use chrono::Utc;
 use tally::{CustomerId, EventId, Quantity, Recorder, RecorderConfig, Service, UsageEvent};
+use tally_benches::percentile_ms;
 use tally_testdb::TestDb;
 use tokio_postgres::{NoTls, binary_copy::BinaryCopyInWriter, types::Type};
 
@@ -122,14 +123,6 @@ async fn drive(
     (count.load(Ordering::Relaxed), all)
 }
 
-fn percentile(sorted: &[u64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
-    sorted.get(i).copied().unwrap_or_default() as f64 / 1000.0
-}
-
 async fn raw_copy(url: &str, n: u64) -> f64 {
     let cfg: tokio_postgres::Config = url.parse().unwrap();
     let (client, conn) = cfg.connect(NoTls).await.unwrap();
@@ -217,8 +210,8 @@ async fn main() {
             "seconds": a.seconds,
             "committed_events": committed,
             "record_committed_events_per_s": committed_rate.round(),
-            "record_committed_p50_ms": percentile(&lat, 0.50),
-            "record_committed_p99_ms": percentile(&lat, 0.99),
+            "record_committed_p50_ms": percentile_ms(&lat, 0.50),
+            "record_committed_p99_ms": percentile_ms(&lat, 0.99),
             "batches": status.batches,
             "events_per_batch": (committed as f64 / status.batches.max(1) as f64).round(),
             "record_events_per_s": queued_rate.round(),

@@ -33,6 +33,7 @@ use tally::{
     Recorder,
     meters::{Aggregation, CloudEvent, EventType, JsonPath, MeterSlug, MeterSpec},
 };
+use tally_benches::percentile_ms;
 use tally_testdb::TestDb;
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
@@ -110,14 +111,6 @@ fn cloud_event(run: u64, client: usize, seq: u64) -> Value {
         "time": at.to_rfc3339(),
         "data": {"tokens": format!("{}.5", n % 977), "model": MODELS[n % MODELS.len()]},
     })
-}
-
-fn percentile(sorted: &[u64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
-    sorted.get(i).copied().unwrap_or_default() as f64 / 1000.0
 }
 
 /// What a client does, request after request.
@@ -318,11 +311,11 @@ async fn main() {
                 "seconds": a.seconds,
                 "writers": a.writers,
                 "in_process_events_per_s": in_rate.round(),
-                "in_process_p50_ms": percentile(&in_lat, 0.5),
-                "in_process_p99_ms": percentile(&in_lat, 0.99),
+                "in_process_p50_ms": percentile_ms(&in_lat, 0.5),
+                "in_process_p99_ms": percentile_ms(&in_lat, 0.99),
                 "http_events_per_s": http_rate.round(),
-                "http_ack_p50_ms": percentile(&http_lat, 0.5),
-                "http_ack_p99_ms": percentile(&http_lat, 0.99),
+                "http_ack_p50_ms": percentile_ms(&http_lat, 0.5),
+                "http_ack_p99_ms": percentile_ms(&http_lat, 0.99),
                 "http_to_in_process": (http_rate / in_rate * 1000.0).round() / 1000.0,
                 "at": Utc::now().to_rfc3339(),
             })
@@ -355,8 +348,8 @@ async fn main() {
             "seconds": a.seconds,
             "writers": a.writers,
             "http_events_per_s": single_rate.round(),
-            "http_ack_p50_ms": percentile(&single_lat, 0.5),
-            "http_ack_p99_ms": percentile(&single_lat, 0.99),
+            "http_ack_p50_ms": percentile_ms(&single_lat, 0.5),
+            "http_ack_p99_ms": percentile_ms(&single_lat, 0.99),
             "server_events_per_transaction": (metric("tally_events_accepted_total")
                 / metric("tally_ingest_transactions_total").max(1.0) * 10.0).round() / 10.0,
             "at": Utc::now().to_rfc3339(),

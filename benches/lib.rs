@@ -156,3 +156,12 @@ pub async fn bench_database(bench: &str) -> (Option<tally_testdb::TestDb>, Strin
     let url = db.url().to_owned();
     (Some(db), url)
 }
+
+/// The `p` quantile (0–1, nearest rank) of sorted microsecond latencies, in ms.
+pub fn percentile_ms(sorted_us: &[u64], p: f64) -> f64 {
+    if sorted_us.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted_us.len() - 1) as f64 * p).round() as usize;
+    sorted_us.get(i).copied().unwrap_or_default() as f64 / 1000.0
+}

@@ -18,7 +18,7 @@ use tally::{
     meters::{CloudEvent, Payload, parse_events},
 };
 
-use super::{App, bad_request, body_rejection, commit::Failed, error_response, problem};
+use super::{App, bad_request, commit::Failed, error_response, problem};
 
 /// Subtracts from the in-flight gauge when the request is answered, however.
 struct InFlight<'a>(&'a App, i64);
@@ -38,9 +38,9 @@ pub(super) async fn ingest(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     use std::sync::atomic::Ordering::Relaxed;
-    let body = match body {
+    let body = match super::body(&app, body) {
         Ok(b) => b,
-        Err(r) => return body_rejection(&app, r),
+        Err(r) => return r,
     };
     let kind = headers
         .get(header::CONTENT_TYPE)

@@ -129,53 +129,24 @@ fn python_dict(text: &str) -> Result<Value, String> {
     };
     p.ws();
     p.eat('{')?;
-    let mut map = serde_json::Map::new();
-    p.ws();
-    if !p.peek_is('}') {
-        loop {
-            p.ws();
-            let k = p.string()?;
-            p.ws();
-            p.eat(':')?;
-            p.ws();
-            let v = if p.peek_is('[') {
-                p.eat('[')?;
-                let mut xs = Vec::new();
-                p.ws();
-                if !p.peek_is(']') {
-                    loop {
-                        p.ws();
-                        xs.push(Value::String(p.string()?));
-                        p.ws();
-                        if p.peek_is(',') {
-                            p.eat(',')?;
-                        } else {
-                            break;
-                        }
-                    }
-                }
-                p.ws();
-                p.eat(']')?;
-                Value::Array(xs)
-            } else {
-                Value::String(p.string()?)
-            };
-            map.insert(k, v);
-            p.ws();
-            if p.peek_is(',') {
-                p.eat(',')?;
-            } else {
-                break;
-            }
-        }
-    }
-    p.ws();
-    p.eat('}')?;
+    let entries = p.items('}', |p| {
+        let k = p.string()?;
+        p.ws();
+        p.eat(':')?;
+        p.ws();
+        let v = if p.peek_is('[') {
+            p.eat('[')?;
+            Value::Array(p.items(']', |p| p.string().map(Value::String))?)
+        } else {
+            Value::String(p.string()?)
+        };
+        Ok((k, v))
+    })?;
     p.ws();
     if p.i != p.s.len() {
         return Err(format!("unexpected text at character {}", p.i));
     }
-    Ok(Value::Object(map))
+    Ok(Value::Object(entries.into_iter().collect()))
 }
 
 struct Py {
@@ -205,6 +176,29 @@ impl Py {
         } else {
             Err(format!("expected {c:?} at character {}", self.i))
         }
+    }
+
+    /// `item, item, …` up to and through `close` (none is fine; no trailing comma).
+    fn items<T>(
+        &mut self,
+        close: char,
+        mut item: impl FnMut(&mut Py) -> Result<T, String>,
+    ) -> Result<Vec<T>, String> {
+        let mut out = Vec::new();
+        self.ws();
+        if !self.peek_is(close) {
+            loop {
+                self.ws();
+                out.push(item(self)?);
+                self.ws();
+                if !self.peek_is(',') {
+                    break;
+                }
+                self.eat(',')?;
+            }
+        }
+        self.ws();
+        self.eat(close).map(|()| out)
     }
 
     fn hex(&mut self, digits: usize) -> Result<char, String> {

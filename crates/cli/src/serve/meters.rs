@@ -13,14 +13,14 @@ use axum::{
 use serde::Deserialize;
 use tally::meters::{JsonPath, MeterSpec};
 
-use super::{App, bad_request, body_rejection, error_response};
+use super::{App, bad_request, error_response};
 
 fn json_body<T: for<'de> Deserialize<'de>>(
     app: &App,
     field: &str,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<T, Response> {
-    let body = body.map_err(|r| body_rejection(app, r))?;
+    let body = super::body(app, body)?;
     serde_json::from_slice(&body).map_err(|e| {
         let value: String = String::from_utf8_lossy(&body).chars().take(80).collect();
         bad_request(app, field, &value, &e.to_string())

@@ -25,6 +25,7 @@ use std::{
 
 use axum::{
     Json, Router,
+    body::Bytes,
     extract::{DefaultBodyLimit, Request, State, rejection::BytesRejection},
     http::{HeaderValue, StatusCode, header},
     middleware::{self, Next},
@@ -429,8 +430,9 @@ fn bad_request(app: &App, field: &str, value: &str, reason: &str) -> Response {
     )
 }
 
-fn body_rejection(app: &App, r: BytesRejection) -> Response {
-    problem(app, r.status(), r.body_text(), Map::new())
+/// The request's body, or the answer to a body that could not be read.
+fn body(app: &App, body: Result<Bytes, BytesRejection>) -> Result<Bytes, Response> {
+    body.map_err(|r| problem(app, r.status(), r.body_text(), Map::new()))
 }
 
 async fn health(State(app): State<App>) -> Response {

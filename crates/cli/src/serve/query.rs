@@ -19,7 +19,7 @@ use tally::{
 };
 
 use super::{
-    App, bad_request, body_rejection, error_response,
+    App, bad_request, error_response,
     filters::{self, Filters},
     problem,
 };
@@ -240,9 +240,9 @@ pub(super) async fn query_meter_post(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let body = match body {
+    let body = match super::body(&app, body) {
         Ok(b) => b,
-        Err(r) => return body_rejection(&app, r),
+        Err(r) => return r,
     };
     let input: Input = if body.iter().all(u8::is_ascii_whitespace) {
         Input::default()
