@@ -920,3 +920,44 @@ async fn hourly_buckets_are_local_clock_hours_across_a_half_hour_shift() {
         }
     }
 }
+
+/// Issue 26, item 8: what the library hands back prints as a number, not as the
+/// column it was stored in (`0.9765625`, not `0.976562500000000`), and a summary names
+/// its customer as a `CustomerId`.
+#[tokio::test]
+async fn values_read_back_print_without_the_columns_trailing_zeros() {
+    let db = TestDb::new().await.unwrap();
+    db.tally()
+        .write(&[event(
+            1,
+            "acme",
+            Service::BANDWIDTH,
+            "0.9765625",
+            "2026-11-03T10:00:00Z",
+        )])
+        .await
+        .unwrap();
+    let r = range("2026-11-01T00:00:00Z", "2026-12-01T00:00:00Z");
+    let s = db.tally().summary(&acme(), r).await.unwrap();
+    let customer: &CustomerId = &s.customer_id;
+    assert_eq!(customer, &acme());
+    let bandwidth = s
+        .services
+        .iter()
+        .find(|l| l.service == "bandwidth")
+        .unwrap();
+    assert_eq!(format!("{}", bandwidth.quantity), "0.9765625");
+    let usage = db
+        .tally()
+        .usage(r)
+        .customer(&acme())
+        .by(Granularity::Day)
+        .await
+        .unwrap();
+    let printed: Vec<String> = usage
+        .buckets
+        .iter()
+        .map(|b| format!("{} {} {}", b.quantity, b.min, b.max))
+        .collect();
+    assert_eq!(printed, ["0.9765625 0.9765625 0.9765625"]);
+}

@@ -417,10 +417,145 @@ async fn a_price_change_inside_the_range_prices_rows_and_summary_alike() {
         .parse()
         .unwrap();
     assert_eq!(from_rows.get("api"), Some(&total));
-    assert_eq!(total, d("200.00"));
-    // The invoice for the same range says the same.
+    // Each half of the month at its own price (issue 26): 100 × 1 + 100 × 2.
+    assert_eq!(total, d("300.00"));
+    // The invoice for the same range says the same, a line per part.
     let invoice = t.invoice(&acme, november()).await.unwrap();
     assert_eq!(invoice.total_amount, total);
+    let parts: Vec<(String, Decimal)> = invoice
+        .lines
+        .iter()
+        .map(|l| (l.label(), l.amount))
+        .collect();
+    assert_eq!(
+        parts,
+        [
+            (
+                "api [2026-11-01T00:00:00Z, 2026-11-16T00:00:00Z)".to_owned(),
+                d("100.00")
+            ),
+            (
+                "api [2026-11-16T00:00:00Z, 2026-12-01T00:00:00Z)".to_owned(),
+                d("200.00")
+            ),
+        ]
+    );
+}
+
+/// Issue 26, items 4 and 5: a price that changes inside the period splits the line at
+/// that instant (each part at its own price, on its own usage; a minimum prorated by
+/// the part's share), and an export's total is the sum of its customers' invoices
+/// with the same book: true-up lines, a service charged only its minimum, the book's
+/// minimum. Every figure below is computed by hand.
+#[tokio::test]
+async fn a_mid_period_price_splits_the_invoice_and_the_export_totals_the_invoices() {
+    let db = TestDb::new().await.unwrap();
+    let d = |s: &str| s.parse::<Decimal>().unwrap();
+    let book: tally::pricing::PriceBook = serde_json::from_value(serde_json::json!({
+        "currency": "USD",
+        "minimum": "100",
+        "services": {
+            "api": [
+                {"effective_from": "2020-01-01T00:00:00Z", "model": "per_unit", "unit_price": "0.10"},
+                {"effective_from": "2026-11-16T00:00:00Z", "model": "per_unit", "unit_price": "0.25", "included": "100"}
+            ],
+            "bandwidth": [
+                {"effective_from": "2020-01-01T00:00:00Z", "model": "per_unit", "unit_price": "1", "minimum": "30"},
+                {"effective_from": "2026-11-16T00:00:00Z", "model": "per_unit", "unit_price": "1", "minimum": "30"}
+            ],
+            "storage": [
+                {"effective_from": "2020-01-01T00:00:00Z", "model": "per_unit", "unit_price": "1", "minimum": "30"}
+            ]
+        }
+    }))
+    .unwrap();
+    book.validate().unwrap();
+    let t = tally::Tally::builder(db.url())
+        .prices(book)
+        .build_lazy()
+        .unwrap();
+    let (acme, globex): (CustomerId, CustomerId) =
+        ("acme".parse().unwrap(), "globex".parse().unwrap());
+    let event = |c: &CustomerId, s: Service, when: &str, q: &str| {
+        UsageEvent::new(c.clone(), s, q.parse().unwrap()).at(at(when))
+    };
+    t.write(&[
+        event(&acme, Service::API, "2026-11-05T00:00:00Z", "100"),
+        event(&acme, Service::API, "2026-11-20T00:00:00Z", "200"),
+        event(&acme, Service::BANDWIDTH, "2026-11-10T00:00:00Z", "4"),
+        event(&globex, Service::API, "2026-11-02T00:00:00Z", "10"),
+    ])
+    .await
+    .unwrap();
+
+    let invoice = t.invoice(&acme, november()).await.unwrap();
+    let lines: Vec<(String, String, Decimal)> = invoice
+        .lines
+        .iter()
+        .map(|l| (l.label(), l.kind.to_string(), l.amount))
+        .collect();
+    let first = "[2026-11-01T00:00:00Z, 2026-11-16T00:00:00Z)";
+    let second = "[2026-11-16T00:00:00Z, 2026-12-01T00:00:00Z)";
+    let line = |what: String, kind: &str, amount: &str| (what, kind.to_owned(), d(amount));
+    assert_eq!(
+        lines,
+        [
+            // 100 × 0.10; then (200 − 100 included) × 0.25.
+            line(format!("api {first}"), "usage", "10.00"),
+            line(format!("api {second}"), "usage", "25.00"),
+            // The minimum of 30 prorated: 15 days of 30 each half. 4 used, 11 made up;
+            // nothing used in the second half, 15 made up.
+            line(format!("bandwidth {first}"), "usage", "4.00"),
+            line(format!("bandwidth {first}"), "true_up", "11.00"),
+            line(format!("bandwidth {second}"), "usage", "0.00"),
+            line(format!("bandwidth {second}"), "true_up", "15.00"),
+            // Not used, no change in the month: its whole minimum.
+            line("storage".to_owned(), "usage", "0.00"),
+            line("storage".to_owned(), "true_up", "30.00"),
+            // 95 in all, below the book's 100.
+            line("-".to_owned(), "minimum", "5.00"),
+        ]
+    );
+    assert_eq!(invoice.total_amount, d("100.00"));
+    // The usage summary prices the same parts (its lines have no true-up or minimum).
+    let summary = t.summary(&acme, november()).await.unwrap();
+    let api = summary
+        .services
+        .iter()
+        .find(|l| l.service == "api")
+        .unwrap();
+    assert_eq!(
+        (api.quantity, api.amount, api.unit_price),
+        (d("300"), d("35.00"), None)
+    );
+    let globex_invoice = t.invoice(&globex, november()).await.unwrap();
+    // 1.00 for api, 30 + 30 made up, 39 to the book's minimum.
+    assert_eq!(globex_invoice.total_amount, d("100.00"));
+
+    for format in [ExportFormat::Json, ExportFormat::Csv] {
+        let buf = Buffer::default();
+        let report = t
+            .export(format, all(), Box::new(buf.clone()), None)
+            .await
+            .unwrap();
+        assert_eq!(report.total_cost, d("200.00"), "the two invoices' totals");
+        let cost = |s: &str| report.services.get(s).map(|t| t.cost);
+        assert_eq!(cost("api"), Some(d("36.00")));
+        assert_eq!(cost("bandwidth"), Some(d("60.00")));
+        assert_eq!(cost("storage"), Some(d("60.00")));
+        assert_eq!(report.minimum, d("44.00"));
+        if format == ExportFormat::Json {
+            let doc: serde_json::Value = serde_json::from_slice(&buf.bytes()).unwrap();
+            assert_eq!(doc["summary"]["total_cost"], "200.00");
+            assert_eq!(doc["summary"]["minimum"], "44.00");
+            assert!(
+                doc["summary"]["rounding"]
+                    .as_str()
+                    .unwrap()
+                    .contains("rounded")
+            );
+        }
+    }
 }
 
 /// Totals an export cannot hold exactly are refused, never rounded or kept short

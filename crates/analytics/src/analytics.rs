@@ -7,7 +7,7 @@ use chrono::{DateTime, Duration, NaiveDate, Utc};
 use rust_decimal::{Decimal, RoundingStrategy};
 use tally_core::{
     Catalog, CustomerId, Granularity, Metered, PriceBook, Service, TimeRange, Totals, Zone,
-    round_to,
+    round_to, share_of,
 };
 use tally_store::{MeterQuery, Result, Store, Who};
 
@@ -16,7 +16,7 @@ use crate::report::{
     Aggregation, Bucket, DayLine, Invoice, InvoiceLine, LineKind, Over, Peak, ServiceLine, Stats,
     Summary, TrendDay, add_money, invalid, stats_of,
 };
-use crate::totals::{by_service, totals};
+use crate::totals::totals;
 
 /// The read side of Tally: summaries, aggregation, statistics, trends, peaks and
 /// invoices, exact and served from the rollups.
@@ -112,6 +112,43 @@ impl Analytics {
         Ok(metered)
     }
 
+    /// The customer's use of each of `services` over `range`, in the parts the price
+    /// book cuts it into ([`PriceBook::parts`]): per service, each part with the price
+    /// in force over it and the usage in it. The usage of every piece between two
+    /// price starts is read at once.
+    async fn parted_usage(
+        &self,
+        customer: &CustomerId,
+        range: TimeRange,
+        services: &[Service],
+    ) -> Result<Vec<Vec<Part<'_>>>> {
+        let pieces: Vec<(DateTime<Utc>, TimeRange)> = self
+            .prices
+            .pieces(range)
+            .into_iter()
+            .map(|r| (r.from(), r))
+            .collect();
+        let sums = totals(&self.store, &pieces, Who::One(customer), services).await?;
+        let mut out = Vec::with_capacity(services.len());
+        for (i, s) in services.iter().enumerate() {
+            let mut parts = Vec::new();
+            for (range, price) in self.prices.parts(s, range) {
+                let mut used: Option<Totals> = None;
+                for (label, _) in pieces.iter().filter(|(l, _)| range.contains(*l)) {
+                    if let Some(t) = sums.get(&(*label, i)) {
+                        match &mut used {
+                            Some(u) => u.merge(*t)?,
+                            None => used = Some(*t),
+                        }
+                    }
+                }
+                parts.push(Part { range, price, used });
+            }
+            out.push(parts);
+        }
+        Ok(out)
+    }
+
     async fn services(&self, filter: Option<&Service>) -> Result<(Vec<Service>, Catalog)> {
         let catalog = self.store.catalog().await?;
         let services = match filter {
@@ -125,36 +162,39 @@ impl Analytics {
         let (customer, range) = (&q.customer, q.range);
         let detailed = q.daily.then_some(q.zone);
         let (services, catalog) = self.services(q.service.as_ref()).await?;
-        let sums = by_service(
-            totals(
-                &self.store,
-                &[(range.from(), range)],
-                Who::One(customer),
-                &services,
-            )
-            .await?,
-        )?;
+        let parted = self.parted_usage(customer, range, &services).await?;
         let mut lines = Vec::new();
         let exponent = self.prices.exponent();
         let mut total_amount = round_to(Decimal::ZERO, exponent);
-        for (i, s) in services.iter().enumerate() {
-            let agg = sums.get(&i);
-            let quantity = agg.map_or(Decimal::ZERO, |a| a.quantity);
-            let price = self.prices.price_at(s, range.from());
-            let amount = match price {
-                Some(p) => {
-                    let metered = self.metered(p, agg, customer, s, range).await?;
-                    p.priced(&metered, exponent)?.amount
+        for (s, parts) in services.iter().zip(&parted) {
+            // Each part at the price in force over it (docs/pricing.md), as an invoice.
+            let mut all: Option<Totals> = None;
+            let mut amount = round_to(Decimal::ZERO, exponent);
+            for part in parts {
+                let agg = part.used.as_ref();
+                if let Some(t) = agg {
+                    match &mut all {
+                        Some(a) => a.merge(*t)?,
+                        None => all = Some(*t),
+                    }
                 }
-                None => round_to(Decimal::ZERO, exponent),
-            };
+                if let Some(p) = part.price {
+                    let metered = self.metered(p, agg, customer, s, part.range).await?;
+                    amount = add_money(amount, p.priced(&metered, exponent)?.amount)?;
+                }
+            }
             total_amount = add_money(total_amount, amount)?;
+            // A unit price only where one price covers the whole range.
+            let unit_price = match parts.as_slice() {
+                [only] => only.price.and_then(|p| p.unit_price()),
+                _ => None,
+            };
             lines.push(ServiceLine {
                 service: s.to_string(),
                 unit: catalog.unit(s).unwrap_or_default().to_owned(),
-                quantity,
-                events: agg.map_or(0, |a| a.events),
-                unit_price: price.and_then(|p| p.unit_price()),
+                quantity: all.map_or(Decimal::ZERO, |a| a.quantity),
+                events: all.map_or(0, |a| a.events),
+                unit_price,
                 amount,
             });
         }
@@ -179,7 +219,7 @@ impl Analytics {
             }
         };
         Ok(Summary {
-            customer_id: customer.to_string(),
+            customer_id: customer.clone(),
             from: range.from(),
             to: range.to(),
             services: lines,
@@ -363,67 +403,62 @@ impl Analytics {
             .collect())
     }
 
-    /// An invoice preview for `period` (normally a calendar month), priced with the
-    /// price in force at the period's start: a usage line per service used, or
-    /// charging something without use (a first-tier flat fee, a minimum); a true-up
-    /// line where a service is below its minimum, a cap line where it is above its
-    /// maximum; an invoice minimum line where the total is below the book's minimum.
-    /// Amounts are rounded to the currency's minor unit ([`PriceBook::exponent`]).
+    /// An invoice preview for `period` (normally a calendar month). Where a price
+    /// version starts inside the period, the period is priced in parts, each by the
+    /// price in force over it on the usage in it, its minimum and maximum prorated
+    /// ([`PriceBook::parts`], docs/pricing.md); the lines of such a service carry
+    /// their part. Per service (and part): a usage line where used or charging
+    /// something without use (a first-tier flat fee, a minimum); a true-up line below
+    /// its minimum, a cap line above its maximum; then the meters' lines; an invoice
+    /// minimum line where the total is below the book's minimum. Amounts are rounded
+    /// to the currency's minor unit ([`PriceBook::exponent`]).
     pub async fn invoice(&self, customer: &CustomerId, period: TimeRange) -> Result<Invoice> {
         let (services, _) = self.services(None).await?;
-        let sums: BTreeMap<usize, Totals> = by_service(
-            totals(
-                &self.store,
-                &[(period.from(), period)],
-                Who::One(customer),
-                &services,
-            )
-            .await?,
-        )?;
+        let parted = self.parted_usage(customer, period, &services).await?;
         let exponent = self.prices.exponent();
         let money = |d: Decimal| round_to(d, exponent);
         let mut lines = Vec::new();
-        for (i, s) in services.iter().enumerate() {
-            let used = sums.get(&i);
-            let quantity = used.map_or(Decimal::ZERO, |t| t.quantity);
-            let line = |kind, quantity, billable_quantity, amount| InvoiceLine {
-                service: Some(s.to_string()),
-                meter: None,
-                dimensions: BTreeMap::new(),
-                rest: false,
-                kind,
-                quantity,
-                billable_quantity,
-                amount,
-            };
-            let Some(price) = self.prices.price_at(s, period.from()) else {
-                // Used, but without a price: listed, at zero.
-                if used.is_some() {
-                    lines.push(line(
-                        LineKind::Usage,
-                        quantity,
-                        quantity,
-                        money(Decimal::ZERO),
-                    ));
+        for (s, parts) in services.iter().zip(&parted) {
+            let split = parts.len() > 1;
+            for &Part {
+                range: part,
+                price,
+                used,
+            } in parts
+            {
+                let used = used.as_ref();
+                let quantity = used.map_or(Decimal::ZERO, |t| t.quantity);
+                let line = |kind, quantity, billable_quantity, amount| InvoiceLine {
+                    service: Some(s.to_string()),
+                    meter: None,
+                    dimensions: BTreeMap::new(),
+                    rest: false,
+                    kind,
+                    from: split.then_some(part.from()),
+                    to: split.then_some(part.to()),
+                    quantity,
+                    billable_quantity,
+                    amount,
+                };
+                let Some(price) = price else {
+                    // Used, but without a price: listed, at zero.
+                    if used.is_some() {
+                        lines.push(line(
+                            LineKind::Usage,
+                            quantity,
+                            quantity,
+                            money(Decimal::ZERO),
+                        ));
+                    }
+                    continue;
+                };
+                let price = price.for_share(share_of(part, period));
+                let metered = self.metered(&price, used, customer, s, part).await?;
+                let charge = price.charge(&metered, exponent)?;
+                if used.is_none() && charge.line.amount.is_zero() && charge.true_up.is_none() {
+                    continue; // nothing used, nothing charged
                 }
-                continue;
-            };
-            let metered = self.metered(price, used, customer, s, period).await?;
-            let charge = price.charge(&metered, exponent)?;
-            if used.is_none() && charge.line.amount.is_zero() && charge.true_up.is_none() {
-                continue; // nothing used, nothing charged
-            }
-            lines.push(line(
-                LineKind::Usage,
-                charge.line.quantity,
-                charge.line.billable_quantity,
-                charge.line.amount,
-            ));
-            if let Some(up) = charge.true_up {
-                lines.push(line(LineKind::TrueUp, Decimal::ZERO, Decimal::ZERO, up));
-            }
-            if let Some(cap) = charge.cap {
-                lines.push(line(LineKind::Cap, Decimal::ZERO, Decimal::ZERO, cap));
+                push_charge(&mut lines, &charge, line);
             }
         }
         lines.extend(self.meter_lines(customer, period).await?);
@@ -440,6 +475,8 @@ impl Analytics {
                 dimensions: BTreeMap::new(),
                 rest: false,
                 kind: LineKind::Minimum,
+                from: None,
+                to: None,
                 quantity: Decimal::ZERO,
                 billable_quantity: Decimal::ZERO,
                 amount: money(min - total),
@@ -447,7 +484,7 @@ impl Analytics {
             total = min;
         }
         Ok(Invoice {
-            customer_id: customer.to_string(),
+            customer_id: customer.clone(),
             period_start: period.from(),
             period_end: period.to(),
             currency: self.prices.currency.clone(),
@@ -468,56 +505,80 @@ impl Analytics {
     ) -> Result<Vec<InvoiceLine>> {
         let exponent = self.prices.exponent();
         let mut lines = Vec::new();
-        for priced in self.prices.meter_prices_at(period.from()) {
-            let whole = MeterQuery::new(period, period.to()).customer(customer);
-            let mut entries = Vec::new();
-            for (combination, price) in &priced.combinations {
-                let mut q = whole.clone();
-                for (k, v) in combination.iter() {
-                    q = q.filter(k, v);
+        let parts = self.prices.meter_parts(period);
+        let split = parts.len() > 1;
+        for (part, prices) in parts {
+            let share = share_of(part, period);
+            for priced in prices {
+                let whole = MeterQuery::new(part, period.to()).customer(customer);
+                let mut entries = Vec::new();
+                for (combination, price) in &priced.combinations {
+                    let mut q = whole.clone();
+                    for (k, v) in combination.iter() {
+                        q = q.filter(k, v);
+                    }
+                    entries.push(((*combination).clone(), false, *price, q));
                 }
-                entries.push(((*combination).clone(), false, *price, q));
-            }
-            if let Some(price) = priced.fallback {
-                let mut q = whole.clone();
-                for (combination, _) in &priced.combinations {
-                    q = q.exclude(combination);
+                if let Some(price) = priced.fallback {
+                    let mut q = whole.clone();
+                    for (combination, _) in &priced.combinations {
+                        q = q.exclude(combination);
+                    }
+                    let rest = !priced.combinations.is_empty();
+                    entries.push((BTreeMap::new(), rest, price, q));
                 }
-                let rest = !priced.combinations.is_empty();
-                entries.push((BTreeMap::new(), rest, price, q));
-            }
-            for (dimensions, rest, price, q) in entries {
-                let answer = self.store.query_meter(priced.meter, &q).await?;
-                let used = answer.data.first().map(|row| row.value);
-                let charge =
-                    price.charge(&Metered::new(used.unwrap_or(Decimal::ZERO), 0), exponent)?;
-                if used.is_none() && charge.line.amount.is_zero() && charge.true_up.is_none() {
-                    continue; // nothing used, nothing charged
-                }
-                let line = |kind, quantity, billable_quantity, amount| InvoiceLine {
-                    service: None,
-                    meter: Some(priced.meter.to_owned()),
-                    dimensions: dimensions.clone(),
-                    rest,
-                    kind,
-                    quantity,
-                    billable_quantity,
-                    amount,
-                };
-                lines.push(line(
-                    LineKind::Usage,
-                    charge.line.quantity,
-                    charge.line.billable_quantity,
-                    charge.line.amount,
-                ));
-                if let Some(up) = charge.true_up {
-                    lines.push(line(LineKind::TrueUp, Decimal::ZERO, Decimal::ZERO, up));
-                }
-                if let Some(cap) = charge.cap {
-                    lines.push(line(LineKind::Cap, Decimal::ZERO, Decimal::ZERO, cap));
+                for (dimensions, rest, price, q) in entries {
+                    let answer = self.store.query_meter(priced.meter, &q).await?;
+                    let used = answer.data.first().map(|row| row.value);
+                    let charge = price
+                        .for_share(share)
+                        .charge(&Metered::new(used.unwrap_or(Decimal::ZERO), 0), exponent)?;
+                    if used.is_none() && charge.line.amount.is_zero() && charge.true_up.is_none() {
+                        continue; // nothing used, nothing charged
+                    }
+                    let line = |kind, quantity, billable_quantity, amount| InvoiceLine {
+                        service: None,
+                        meter: Some(priced.meter.to_owned()),
+                        dimensions: dimensions.clone(),
+                        rest,
+                        kind,
+                        from: split.then_some(part.from()),
+                        to: split.then_some(part.to()),
+                        quantity,
+                        billable_quantity,
+                        amount,
+                    };
+                    push_charge(&mut lines, &charge, line);
                 }
             }
         }
         Ok(lines)
     }
+}
+
+/// A charge's lines: its usage line, then its true-up and cap lines where it has them.
+fn push_charge(
+    lines: &mut Vec<InvoiceLine>,
+    charge: &tally_core::Charge,
+    line: impl Fn(LineKind, Decimal, Decimal, Decimal) -> InvoiceLine,
+) {
+    lines.push(line(
+        LineKind::Usage,
+        charge.line.quantity,
+        charge.line.billable_quantity,
+        charge.line.amount,
+    ));
+    if let Some(up) = charge.true_up {
+        lines.push(line(LineKind::TrueUp, Decimal::ZERO, Decimal::ZERO, up));
+    }
+    if let Some(cap) = charge.cap {
+        lines.push(line(LineKind::Cap, Decimal::ZERO, Decimal::ZERO, cap));
+    }
+}
+
+/// A part of a range between two price starts, for one service.
+struct Part<'a> {
+    range: TimeRange,
+    price: Option<&'a tally_core::Price>,
+    used: Option<Totals>,
 }

@@ -46,7 +46,7 @@ pub struct DayLine {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Summary {
     /// The customer.
-    pub customer_id: String,
+    pub customer_id: CustomerId,
     /// Start of the range (inclusive).
     #[serde(serialize_with = "serde_fmt::instant")]
     pub from: DateTime<Utc>,
@@ -182,7 +182,7 @@ impl std::str::FromStr for Over {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Stats {
     /// The customer.
-    pub customer_id: String,
+    pub customer_id: CustomerId,
     /// The service.
     pub service: String,
     /// What the values are.
@@ -329,6 +329,19 @@ pub struct InvoiceLine {
     pub rest: bool,
     /// What the line is for.
     pub kind: LineKind,
+    /// Where a price changes inside the period, the part `[from, to)` this line
+    /// prices (absent: the whole period).
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "serde_fmt::opt_instant"
+    )]
+    pub from: Option<DateTime<Utc>>,
+    /// The end of that part (exclusive).
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "serde_fmt::opt_instant"
+    )]
+    pub to: Option<DateTime<Utc>>,
     /// Units used in the period.
     #[serde(serialize_with = "serde_fmt::decimal")]
     pub quantity: Decimal,
@@ -343,8 +356,21 @@ pub struct InvoiceLine {
 impl InvoiceLine {
     /// What the line is for, in one word: the service, the meter with the values it
     /// prices (`tokens[model=gpt-4o]`, the rest `tokens[rest]`), or `-` for the
-    /// invoice's minimum.
+    /// invoice's minimum; followed by its part of the period, `[from, to)`, where a
+    /// price changes inside the period.
     pub fn label(&self) -> String {
+        let what = self.what();
+        match (self.from, self.to) {
+            (Some(from), Some(to)) => format!(
+                "{what} [{}, {})",
+                serde_fmt::rfc3339(from),
+                serde_fmt::rfc3339(to)
+            ),
+            _ => what,
+        }
+    }
+
+    fn what(&self) -> String {
         match (&self.service, &self.meter) {
             (Some(s), _) => s.clone(),
             (None, Some(m)) if self.dimensions.is_empty() && self.rest => format!("{m}[rest]"),
@@ -366,7 +392,7 @@ impl InvoiceLine {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Invoice {
     /// The customer.
-    pub customer_id: String,
+    pub customer_id: CustomerId,
     /// First instant of the period.
     #[serde(serialize_with = "serde_fmt::instant")]
     pub period_start: DateTime<Utc>,
@@ -428,7 +454,7 @@ pub(crate) fn stats_of(
     let total = tally_core::exact_sum(values.iter().copied())?;
     let count = values.len() as i64;
     Ok(Stats {
-        customer_id: customer.to_string(),
+        customer_id: customer.clone(),
         service: service.to_string(),
         over,
         from: window.from(),

@@ -3,7 +3,7 @@
 //! on a quarter hour (every zone's bucket edges today), and from raw events only for
 //! other sub-hour edges.
 
-use std::collections::{BTreeMap, HashMap, HashSet, hash_map::Entry};
+use std::collections::{HashMap, HashSet, hash_map::Entry};
 
 use chrono::{DateTime, Duration, Utc};
 use tally_core::{QuarterPiece, Service, TimeRange, Totals};
@@ -185,20 +185,6 @@ pub(crate) async fn totals(
     }
     for row in store.raw_totals(who, services, &edges).await? {
         add((row.bucket, row.service), row.totals)?;
-    }
-    Ok(out)
-}
-
-/// Totals keyed by service index only (one label).
-pub(crate) fn by_service(totals: HashMap<Key, Totals>) -> Result<BTreeMap<usize, Totals>> {
-    let mut out: BTreeMap<usize, Totals> = BTreeMap::new();
-    for ((_, service), t) in totals {
-        match out.get_mut(&service) {
-            Some(a) => a.merge(t)?,
-            None => {
-                out.insert(service, t);
-            }
-        }
     }
     Ok(out)
 }

@@ -66,7 +66,7 @@ pub use meter::{
 };
 pub use pricing::{
     Charge, Line, MONEY_SCALE, MeterPrice, MeterPrices, Metered, Price, PriceBook, PriceModel,
-    PriceVersion, Rounding, Tier, currency_exponent, is_iso_4217, round_money, round_to,
+    PriceVersion, Rounding, Tier, currency_exponent, is_iso_4217, round_money, round_to, share_of,
 };
 pub use progress::Progress;
 pub use quantity::Quantity;

@@ -45,6 +45,14 @@ pub fn instant<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error
     s.collect_str(&rfc3339(*t))
 }
 
+/// An optional instant as RFC 3339 in UTC (with `skip_serializing_if = "Option::is_none"`).
+pub fn opt_instant<S: Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => instant(t, s),
+        None => s.serialize_none(),
+    }
+}
+
 /// A month as `YYYY-MM`.
 pub fn months<S: Serializer>(months: &[NaiveDate], s: S) -> Result<S::Ok, S::Error> {
     s.collect_seq(months.iter().map(|m| m.format("%Y-%m").to_string()))

@@ -60,15 +60,13 @@ impl<'a> FromSql<'a> for Numeric {
         if sign == 0x4000 {
             mantissa = -mantissa;
         }
-        let mut d = Decimal::try_from_i128_with_scale(mantissa, scale).map_err(|_| {
+        let d = Decimal::try_from_i128_with_scale(mantissa, scale).map_err(|_| {
             "numeric: a value beyond what Tally reads exactly (at 15 fractional digits, \
              totals up to 79228162514264.337593543950335)"
         })?;
-        // Keep the value's display scale, as PostgreSQL prints it.
-        if scale < dscale && dscale <= Decimal::MAX_SCALE {
-            d.rescale(dscale);
-        }
-        Ok(Numeric(d))
+        // Without the column's trailing zeros: a quantity stored as numeric(28,15)
+        // prints `0.9765625`, not `0.976562500000000` (issue 26). The value is the same.
+        Ok(Numeric(d.normalize()))
     }
 
     fn accepts(ty: &Type) -> bool {
@@ -83,14 +81,30 @@ mod tests {
 
     use super::*;
 
-    /// Encodes with rust_decimal's `ToSql`, decodes with both decoders.
+    /// Encodes with rust_decimal's `ToSql`, decodes with both decoders: the same value,
+    /// ours without trailing zeros.
     fn round_trip(d: Decimal) {
         let mut buf = BytesMut::new();
         d.to_sql(&Type::NUMERIC, &mut buf).unwrap();
         let ours = Numeric::from_sql(&Type::NUMERIC, &buf).unwrap().0;
         let theirs = Decimal::from_sql(&Type::NUMERIC, &buf).unwrap();
         assert_eq!(ours, theirs, "{d}");
-        assert_eq!(ours.to_string(), theirs.to_string(), "{d}");
+        assert_eq!(ours.to_string(), theirs.normalize().to_string(), "{d}");
+    }
+
+    #[test]
+    fn a_column_scale_adds_no_trailing_zeros() {
+        // numeric(28,15)'s 0.9765625, as PostgreSQL sends it: display scale 15.
+        let mut buf = BytesMut::new();
+        Decimal::new(976_562_500_000_000, 15)
+            .to_sql(&Type::NUMERIC, &mut buf)
+            .unwrap();
+        let d = Numeric::from_sql(&Type::NUMERIC, &buf).unwrap().0;
+        assert_eq!(d.to_string(), "0.9765625");
+        assert_eq!(
+            format!("{}", Decimal::from_sql(&Type::NUMERIC, &buf).unwrap()),
+            "0.976562500000000"
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 use super::{Price, check_non_negative, currency_exponent, is_iso_4217};
-use crate::{BuiltIn, Error, Result, Service};
+use crate::{BuiltIn, Error, Result, Service, TimeRange};
 
 /// A price in force from an instant on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -274,6 +274,41 @@ impl PriceBook {
         Ok(())
     }
 
+    /// `range` cut where a price of `service` starts inside it, each part with the
+    /// price in force over it (`None` before the service's first version): the parts
+    /// an invoice and an export price separately (docs/pricing.md, "A price that
+    /// changes inside a period"). One part when no version starts inside the range.
+    pub fn parts(&self, service: &Service, range: TimeRange) -> Vec<(TimeRange, Option<&Price>)> {
+        let starts = self
+            .services
+            .get(service.as_str())
+            .into_iter()
+            .flatten()
+            .map(|v| v.effective_from);
+        cut(range, starts)
+            .into_iter()
+            .map(|part| (part, self.price_at(service, part.from())))
+            .collect()
+    }
+
+    /// `range` cut where a meter's price starts inside it, each part with the meter
+    /// prices in force over it.
+    pub fn meter_parts(&self, range: TimeRange) -> Vec<(TimeRange, Vec<MeterPrices<'_>>)> {
+        cut(range, self.meters.iter().map(|m| m.effective_from))
+            .into_iter()
+            .map(|part| (part, self.meter_prices_at(part.from())))
+            .collect()
+    }
+
+    /// `range` cut at every instant inside it where any price of the book starts:
+    /// each of [`PriceBook::parts`]' and [`PriceBook::meter_parts`]' parts is a run of
+    /// these pieces.
+    pub fn pieces(&self, range: TimeRange) -> Vec<TimeRange> {
+        let services = self.services.values().flatten().map(|v| v.effective_from);
+        let meters = self.meters.iter().map(|m| m.effective_from);
+        cut(range, services.chain(meters))
+    }
+
     /// The price of `service` in force at `t`, if any.
     pub fn price_at(&self, service: &Service, t: DateTime<Utc>) -> Option<&Price> {
         self.services
@@ -283,4 +318,34 @@ impl PriceBook {
             .max_by_key(|v| v.effective_from)
             .map(|v| &v.price)
     }
+}
+
+/// `range` cut at each of `starts` strictly inside it, in order.
+fn cut(range: TimeRange, starts: impl Iterator<Item = DateTime<Utc>>) -> Vec<TimeRange> {
+    let mut at: Vec<DateTime<Utc>> = starts
+        .filter(|t| range.from() < *t && *t < range.to())
+        .collect();
+    at.sort_unstable();
+    at.dedup();
+    let mut from = range.from();
+    let mut out = Vec::with_capacity(at.len() + 1);
+    for t in at.into_iter().chain(std::iter::once(range.to())) {
+        // Both ends are inside a valid range, in order: never refused.
+        if let Ok(part) = TimeRange::new(from, t) {
+            out.push(part);
+        }
+        from = t;
+    }
+    out
+}
+
+/// `part`'s share of `whole` by duration, exact to the microsecond (1 for the whole).
+pub fn share_of(part: TimeRange, whole: TimeRange) -> Decimal {
+    let us = |r: TimeRange| (r.to() - r.from()).num_microseconds().unwrap_or(i64::MAX);
+    if part == whole {
+        return Decimal::ONE;
+    }
+    Decimal::from(us(part))
+        .checked_div(Decimal::from(us(whole)))
+        .unwrap_or(Decimal::ONE)
 }

@@ -251,6 +251,19 @@ impl Price {
         Ok(Charge { line, true_up, cap })
     }
 
+    /// This price over a part of a period (`share` of its length, from
+    /// [`share_of`](crate::share_of)): its minimum and maximum scaled by the
+    /// share, the rest as it is (the allowance and the tiers apply to the part's usage
+    /// in full, as Lago bills the two halves of a plan change).
+    pub fn for_share(&self, share: Decimal) -> Price {
+        let mut p = self.clone();
+        if share != Decimal::ONE {
+            p.minimum = p.minimum.map(|m| m.checked_mul(share).unwrap_or(m));
+            p.maximum = p.maximum.map(|m| m.checked_mul(share).unwrap_or(m));
+        }
+        p
+    }
+
     /// The per-unit price, where the model has one (for reports).
     pub fn unit_price(&self) -> Option<Decimal> {
         match &self.model {

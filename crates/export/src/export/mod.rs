@@ -96,9 +96,10 @@ pub struct ServiceTotal {
     pub quantity: Decimal,
     /// The service's unit.
     pub unit: String,
-    /// What it costs for the range, priced like an invoice (tiers, allowances; the
-    /// price in force at the range's start) per customer from the rows exported, and
-    /// added up: each customer's line is rounded once, then the lines are added.
+    /// What it costs for the range, priced as each customer's invoice for the range
+    /// prices it (tiers, allowances, true-up and cap; each part of the range at the
+    /// price in force then) from the rows exported, and added up: each customer's
+    /// charges are rounded to the minor unit, then added.
     #[serde(serialize_with = "serde_fmt::money")]
     pub cost: Decimal,
 }
@@ -110,7 +111,12 @@ pub struct ExportReport {
     pub rows: u64,
     /// Per service.
     pub services: BTreeMap<String, ServiceTotal>,
-    /// Sum of the service costs.
+    /// What customers whose charges are below the price book's minimum pay on top
+    /// (their invoices' minimum lines), added up.
+    #[serde(serialize_with = "serde_fmt::money")]
+    pub minimum: Decimal,
+    /// The service costs and the minimum: the sum of the exported customers'
+    /// invoice totals for the range (each rounded to the minor unit, then added).
     #[serde(serialize_with = "serde_fmt::money")]
     pub total_cost: Decimal,
     /// Usage sheets (XLSX only).
@@ -231,7 +237,7 @@ impl Exporter {
         let pricer = Pricer {
             catalog,
             prices: self.analytics.prices().clone(),
-            at: filter.range.from(),
+            range: filter.range,
             services: HashMap::new(),
         };
         let writer = match format {
@@ -274,13 +280,14 @@ impl Exporter {
         let mut report = ExportReport {
             rows: running.rows,
             services: running.services,
+            minimum: running.minimum,
             total_cost: Decimal::ZERO,
             sheets: 0,
         };
         report.total_cost = report
             .services
             .values()
-            .try_fold(Decimal::ZERO, |a, t| add_exact(a, t.cost, COST))?;
+            .try_fold(running.minimum, |a, t| add_exact(a, t.cost, COST))?;
         // Phase 3, blocking: the summary and the chart, then close.
         let daily = running.daily;
         let report = tokio::task::spawn_blocking(move || finish(writer, &head, report, &daily))

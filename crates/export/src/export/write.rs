@@ -188,6 +188,9 @@ fn csv_error(e: csv::Error) -> std::io::Error {
     }
 }
 
+/// How an export's costs add up, said where they are shown.
+const ROUNDING: &str = "costs are each customer's invoice for the range (each part of it at the price in force then), rounded to the currency's minor unit, then added";
+
 pub(super) fn finish(
     writer: Writer,
     head: &Head,
@@ -205,8 +208,10 @@ pub(super) fn finish(
             let summary = serde_json::json!({
                 "total_events": report.rows,
                 "total_cost": serde_fmt::money_text(report.total_cost),
+                "minimum": serde_fmt::money_text(report.minimum),
                 "services": report.services.keys().collect::<Vec<_>>(),
                 "per_service": report.services,
+                "rounding": ROUNDING,
             });
             write!(w, "],\"summary\":{summary}}}").map_err(io("writing JSON"))?;
             w.flush().map_err(io("writing JSON"))?;
@@ -319,6 +324,14 @@ fn summary_sheets(
         ws.write_number_with_format(r, 4, t.cost.to_f64().unwrap_or_default(), &money)
             .map_err(xlsx_error)?;
     }
+    if !report.minimum.is_zero() {
+        r += 1;
+        ws.write_string(r, 0, "minimum").map_err(xlsx_error)?;
+        ws.write_string(r, 1, "price book minimum, for customers below it")
+            .map_err(xlsx_error)?;
+        ws.write_number_with_format(r, 4, report.minimum.to_f64().unwrap_or_default(), &money)
+            .map_err(xlsx_error)?;
+    }
     r += 1;
     ws.write_string_with_format(r, 0, "total", &bold)
         .map_err(xlsx_error)?;
@@ -326,6 +339,8 @@ fn summary_sheets(
         .map_err(xlsx_error)?;
     ws.write_number_with_format(r, 4, report.total_cost.to_f64().unwrap_or_default(), &money)
         .map_err(xlsx_error)?;
+    r += 1;
+    ws.write_string(r, 0, ROUNDING).map_err(xlsx_error)?;
     for (col, width) in [(0, 14), (1, 40), (2, 12), (3, 18), (4, 14)] {
         ws.set_column_width(col, width).map_err(xlsx_error)?;
     }

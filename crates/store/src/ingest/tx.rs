@@ -348,8 +348,9 @@ impl IngestTx {
             .try_get(0)
             .map_err(Error::db("reading the batch result"))?;
         let quantity: Decimal = row
-            .try_get(1)
-            .map_err(Error::db("reading the batch result"))?;
+            .try_get::<_, crate::numeric::Numeric>(1)
+            .map_err(Error::db("reading the batch result"))?
+            .0;
         Ok(Applied {
             inserted: u64::try_from(inserted).unwrap_or_default(),
             quantity,
