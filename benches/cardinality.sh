@@ -38,7 +38,7 @@ for i in range(rows):
     print(f"{uuid.UUID(int=i + 1)},cust-{c:07d},api,{1 + i % 7}.25,2025-02-{day + 1:02d}T{h:02d}:{m:02d}:00Z")
 PY
   DATABASE_URL=$url "$bin/tally" migrate >/dev/null
-  DATABASE_URL=$url "$bin/tally" import --format csv "$work/events.csv" >/dev/null
+  DATABASE_URL=$url "$bin/tally" import --input csv "$work/events.csv" >/dev/null
   echo "customers=$customers rows=$(psql -At "$url" -c 'SELECT count(*) FROM usage_events')"
   measure "customers=$customers psql_copy_csv" bash -c \
     "psql -At '$url' -c 'COPY (SELECT recorded_at, customer_id, service, quantity, metadata, event_id FROM usage_events) TO STDOUT (FORMAT csv, HEADER)' > '$work/psql.csv'"

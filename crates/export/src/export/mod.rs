@@ -239,6 +239,7 @@ impl Exporter {
             prices: self.analytics.prices().clone(),
             range: filter.range,
             services: HashMap::new(),
+            unused: None,
         };
         let writer = match format {
             ExportFormat::Csv => Writer::Csv(Box::new(

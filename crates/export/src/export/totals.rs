@@ -6,7 +6,7 @@ use std::{
     sync::Arc,
 };
 
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::NaiveDate;
 use rust_decimal::Decimal;
 use tally_core::{Catalog, Metered, Price, PriceBook, TimeRange, add_exact, round_to, share_of};
 use tally_store::{Result, StoredEvent};
@@ -21,7 +21,7 @@ pub(super) struct Running {
     pub(super) minimum: Decimal,
     pub(super) customer: Option<String>,
     // The current customer's use per service and part of the range.
-    pub(super) usage: BTreeMap<(String, usize), Metered>,
+    pub(super) usage: BTreeMap<String, BTreeMap<usize, Metered>>,
 }
 
 pub(super) const QUANTITY: &str = "an export's quantities";
@@ -43,30 +43,30 @@ impl Running {
     pub(super) fn add(
         &mut self,
         e: &StoredEvent,
-        unit: &str,
+        row: &RowPrice,
         daily: bool,
         pricer: &mut Pricer,
     ) -> Result<()> {
+        let (unit, part) = (&*row.unit, row.part);
         if self.customer.as_deref() != Some(e.customer_id.as_str()) {
             self.close_customer(pricer)?;
             self.customer = Some(e.customer_id.clone());
         }
-        let part = pricer.part_of(&e.service, e.recorded_at);
-        let key = (e.service.clone(), part);
-        let used = match self.usage.get_mut(&key) {
-            Some(u) => u,
-            None => self.usage.entry(key).or_insert_with(|| Metered {
-                per_event: pricer.needs_events(&e.service, part).then(Vec::new),
-                ..Metered::new(Decimal::ZERO, 0)
-            }),
+        // Look up before inserting: a row allocates only for a key seen first.
+        let parts = match self.usage.get_mut(&e.service) {
+            Some(p) => p,
+            None => self.usage.entry(e.service.clone()).or_default(),
         };
+        let used = parts.entry(part).or_insert_with(|| Metered {
+            per_event: pricer.needs_events(&e.service, part).then(Vec::new),
+            ..Metered::new(Decimal::ZERO, 0)
+        });
         used.quantity = add_exact(used.quantity, e.quantity, QUANTITY)?;
         used.events += 1;
         if let Some(each) = &mut used.per_event {
             each.push(e.quantity);
         }
         self.rows += 1;
-        // Look up before inserting: a row allocates only for a key seen first.
         let t = self.total_of(&e.service, unit);
         t.events += 1;
         t.quantity = add_exact(t.quantity, e.quantity, QUANTITY)?;
@@ -102,36 +102,30 @@ impl Running {
             return Ok(());
         }
         let usage = std::mem::take(&mut self.usage);
-        let mut names: std::collections::BTreeSet<String> =
-            usage.keys().map(|(s, _)| s.clone()).collect();
-        names.extend(pricer.prices.services.keys().cloned());
         let mut total = Decimal::ZERO;
-        for name in names {
-            let Some(known) = pricer.service(&name) else {
+        for (name, parts) in &usage {
+            let Some(known) = pricer.service(name) else {
                 continue; // not in the catalogue: no price, no cost
             };
-            for (i, (part, price)) in known.parts.iter().enumerate() {
-                let used = usage.get(&(name.clone(), i));
-                let Some(price) = price else {
+            for (i, used) in parts {
+                let Some((part, Some(price))) = known.parts.get(*i) else {
                     continue; // used without a price: at zero
                 };
-                let price = price.for_share(share_of(*part, pricer.range));
-                let unused = Metered {
-                    per_event: price.needs_events().then(Vec::new),
-                    ..Metered::new(Decimal::ZERO, 0)
-                };
-                let charge = price.charge(used.unwrap_or(&unused), pricer.prices.exponent())?;
-                if used.is_none() && charge.line.amount.is_zero() && charge.true_up.is_none() {
-                    continue; // nothing used, nothing charged
-                }
-                let mut amount = charge.line.amount;
-                for extra in [charge.true_up, charge.cap].into_iter().flatten() {
-                    amount = add_exact(amount, extra, COST)?;
-                }
-                let t = self.total_of(&name, &known.unit);
+                let amount = pricer.charge(*part, price, Some(used))?.unwrap_or_default();
+                let t = self.total_of(name, &known.unit);
                 t.cost = add_exact(t.cost, amount, COST)?;
                 total = add_exact(total, amount, COST)?;
             }
+        }
+        // What a service charges unused (a minimum, a flat fee at zero), for the
+        // parts this customer did not use.
+        for (name, i, unit, amount) in pricer.unused_charges()?.iter() {
+            if usage.get(name).is_some_and(|p| p.contains_key(i)) {
+                continue;
+            }
+            let t = self.total_of(name, unit);
+            t.cost = add_exact(t.cost, *amount, COST)?;
+            total = add_exact(total, *amount, COST)?;
         }
         let exponent = pricer.prices.exponent();
         if let Some(min) = pricer.prices.minimum.map(|m| round_to(m, exponent))
@@ -163,9 +157,74 @@ pub(super) struct Pricer {
     pub(super) range: TimeRange,
     // Per service name, looked up once: None for a name the catalogue does not know.
     pub(super) services: HashMap<String, Option<Known>>,
+    // What each priced service's parts charge unused (service, part, unit, amount):
+    // the same for every customer, so computed once.
+    pub(super) unused: Option<Arc<[UnusedCharge]>>,
 }
 
+/// What the pricer says of one row.
+pub(super) struct RowPrice {
+    pub(super) unit: Arc<str>,
+    pub(super) unit_price: Option<Decimal>,
+    pub(super) cost: Option<Decimal>,
+    /// The part of the range (of its service's price) it falls in.
+    pub(super) part: usize,
+}
+
+/// A part of a service's range that charges even unused: (service, part, unit, amount).
+pub(super) type UnusedCharge = (String, usize, Arc<str>, Decimal);
+
 impl Pricer {
+    /// What `price` charges for `part` of the range on `used` (nothing used: `None`),
+    /// as the invoice's lines for it add up: the usage line, its true-up and its cap,
+    /// the minimum and maximum prorated by the part's share. `None` when nothing is
+    /// used and nothing charged.
+    pub(super) fn charge(
+        &self,
+        part: TimeRange,
+        price: &Price,
+        used: Option<&Metered>,
+    ) -> Result<Option<Decimal>> {
+        let price = price.for_share(share_of(part, self.range));
+        let unused = Metered {
+            per_event: price.needs_events().then(Vec::new),
+            ..Metered::new(Decimal::ZERO, 0)
+        };
+        let charge = price.charge(used.unwrap_or(&unused), self.prices.exponent())?;
+        if used.is_none() && charge.line.amount.is_zero() && charge.true_up.is_none() {
+            return Ok(None); // nothing used, nothing charged
+        }
+        let mut amount = charge.line.amount;
+        for extra in [charge.true_up, charge.cap].into_iter().flatten() {
+            amount = add_exact(amount, extra, COST)?;
+        }
+        Ok(Some(amount))
+    }
+
+    /// Every part of every priced service that charges unused.
+    pub(super) fn unused_charges(&mut self) -> Result<Arc<[UnusedCharge]>> {
+        if let Some(u) = &self.unused {
+            return Ok(u.clone());
+        }
+        let names: Vec<String> = self.prices.services.keys().cloned().collect();
+        let mut out = Vec::new();
+        for name in names {
+            let Some(known) = self.service(&name) else {
+                continue;
+            };
+            for (i, (part, price)) in known.parts.iter().enumerate() {
+                if let Some(price) = price
+                    && let Some(amount) = self.charge(*part, price, None)?
+                {
+                    out.push((name.clone(), i, known.unit.clone(), amount));
+                }
+            }
+        }
+        let out: Arc<[UnusedCharge]> = out.into();
+        self.unused = Some(out.clone());
+        Ok(out)
+    }
+
     pub(super) fn service(&mut self, name: &str) -> Option<Known> {
         match self.services.get(name) {
             Some(k) => k.clone(),
@@ -185,13 +244,6 @@ impl Pricer {
         }
     }
 
-    /// Which part of the range `at` falls in, for `service`.
-    pub(super) fn part_of(&mut self, service: &str, at: DateTime<Utc>) -> usize {
-        self.service(service)
-            .and_then(|k| k.parts.iter().position(|(r, _)| r.contains(at)))
-            .unwrap_or(0)
-    }
-
     /// Whether the price of `service` over part `part` needs each event's quantity.
     pub(super) fn needs_events(&mut self, service: &str, part: usize) -> bool {
         self.service(service)
@@ -203,23 +255,35 @@ impl Pricer {
             .unwrap_or(false)
     }
 
-    /// (unit, unit price, cost) of one row, at the price in force at its instant.
-    pub(super) fn price(
-        &mut self,
-        e: &StoredEvent,
-    ) -> (Arc<str>, Option<Decimal>, Option<Decimal>) {
+    /// One row's unit, unit price and cost at the price in force at its instant, and
+    /// the part of the range it falls in.
+    pub(super) fn price(&mut self, e: &StoredEvent) -> RowPrice {
         let Some(known) = self.service(&e.service) else {
-            return (Arc::from(""), None, None);
+            return RowPrice {
+                unit: Arc::from(""),
+                unit_price: None,
+                cost: None,
+                part: 0,
+            };
         };
-        let unit_price = known
+        let part = known
             .parts
             .iter()
-            .find(|(r, _)| r.contains(e.recorded_at))
+            .position(|(r, _)| r.contains(e.recorded_at))
+            .unwrap_or(0);
+        let unit_price = known
+            .parts
+            .get(part)
             .and_then(|(_, p)| p.as_ref())
             .and_then(Price::unit_price);
         let cost = unit_price
             .and_then(|p| p.checked_mul(e.quantity))
             .map(|c| c.normalize());
-        (known.unit, unit_price, cost)
+        RowPrice {
+            unit: known.unit,
+            unit_price,
+            cost,
+            part,
+        }
     }
 }

@@ -68,7 +68,8 @@ pub(super) fn write_rows(
     }
     while let Some(chunk) = rows.blocking_recv() {
         for e in chunk? {
-            let (unit, unit_price, cost) = pricer.price(&e);
+            let row = pricer.price(&e);
+            let (unit, unit_price, cost) = (&*row.unit, row.unit_price, row.cost);
             match &mut writer {
                 Writer::Csv(w) => w
                     .write_record([
@@ -76,7 +77,7 @@ pub(super) fn write_rows(
                         &e.customer_id,
                         &e.service,
                         &e.quantity.normalize().to_string(),
-                        &unit,
+                        unit,
                         &text(unit_price),
                         &text(cost),
                         &e.metadata,
@@ -94,7 +95,7 @@ pub(super) fn write_rows(
                         customer_id: &e.customer_id,
                         service: &e.service,
                         quantity: e.quantity.normalize().to_string(),
-                        unit: &unit,
+                        unit,
                         unit_price: unit_price.map(|p| p.normalize().to_string()),
                         cost: cost.map(|c| c.normalize().to_string()),
                         recorded_at: serde_fmt::rfc3339(e.recorded_at),
@@ -148,7 +149,7 @@ pub(super) fn write_rows(
                         ws.write_number_with_format(r, 3, q, &number)
                             .map_err(xlsx_error)?;
                     }
-                    ws.write_string(r, 4, &*unit).map_err(xlsx_error)?;
+                    ws.write_string(r, 4, unit).map_err(xlsx_error)?;
                     if let Some(p) = unit_price.and_then(|p| p.to_f64()) {
                         ws.write_number_with_format(r, 5, p, &number)
                             .map_err(xlsx_error)?;
@@ -166,12 +167,7 @@ pub(super) fn write_rows(
                     *row += 1;
                 }
             }
-            running.add(
-                &e,
-                &unit,
-                matches!(writer, Writer::Xlsx { .. }),
-                &mut pricer,
-            )?;
+            running.add(&e, &row, matches!(writer, Writer::Xlsx { .. }), &mut pricer)?;
         }
         if let Some(p) = &progress {
             p(running.rows);
