@@ -428,17 +428,15 @@ impl Analytics {
             {
                 let used = used.as_ref();
                 let quantity = used.map_or(Decimal::ZERO, |t| t.quantity);
-                let line = |kind, quantity, billable_quantity, amount| InvoiceLine {
+                let of = LineOf {
                     service: Some(s.to_string()),
                     meter: None,
                     dimensions: BTreeMap::new(),
                     rest: false,
-                    kind,
-                    from: split.then_some(part.from()),
-                    to: split.then_some(part.to()),
-                    quantity,
-                    billable_quantity,
-                    amount,
+                    part: split.then_some(part),
+                };
+                let line = |kind, quantity, billable_quantity, amount| {
+                    of.line(kind, quantity, billable_quantity, amount)
                 };
                 let Some(price) = price else {
                     // Used, but without a price: listed, at zero.
@@ -458,7 +456,7 @@ impl Analytics {
                 if used.is_none() && charge.line.amount.is_zero() && charge.true_up.is_none() {
                     continue; // nothing used, nothing charged
                 }
-                push_charge(&mut lines, &charge, line);
+                push_charge(&mut lines, &charge, &of);
             }
         }
         lines.extend(self.meter_lines(customer, period).await?);
@@ -536,19 +534,14 @@ impl Analytics {
                     if used.is_none() && charge.line.amount.is_zero() && charge.true_up.is_none() {
                         continue; // nothing used, nothing charged
                     }
-                    let line = |kind, quantity, billable_quantity, amount| InvoiceLine {
+                    let of = LineOf {
                         service: None,
                         meter: Some(priced.meter.to_owned()),
-                        dimensions: dimensions.clone(),
+                        dimensions,
                         rest,
-                        kind,
-                        from: split.then_some(part.from()),
-                        to: split.then_some(part.to()),
-                        quantity,
-                        billable_quantity,
-                        amount,
+                        part: split.then_some(part),
                     };
-                    push_charge(&mut lines, &charge, line);
+                    push_charge(&mut lines, &charge, &of);
                 }
             }
         }
@@ -556,23 +549,52 @@ impl Analytics {
     }
 }
 
+/// What an invoice line is for: a service or a meter's combination, and its part of
+/// the period where a price changes inside it.
+struct LineOf {
+    service: Option<String>,
+    meter: Option<String>,
+    dimensions: BTreeMap<String, String>,
+    rest: bool,
+    part: Option<TimeRange>,
+}
+
+impl LineOf {
+    fn line(
+        &self,
+        kind: LineKind,
+        quantity: Decimal,
+        billable_quantity: Decimal,
+        amount: Decimal,
+    ) -> InvoiceLine {
+        InvoiceLine {
+            service: self.service.clone(),
+            meter: self.meter.clone(),
+            dimensions: self.dimensions.clone(),
+            rest: self.rest,
+            kind,
+            from: self.part.map(|p| p.from()),
+            to: self.part.map(|p| p.to()),
+            quantity,
+            billable_quantity,
+            amount,
+        }
+    }
+}
+
 /// A charge's lines: its usage line, then its true-up and cap lines where it has them.
-fn push_charge(
-    lines: &mut Vec<InvoiceLine>,
-    charge: &tally_core::Charge,
-    line: impl Fn(LineKind, Decimal, Decimal, Decimal) -> InvoiceLine,
-) {
-    lines.push(line(
+fn push_charge(lines: &mut Vec<InvoiceLine>, charge: &tally_core::Charge, of: &LineOf) {
+    lines.push(of.line(
         LineKind::Usage,
         charge.line.quantity,
         charge.line.billable_quantity,
         charge.line.amount,
     ));
     if let Some(up) = charge.true_up {
-        lines.push(line(LineKind::TrueUp, Decimal::ZERO, Decimal::ZERO, up));
+        lines.push(of.line(LineKind::TrueUp, Decimal::ZERO, Decimal::ZERO, up));
     }
     if let Some(cap) = charge.cap {
-        lines.push(line(LineKind::Cap, Decimal::ZERO, Decimal::ZERO, cap));
+        lines.push(of.line(LineKind::Cap, Decimal::ZERO, Decimal::ZERO, cap));
     }
 }
 
