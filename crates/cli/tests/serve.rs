@@ -899,3 +899,24 @@ async fn concurrent_requests_share_a_transaction_and_a_bad_one_refuses_only_itse
     assert_eq!(total["data"][0]["value"], json!(want), "{total}");
     assert_eq!(metric(&s, "tally_events_accepted_total"), 202);
 }
+
+/// docs/http.md's 503 row: a database that goes away is "unavailable", for ingest,
+/// reads and `/healthz` alike (a retry later succeeds; nothing was acknowledged).
+#[tokio::test]
+async fn a_database_that_goes_away_is_503_and_healthz_says_so() {
+    let cluster = tally_testdb::Cluster::private().unwrap();
+    let db = TestDb::new_on(&cluster).await.unwrap();
+    let s = Server::start(&db, &[]);
+    tokens_meter(&s);
+    assert_eq!(s.get("/healthz").status, 200);
+    cluster.stop();
+    assert_problem(&s.get("/healthz"), 503, &[]);
+    let one = event(
+        "gone",
+        "acme",
+        "2026-03-30T10:00:00Z",
+        json!({"tokens": 1, "model": "m"}),
+    );
+    assert_problem(&s.post("/api/v1/events", ONE, &one.to_string()), 503, &[]);
+    assert_problem(&s.get("/api/v1/meters/tokens/query"), 503, &[]);
+}
