@@ -704,6 +704,7 @@ async fn every_error_is_a_problem_naming_what_was_refused() {
         ("limit=101", "limit"),
         ("from=soon", "from"),
         ("ingestedAtFrom=2026-03-30T00:00:00Z", "ingestedAtFrom"),
+        ("customerId=", "customerId"),
         ("page=2", "query"),
     ] {
         let r = s.get(&format!("/api/v1/events?{q}"));

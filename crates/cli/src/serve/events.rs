@@ -183,10 +183,13 @@ pub(super) async fn list_events(State(app): State<App>, RawQuery(raw): RawQuery)
                 subject = Some(v.to_string());
                 Ok(())
             }
-            "customerId" => {
-                customers.push(v.to_string());
-                Ok(())
-            }
+            "customerId" => match tally::CustomerId::new(v.to_string()) {
+                Ok(c) => {
+                    customers.push(c.as_str().to_owned());
+                    Ok(())
+                }
+                Err(e) => Err(bad_request(&app, "customerId", &v, &e.to_string())),
+            },
             "id" => {
                 id = Some(v.to_string());
                 Ok(())

@@ -29,7 +29,7 @@ const MAX_WINDOWS: i64 = 100_000;
 
 /// A query's parameters as sent, before validation. `filterCustomerId` is read as
 /// `subject`: a Tally customer is its subject.
-#[derive(Default, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct Input {
     #[serde(default)]
@@ -52,7 +52,7 @@ struct Input {
 impl Input {
     /// From a URL's parameters (repeatable ones repeated; `filterGroupBy[k]=v` as
     /// OpenAPI's deepObject, or `filterGroupBy={…}` whole).
-    fn from_url(app: &App, raw: Option<&str>, only_range: bool) -> Result<Input, Response> {
+    fn from_url(raw: Option<&str>, only_range: bool) -> Result<Input, Refused> {
         let mut i = Input::default();
         for (k, v) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
             let v = v.into_owned();
@@ -67,13 +67,12 @@ impl Input {
                 "clientId" => i.client_id = Some(v),
                 "filterGroupBy" if !only_range => {
                     let object = filters::group_by_object(&v)
-                        .map_err(|reason| bad_request(app, "filterGroupBy", &v, &reason))?;
+                        .map_err(|reason| Refused::new("filterGroupBy", &v, &reason))?;
                     i.filter_group_by.extend(object);
                 }
                 "advancedMeterGroupByFilters" if !only_range => {
                     let value = serde_json::from_str(&v).map_err(|e| {
-                        bad_request(
-                            app,
+                        Refused::new(
                             "advancedMeterGroupByFilters",
                             &v,
                             &format!("is not JSON: {e}"),
@@ -89,8 +88,7 @@ impl Input {
                         i.filter_group_by.entry(dim.to_owned()).or_default().push(v);
                     }
                     _ => {
-                        return Err(bad_request(
-                            app,
+                        return Err(Refused::new(
                             "query",
                             k,
                             "is not a parameter of this request",
@@ -103,32 +101,54 @@ impl Input {
     }
 }
 
+/// A parameter refused: its name, its value and why (a 400 naming them).
+#[derive(Debug)]
+struct Refused {
+    field: String,
+    value: String,
+    reason: String,
+}
+
+impl Refused {
+    fn new(field: &str, value: &str, reason: &str) -> Refused {
+        Refused {
+            field: field.to_owned(),
+            value: value.to_owned(),
+            reason: reason.to_owned(),
+        }
+    }
+
+    fn answer(self, app: &App) -> Response {
+        bad_request(app, &self.field, &self.value, &self.reason)
+    }
+}
+
 /// A validated query, and whether the answer is CSV.
+#[derive(Debug)]
 pub(super) struct Params {
     pub(super) query: MeterQuery,
     csv: bool,
 }
 
-fn instant(app: &App, field: &str, v: &str) -> Result<DateTime<Utc>, Response> {
+fn instant(field: &str, v: &str) -> Result<DateTime<Utc>, Refused> {
     DateTime::parse_from_rfc3339(v)
         .map(|t| t.with_timezone(&Utc))
-        .map_err(|e| bad_request(app, field, v, &format!("is not an RFC 3339 instant: {e}")))
+        .map_err(|e| Refused::new(field, v, &format!("is not an RFC 3339 instant: {e}")))
 }
 
 /// `[from, to)`: `from` defaults to the Unix epoch, `to` to now rounded up to the
 /// next minute (OpenMeter answers up to now, truncated to the minute).
-fn range(app: &App, i: &Input, now: DateTime<Utc>) -> Result<TimeRange, Response> {
+fn range(i: &Input, now: DateTime<Utc>) -> Result<TimeRange, Refused> {
     let from = match &i.from {
-        Some(v) => instant(app, "from", v)?,
+        Some(v) => instant("from", v)?,
         None => DateTime::UNIX_EPOCH,
     };
     let to = match &i.to {
-        Some(v) => instant(app, "to", v)?,
+        Some(v) => instant("to", v)?,
         None => now.duration_trunc(Duration::minutes(1)).unwrap_or(now) + Duration::minutes(1),
     };
     TimeRange::new(from, to).map_err(|e| {
-        bad_request(
-            app,
+        Refused::new(
             "from",
             &from.to_rfc3339(),
             &tally::Error::from(e).to_string(),
@@ -136,20 +156,20 @@ fn range(app: &App, i: &Input, now: DateTime<Utc>) -> Result<TimeRange, Response
     })
 }
 
-fn build(app: &App, i: Input, headers: &HeaderMap) -> Result<Params, Response> {
+fn build(i: Input, headers: &HeaderMap) -> Result<Params, Refused> {
     let now = Utc::now();
-    let range = range(app, &i, now)?;
-    let window =
-        match &i.window_size {
-            Some(v) => Some(v.parse::<WindowSize>().map_err(|e| {
-                bad_request(app, "windowSize", v, &tally::Error::from(e).to_string())
-            })?),
-            None => None,
-        };
+    let range = range(&i, now)?;
+    let window = match &i.window_size {
+        Some(v) => Some(
+            v.parse::<WindowSize>()
+                .map_err(|e| Refused::new("windowSize", v, &tally::Error::from(e).to_string()))?,
+        ),
+        None => None,
+    };
     let zone = match &i.window_time_zone {
         Some(v) => v
             .parse::<Zone>()
-            .map_err(|_| bad_request(app, "windowTimeZone", v, "is not an IANA zone"))?,
+            .map_err(|_| Refused::new("windowTimeZone", v, "is not an IANA zone"))?,
         None => Zone::UTC,
     };
     let per = match window {
@@ -160,8 +180,7 @@ fn build(app: &App, i: Input, headers: &HeaderMap) -> Result<Params, Response> {
     };
     let span = range.to() - range.from();
     if window.is_some() && span.num_seconds() / per.num_seconds().max(1) > MAX_WINDOWS {
-        return Err(bad_request(
-            app,
+        return Err(Refused::new(
             "windowSize",
             &format!("{window:?}"),
             &format!("the range would have more than {MAX_WINDOWS} windows; give a later from"),
@@ -176,8 +195,8 @@ fn build(app: &App, i: Input, headers: &HeaderMap) -> Result<Params, Response> {
         ("filterCustomerId", &i.filter_customer_id),
     ] {
         for s in ids {
-            let c = CustomerId::new(s.clone())
-                .map_err(|e| bad_request(app, field, s, &e.to_string()))?;
+            let c =
+                CustomerId::new(s.clone()).map_err(|e| Refused::new(field, s, &e.to_string()))?;
             q = q.customer(&c);
         }
     }
@@ -195,7 +214,7 @@ fn build(app: &App, i: Input, headers: &HeaderMap) -> Result<Params, Response> {
             } else {
                 format!("advancedMeterGroupByFilters.{at}")
             };
-            bad_request(app, &field, &adv.to_string(), &reason)
+            Refused::new(&field, &adv.to_string(), &reason)
         })?;
     }
     for (k, values) in &f.include {
@@ -225,11 +244,10 @@ pub(super) async fn query_meter(
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    let p =
-        match Input::from_url(&app, raw.as_deref(), false).and_then(|i| build(&app, i, &headers)) {
-            Ok(p) => p,
-            Err(r) => return r,
-        };
+    let p = match Input::from_url(raw.as_deref(), false).and_then(|i| build(i, &headers)) {
+        Ok(p) => p,
+        Err(r) => return r.answer(&app),
+    };
     answer(&app, &meter, &p).await
 }
 
@@ -255,9 +273,9 @@ pub(super) async fn query_meter_post(
             }
         }
     };
-    match build(&app, input, &headers) {
+    match build(input, &headers) {
         Ok(p) => answer(&app, &meter, &p).await,
-        Err(r) => r,
+        Err(r) => r.answer(&app),
     }
 }
 
@@ -361,9 +379,10 @@ async fn distinct(
     group: &str,
     raw: Option<&str>,
 ) -> Result<Vec<String>, Response> {
-    let input = Input::from_url(app, raw, true)?;
+    let input = Input::from_url(raw, true).map_err(|r| r.answer(app))?;
     let now = Utc::now();
-    let q = MeterQuery::new(range(app, &input, now)?, now).group_by(group);
+    let range = range(&input, now).map_err(|r| r.answer(app))?;
+    let q = MeterQuery::new(range, now).group_by(group);
     let r = app
         .tally
         .query_meter(meter, &q)
@@ -414,5 +433,65 @@ pub(super) async fn group_by_values(
     match distinct(&app, &meter, &key, raw.as_deref()).await {
         Ok(v) => axum::Json(v).into_response(),
         Err(r) => r,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[test]
+    fn the_sdks_parameters_read_into_one_query() {
+        let raw = "from=2026-03-01T00%3A00%3A00.000Z&windowSize=HOUR&windowTimeZone=Asia%2FKolkata\
+                   &subject=c1&subject=c2&filterGroupBy=%7B%27model%27%3A%20%27gpt-4o%27%7D&groupBy=model";
+        let p = build(
+            Input::from_url(Some(raw), false).unwrap(),
+            &HeaderMap::new(),
+        )
+        .unwrap();
+        assert_eq!(p.query.window, Some(WindowSize::Hour));
+        assert_eq!(p.query.customers.len(), 2);
+        assert_eq!(p.query.group_by, ["model"]);
+        assert_eq!(
+            p.query.filters.get("model"),
+            Some(&vec!["gpt-4o".to_owned()])
+        );
+        let e = Input::from_url(Some("from=2026"), false)
+            .and_then(|i| build(i, &HeaderMap::new()))
+            .unwrap_err();
+        assert_eq!(e.field, "from");
+        let e = Input::from_url(Some("bogus=1"), false).unwrap_err();
+        assert_eq!((e.field.as_str(), e.value.as_str()), ("query", "bogus"));
+    }
+
+    proptest! {
+        /// Any query string is read or refused with a reason, never a panic.
+        #[test]
+        fn the_query_string_parser_never_panics(
+            raw in "[a-zA-Z%=&\\[\\]{}':,\\-0-9TZ.+ ]{0,120}",
+            pairs in proptest::collection::vec(
+                (prop_oneof![
+                    Just("from"), Just("to"), Just("windowSize"), Just("windowTimeZone"),
+                    Just("subject"), Just("groupBy"), Just("filterGroupBy"),
+                    Just("filterGroupBy[m]"), Just("advancedMeterGroupByFilters"),
+                    Just("filterCustomerId"), Just("x"),
+                ], "\\PC{0,30}"),
+                0..6,
+            ),
+        ) {
+            for only_range in [false, true] {
+                if let Ok(i) = Input::from_url(Some(&raw), only_range) {
+                    let _ = build(i, &HeaderMap::new());
+                }
+            }
+            let text: String = form_urlencoded::Serializer::new(String::new())
+                .extend_pairs(pairs)
+                .finish();
+            if let Ok(i) = Input::from_url(Some(&text), false) {
+                let _ = build(i, &HeaderMap::new());
+            }
+        }
     }
 }
