@@ -271,7 +271,7 @@ pub async fn check_quarter_hours_after_upgrade(
     assert_eq!((v.events, v.mismatches), (901, 0));
     let r = tally::TimeRange::new(at("2026-05-03T18:30:00Z"), at("2026-05-05T18:30:00Z")).unwrap();
     let zone: tally::Zone = "Asia/Kolkata".parse().unwrap();
-    let expected: Vec<(i64, String)> = client
+    let expected: Vec<(i64, rust_decimal::Decimal)> = client
         .query(
             "SELECT count(*), sum(quantity)::text FROM usage_events
              WHERE recorded_at >= '2026-05-03T18:30:00Z' AND recorded_at < '2026-05-05T18:30:00Z'
@@ -282,13 +282,16 @@ pub async fn check_quarter_hours_after_upgrade(
         .await
         .unwrap()
         .iter()
-        .map(|row| (row.get(0), row.get(1)))
+        .map(|row| {
+            let sum: String = row.get(1);
+            (row.get(0), sum.parse().unwrap())
+        })
         .collect();
     client
         .batch_execute("DELETE FROM usage_events")
         .await
         .unwrap();
-    let got: Vec<(i64, String)> = tally
+    let got: Vec<(i64, rust_decimal::Decimal)> = tally
         .usage(r)
         .by(tally::Granularity::Day)
         .in_zone(zone)
@@ -296,7 +299,7 @@ pub async fn check_quarter_hours_after_upgrade(
         .unwrap()
         .buckets
         .iter()
-        .map(|b| (b.events, b.quantity.to_string()))
+        .map(|b| (b.events, b.quantity))
         .collect();
     assert_eq!(got, expected);
     assert_eq!(got.len(), 4);

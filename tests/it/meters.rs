@@ -593,6 +593,59 @@ async fn an_invoice_prices_each_combination_and_the_rest() {
     assert!(json["service"].is_null());
     assert_eq!(serde_json::to_value(&inv.lines[1]).unwrap()["rest"], true);
 
+    // gpt-4o's price doubles at 02:00 on the 30th (between acme's two gpt-4o events):
+    // its line splits there; the rest, o1 and users keep one line each (their prices
+    // did not change, and a unique count over two parts would count a user twice).
+    let changed = tally::pricing::PriceBook::from_json(
+        r#"{"currency": "USD", "services": {},
+            "meters": [
+              {"meter": "tokens", "where": {"model": "gpt-4o"}, "model": "per_unit", "unit_price": "0.000005"},
+              {"meter": "tokens", "where": {"model": "gpt-4o"}, "model": "per_unit", "unit_price": "0.00001",
+               "effective_from": "2026-03-30T02:00:00Z"},
+              {"meter": "tokens", "where": {"model": "o1"}, "model": "per_unit", "unit_price": "0.00006"},
+              {"meter": "tokens", "model": "per_unit", "unit_price": "0.000001"},
+              {"meter": "users", "model": "graduated", "tiers": [
+                 {"up_to": "2", "unit_price": "0"}, {"unit_price": "1.50"}]}
+            ]}"#,
+    )
+    .unwrap();
+    let t3 = tally::Tally::builder(db.url())
+        .prices(changed)
+        .build()
+        .await
+        .unwrap();
+    let inv = t3.invoice(&"acme".parse().unwrap(), march).await.unwrap();
+    let lines: Vec<(String, String, String)> = inv
+        .lines
+        .iter()
+        .map(|l| {
+            (
+                l.label(),
+                l.quantity.normalize().to_string(),
+                l.amount.to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        lines,
+        vec![
+            // 200k × 0.000005, then 100k × 0.00001.
+            s(
+                "tokens[model=gpt-4o] [2026-03-01T00:00:00Z, 2026-03-30T02:00:00Z)",
+                "200000",
+                "1.00"
+            ),
+            s(
+                "tokens[model=gpt-4o] [2026-03-30T02:00:00Z, 2026-04-01T00:00:00Z)",
+                "100000",
+                "1.00"
+            ),
+            s("tokens[rest]", "1500000", "1.50"),
+            s("users", "3", "1.50"),
+        ]
+    );
+    assert_eq!(inv.total_amount.to_string(), "5.00");
+
     // A price book naming a meter that does not exist is refused, naming it.
     let bad = tally::pricing::PriceBook::from_json(
         r#"{"currency": "USD", "services": {},

@@ -503,47 +503,31 @@ impl Analytics {
     ) -> Result<Vec<InvoiceLine>> {
         let exponent = self.prices.exponent();
         let mut lines = Vec::new();
-        let parts = self.prices.meter_parts(period);
-        let split = parts.len() > 1;
-        for (part, prices) in parts {
-            let share = share_of(part, period);
-            for priced in prices {
-                let whole = MeterQuery::new(part, period.to()).customer(customer);
-                let mut entries = Vec::new();
-                for (combination, price) in &priced.combinations {
-                    let mut q = whole.clone();
-                    for (k, v) in combination.iter() {
-                        q = q.filter(k, v);
-                    }
-                    entries.push(((*combination).clone(), false, *price, q));
-                }
-                if let Some(price) = priced.fallback {
-                    let mut q = whole.clone();
-                    for (combination, _) in &priced.combinations {
-                        q = q.exclude(combination);
-                    }
-                    let rest = !priced.combinations.is_empty();
-                    entries.push((BTreeMap::new(), rest, price, q));
-                }
-                for (dimensions, rest, price, q) in entries {
-                    let answer = self.store.query_meter(priced.meter, &q).await?;
-                    let used = answer.data.first().map(|row| row.value);
-                    let charge = price
-                        .for_share(share)
-                        .charge(&Metered::new(used.unwrap_or(Decimal::ZERO), 0), exponent)?;
-                    if used.is_none() && charge.line.amount.is_zero() && charge.true_up.is_none() {
-                        continue; // nothing used, nothing charged
-                    }
-                    let of = LineOf {
-                        service: None,
-                        meter: Some(priced.meter.to_owned()),
-                        dimensions,
-                        rest,
-                        part: split.then_some(part),
-                    };
-                    push_charge(&mut lines, &charge, &of);
-                }
+        for entry in self.prices.meter_parts(period) {
+            let mut q = MeterQuery::new(entry.range, period.to()).customer(customer);
+            for (k, v) in entry.filter {
+                q = q.filter(k, v);
             }
+            for combination in &entry.excluded {
+                q = q.exclude(combination);
+            }
+            let answer = self.store.query_meter(entry.meter, &q).await?;
+            let used = answer.data.first().map(|row| row.value);
+            let charge = entry
+                .price
+                .for_share(share_of(entry.range, period))
+                .charge(&Metered::new(used.unwrap_or(Decimal::ZERO), 0), exponent)?;
+            if used.is_none() && charge.line.amount.is_zero() && charge.true_up.is_none() {
+                continue; // nothing used, nothing charged
+            }
+            let of = LineOf {
+                service: None,
+                meter: Some(entry.meter.to_owned()),
+                dimensions: entry.filter.clone(),
+                rest: entry.filter.is_empty() && !entry.excluded.is_empty(),
+                part: entry.split.then_some(entry.range),
+            };
+            push_charge(&mut lines, &charge, &of);
         }
         Ok(lines)
     }

@@ -65,8 +65,9 @@ pub use meter::{
     MeterSpec, Payload, Reading, Sample, Value, WindowSize,
 };
 pub use pricing::{
-    Charge, Line, MONEY_SCALE, MeterPrice, MeterPrices, Metered, Price, PriceBook, PriceModel,
-    PriceVersion, Rounding, Tier, currency_exponent, is_iso_4217, round_money, round_to, share_of,
+    Charge, Line, MONEY_SCALE, MeterPart, MeterPrice, MeterPrices, Metered, Price, PriceBook,
+    PriceModel, PriceVersion, Rounding, Tier, currency_exponent, is_iso_4217, round_money,
+    round_to, share_of,
 };
 pub use progress::Progress;
 pub use quantity::Quantity;

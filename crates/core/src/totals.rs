@@ -45,9 +45,11 @@ pub fn add_exact(a: Decimal, b: Decimal, what: &'static str) -> Result<Decimal> 
     exact_add(a, b).ok_or(Error::Overflow { what })
 }
 
-/// `a + b` as a usage total: exact and at most [`Totals::MAX_QUANTITY`], or refused.
+/// `a + b` as a usage total: exact and at most [`Totals::MAX_QUANTITY`], or refused;
+/// without trailing zeros (a quantity, unlike money, has no display scale).
 fn add_total(a: Decimal, b: Decimal) -> Result<Decimal> {
     exact_add(a, b)
+        .map(|s| s.normalize())
         .filter(|s| s.abs() <= Totals::MAX_QUANTITY)
         .ok_or(Error::Overflow {
             what: "a usage total: the largest Tally sums exactly is 79228162514264.337593543950335",

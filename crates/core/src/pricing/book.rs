@@ -79,6 +79,28 @@ pub struct MeterPrices<'a> {
     pub fallback: Option<&'a Price>,
 }
 
+/// One priced part of a meter's entry ([`PriceBook::meter_parts`]): the meter's value
+/// over `range` for the events with the `filter` values (empty: the fallback, the
+/// events with none of `excluded`), priced by `price`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MeterPart<'a> {
+    /// The meter's slug.
+    pub meter: &'a str,
+    /// The dimension values priced; empty: the fallback.
+    pub filter: &'a BTreeMap<String, String>,
+    /// The price over this part.
+    pub price: &'a Price,
+    /// For the fallback: the combinations priced by the other entries over this part.
+    pub excluded: Vec<&'a BTreeMap<String, String>>,
+    /// The part of the range.
+    pub range: TimeRange,
+    /// Whether the entry's range is cut into parts (its lines then say which).
+    pub split: bool,
+}
+
+/// A meter's price entry: the meter and its `where`.
+type Entry<'a> = (&'a str, &'a BTreeMap<String, String>);
+
 fn default_currency() -> String {
     "USD".to_owned()
 }
@@ -291,22 +313,88 @@ impl PriceBook {
             .collect()
     }
 
-    /// `range` cut where a meter's price starts inside it, each part with the meter
-    /// prices in force over it.
-    pub fn meter_parts(&self, range: TimeRange) -> Vec<(TimeRange, Vec<MeterPrices<'_>>)> {
-        cut(range, self.meters.iter().map(|m| m.effective_from))
-            .into_iter()
-            .map(|part| (part, self.meter_prices_at(part.from())))
-            .collect()
+    /// What the meters' prices charge over `range`, entry by entry: each (meter,
+    /// `where`) cut only where a version of that entry starts inside the range, and
+    /// each meter's fallback also where a combination starts being priced (the events
+    /// left to it change there). A part before an entry's first version
+    /// has no price and is left out.
+    pub fn meter_parts(&self, range: TimeRange) -> Vec<MeterPart<'_>> {
+        let mut entries: BTreeMap<Entry<'_>, Vec<DateTime<Utc>>> = BTreeMap::new();
+        for m in &self.meters {
+            entries
+                .entry((m.meter.as_str(), &m.filter))
+                .or_default()
+                .push(m.effective_from);
+        }
+        let mut out = Vec::new();
+        for ((meter, filter), starts) in &entries {
+            let starts: Vec<DateTime<Utc>> = if filter.is_empty() {
+                // The fallback changes with its own versions, and where a combination
+                // starts being priced (its first version): the events left to it
+                // change there.
+                let firsts = entries
+                    .iter()
+                    .filter(|((m, f), _)| m == meter && !f.is_empty())
+                    .filter_map(|(_, s)| s.iter().min().copied());
+                starts.iter().copied().chain(firsts).collect()
+            } else {
+                starts.clone()
+            };
+            let parts = cut(range, starts.into_iter());
+            let split = parts.len() > 1;
+            for part in parts {
+                let Some(prices) = self
+                    .meter_prices_at(part.from())
+                    .into_iter()
+                    .find(|p| p.meter == *meter)
+                else {
+                    continue;
+                };
+                let price = if filter.is_empty() {
+                    prices.fallback
+                } else {
+                    prices
+                        .combinations
+                        .iter()
+                        .find(|(f, _)| f == filter)
+                        .map(|(_, p)| *p)
+                };
+                let Some(price) = price else {
+                    continue;
+                };
+                out.push(MeterPart {
+                    meter,
+                    filter,
+                    price,
+                    excluded: if filter.is_empty() {
+                        prices.combinations.iter().map(|(f, _)| *f).collect()
+                    } else {
+                        Vec::new()
+                    },
+                    range: part,
+                    split,
+                });
+            }
+        }
+        // Per meter, the combinations (in `where` order), then the fallback.
+        out.sort_by(|a, b| {
+            (a.meter, a.filter.is_empty(), a.filter, a.range.from()).cmp(&(
+                b.meter,
+                b.filter.is_empty(),
+                b.filter,
+                b.range.from(),
+            ))
+        });
+        out
     }
 
-    /// `range` cut at every instant inside it where any price of the book starts:
-    /// each of [`PriceBook::parts`]' and [`PriceBook::meter_parts`]' parts is a run of
-    /// these pieces.
+    /// `range` cut at every instant inside it where a service's price starts: each
+    /// of [`PriceBook::parts`]' parts is a run of these pieces.
     pub fn pieces(&self, range: TimeRange) -> Vec<TimeRange> {
-        let services = self.services.values().flatten().map(|v| v.effective_from);
-        let meters = self.meters.iter().map(|m| m.effective_from);
-        cut(range, services.chain(meters))
+        cut(
+            range,
+            self.services.values().flatten().map(|v| v.effective_from),
+        )
     }
 
     /// The price of `service` in force at `t`, if any.

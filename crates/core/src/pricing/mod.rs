@@ -17,7 +17,7 @@ mod price;
 #[cfg(test)]
 mod tests;
 
-pub use book::{MeterPrice, MeterPrices, PriceBook, PriceVersion, share_of};
+pub use book::{MeterPart, MeterPrice, MeterPrices, PriceBook, PriceVersion, share_of};
 
 /// Digits after the decimal point of the currency's minor unit.
 pub const MONEY_SCALE: u32 = 2;

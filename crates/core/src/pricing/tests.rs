@@ -189,3 +189,72 @@ fn price_book_round_trips_through_json() {
     assert_eq!(back, book);
     back.validate().unwrap();
 }
+
+#[test]
+fn a_period_is_cut_where_a_version_starts_inside_it() {
+    let t = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
+    let nov = crate::TimeRange::new(t("2026-11-01T00:00:00Z"), t("2026-12-01T00:00:00Z")).unwrap();
+    let mut book = PriceBook::empty();
+    book.set(
+        &Service::API,
+        t("2020-01-01T00:00:00Z"),
+        Price::per_unit(dec!(1)),
+    );
+    // On the period's first instant and after its end: no cut.
+    book.set(
+        &Service::API,
+        t("2026-11-01T00:00:00Z"),
+        Price::per_unit(dec!(2)),
+    );
+    book.set(
+        &Service::API,
+        t("2026-12-01T00:00:00Z"),
+        Price::per_unit(dec!(9)),
+    );
+    book.set(
+        &Service::API,
+        t("2026-11-16T00:00:00Z"),
+        Price::per_unit(dec!(3)),
+    );
+    let parts: Vec<(DateTime<Utc>, DateTime<Utc>, Option<Decimal>)> = book
+        .parts(&Service::API, nov)
+        .into_iter()
+        .map(|(r, p)| (r.from(), r.to(), p.and_then(Price::unit_price)))
+        .collect();
+    assert_eq!(
+        parts,
+        [
+            (
+                t("2026-11-01T00:00:00Z"),
+                t("2026-11-16T00:00:00Z"),
+                Some(dec!(2))
+            ),
+            (
+                t("2026-11-16T00:00:00Z"),
+                t("2026-12-01T00:00:00Z"),
+                Some(dec!(3))
+            ),
+        ]
+    );
+    // A service priced only from mid-month: unpriced before.
+    book.set(
+        &Service::COMPUTE,
+        t("2026-11-16T00:00:00Z"),
+        Price::per_unit(dec!(1)),
+    );
+    let compute = book.parts(&Service::COMPUTE, nov);
+    assert_eq!(compute.len(), 2);
+    assert!(compute[0].1.is_none() && compute[1].1.is_some());
+    assert_eq!(share_of(compute[0].0, nov), dec!(0.5));
+    assert_eq!(share_of(nov, nov), Decimal::ONE);
+    // A minimum and a maximum prorated, the rest kept.
+    let mut p = Price::per_unit(dec!(1));
+    p.minimum = Some(dec!(30));
+    p.maximum = Some(dec!(90));
+    let half = p.for_share(dec!(0.5));
+    assert_eq!(
+        (half.minimum, half.maximum),
+        (Some(dec!(15)), Some(dec!(45)))
+    );
+    assert_eq!(half.unit_price(), Some(dec!(1)));
+}
