@@ -32,6 +32,11 @@ pub(crate) enum MeterCommand {
     /// Show one meter.
     #[command(after_help = "Examples:\n  tally meter show tokens_total --format json")]
     Show(OneArg),
+    /// Rename or redescribe a meter (what it meters, and so its rollups, stay).
+    #[command(
+        after_help = "Examples:\n  tally meter update tokens_total --name 'LLM tokens' --description 'input and output tokens'"
+    )]
+    Update(UpdateArgs),
     /// Delete a meter (it stops being maintained; its slug is free again).
     #[command(after_help = "Examples:\n  tally meter delete tokens_total")]
     Delete(OneArg),
@@ -53,6 +58,21 @@ pub(crate) struct FormatArg {
 pub(crate) struct OneArg {
     /// The meter's slug or id.
     meter: String,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table")]
+    format: Format,
+}
+
+#[derive(Args)]
+pub(crate) struct UpdateArgs {
+    /// The meter's slug or id.
+    meter: String,
+    /// The new display name (1-256 characters; kept when not given).
+    #[arg(long)]
+    name: Option<String>,
+    /// The new description (at most 1024 characters; kept when not given).
+    #[arg(long)]
+    description: Option<String>,
     /// Output format.
     #[arg(long, value_enum, default_value = "table")]
     format: Format,
@@ -184,6 +204,21 @@ pub(crate) async fn meter(url: Option<String>, c: MeterCommand) -> Result<(), Fa
         MeterCommand::Show(a) => {
             let tally = tally_for(url).await?;
             one(a.format, tally.meter(&a.meter).await?)
+        }
+        MeterCommand::Update(a) => {
+            if a.name.is_none() && a.description.is_none() {
+                return Err(Failure::Usage(
+                    "nothing to change: give --name or --description".into(),
+                ));
+            }
+            let tally = tally_for(url).await?;
+            let now = tally.meter(&a.meter).await?;
+            let name = a.name.or(now.spec.name);
+            let description = a.description.or(now.spec.description);
+            one(
+                a.format,
+                tally.update_meter(&now.id, name, description).await?,
+            )
         }
         MeterCommand::Delete(a) => {
             let tally = tally_for(url).await?;

@@ -825,6 +825,47 @@ async fn an_invoice_has_a_line_per_priced_meter_combination() {
         "--group-by",
         "model=$.model",
     ]);
+    // A new name and description, the rest of the meter as it was.
+    let shown = ok(&[
+        "meter",
+        "update",
+        "tokens",
+        "--name",
+        "LLM tokens",
+        "--description",
+        "tokens by model",
+        "--format",
+        "json",
+    ]);
+    let m: serde_json::Value = serde_json::from_str(&shown).unwrap();
+    assert_eq!(
+        (&m["name"], &m["description"], &m["groupBy"]),
+        (
+            &serde_json::json!("LLM tokens"),
+            &serde_json::json!("tokens by model"),
+            &serde_json::json!({"model": "$.model"})
+        ),
+        "{m}"
+    );
+    let kept = ok(&[
+        "meter",
+        "update",
+        "tokens",
+        "--description",
+        "by model",
+        "--format",
+        "json",
+    ]);
+    let m: serde_json::Value = serde_json::from_str(&kept).unwrap();
+    assert_eq!(
+        (&m["name"], &m["description"]),
+        (
+            &serde_json::json!("LLM tokens"),
+            &serde_json::json!("by model")
+        )
+    );
+    let nothing = tally(&db, &["meter", "update", "tokens"]);
+    assert_eq!(nothing.status.code(), Some(2));
     let events = dir.path().join("events.ndjson");
     std::fs::write(
         &events,
