@@ -564,17 +564,19 @@ async fn an_invoice_prices_each_combination_and_the_rest() {
         .invoice(&"acme".parse().unwrap(), march)
         .await
         .unwrap();
-    let lines: Vec<(String, String, String)> = inv
-        .lines
-        .iter()
-        .map(|l| {
-            (
-                l.label(),
-                l.quantity.normalize().to_string(),
-                l.amount.to_string(),
-            )
-        })
-        .collect();
+    let lines_of = |inv: &tally::report::Invoice| -> Vec<(String, String, String)> {
+        inv.lines
+            .iter()
+            .map(|l| {
+                (
+                    l.label(),
+                    l.quantity.normalize().to_string(),
+                    l.amount.to_string(),
+                )
+            })
+            .collect()
+    };
+    let lines = lines_of(&inv);
     let s = |a: &str, b: &str, c: &str| (a.to_owned(), b.to_owned(), c.to_owned());
     // gpt-4o 300k × 0.000005 = 1.50; rest 1.5M × 0.000001 = 1.50; o1 unused by acme
     // (no line); 3 users, 2 free, 1 × 1.50.
@@ -615,17 +617,7 @@ async fn an_invoice_prices_each_combination_and_the_rest() {
         .await
         .unwrap();
     let inv = t3.invoice(&"acme".parse().unwrap(), march).await.unwrap();
-    let lines: Vec<(String, String, String)> = inv
-        .lines
-        .iter()
-        .map(|l| {
-            (
-                l.label(),
-                l.quantity.normalize().to_string(),
-                l.amount.to_string(),
-            )
-        })
-        .collect();
+    let lines = lines_of(&inv);
     assert_eq!(
         lines,
         vec![

@@ -7,7 +7,7 @@ use chrono::{DateTime, Duration, NaiveDate, Utc};
 use rust_decimal::{Decimal, RoundingStrategy};
 use tally_core::{
     Catalog, CustomerId, Granularity, Metered, PriceBook, Service, TimeRange, Totals, Zone,
-    round_to, share_of,
+    round_to,
 };
 use tally_store::{MeterQuery, Result, Store, Who};
 
@@ -136,10 +136,7 @@ impl Analytics {
                 let mut used: Option<Totals> = None;
                 for (label, _) in pieces.iter().filter(|(l, _)| range.contains(*l)) {
                     if let Some(t) = sums.get(&(*label, i)) {
-                        match &mut used {
-                            Some(u) => u.merge(*t)?,
-                            None => used = Some(*t),
-                        }
+                        add_to(&mut used, *t)?;
                     }
                 }
                 parts.push(Part { range, price, used });
@@ -173,10 +170,7 @@ impl Analytics {
             for part in parts {
                 let agg = part.used.as_ref();
                 if let Some(t) = agg {
-                    match &mut all {
-                        Some(a) => a.merge(*t)?,
-                        None => all = Some(*t),
-                    }
+                    add_to(&mut all, *t)?;
                 }
                 if let Some(p) = part.price {
                     let metered = self.metered(p, agg, customer, s, part.range).await?;
@@ -435,13 +429,10 @@ impl Analytics {
                     rest: false,
                     part: split.then_some(part),
                 };
-                let line = |kind, quantity, billable_quantity, amount| {
-                    of.line(kind, quantity, billable_quantity, amount)
-                };
                 let Some(price) = price else {
                     // Used, but without a price: listed, at zero.
                     if used.is_some() {
-                        lines.push(line(
+                        lines.push(of.line(
                             LineKind::Usage,
                             quantity,
                             quantity,
@@ -450,13 +441,11 @@ impl Analytics {
                     }
                     continue;
                 };
-                let price = price.for_share(share_of(part, period));
-                let metered = self.metered(&price, used, customer, s, part).await?;
-                let charge = price.charge(&metered, exponent)?;
-                if used.is_none() && charge.line.amount.is_zero() && charge.true_up.is_none() {
-                    continue; // nothing used, nothing charged
+                let metered = self.metered(price, used, customer, s, part).await?;
+                let used = used.is_some().then_some(&metered);
+                if let Some(charge) = price.charge_part(part, period, used, exponent)? {
+                    push_charge(&mut lines, &charge, &of);
                 }
-                push_charge(&mut lines, &charge, &of);
             }
         }
         lines.extend(self.meter_lines(customer, period).await?);
@@ -464,22 +453,16 @@ impl Analytics {
         for l in &lines {
             total = add_money(total, l.amount)?;
         }
-        if let Some(min) = self.prices.minimum.map(money)
-            && total < min
-        {
-            lines.push(InvoiceLine {
+        if let Some(up) = self.prices.minimum_top_up(total) {
+            let of = LineOf {
                 service: None,
                 meter: None,
                 dimensions: BTreeMap::new(),
                 rest: false,
-                kind: LineKind::Minimum,
-                from: None,
-                to: None,
-                quantity: Decimal::ZERO,
-                billable_quantity: Decimal::ZERO,
-                amount: money(min - total),
-            });
-            total = min;
+                part: None,
+            };
+            lines.push(of.line(LineKind::Minimum, Decimal::ZERO, Decimal::ZERO, up));
+            total = add_money(total, up)?;
         }
         Ok(Invoice {
             customer_id: customer.clone(),
@@ -512,14 +495,14 @@ impl Analytics {
                 q = q.exclude(combination);
             }
             let answer = self.store.query_meter(entry.meter, &q).await?;
-            let used = answer.data.first().map(|row| row.value);
-            let charge = entry
-                .price
-                .for_share(share_of(entry.range, period))
-                .charge(&Metered::new(used.unwrap_or(Decimal::ZERO), 0), exponent)?;
-            if used.is_none() && charge.line.amount.is_zero() && charge.true_up.is_none() {
+            let used = answer.data.first().map(|row| Metered::new(row.value, 0));
+            let Some(charge) =
+                entry
+                    .price
+                    .charge_part(entry.range, period, used.as_ref(), exponent)?
+            else {
                 continue; // nothing used, nothing charged
-            }
+            };
             let of = LineOf {
                 service: None,
                 meter: Some(entry.meter.to_owned()),
@@ -564,6 +547,15 @@ impl LineOf {
             amount,
         }
     }
+}
+
+/// Adds `t` to a total that may not have started.
+fn add_to(total: &mut Option<Totals>, t: Totals) -> Result<()> {
+    match total {
+        Some(a) => a.merge(t)?,
+        None => *total = Some(t),
+    }
+    Ok(())
 }
 
 /// A charge's lines: its usage line, then its true-up and cap lines where it has them.

@@ -18,7 +18,7 @@ use tally::{
     meters::{CloudEvent, Payload, parse_events},
 };
 
-use super::{App, bad_request, commit::Failed, error_response, problem};
+use super::{App, bad_request, commit::Failed, error_response, problem, query};
 
 /// Subtracts from the in-flight gauge when the request is answered, however.
 struct InFlight<'a>(&'a App, i64);
@@ -169,13 +169,7 @@ pub(super) async fn list_events(State(app): State<App>, RawQuery(raw): RawQuery)
     let mut to = now;
     let (mut subject, mut id, mut customers, mut limit) = (None, None, Vec::new(), MAX_LIST);
     for (k, v) in form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
-        let instant = |field: &str| {
-            DateTime::parse_from_rfc3339(&v)
-                .map(|t| t.with_timezone(&Utc))
-                .map_err(|e| {
-                    bad_request(&app, field, &v, &format!("is not an RFC 3339 instant: {e}"))
-                })
-        };
+        let instant = |field: &str| query::instant(field, &v).map_err(|r| r.answer(&app));
         let parsed = match k.as_ref() {
             "from" => instant("from").map(|t| from = t),
             "to" => instant("to").map(|t| to = t),

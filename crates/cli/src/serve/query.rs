@@ -103,7 +103,7 @@ impl Input {
 
 /// A parameter refused: its name, its value and why (a 400 naming them).
 #[derive(Debug)]
-struct Refused {
+pub(super) struct Refused {
     field: String,
     value: String,
     reason: String,
@@ -118,7 +118,7 @@ impl Refused {
         }
     }
 
-    fn answer(self, app: &App) -> Response {
+    pub(super) fn answer(self, app: &App) -> Response {
         bad_request(app, &self.field, &self.value, &self.reason)
     }
 }
@@ -130,7 +130,8 @@ pub(super) struct Params {
     csv: bool,
 }
 
-fn instant(field: &str, v: &str) -> Result<DateTime<Utc>, Refused> {
+/// An RFC 3339 instant given as parameter `field`.
+pub(super) fn instant(field: &str, v: &str) -> Result<DateTime<Utc>, Refused> {
     DateTime::parse_from_rfc3339(v)
         .map(|t| t.with_timezone(&Utc))
         .map_err(|e| Refused::new(field, v, &format!("is not an RFC 3339 instant: {e}")))

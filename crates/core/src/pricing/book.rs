@@ -397,6 +397,16 @@ impl PriceBook {
         )
     }
 
+    /// What an invoice totalling `total` adds to reach the book's minimum (rounded to
+    /// the minor unit), if it is below it.
+    pub fn minimum_top_up(&self, total: Decimal) -> Option<Decimal> {
+        let exponent = self.exponent();
+        self.minimum
+            .map(|m| super::round_to(m, exponent))
+            .filter(|m| total < *m)
+            .map(|m| super::round_to(m - total, exponent))
+    }
+
     /// The price of `service` in force at `t`, if any.
     pub fn price_at(&self, service: &Service, t: DateTime<Utc>) -> Option<&Price> {
         self.services

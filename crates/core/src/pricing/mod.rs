@@ -214,6 +214,18 @@ pub struct Charge {
     pub cap: Option<Decimal>,
 }
 
+impl Charge {
+    /// The usage line with its true-up and cap: what the charge adds to an invoice.
+    pub fn total(&self) -> Result<Decimal> {
+        [self.true_up, self.cap]
+            .into_iter()
+            .flatten()
+            .try_fold(self.line.amount, |a, b| {
+                crate::add_exact(a, b, "a charge's lines")
+            })
+    }
+}
+
 /// A priced line: what was used, what is billed, and the rounded amount.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Line {

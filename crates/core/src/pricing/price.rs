@@ -264,6 +264,27 @@ impl Price {
         p
     }
 
+    /// What this price charges over `part` of `whole` (its minimum and maximum
+    /// prorated, [`Price::for_share`]) on `used`, or on nothing when `used` is `None`.
+    /// `None` when nothing was used and nothing is charged (no flat fee at zero, no
+    /// minimum): no line. The one rule the invoice, the summary and the export follow.
+    pub fn charge_part(
+        &self,
+        part: crate::TimeRange,
+        whole: crate::TimeRange,
+        used: Option<&Metered>,
+        exponent: u32,
+    ) -> Result<Option<Charge>> {
+        let price = self.for_share(super::share_of(part, whole));
+        let unused = Metered {
+            per_event: price.needs_events().then(Vec::new),
+            ..Metered::new(Decimal::ZERO, 0)
+        };
+        let charge = price.charge(used.unwrap_or(&unused), exponent)?;
+        let charged = !charge.line.amount.is_zero() || charge.true_up.is_some();
+        Ok((used.is_some() || charged).then_some(charge))
+    }
+
     /// The per-unit price, where the model has one (for reports).
     pub fn unit_price(&self) -> Option<Decimal> {
         match &self.model {

@@ -8,7 +8,7 @@ use std::{
 
 use chrono::NaiveDate;
 use rust_decimal::Decimal;
-use tally_core::{Catalog, Metered, Price, PriceBook, TimeRange, add_exact, round_to, share_of};
+use tally_core::{Catalog, Metered, Price, PriceBook, TimeRange, add_exact};
 use tally_store::{Result, StoredEvent};
 
 use super::ServiceTotal;
@@ -127,11 +127,8 @@ impl Running {
             t.cost = add_exact(t.cost, *amount, COST)?;
             total = add_exact(total, *amount, COST)?;
         }
-        let exponent = pricer.prices.exponent();
-        if let Some(min) = pricer.prices.minimum.map(|m| round_to(m, exponent))
-            && total < min
-        {
-            self.minimum = add_exact(self.minimum, round_to(min - total, exponent), COST)?;
+        if let Some(up) = pricer.prices.minimum_top_up(total) {
+            self.minimum = add_exact(self.minimum, up, COST)?;
         }
         Ok(())
     }
@@ -176,29 +173,16 @@ pub(super) type UnusedCharge = (String, usize, Arc<str>, Decimal);
 
 impl Pricer {
     /// What `price` charges for `part` of the range on `used` (nothing used: `None`),
-    /// as the invoice's lines for it add up: the usage line, its true-up and its cap,
-    /// the minimum and maximum prorated by the part's share. `None` when nothing is
-    /// used and nothing charged.
+    /// as the invoice's lines for it add up ([`Price::charge_part`]); `None` when
+    /// nothing is used and nothing charged.
     pub(super) fn charge(
         &self,
         part: TimeRange,
         price: &Price,
         used: Option<&Metered>,
     ) -> Result<Option<Decimal>> {
-        let price = price.for_share(share_of(part, self.range));
-        let unused = Metered {
-            per_event: price.needs_events().then(Vec::new),
-            ..Metered::new(Decimal::ZERO, 0)
-        };
-        let charge = price.charge(used.unwrap_or(&unused), self.prices.exponent())?;
-        if used.is_none() && charge.line.amount.is_zero() && charge.true_up.is_none() {
-            return Ok(None); // nothing used, nothing charged
-        }
-        let mut amount = charge.line.amount;
-        for extra in [charge.true_up, charge.cap].into_iter().flatten() {
-            amount = add_exact(amount, extra, COST)?;
-        }
-        Ok(Some(amount))
+        let charge = price.charge_part(part, self.range, used, self.prices.exponent())?;
+        Ok(charge.map(|c| c.total()).transpose()?)
     }
 
     /// Every part of every priced service that charges unused.
