@@ -273,7 +273,7 @@ async fn racing_writers_store_each_event_once_and_reads_match_one_node() {
     let fired = |alerts: Vec<tally::alerts::Alert>| {
         let mut v: Vec<String> = alerts
             .iter()
-            .map(|a| format!("{} {} {}", a.customer_id, a.service, a.level))
+            .map(|a| format!("{} {} {}", a.customer_id, a.measure, a.level))
             .collect();
         v.sort();
         v
@@ -571,6 +571,52 @@ async fn a_hard_quota_admits_exactly_on_citus() {
         .count();
     assert_eq!(admitted, 10);
     assert_eq!(one.verify().await.unwrap().events, 10);
+}
+
+/// A hard quota on a meter's unique count on the cluster: the meter is read before and
+/// after each write inside the admitting transaction, under the coordinator's lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hard_unique_count_quota_admits_exactly_on_citus() {
+    use tally::meters::{Aggregation, CloudEvent, MeterSpec};
+    let Some(db) = citus().await else {
+        return;
+    };
+    let one = db.tally().clone();
+    let two = Tally::builder(db.url()).pool_size(4).build_lazy().unwrap();
+    let spec = MeterSpec::new(
+        "models".parse().unwrap(),
+        "prompt".parse().unwrap(),
+        Aggregation::UniqueCount,
+        Some("$.model".parse().unwrap()),
+    )
+    .unwrap();
+    one.create_meter(&spec, None).await.unwrap();
+    let race: CustomerId = "race".parse().unwrap();
+    let models: tally::alerts::MeterSlug = "models".parse().unwrap();
+    one.alerts()
+        .set_quota(&race, &models, "3".parse().unwrap(), Mode::Hard)
+        .await
+        .unwrap();
+    let now = tally::chrono::Utc::now();
+    let tries = (0..12u32).map(|i| {
+        let t = if i % 2 == 0 { one.clone() } else { two.clone() };
+        let e = CloudEvent::new("prompt".parse().unwrap(), race.clone())
+            .with_id("citus", &i.to_string())
+            .unwrap()
+            .at(now)
+            .with_data(format!(r#"{{"model": "m{}"}}"#, i % 6).parse().unwrap())
+            .into_usage(now)
+            .unwrap();
+        async move { (i % 6, t.record_within_quota(&e).await.unwrap()) }
+    });
+    let admitted: std::collections::BTreeSet<u32> = futures_util::future::join_all(tries)
+        .await
+        .into_iter()
+        .filter(|(_, a)| a.written.is_some())
+        .map(|(m, _)| m)
+        .collect();
+    assert_eq!(admitted.len(), 3, "{admitted:?}");
+    assert_eq!(one.verify().await.unwrap().mismatches, 0);
 }
 
 #[tokio::test]

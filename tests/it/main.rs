@@ -13,6 +13,7 @@ mod import;
 mod ingest;
 mod invariants;
 mod layering;
+mod meter_quotas;
 mod meters;
 mod migrate;
 mod partitions;

@@ -5,10 +5,10 @@ use std::{collections::BTreeMap, sync::Arc};
 use clap::{Args, Subcommand};
 use serde::Serialize;
 use tally::{
-    CustomerId, Level, Service, Tally, Thresholds, TimeRange, Zone,
+    CustomerId, Level, Tally, Thresholds, TimeRange, Zone,
     alerts::{
-        Alert, AlertFilter, AnchorDay, BillingCycle, LogFileSink, Mode, Plan, PlanName, Quota,
-        QuotaLimit, QuotaSource, StderrSink, percent_of,
+        Alert, AlertFilter, AnchorDay, BillingCycle, LogFileSink, Measure, MeterSlug, Mode, Plan,
+        PlanName, Quota, QuotaLimit, QuotaSource, StderrSink, percent_of,
     },
     chrono::{Duration, Utc},
     rust_decimal::Decimal,
@@ -43,7 +43,7 @@ impl LogArg {
 pub(crate) enum PlanCommand {
     /// Create or replace a plan.
     #[command(
-        after_help = "Examples:\n  tally plan set pro --mode hard --limit api=100000 --limit storage=unlimited\n  tally plan set free --limit api=10000 --warning 50 --critical 80 --exceeded 100"
+        after_help = "Examples:\n  tally plan set pro --mode hard --limit api=100000 --limit storage=unlimited\n  tally plan set free --limit api=10000 --warning 50 --critical 80 --exceeded 100\n  tally plan set team --mode hard --meter-limit active_users=1000"
     )]
     Set(PlanSetArgs),
     /// List the plans and their limits.
@@ -68,6 +68,14 @@ pub(crate) struct PlanSetArgs {
     /// A limit, SERVICE=N or SERVICE=unlimited; repeat for each service.
     #[arg(long = "limit", value_name = "SERVICE=N", allow_hyphen_values = true)]
     limits: Vec<String>,
+    /// A limit of a meter's value per period, METER=N or METER=unlimited; repeat for
+    /// each meter.
+    #[arg(
+        long = "meter-limit",
+        value_name = "METER=N",
+        allow_hyphen_values = true
+    )]
+    meter_limits: Vec<String>,
     /// Alert thresholds of this plan in percent (all three, or none for the defaults).
     #[arg(long, requires_all = ["critical", "exceeded"])]
     warning: Option<String>,
@@ -102,6 +110,20 @@ pub(crate) async fn plan(url: Option<String>, cmd: PlanCommand) -> Result<(), Fa
                     service.to_owned(),
                     value.parse::<QuotaLimit>().map_err(bad)?,
                 ));
+            }
+            for l in &a.meter_limits {
+                let (meter, value) = l.split_once('=').ok_or_else(|| {
+                    Failure::Usage(format!(
+                        "invalid --meter-limit {l:?}: expected METER=N or METER=unlimited"
+                    ))
+                })?;
+                let meter: MeterSlug = meter.parse().map_err(bad)?;
+                if plan.meters.contains_key(&meter) {
+                    return Err(Failure::Usage(format!(
+                        "invalid --meter-limit: {meter} is given more than once"
+                    )));
+                }
+                plan = plan.meter_limit(&meter, value.parse::<QuotaLimit>().map_err(bad)?);
             }
             if let (Some(w), Some(c), Some(e)) = (&a.warning, &a.critical, &a.exceeded) {
                 plan.thresholds = Some(
@@ -161,7 +183,7 @@ impl Tabular for Plans {
                         .join("/")
                 },
             );
-            if p.limits.is_empty() {
+            if p.limits.is_empty() && p.meters.is_empty() {
                 rows.push(vec![
                     p.name.to_string(),
                     p.mode.to_string(),
@@ -170,11 +192,15 @@ impl Tabular for Plans {
                     th.clone(),
                 ]);
             }
-            for (service, limit) in &p.limits {
+            let meters = p
+                .meters
+                .iter()
+                .map(|(m, l)| (Measure::from(m).to_string(), l));
+            for (service, limit) in p.limits.iter().map(|(s, l)| (s.clone(), l)).chain(meters) {
                 rows.push(vec![
                     p.name.to_string(),
                     p.mode.to_string(),
-                    service.clone(),
+                    service,
                     limit.to_string(),
                     th.clone(),
                 ]);
@@ -188,9 +214,9 @@ impl Tabular for Plans {
 
 #[derive(Subcommand)]
 pub(crate) enum QuotaCommand {
-    /// Set a customer's limit for a service, or put them on a plan (--plan).
+    /// Set a customer's limit for a service or a meter, or put them on a plan (--plan).
     #[command(
-        after_help = "Examples:\n  tally quota set --customer acme --plan pro --anchor-day 15 --tz America/New_York\n  tally quota set --customer acme --service api --limit 5000 --mode hard"
+        after_help = "Examples:\n  tally quota set --customer acme --plan pro --anchor-day 15 --tz America/New_York\n  tally quota set --customer acme --service api --limit 5000 --mode hard\n  tally quota set --customer acme --meter active_users --limit 1000 --mode hard"
     )]
     Set(QuotaSetArgs),
     /// The quotas in force with this period's usage.
@@ -198,21 +224,29 @@ pub(crate) enum QuotaCommand {
         after_help = "Examples:\n  tally quota list\n  tally quota list --customer acme --format json"
     )]
     List(QuotaListArgs),
-    /// Remove a customer's own limit for a service (their plan's applies again).
-    #[command(after_help = "Examples:\n  tally quota remove --customer acme --service api")]
+    /// Remove a customer's own limit for a service or meter (their plan's applies again).
+    #[command(
+        after_help = "Examples:\n  tally quota remove --customer acme --service api\n  tally quota remove --customer acme --meter active_users"
+    )]
     Remove(QuotaRemoveArgs),
 }
 
 #[derive(Args)]
+#[command(group = clap::ArgGroup::new("measure").args(["service", "meter"]))]
 pub(crate) struct QuotaSetArgs {
     /// Customer id (1-255 of A-Z a-z 0-9 _ . : @ -).
     #[arg(long)]
     customer: String,
     /// The service the limit is for.
-    #[arg(long, requires = "limit", conflicts_with = "plan")]
+    #[arg(long, requires = "limit", conflicts_with_all = ["plan", "meter"])]
     service: Option<String>,
-    /// The limit per billing period in the service's unit, or unlimited.
-    #[arg(long, requires = "service", allow_hyphen_values = true)]
+    /// The meter the limit is for: a limit of its value (sum, count, unique count,
+    /// peak, ...) over each billing period.
+    #[arg(long, requires = "limit", conflicts_with = "plan")]
+    meter: Option<String>,
+    /// The limit per billing period in the service's unit (or of the meter's value),
+    /// or unlimited.
+    #[arg(long, requires = "measure", allow_hyphen_values = true)]
     limit: Option<String>,
     /// soft (warn) or hard (block).
     #[arg(long, default_value = "soft", conflicts_with = "plan")]
@@ -239,13 +273,32 @@ pub(crate) struct QuotaListArgs {
 }
 
 #[derive(Args)]
+#[command(group = clap::ArgGroup::new("measure").args(["service", "meter"]).required(true))]
 pub(crate) struct QuotaRemoveArgs {
     /// Customer id (1-255 of A-Z a-z 0-9 _ . : @ -).
     #[arg(long)]
     customer: String,
     /// Service: api, storage, bandwidth, compute, database, functions or a defined meter.
     #[arg(long)]
-    service: String,
+    service: Option<String>,
+    /// A meter's slug (`tally meter list`).
+    #[arg(long)]
+    meter: Option<String>,
+}
+
+/// The service (`--service`) or meter (`--meter`) an option names.
+async fn measure_of(
+    tally: &Tally,
+    service: Option<&String>,
+    meter: Option<&String>,
+) -> Result<Option<Measure>, Failure> {
+    Ok(match (service, meter) {
+        (Some(s), _) => Some(Measure::Service(
+            tally.catalog().await?.service(s).map_err(bad)?,
+        )),
+        (None, Some(m)) => Some(Measure::Meter(m.parse().map_err(bad)?)),
+        (None, None) => None,
+    })
 }
 
 pub(crate) async fn quota(url: Option<String>, cmd: QuotaCommand) -> Result<(), Failure> {
@@ -261,9 +314,9 @@ pub(crate) async fn quota(url: Option<String>, cmd: QuotaCommand) -> Result<(), 
                 anchor: anchor.unwrap_or(AnchorDay::FIRST),
                 zone: zone.unwrap_or(Zone::UTC),
             });
-            if a.service.is_none() && plan.is_none() && cycle.is_none() {
+            if a.service.is_none() && a.meter.is_none() && plan.is_none() && cycle.is_none() {
                 return Err(Failure::Usage(
-                    "nothing to set: pass --service S --limit N, --plan P, or --anchor-day/--tz"
+                    "nothing to set: pass --service S --limit N, --meter M --limit N, --plan P, or --anchor-day/--tz"
                         .into(),
                 ));
             }
@@ -276,10 +329,12 @@ pub(crate) async fn quota(url: Option<String>, cmd: QuotaCommand) -> Result<(), 
             } else if let Some(cycle) = cycle {
                 alerts.set_billing_cycle(&customer, cycle).await?;
             }
-            if let (Some(service), Some(limit)) = (&a.service, limit) {
-                let service = tally.catalog().await?.service(service).map_err(bad)?;
-                alerts.set_quota(&customer, &service, limit, mode).await?;
-                said.push(format!("{customer} {service}: {limit} ({mode})"));
+            let measure = measure_of(&tally, a.service.as_ref(), a.meter.as_ref()).await?;
+            if let (Some(measure), Some(limit)) = (measure, limit) {
+                alerts
+                    .set_quota(&customer, measure.clone(), limit, mode)
+                    .await?;
+                said.push(format!("{customer} {measure}: {limit} ({mode})"));
             }
             if let Some(c) = cycle {
                 said.push(format!(
@@ -300,7 +355,11 @@ pub(crate) async fn quota(url: Option<String>, cmd: QuotaCommand) -> Result<(), 
                     .into_iter()
                     .zip(usage)
                     .map(|(quota, (period, usage))| QuotaRow {
-                        percent: quota.limit.value().and_then(|l| percent_of(usage, l)),
+                        percent: quota
+                            .limit
+                            .value()
+                            .zip(usage)
+                            .and_then(|(l, u)| percent_of(u, l)),
                         quota,
                         period,
                         usage,
@@ -312,13 +371,23 @@ pub(crate) async fn quota(url: Option<String>, cmd: QuotaCommand) -> Result<(), 
         QuotaCommand::Remove(a) => {
             let customer: CustomerId = a.customer.parse().map_err(bad)?;
             let tally = tally_for(url).await?;
-            let service = tally.catalog().await?.service(&a.service).map_err(bad)?;
-            if tally.alerts().remove_quota(&customer, &service).await? {
-                out(format_args!("removed {customer}'s own {service} quota\n"))
+            let Some(measure) = measure_of(&tally, a.service.as_ref(), a.meter.as_ref()).await?
+            else {
+                return Err(Failure::Usage("pass --service S or --meter M".into()));
+            };
+            if tally
+                .alerts()
+                .remove_quota(&customer, measure.clone())
+                .await?
+            {
+                out(format_args!("removed {customer}'s own {measure} quota\n"))
             } else {
+                let (flag, name) = match &measure {
+                    Measure::Service(s) => ("service", s.as_str()),
+                    Measure::Meter(m) => ("meter", m.as_str()),
+                };
                 Err(Failure::Usage(format!(
-                    "invalid --service {:?}: {customer} has no quota of their own for it",
-                    service.as_str()
+                    "invalid --{flag} {name:?}: {customer} has no quota of their own for it"
                 )))
             }
         }
@@ -331,8 +400,9 @@ struct QuotaRow {
     quota: Quota,
     #[serde(flatten, serialize_with = "period_bounds")]
     period: TimeRange,
-    #[serde(serialize_with = "serde_fmt::decimal")]
-    usage: Decimal,
+    /// `None`: a meter not ready to read (backfilling or failed).
+    #[serde(serialize_with = "serde_fmt::opt_decimal")]
+    usage: Option<Decimal>,
     #[serde(serialize_with = "serde_fmt::opt_decimal")]
     percent: Option<Decimal>,
 }
@@ -370,7 +440,7 @@ impl Tabular for QuotaList {
             .map(|r| {
                 vec![
                     r.quota.customer_id.to_string(),
-                    r.quota.service.to_string(),
+                    r.quota.measure.to_string(),
                     r.quota.limit.to_string(),
                     r.quota.mode.to_string(),
                     match &r.quota.source {
@@ -379,7 +449,9 @@ impl Tabular for QuotaList {
                     },
                     rfc3339(r.period.from()),
                     rfc3339(r.period.to()),
-                    r.usage.normalize().to_string(),
+                    r.usage
+                        .map(|u| u.normalize().to_string())
+                        .unwrap_or_default(),
                     r.percent.map(|p| p.to_string()).unwrap_or_default(),
                 ]
             })
@@ -425,8 +497,11 @@ pub(crate) struct AlertsListArgs {
     #[arg(long, default_value_t = 30)]
     days: u32,
     /// Service: api, storage, bandwidth, compute, database, functions or a defined meter.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "meter")]
     service: Option<String>,
+    /// Only the alerts of this meter's quotas.
+    #[arg(long)]
+    meter: Option<String>,
     /// warning, critical or exceeded.
     #[arg(long)]
     level: Option<String>,
@@ -470,14 +545,19 @@ pub(crate) async fn alerts(url: Option<String>, cmd: AlertsCommand) -> Result<()
             let filter = AlertFilter {
                 since: Some(Utc::now() - Duration::days(i64::from(a.days))),
                 customer: parse_opt(&a.customer)?,
-                service: None,
+                measure: None,
                 level: parse_opt::<Level>(&a.level)?,
             };
             let tally = tally_for(url).await?;
-            let service: Option<Service> = crate::reads::opt_service(&tally, &a.service).await?;
+            let measure = match parse_opt::<MeterSlug>(&a.meter)? {
+                Some(m) => Some(Measure::Meter(m)),
+                None => crate::reads::opt_service(&tally, &a.service)
+                    .await?
+                    .map(Measure::Service),
+            };
             let alerts = tally
                 .alerts()
-                .list(&AlertFilter { service, ..filter })
+                .list(&AlertFilter { measure, ..filter })
                 .await?;
             emit(a.format, &Listed { alerts })
         }
@@ -490,7 +570,7 @@ fn alert_rows(alerts: &[Alert], with_time: bool) -> Vec<Vec<String>> {
         .map(|a| {
             let mut row = vec![
                 a.customer_id.to_string(),
-                a.service.to_string(),
+                a.measure.to_string(),
                 a.level.to_string(),
                 a.usage.normalize().to_string(),
                 a.limit.normalize().to_string(),

@@ -357,3 +357,177 @@ async fn one_log_file_gets_each_alert_once_however_its_path_is_spelled_and_a_fai
         stderr(&out)
     );
 }
+
+/// A quota on a meter from the command line: set for a customer and in a plan, listed
+/// with the meter's value over the period, alerted, refused when the meter is unknown,
+/// removed.
+#[tokio::test]
+async fn a_quota_on_a_meter_from_the_command_line() {
+    let db = TestDb::new().await.unwrap();
+    let ok = |args: &[&str]| {
+        let out = tally(&db, args);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    ok(&[
+        "meter",
+        "create",
+        "users",
+        "--type",
+        "api",
+        "--aggregation",
+        "unique_count",
+        "--value",
+        "$.user",
+    ]);
+    ok(&["plan", "set", "team", "--meter-limit", "users=10"]);
+    let plans = json(&tally(&db, &["plan", "list", "--format", "json"]));
+    let team = plans["plans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "team")
+        .unwrap();
+    assert_eq!(team["meters"]["users"], "10", "{team}");
+    assert!(ok(&["plan", "list"]).contains("meter:users"));
+    ok(&["quota", "set", "--customer", "acme", "--plan", "team"]);
+    ok(&[
+        "quota",
+        "set",
+        "--customer",
+        "acme",
+        "--meter",
+        "users",
+        "--limit",
+        "4",
+        "--mode",
+        "hard",
+    ]);
+    for user in ["ann", "bob", "ann", "cat"] {
+        ok(&[
+            "record",
+            "--customer",
+            "acme",
+            "--service",
+            "api",
+            "--quantity",
+            "1",
+            "--metadata",
+            &format!(r#"{{"user": "{user}"}}"#),
+        ]);
+    }
+    let q = json(&tally(
+        &db,
+        &["quota", "list", "--customer", "acme", "--format", "json"],
+    ));
+    let rows = q["quotas"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{q}");
+    assert_eq!(
+        (
+            &rows[0]["service"],
+            &rows[0]["meter"],
+            &rows[0]["limit"],
+            &rows[0]["mode"],
+            &rows[0]["usage"],
+            &rows[0]["percent"]
+        ),
+        (
+            &serde_json::Value::Null,
+            &"users".into(),
+            &"4".into(),
+            &"hard".into(),
+            &"3".into(),
+            &"75".into()
+        ),
+        "{q}"
+    );
+    assert_eq!(rows[0]["source"]["kind"], "customer");
+    // The third user reached 75 %: `record` evaluated the meter's quota after its commit.
+    let listed = json(&tally(
+        &db,
+        &["alerts", "list", "--meter", "users", "--format", "json"],
+    ));
+    let alerts = listed["alerts"].as_array().unwrap();
+    assert_eq!(alerts.len(), 1, "{listed}");
+    assert_eq!(
+        (
+            &alerts[0]["service"],
+            &alerts[0]["meter"],
+            &alerts[0]["level"],
+            &alerts[0]["usage"]
+        ),
+        (
+            &serde_json::Value::Null,
+            &"users".into(),
+            &"warning".into(),
+            &"3".into()
+        ),
+        "{listed}"
+    );
+    let api = json(&tally(
+        &db,
+        &["alerts", "list", "--service", "api", "--format", "json"],
+    ));
+    assert_eq!(api["alerts"].as_array().unwrap().len(), 0, "{api}");
+
+    // Refused at the edge, naming the field; exit 2, nothing written.
+    for (args, says) in [
+        (
+            &[
+                "quota",
+                "set",
+                "--customer",
+                "acme",
+                "--meter",
+                "nope",
+                "--limit",
+                "1",
+            ][..],
+            "meter",
+        ),
+        (
+            &[
+                "quota",
+                "set",
+                "--customer",
+                "acme",
+                "--meter",
+                "Bad Slug",
+                "--limit",
+                "1",
+            ],
+            "slug",
+        ),
+        (
+            &["plan", "set", "team", "--meter-limit", "users"],
+            "--meter-limit",
+        ),
+        (
+            &[
+                "quota",
+                "set",
+                "--customer",
+                "acme",
+                "--service",
+                "api",
+                "--meter",
+                "users",
+                "--limit",
+                "1",
+            ],
+            "cannot be used with",
+        ),
+    ] {
+        let out = tally(&db, args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(says), "{args:?}: {}", stderr(&out));
+    }
+    ok(&["quota", "remove", "--customer", "acme", "--meter", "users"]);
+    let q = json(&tally(
+        &db,
+        &["quota", "list", "--customer", "acme", "--format", "json"],
+    ));
+    // The plan's limit applies again.
+    assert_eq!(q["quotas"][0]["limit"], "10", "{q}");
+    assert_eq!(q["quotas"][0]["source"]["plan"], "team", "{q}");
+}

@@ -72,8 +72,8 @@ pub use pricing::{
 pub use progress::Progress;
 pub use quantity::Quantity;
 pub use quota::{
-    Alert, AnchorDay, BillingCycle, Decision, Mode, PeriodName, Plan, PlanName, Quota, QuotaLimit,
-    QuotaSource, percent_of,
+    Alert, AnchorDay, BillingCycle, Decision, Measure, Mode, PeriodName, Plan, PlanName, Quota,
+    QuotaLimit, QuotaSource, percent_of,
 };
 pub use range::{QuarterPiece, TimeRange, UtcSplit};
 pub use service::{BuiltIn, Catalog, Meter, Service};

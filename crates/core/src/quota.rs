@@ -6,7 +6,9 @@ use chrono::{DateTime, Datelike, Months, NaiveDate, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use crate::{CustomerId, Error, Level, Result, Service, Thresholds, TimeRange, Zone, serde_fmt};
+use crate::{
+    CustomerId, Error, Level, MeterSlug, Result, Service, Thresholds, TimeRange, Zone, serde_fmt,
+};
 
 /// What happens when usage passes a limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -42,6 +44,85 @@ impl FromStr for Mode {
             "hard" => Ok(Mode::Hard),
             _ => Err(Error::invalid("mode", s, "expected soft or hard")),
         }
+    }
+}
+
+/// What a quota limits: a service's total quantity, or a meter's value over the period
+/// (its sum, count, unique count, peak, … as the meter aggregates).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Measure {
+    /// A service (a built-in or a defined custom service).
+    Service(Service),
+    /// A meter, by slug.
+    Meter(MeterSlug),
+}
+
+impl Measure {
+    /// The service, if it is one.
+    pub fn service(&self) -> Option<&Service> {
+        match self {
+            Measure::Service(s) => Some(s),
+            Measure::Meter(_) => None,
+        }
+    }
+
+    /// The meter, if it is one.
+    pub fn meter(&self) -> Option<&MeterSlug> {
+        match self {
+            Measure::Meter(m) => Some(m),
+            Measure::Service(_) => None,
+        }
+    }
+}
+
+impl fmt::Display for Measure {
+    /// A service's name, or `meter:` and the slug.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Measure::Service(s) => write!(f, "{s}"),
+            Measure::Meter(m) => write!(f, "meter:{m}"),
+        }
+    }
+}
+
+impl From<Service> for Measure {
+    fn from(s: Service) -> Measure {
+        Measure::Service(s)
+    }
+}
+
+impl From<&Service> for Measure {
+    fn from(s: &Service) -> Measure {
+        Measure::Service(s.clone())
+    }
+}
+
+impl From<MeterSlug> for Measure {
+    fn from(m: MeterSlug) -> Measure {
+        Measure::Meter(m)
+    }
+}
+
+impl From<&MeterSlug> for Measure {
+    fn from(m: &MeterSlug) -> Measure {
+        Measure::Meter(m.clone())
+    }
+}
+
+impl Serialize for Measure {
+    /// Fields to flatten into a quota or an alert: `service` (`null` for a meter) and,
+    /// for a meter, `meter` (as an invoice's meter lines).
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(None)?;
+        match self {
+            Measure::Service(svc) => m.serialize_entry("service", svc.as_str())?,
+            Measure::Meter(slug) => {
+                m.serialize_entry("service", &None::<&str>)?;
+                m.serialize_entry("meter", slug.as_str())?;
+            }
+        }
+        m.end()
     }
 }
 
@@ -307,6 +388,9 @@ pub struct Plan {
     pub mode: Mode,
     /// Limits by service name; a service not listed has no quota under this plan.
     pub limits: BTreeMap<String, QuotaLimit>,
+    /// Limits by meter: on the meter's value over the period.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub meters: BTreeMap<MeterSlug, QuotaLimit>,
     /// Alert thresholds for this plan's customers (`None`: the installation's).
     pub thresholds: Option<Thresholds>,
 }
@@ -318,6 +402,7 @@ impl Plan {
             name,
             mode,
             limits: BTreeMap::new(),
+            meters: BTreeMap::new(),
             thresholds: None,
         }
     }
@@ -327,9 +412,28 @@ impl Plan {
         self.limits.insert(service.as_str().to_owned(), limit);
         self
     }
+
+    /// Sets the limit of `meter`'s value.
+    pub fn meter_limit(mut self, meter: &MeterSlug, limit: QuotaLimit) -> Plan {
+        self.meters.insert(meter.clone(), limit);
+        self
+    }
+
+    /// Every limit of the plan, services first.
+    pub fn all_limits(&self) -> Result<Vec<(Measure, QuotaLimit)>> {
+        let mut out = Vec::with_capacity(self.limits.len() + self.meters.len());
+        for (name, limit) in &self.limits {
+            let service = name.parse().or_else(|_| Service::custom(name))?;
+            out.push((Measure::Service(service), *limit));
+        }
+        for (meter, limit) in &self.meters {
+            out.push((Measure::Meter(meter.clone()), *limit));
+        }
+        Ok(out)
+    }
 }
 
-/// Where a customer's quota for a service comes from.
+/// Where a customer's quota comes from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase", tag = "kind", content = "plan")]
 pub enum QuotaSource {
@@ -339,13 +443,14 @@ pub enum QuotaSource {
     Customer,
 }
 
-/// The quota that applies to one customer and service.
+/// The quota that applies to one customer and service or meter.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Quota {
     /// The customer.
     pub customer_id: CustomerId,
-    /// The service.
-    pub service: Service,
+    /// The service or meter it limits.
+    #[serde(flatten)]
+    pub measure: Measure,
     /// The limit per period.
     pub limit: QuotaLimit,
     /// Soft or hard.
@@ -435,15 +540,17 @@ pub fn percent_of(usage: Decimal, limit: Decimal) -> Option<Decimal> {
         .map(|p| p.round_dp(2).normalize())
 }
 
-/// An alert: a level one customer's usage of one service reached in one period.
+/// An alert: a level one customer's usage of one service (or a meter's value) reached
+/// in one period.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Alert {
     /// Its id (also what a sink can use to recognise a redelivery).
     pub id: i64,
     /// The customer.
     pub customer_id: CustomerId,
-    /// The service.
-    pub service: Service,
+    /// The service or meter.
+    #[serde(flatten)]
+    pub measure: Measure,
     /// The level reached.
     pub level: Level,
     /// Usage of the period when it fired.
@@ -481,7 +588,7 @@ impl Alert {
             serde_fmt::rfc3339(self.triggered_at),
             self.level.as_str().to_uppercase(),
             self.customer_id,
-            self.service,
+            self.measure,
             self.usage.normalize(),
             self.limit.normalize(),
             pct,

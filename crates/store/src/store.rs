@@ -2,7 +2,7 @@ use chrono::NaiveDate;
 use deadpool_postgres::Pool;
 use rust_decimal::Decimal;
 use serde::Serialize;
-use tally_core::{Catalog, CustomerId, Meter, Service, TimeRange, UsageEvent, serde_fmt};
+use tally_core::{Catalog, CustomerId, Measure, Meter, Service, TimeRange, UsageEvent, serde_fmt};
 
 use crate::{
     CommitHook, Error, LocalMark, Recorder, RecorderConfig, Result,
@@ -176,30 +176,34 @@ impl Store {
         self.ingest.write_counted(events, Lane::next()).await
     }
 
-    /// Writes `events` (all of `key`'s customer and service) only if `admit` accepts
-    /// that customer's committed usage of that service over `key`'s range, read in the
-    /// write's own transaction under a lock of the customer and service (see
+    /// Writes `events` (all of one customer) only if `admit` accepts what they do to
+    /// each key: the (before, after) of that customer's usage of the key's service, or
+    /// of its meter's value, over the key's range (`None`: a meter not ready to read),
+    /// read in the write's own transaction under a lock of each key (see
     /// `tally_alerts::Alerts::record_within_quota`). `None`: refused, nothing written.
     pub async fn write_admitted(
         &self,
         events: &[UsageEvent],
-        key: &(CustomerId, Service, TimeRange),
-        admit: impl FnOnce(Decimal) -> bool,
+        keys: &[(CustomerId, Measure, TimeRange)],
+        admit: impl FnOnce(&[Option<(Decimal, Decimal)>]) -> bool,
     ) -> Result<Option<WriteOutcome>> {
         for e in events {
             e.check()?;
-            if e.customer != key.0 || e.service != key.1 {
-                return Err(Error::internal(
-                    "an admitted write",
-                    format!(
-                        "an event of {}/{} in a write admitted for {}/{} only",
-                        e.customer, e.service, key.0, key.1
-                    ),
-                ));
+            for (customer, measure, _) in keys {
+                let service_differs = measure.service().is_some_and(|s| *s != e.service);
+                if e.customer != *customer || service_differs {
+                    return Err(Error::internal(
+                        "an admitted write",
+                        format!(
+                            "an event of {}/{} in a write admitted for {customer}/{measure} only",
+                            e.customer, e.service
+                        ),
+                    ));
+                }
             }
         }
         self.ingest
-            .write_admitted(events, Lane::next(), key, admit)
+            .write_admitted(events, Lane::next(), keys, admit)
             .await
     }
 

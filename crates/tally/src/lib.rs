@@ -114,8 +114,8 @@ pub mod alerts {
         StderrSink,
     };
     pub use tally_core::{
-        Alert, AnchorDay, BillingCycle, Decision, Mode, PeriodName, Plan, PlanName, Quota,
-        QuotaLimit, QuotaSource, percent_of,
+        Alert, AnchorDay, BillingCycle, Decision, Measure, MeterSlug, Mode, PeriodName, Plan,
+        PlanName, Quota, QuotaLimit, QuotaSource, percent_of,
     };
     pub use tally_store::AlertFilter;
 }
@@ -402,20 +402,21 @@ impl Tally {
         &self.alerts
     }
 
-    /// May `customer` use `requested` more of `service` now? Allow, warn or block;
-    /// see [`Alerts::check_quota`].
+    /// May `customer` use `requested` more of a service (a `&Service`), or add it to a
+    /// meter's value (a `&MeterSlug`), now? Allow, warn or block; see
+    /// [`Alerts::check_quota`].
     pub async fn check_quota(
         &self,
         customer: &CustomerId,
-        service: &Service,
+        on: impl Into<alerts::Measure>,
         requested: Quantity,
     ) -> Result<alerts::Decision> {
-        self.alerts.check_quota(customer, service, requested).await
+        self.alerts.check_quota(customer, on, requested).await
     }
 
-    /// Records `event` only if its quota lets it through, exact across processes (one
-    /// transaction per event under a lock of its customer and service); see
-    /// [`Alerts::record_within_quota`].
+    /// Records `event` only if every quota it counts against lets it through (its
+    /// service's and each of its type's meters'), exact across processes (one
+    /// transaction per event under a lock of each); see [`Alerts::record_within_quota`].
     pub async fn record_within_quota(&self, event: &UsageEvent) -> Result<alerts::Admission> {
         self.alerts.watch();
         self.alerts.record_within_quota(event).await

@@ -12,7 +12,7 @@ use tally_core::Alert;
 use tally_store::{AlertFilter, Result};
 use tokio::{sync::Notify, time::Instant};
 
-use super::{Alerts, Inner, Key, lock};
+use super::{Alerts, Inner, lock};
 
 #[derive(Default)]
 pub(super) struct Backoff {
@@ -129,7 +129,7 @@ pub(super) async fn background(weak: Weak<Inner>, wake: Arc<Notify>) {
         let alerts = Alerts { inner };
         {
             let _pass = alerts.inner.pass.lock().await;
-            let keys: Vec<Key> = lock(&alerts.inner.dirty).drain().collect();
+            let keys: Vec<_> = lock(&alerts.inner.dirty).drain().collect();
             // Database failures here are retried with the sinks' backoff rule.
             match alerts.evaluate(&keys, Utc::now()).await {
                 Ok(_) => {

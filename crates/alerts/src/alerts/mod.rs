@@ -9,8 +9,8 @@ use std::{
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use tally_core::{
-    Alert, BillingCycle, CustomerId, Decision, Mode, Plan, PlanName, Quantity, Quota, QuotaLimit,
-    Service, Thresholds, TimeRange, UsageEvent,
+    Alert, BillingCycle, CustomerId, Decision, Measure, Mode, Plan, PlanName, Quantity, Quota,
+    QuotaLimit, Service, Thresholds, TimeRange, UsageEvent,
 };
 use tally_store::{LocalMark, Reached, Result, Store, WriteOutcome};
 use tokio::{sync::Notify, time::Instant};
@@ -101,7 +101,7 @@ impl AlertConfig {
     }
 }
 
-type Key = (CustomerId, Service);
+type Key = (CustomerId, Measure);
 
 // Past this many cached keys, expired entries are dropped before adding one.
 const CACHE_KEYS: usize = 100_000;
@@ -109,10 +109,11 @@ const CACHE_KEYS: usize = 100_000;
 /// What a quota check read for one key.
 struct Cached {
     quota: Option<Quota>,
-    // For a limited quota: its period, the usage read and the mark taken before it.
+    // For a limited quota: its period, the usage read and (for a service) the mark
+    // taken before it.
     period: Option<TimeRange>,
     usage: Decimal,
-    mark: LocalMark,
+    mark: Option<LocalMark>,
     read_at: Instant,
 }
 
@@ -121,8 +122,8 @@ struct Inner {
     config: AlertConfig,
     cache: Mutex<HashMap<Key, Cached>>,
     sinks: RwLock<Vec<Arc<dyn Sink>>>,
-    // Keys touched by commits, waiting for evaluation.
-    dirty: Mutex<HashSet<Key>>,
+    // Customers and services touched by commits, waiting for evaluation.
+    dirty: Mutex<HashSet<(CustomerId, Service)>>,
     wake: Arc<Notify>,
     watching: Mutex<bool>,
     // One evaluation-and-delivery pass at a time in this process.
@@ -229,7 +230,7 @@ impl Alerts {
     /// be sure the background task has nothing left.
     pub async fn settle(&self) -> Result<Vec<Alert>> {
         let _pass = self.inner.pass.lock().await;
-        let keys: Vec<Key> = lock(&self.inner.dirty).drain().collect();
+        let keys: Vec<_> = lock(&self.inner.dirty).drain().collect();
         let fired = match self.evaluate(&keys, Utc::now()).await {
             Ok(f) => f,
             Err(e) => {
@@ -287,25 +288,32 @@ impl Alerts {
         Ok(())
     }
 
-    /// Sets `customer`'s own quota for `service` (beats the plan's).
+    /// Sets `customer`'s own quota for a service or a meter (beats the plan's): a
+    /// `&Service`, or a `&MeterSlug` to limit the meter's value over each period (a
+    /// unique count, a peak, …).
     pub async fn set_quota(
         &self,
         customer: &CustomerId,
-        service: &Service,
+        on: impl Into<Measure>,
         limit: QuotaLimit,
         mode: Mode,
     ) -> Result<()> {
         self.inner
             .store
-            .set_quota(customer, service, limit, mode)
+            .set_quota(customer, &on.into(), limit, mode)
             .await?;
         self.forget(Some(customer));
         Ok(())
     }
 
-    /// Removes `customer`'s own quota for `service`; returns whether there was one.
-    pub async fn remove_quota(&self, customer: &CustomerId, service: &Service) -> Result<bool> {
-        let removed = self.inner.store.remove_quota(customer, service).await?;
+    /// Removes `customer`'s own quota for a service or meter; returns whether there
+    /// was one.
+    pub async fn remove_quota(
+        &self,
+        customer: &CustomerId,
+        on: impl Into<Measure>,
+    ) -> Result<bool> {
+        let removed = self.inner.store.remove_quota(customer, &on.into()).await?;
         self.forget(Some(customer));
         Ok(removed)
     }
@@ -315,22 +323,41 @@ impl Alerts {
         self.inner.store.quotas(customer).await
     }
 
-    /// The usage of `quota`'s current period (at `now`), from the database.
+    /// The usage of each quota's current period (at `now`), from the database: a
+    /// service's total, a meter's value (`None` for a meter not ready: backfilling,
+    /// failed or deleted; its quota is not evaluated meanwhile).
     pub async fn period_usage(
         &self,
         quotas: &[Quota],
         now: DateTime<Utc>,
-    ) -> Result<Vec<(TimeRange, Decimal)>> {
-        let mut keys = Vec::with_capacity(quotas.len());
+    ) -> Result<Vec<(TimeRange, Option<Decimal>)>> {
+        let mut services = Vec::new();
+        let mut meters = Vec::new();
+        let mut periods = Vec::with_capacity(quotas.len());
         for q in quotas {
-            keys.push((
-                q.customer_id.clone(),
-                q.service.clone(),
-                q.cycle.period_at(now)?,
-            ));
+            let period = q.cycle.period_at(now)?;
+            periods.push(period);
+            let c = q.customer_id.clone();
+            match &q.measure {
+                Measure::Service(s) => services.push((c, s.clone(), period)),
+                Measure::Meter(m) => meters.push((c, m.clone(), period)),
+            }
         }
-        let usage = self.inner.store.period_usage(&keys).await?;
-        Ok(keys.into_iter().map(|k| k.2).zip(usage).collect())
+        let mut services = self.inner.store.period_usage(&services).await?.into_iter();
+        let mut meters = self
+            .inner
+            .store
+            .meter_usage(&meters, now)
+            .await?
+            .into_iter();
+        Ok(quotas
+            .iter()
+            .zip(periods)
+            .map(|(q, p)| match q.measure {
+                Measure::Service(_) => (p, services.next()),
+                Measure::Meter(_) => (p, meters.next().flatten()),
+            })
+            .collect())
     }
 
     /// `customer`'s committed usage of `service` over `range`, exactly, the way quota
@@ -352,24 +379,33 @@ impl Alerts {
         quota.thresholds.unwrap_or(self.inner.config.thresholds)
     }
 
-    /// May `customer` use `requested` more of `service` now? `Allow`, `Warn` (usage
-    /// with the request reaches an alert level) or `Block` (a hard quota the request
-    /// would pass). Usage is the current period's from the database, plus everything
-    /// this process has handed to its write path and the database may not show yet.
+    /// May `customer` use `requested` more of a service (or add `requested` to a
+    /// meter's value) now? `Allow`, `Warn` (usage with the request reaches an alert
+    /// level) or `Block` (a hard quota the request would pass). Usage is the current
+    /// period's from the database, plus, for a service, everything this process has
+    /// handed to its write path and the database may not show yet.
     ///
     /// The database read is reused for [`AlertConfig::cache_ttl`]; this process's own
-    /// writes are always counted, so within one process a hard limit holds exactly.
-    /// What other processes committed since the read is seen at the next read, and
-    /// what they have not committed yet (up to their batch timeout) not at all: where
-    /// a hard limit must hold across processes, use [`Alerts::record_within_quota`].
+    /// writes of a service are always counted, so within one process a hard limit of a
+    /// service holds exactly. A meter's value is what was committed when it was read
+    /// (what a batch adds to a unique count or a peak is not known before it is
+    /// written). What other processes committed since the read is seen at the next
+    /// read, and what they have not committed yet (up to their batch timeout) not at
+    /// all: where a hard limit must hold across processes, use
+    /// [`Alerts::record_within_quota`].
     pub async fn check_quota(
         &self,
         customer: &CustomerId,
-        service: &Service,
+        on: impl Into<Measure>,
         requested: Quantity,
     ) -> Result<Decision> {
         let now = Utc::now();
-        let key = (customer.clone(), service.clone());
+        let key = (customer.clone(), on.into());
+        let local_since = |mark: Option<LocalMark>| match (&key.1, mark) {
+            (Measure::Service(s), Some(mark)) => self.inner.store.local_since(customer, s, mark),
+            (Measure::Service(_), None) => None,
+            (Measure::Meter(_), _) => Some(Decimal::ZERO),
+        };
         let cached = {
             let cache = lock(&self.inner.cache);
             cache.get(&key).and_then(|c| {
@@ -385,43 +421,44 @@ impl Alerts {
             if quota.limit == QuotaLimit::Unlimited {
                 return Ok(Decision::Allow);
             }
-            if let Some(local) = self.inner.store.local_since(customer, service, mark) {
-                return Ok(self.decide(&quota, usage, local, requested));
+            if let Some(local) = local_since(mark) {
+                return Ok(self.decide(&quota, usage, local, requested.value()));
             }
         }
-        let quota = self.inner.store.quota(customer, service).await?;
-        let (period, usage, mark, local) = match &quota {
+        let quota = self.inner.store.quota(customer, &key.1).await?;
+        // Mark first: anything committed after it is counted again, never lost.
+        let mark = key
+            .1
+            .service()
+            .map(|s| self.inner.store.local_mark(customer, s));
+        let (period, usage, local) = match &quota {
             Some(q) if q.limit != QuotaLimit::Unlimited => {
                 let period = q.cycle.period_at(now)?;
-                let keys = [(customer.clone(), service.clone(), period)];
-                // Mark first: anything committed after it is counted again, never lost.
-                let mark = self.inner.store.local_mark(customer, service);
-                let usage = self
-                    .inner
-                    .store
-                    .period_usage(&keys)
-                    .await?
-                    .first()
-                    .copied()
-                    .unwrap_or_default();
+                let usage = match &key.1 {
+                    Measure::Service(s) => {
+                        let keys = [(customer.clone(), s.clone(), period)];
+                        self.inner.store.period_usage(&keys).await?.first().copied()
+                    }
+                    Measure::Meter(m) => {
+                        let keys = [(customer.clone(), m.clone(), period)];
+                        self.inner
+                            .store
+                            .meter_usage(&keys, now)
+                            .await?
+                            .first()
+                            .copied()
+                            .flatten()
+                    }
+                }
+                .unwrap_or_default();
                 // The mark is void only if the ledger was pruned meanwhile; then what
                 // is pending now is all that can be missing.
-                let local = self
-                    .inner
-                    .store
-                    .local_since(customer, service, mark)
-                    .unwrap_or_default();
-                (Some(period), usage, mark, local)
+                (Some(period), usage, local_since(mark).unwrap_or_default())
             }
-            _ => (
-                None,
-                Decimal::ZERO,
-                self.inner.store.local_mark(customer, service),
-                Decimal::ZERO,
-            ),
+            _ => (None, Decimal::ZERO, Decimal::ZERO),
         };
         let decision = match &quota {
-            Some(q) => self.decide(q, usage, local, requested),
+            Some(q) => self.decide(q, usage, local, requested.value()),
             None => Decision::Allow,
         };
         if !self.inner.config.cache_ttl.is_zero() {
@@ -444,55 +481,79 @@ impl Alerts {
         Ok(decision)
     }
 
-    /// Records `event` only if its customer's quota for its service lets it through,
-    /// exactly, across processes: the check and the write are one transaction that
-    /// holds a lock of that customer and service and reads their committed usage
-    /// inside it, so two processes cannot both take the last unit of a hard limit.
+    /// Records `event` only if every quota it counts against lets it through, exactly,
+    /// across processes: its customer's quota of its service, and of each meter of its
+    /// type (e.g. 1,000 unique users a month, hard). The check and the write are one
+    /// transaction that holds a lock of each of those keys and reads their committed
+    /// usage inside it before and after the write, so two processes cannot both take
+    /// the last unit of a hard limit, and a unique count is blocked exactly when the
+    /// event brings a new value past it (a value already counted passes).
     /// `Block`: nothing is written. Otherwise the event is committed when this returns
-    /// (durable, as [`tally_store::Store::write`]) and the decision says what it reached.
+    /// (durable, as [`tally_store::Store::write`]) and the decision says the highest
+    /// level it reached.
     ///
     /// Exact against every write made through this call, and against everything else
     /// once it is committed; a [`tally_store::Recorder`]'s queue (in this process or
     /// another) is not counted until it is committed. One transaction per event, serialised
-    /// per customer and service (no cache, no batching): for requests that must not
-    /// pass a limit, not for the bulk of ingest. With no quota, or an unlimited one,
-    /// the event is written as by `write`.
+    /// per customer and key (no cache, no batching): for requests that must not pass a
+    /// limit, not for the bulk of ingest. With no quota, or only unlimited ones, the
+    /// event is written as by `write`. A meter not ready (backfilling or failed) does
+    /// not hold the event back.
     pub async fn record_within_quota(&self, event: &UsageEvent) -> Result<Admission> {
-        let (customer, service) = (&event.customer, &event.service);
-        let quota = self.inner.store.quota(customer, service).await?;
+        let customer = &event.customer;
+        let mut keys = vec![(customer.clone(), Measure::from(&event.service))];
+        for m in self.inner.store.meters().await? {
+            if m.spec.event_type.as_str() == event.service.as_str() {
+                keys.push((customer.clone(), Measure::Meter(m.spec.slug)));
+            }
+        }
+        let quotas: Vec<Quota> = self
+            .inner
+            .store
+            .quotas_for(&keys)
+            .await?
+            .into_iter()
+            .filter(|q| q.limit != QuotaLimit::Unlimited)
+            .collect();
         let events = std::slice::from_ref(event);
-        let Some(quota) = quota.filter(|q| q.limit != QuotaLimit::Unlimited) else {
+        if quotas.is_empty() {
             let written = self.inner.store.write(events).await?;
             return Ok(Admission {
                 decision: Decision::Allow,
                 written: Some(written),
             });
-        };
-        let key = (
-            customer.clone(),
-            service.clone(),
-            quota.cycle.period_at(Utc::now())?,
-        );
+        }
+        let now = Utc::now();
+        let mut keys = Vec::with_capacity(quotas.len());
+        for q in &quotas {
+            keys.push((customer.clone(), q.measure.clone(), q.cycle.period_at(now)?));
+        }
         let mut decision = Decision::Allow;
         let written = self
             .inner
             .store
-            .write_admitted(events, &key, |db| {
+            .write_admitted(events, &keys, |usage| {
                 // The database alone: every admitted write before this one committed
-                // under the lock. This process's ledger is not added, since admitted
-                // writes queued behind the lock would count against this one.
-                decision = self.decide(&quota, db, Decimal::ZERO, event.quantity);
-                !matches!(decision, Decision::Block { .. })
+                // under the locks. This process's ledger is not added, since admitted
+                // writes queued behind a lock would count against this one.
+                for (q, u) in quotas.iter().zip(usage) {
+                    let Some((before, after)) = *u else {
+                        continue;
+                    };
+                    let d = self.decide(q, before, Decimal::ZERO, after - before);
+                    decision = worse(decision, d);
+                }
+                decision.allowed()
             })
             .await?;
         Ok(Admission { decision, written })
     }
 
-    fn decide(&self, quota: &Quota, db: Decimal, local: Decimal, requested: Quantity) -> Decision {
+    fn decide(&self, quota: &Quota, db: Decimal, local: Decimal, requested: Decimal) -> Decision {
         let usage = db.checked_add(local).unwrap_or(Decimal::MAX);
         Decision::decide(
             usage,
-            requested.value(),
+            requested,
             quota.limit,
             quota.mode,
             &self.thresholds(quota),
@@ -522,9 +583,28 @@ impl Alerts {
         Ok(fired)
     }
 
-    async fn evaluate(&self, keys: &[Key], now: DateTime<Utc>) -> Result<Vec<Alert>> {
-        if keys.is_empty() {
+    async fn evaluate(
+        &self,
+        touched: &[(CustomerId, Service)],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Alert>> {
+        if touched.is_empty() {
             return Ok(Vec::new());
+        }
+        // A commit touched services (event types); each meter of a type is touched too.
+        let mut by_type: HashMap<String, Vec<Measure>> = HashMap::new();
+        for m in self.inner.store.meters().await? {
+            by_type
+                .entry(m.spec.event_type.as_str().to_owned())
+                .or_default()
+                .push(Measure::Meter(m.spec.slug));
+        }
+        let mut keys: Vec<Key> = Vec::with_capacity(touched.len());
+        for (c, s) in touched {
+            keys.push((c.clone(), Measure::from(s)));
+            for m in by_type.get(s.as_str()).into_iter().flatten() {
+                keys.push((c.clone(), m.clone()));
+            }
         }
         let mut quotas = Vec::new();
         // Bounded statements however many keys a commit touched.
@@ -544,8 +624,8 @@ impl Alerts {
         for chunk in limited.chunks(1000) {
             let usage = self.period_usage(chunk, now).await?;
             for (q, (period, usage)) in chunk.iter().zip(usage) {
-                let QuotaLimit::Limited(limit) = q.limit else {
-                    continue;
+                let (QuotaLimit::Limited(limit), Some(usage)) = (q.limit, usage) else {
+                    continue; // unlimited, or a meter not ready to read
                 };
                 if usage.is_zero() {
                     continue; // nothing used: no level, even of a zero limit
@@ -553,7 +633,7 @@ impl Alerts {
                 let levels = self.thresholds(q).reached(usage, limit);
                 let reached = Reached {
                     customer: &q.customer_id,
-                    service: &q.service,
+                    measure: &q.measure,
                     period,
                     usage,
                     limit,
@@ -561,7 +641,7 @@ impl Alerts {
                 };
                 let new = self.inner.store.record_alerts(&reached).await?;
                 for a in &new {
-                    tracing::info!(customer = %a.customer_id, service = %a.service, level = %a.level,
+                    tracing::info!(customer = %a.customer_id, on = %a.measure, level = %a.level,
                         usage = %a.usage, limit = %a.limit, "alert fired");
                 }
                 fired.extend(new);
@@ -569,4 +649,14 @@ impl Alerts {
         }
         Ok(fired)
     }
+}
+
+/// The decision that says more: a block beats a warning, a higher level a lower one.
+fn worse(a: Decision, b: Decision) -> Decision {
+    let rank = |d: &Decision| match d {
+        Decision::Allow => 0,
+        Decision::Warn { level, .. } => 1 + *level as u8,
+        Decision::Block { .. } => u8::MAX,
+    };
+    if rank(&b) > rank(&a) { b } else { a }
 }

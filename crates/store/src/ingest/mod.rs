@@ -28,7 +28,7 @@ use std::sync::{
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
 use rust_decimal::Decimal;
-use tally_core::{CustomerId, Service, TimeRange, UsageEvent};
+use tally_core::{CustomerId, Measure, TimeRange, UsageEvent};
 use uuid::Uuid;
 
 pub(crate) use batch::Dedupe;
@@ -237,42 +237,57 @@ impl Ingest {
         tx.write_batch(events.len(), &batch).await
     }
 
-    /// As [`Ingest::write`], admitted first: in the same transaction, a lock of
-    /// `customer` and `service` is taken and their committed usage over `period` read;
-    /// `admit` is given it and, if it says no, nothing is written (`None`). Writers
-    /// through this call are serialised per customer and service, and each reads every
-    /// earlier one's commit: what makes a hard quota exact across processes.
+    /// As [`Ingest::write`], admitted: in the same transaction, a lock of each key
+    /// (customer and service or meter) is taken, each key's committed usage over its
+    /// period read, the events applied and the usage read again; `admit` is given the
+    /// (before, after) of each key (`None`: a meter not ready to read) and, if it says
+    /// no, the transaction rolls back and nothing is written (`None`). Writers through
+    /// this call are serialised per key, and each reads every earlier one's commit:
+    /// what makes a hard quota exact across processes, for a meter's unique count as
+    /// for a service's sum.
     pub(crate) async fn write_admitted(
         &self,
         events: &[UsageEvent],
         lane: Lane,
-        key: &(CustomerId, Service, TimeRange),
-        admit: impl FnOnce(Decimal) -> bool,
+        keys: &[(CustomerId, Measure, TimeRange)],
+        admit: impl FnOnce(&[Option<(Decimal, Decimal)>]) -> bool,
     ) -> Result<Option<WriteOutcome>> {
         const CTX: &str = "admitting events";
         self.ensure_partitions(events).await;
         let batch = Dedupe::of(events);
-        let tx = self.begin(lane, Path::Direct).await?;
+        let mut tx = self.begin(lane, Path::Direct).await?;
         let client = tx.client()?;
-        // One 64-bit key per customer and service; a collision only makes two keys wait
-        // for each other. The seed keeps Tally's keys apart from the application's.
-        client
-            .execute(
-                "SELECT pg_advisory_xact_lock(hashtextextended($1 || E'\\x1f' || $2, $3))",
-                &[&key.0.as_str(), &key.1.as_str(), &ADMISSION_LOCK_SEED],
-            )
-            .await
-            .map_err(Error::db(CTX))?;
-        let usage = crate::quotas::period_usage_on(client, std::slice::from_ref(key))
-            .await?
-            .first()
-            .copied()
-            .unwrap_or_default();
-        if !admit(usage) {
+        // One 64-bit key per customer and service or meter, taken in one order (no two
+        // admissions wait for each other crosswise); a collision only makes two keys
+        // wait for each other. The seed keeps Tally's keys apart from the application's.
+        let mut locks: Vec<(&str, std::borrow::Cow<'_, str>)> = keys
+            .iter()
+            .map(|(c, m, _)| (c.as_str(), crate::quotas::measure_key(m)))
+            .collect();
+        locks.sort();
+        locks.dedup();
+        for (customer, key) in &locks {
+            client
+                .execute(
+                    "SELECT pg_advisory_xact_lock(hashtextextended($1 || E'\\x1f' || $2, $3))",
+                    &[customer, &key.as_ref(), &ADMISSION_LOCK_SEED],
+                )
+                .await
+                .map_err(Error::db(CTX))?;
+        }
+        let before = admission_usage(client, keys).await?;
+        let outcome = tx.apply_batch(events.len(), &batch).await?;
+        let after = admission_usage(tx.client()?, keys).await?;
+        let both: Vec<Option<(Decimal, Decimal)>> = before
+            .into_iter()
+            .zip(after)
+            .map(|(b, a)| b.zip(a))
+            .collect();
+        if !admit(&both) {
             tx.rollback().await?;
             return Ok(None);
         }
-        let outcome = tx.write_batch(events.len(), &batch).await?;
+        tx.commit().await?;
         // Into the ledger only once committed: an admitted write waiting for the lock
         // must not count against the one holding it (the database read under the lock
         // is exact for these writes).
@@ -344,6 +359,35 @@ impl Ingest {
             .map_err(Error::db("storing dead letters"))?;
         Ok(())
     }
+}
+
+/// Each key's usage over its period on `client`: services from their rollups, meters
+/// through the meter query (`None`: not ready).
+async fn admission_usage(
+    client: &deadpool_postgres::Client,
+    keys: &[(CustomerId, Measure, TimeRange)],
+) -> Result<Vec<Option<Decimal>>> {
+    let mut services = Vec::new();
+    let mut meters = Vec::new();
+    for (c, m, r) in keys {
+        match m {
+            Measure::Service(s) => services.push((c.clone(), s.clone(), *r)),
+            Measure::Meter(slug) => meters.push((c.clone(), slug.clone(), *r)),
+        }
+    }
+    let mut services = crate::quotas::period_usage_on(client, &services)
+        .await?
+        .into_iter();
+    let mut meters = crate::quotas::meter_usage_on(client, &meters, Utc::now())
+        .await?
+        .into_iter();
+    Ok(keys
+        .iter()
+        .map(|(_, m, _)| match m {
+            Measure::Service(_) => services.next(),
+            Measure::Meter(_) => meters.next().flatten(),
+        })
+        .collect())
 }
 
 /// The seed of the admission lock's key ("tallyq" in ASCII).

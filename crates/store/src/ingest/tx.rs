@@ -364,6 +364,17 @@ impl IngestTx {
         len: usize,
         batch: &Dedupe<'_>,
     ) -> Result<WriteOutcome> {
+        let outcome = self.apply_batch(len, batch).await?;
+        self.commit().await?;
+        Ok(outcome)
+    }
+
+    /// Writes one deduplicated batch of `len` events, not committed yet.
+    pub(super) async fn apply_batch(
+        &mut self,
+        len: usize,
+        batch: &Dedupe<'_>,
+    ) -> Result<WriteOutcome> {
         let applied = match self.write_direct(&batch.unique).await? {
             Some(written) => written,
             None => {
@@ -371,7 +382,6 @@ impl IngestTx {
                 self.apply(&batch.unique).await?
             }
         };
-        self.commit().await?;
         let conflicts = batch.conflicts(&applied.stored);
         Ok(WriteOutcome {
             inserted: applied.inserted,

@@ -17,6 +17,7 @@ use serde::Serialize;
 use tally_core::{CustomerId, EventId, Metadata, MeterSpec, Progress, Quantity, UsageEvent};
 
 pub(crate) use deltas::LiveMeter;
+pub(crate) use query::query_defined;
 pub use query::{MeterQuery, MeterQueryResult, MeterRow};
 use write::TYPE_LOCK_SEED;
 pub(crate) use write::{apply_meters, apply_with, meters_of_types};
@@ -166,6 +167,26 @@ fn cursor_events(
             )
         })
         .collect()
+}
+
+/// [`Store::meter`] on a given connection.
+pub(crate) async fn meter_on(
+    client: &tokio_postgres::Client,
+    slug_or_id: &str,
+) -> Result<DefinedMeter> {
+    let row = client
+        .query_opt(
+            &format!(
+                "SELECT {COLUMNS} FROM tally_meter_defs WHERE (slug = $1 OR id = $1) AND deleted_at IS NULL"
+            ),
+            &[&slug_or_id],
+        )
+        .await
+        .map_err(Error::db("reading meters"))?;
+    match row {
+        Some(r) => defined(&r),
+        None => Err(Error::not_found("meter", slug_or_id)),
+    }
 }
 
 /// How many stored events a backfill reads at a time.
@@ -346,19 +367,7 @@ impl Store {
     /// The meter with this slug or id (not deleted); `Invalid` (field `meter`) if none.
     pub async fn meter(&self, slug_or_id: &str) -> Result<DefinedMeter> {
         let client = self.client("reading meters").await?;
-        let row = client
-            .query_opt(
-                &format!(
-                    "SELECT {COLUMNS} FROM tally_meter_defs WHERE (slug = $1 OR id = $1) AND deleted_at IS NULL"
-                ),
-                &[&slug_or_id],
-            )
-            .await
-            .map_err(Error::db("reading meters"))?;
-        match row {
-            Some(r) => defined(&r),
-            None => Err(Error::not_found("meter", slug_or_id)),
-        }
+        meter_on(&client, slug_or_id).await
     }
 
     /// Deletes (retires) a meter: it is no longer maintained, listed or queried, and

@@ -18,6 +18,8 @@ use tally_core::{
 use super::DefinedMeter;
 use crate::{Error, Result, Store, numeric::Numeric};
 
+type Client = tokio_postgres::Client;
+
 /// What to read from a meter.
 #[derive(Debug, Clone)]
 pub struct MeterQuery {
@@ -382,335 +384,337 @@ impl Store {
                 },
             ));
         }
-        let plan = Plan::new(&meter, q)?;
-        let values: BTreeMap<Group, Decimal> = match meter.spec.aggregation {
-            Aggregation::UniqueCount => self.read_distinct(&plan).await?,
-            Aggregation::TimeWeighted => self.read_gauge(&plan, q.now).await?,
-            a => {
-                let accs = self
-                    .read_accs(&plan, q.window == Some(WindowSize::Minute))
-                    .await?;
-                accs.into_iter()
-                    .filter_map(|(g, acc)| Some((g, acc.value(a)?)))
-                    .collect()
-            }
-        };
-        Ok(MeterQueryResult {
-            from: q.range.from(),
-            to: q.range.to(),
-            window_size: q.window,
-            data: values
-                .into_iter()
-                .filter_map(|(g, v)| plan.row(g, v))
-                .collect(),
-        })
-    }
-
-    async fn read_accs(&self, plan: &Plan<'_>, minute: bool) -> Result<BTreeMap<Group, Acc>> {
-        let lv = if minute {
-            let mut raw = Pieces::default();
-            for (w, r) in plan.windows.iter().enumerate() {
-                raw.push(w, *r);
-            }
-            Levels {
-                months: Pieces::default(),
-                days: Pieces::default(),
-                quarters: Pieces::default(),
-                raw,
-            }
-        } else {
-            levels(&plan.windows, false)
-        };
         let client = self.client("querying a meter").await?;
-        let customers = &plan.customers;
-        let mut out: BTreeMap<Group, Acc> = BTreeMap::new();
-        for (table, pieces) in [
-            ("tally_meter_days", &lv.days),
-            ("tally_meter_quarters", &lv.quarters),
-        ] {
-            if pieces.lo.is_empty() {
-                continue;
-            }
-            let sql = format!(
-                "SELECT w.i, r.customer_id, r.dims::text, sum(r.events)::int8, sum(r.total), min(r.lo), max(r.hi),
-                        (array_agg(r.latest_at ORDER BY r.latest_at DESC NULLS LAST, r.latest_id DESC))[1],
-                        (array_agg(r.latest_id ORDER BY r.latest_at DESC NULLS LAST, r.latest_id DESC))[1],
-                        (array_agg(r.latest_value ORDER BY r.latest_at DESC NULLS LAST, r.latest_id DESC))[1]
-                 FROM unnest($2::timestamptz[], $3::timestamptz[], $4::int4[]) AS w(lo, hi, i)
-                 JOIN {table} r ON r.meter = $1 AND r.bucket >= w.lo AND r.bucket < w.hi
-                 WHERE ($5::text[] IS NULL OR r.customer_id = ANY($5)){}
-                 GROUP BY 1, 2, 3",
-                plan.dims_sql(6)
-            );
-            let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![
-                &plan.meter.number,
-                &pieces.lo,
-                &pieces.hi,
-                &pieces.window,
-                &customers,
-            ];
-            plan.push_filters(&mut params);
-            let rows = client
-                .query(&sql, &params)
-                .await
-                .map_err(Error::db("querying a meter"))?;
-            for r in &rows {
-                let db = || Error::db("querying a meter");
-                let w: i32 = r.try_get(0).map_err(db())?;
-                let customer: String = r.try_get(1).map_err(db())?;
-                let dims = dims_of(&r.try_get::<_, String>(2).map_err(db())?)?;
-                let latest = match (
-                    r.try_get::<_, Option<DateTime<Utc>>>(7).map_err(db())?,
-                    r.try_get::<_, Option<uuid::Uuid>>(8).map_err(db())?,
-                    r.try_get::<_, Option<Numeric>>(9).map_err(db())?,
-                ) {
-                    (Some(at), Some(id), Some(v)) => Some(Latest { at, id, value: v.0 }),
-                    _ => None,
-                };
-                let acc = Acc {
-                    events: r.try_get(3).map_err(db())?,
-                    sum: r.try_get::<_, Numeric>(4).map_err(db())?.0,
-                    min: r
-                        .try_get::<_, Option<Numeric>>(5)
-                        .map_err(db())?
-                        .map(|n| n.0),
-                    max: r
-                        .try_get::<_, Option<Numeric>>(6)
-                        .map_err(db())?
-                        .map(|n| n.0),
-                    latest,
-                };
-                let g = plan.group(usize::try_from(w).unwrap_or_default(), &customer, &dims);
-                out.entry(g).or_default().merge(&acc)?;
-            }
-        }
-        drop(client);
-        self.read_raw(plan, &lv.raw, |g, at, id, value| {
-            if let Value::Number(_) | Value::None = value {
-                out.entry(g).or_default().add(at, id, value.number())?;
-            }
-            Ok(())
-        })
-        .await?;
-        Ok(out)
+        query_defined(&client, &meter, q).await
     }
+}
 
-    /// Reads the raw events of the meter's type in `pieces`, calling `f` with each
-    /// reading's group (events the meter skips or filters out are not given).
-    async fn read_raw(
-        &self,
-        plan: &Plan<'_>,
-        pieces: &Pieces,
-        mut f: impl FnMut(Group, DateTime<Utc>, uuid::Uuid, Value) -> Result<()>,
-    ) -> Result<()> {
+/// Answers `q` from `meter` (ready) on `client`: inside a transaction, it sees that
+/// transaction's own writes (a quota's admission reads a meter before and after one).
+pub(crate) async fn query_defined(
+    client: &Client,
+    meter: &DefinedMeter,
+    q: &MeterQuery,
+) -> Result<MeterQueryResult> {
+    let plan = Plan::new(meter, q)?;
+    let values: BTreeMap<Group, Decimal> = match meter.spec.aggregation {
+        Aggregation::UniqueCount => read_distinct(client, &plan).await?,
+        Aggregation::TimeWeighted => read_gauge(client, &plan, q.now).await?,
+        a => {
+            let accs = read_accs(client, &plan, q.window == Some(WindowSize::Minute)).await?;
+            accs.into_iter()
+                .filter_map(|(g, acc)| Some((g, acc.value(a)?)))
+                .collect()
+        }
+    };
+    Ok(MeterQueryResult {
+        from: q.range.from(),
+        to: q.range.to(),
+        window_size: q.window,
+        data: values
+            .into_iter()
+            .filter_map(|(g, v)| plan.row(g, v))
+            .collect(),
+    })
+}
+
+async fn read_accs(client: &Client, plan: &Plan<'_>, minute: bool) -> Result<BTreeMap<Group, Acc>> {
+    let lv = if minute {
+        let mut raw = Pieces::default();
+        for (w, r) in plan.windows.iter().enumerate() {
+            raw.push(w, *r);
+        }
+        Levels {
+            months: Pieces::default(),
+            days: Pieces::default(),
+            quarters: Pieces::default(),
+            raw,
+        }
+    } else {
+        levels(&plan.windows, false)
+    };
+    let customers = &plan.customers;
+    let mut out: BTreeMap<Group, Acc> = BTreeMap::new();
+    for (table, pieces) in [
+        ("tally_meter_days", &lv.days),
+        ("tally_meter_quarters", &lv.quarters),
+    ] {
         if pieces.lo.is_empty() {
-            return Ok(());
+            continue;
         }
-        let client = self.client("querying a meter").await?;
-        let customers = &plan.customers;
-        let rows = client
-            .query(
-                "SELECT e.event_id, e.customer_id, e.recorded_at, e.metadata::text
-                 FROM unnest($2::timestamptz[], $3::timestamptz[]) AS w(lo, hi)
-                 JOIN usage_events e ON e.service = $1 AND e.recorded_at >= w.lo AND e.recorded_at < w.hi
-                 WHERE $4::text[] IS NULL OR e.customer_id = ANY($4)",
-                &[
-                    &plan.meter.spec.event_type.as_str(),
-                    &pieces.lo,
-                    &pieces.hi,
-                    &customers,
-                ],
-            )
-            .await
-            .map_err(Error::db("reading raw events for a meter"))?;
-        for r in &rows {
-            let db = || Error::db("reading raw events for a meter");
-            let id: uuid::Uuid = r.try_get(0).map_err(db())?;
-            let customer: String = r.try_get(1).map_err(db())?;
-            let at: DateTime<Utc> = r.try_get(2).map_err(db())?;
-            let metadata: tally_core::Metadata =
-                r.try_get::<_, String>(3).map_err(db())?.parse()?;
-            // Stored before the meter existed and unreadable by it: skipped, as the
-            // backfill skipped it.
-            let Ok(Some(reading)) = plan.meter.spec.read(&Payload::of(&metadata), at) else {
-                continue;
-            };
-            if !plan.keep(&reading.dims) {
-                continue;
-            }
-            let Some(w) = pieces.window_of(at) else {
-                continue;
-            };
-            f(
-                plan.group(w, &customer, &reading.dims),
-                at,
-                id,
-                reading.value,
-            )?;
-        }
-        Ok(())
-    }
-
-    async fn read_distinct(&self, plan: &Plan<'_>) -> Result<BTreeMap<Group, Decimal>> {
-        let lv = levels(&plan.windows, true);
-        let client = self.client("querying a meter").await?;
-        let customers = &plan.customers;
-        let mut branches = Vec::new();
-        let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
-            vec![&plan.meter.number, &customers];
-        for (table, pieces) in [
-            ("tally_meter_distinct_months", &lv.months),
-            ("tally_meter_distinct_days", &lv.days),
-            ("tally_meter_distinct_quarters", &lv.quarters),
-        ] {
-            if pieces.lo.is_empty() {
-                continue;
-            }
-            let n = params.len();
-            branches.push(format!(
-                "SELECT w.i, r.customer_id, r.dims, r.value
-                 FROM unnest(${}::timestamptz[], ${}::timestamptz[], ${}::int4[]) AS w(lo, hi, i)
-                 JOIN {table} r ON r.meter = $1 AND r.bucket >= w.lo AND r.bucket < w.hi
-                 WHERE ($2::text[] IS NULL OR r.customer_id = ANY($2)){{filters}}",
-                n + 1,
-                n + 2,
-                n + 3
-            ));
-            params.extend_from_slice(&[&pieces.lo, &pieces.hi, &pieces.window]);
-        }
-        let first_filter = params.len() + 1;
-        plan.push_filters(&mut params);
-        let filters = plan.dims_sql(first_filter);
-        let union = branches
-            .iter()
-            .map(|b| b.replace("{filters}", &filters))
-            .collect::<Vec<_>>()
-            .join(" UNION ALL ");
-        let subject = if plan.by_subject {
-            "x.customer_id"
-        } else {
-            "NULL::text"
-        };
-        let grouped: String = plan
-            .grouped
-            .iter()
-            .map(|i| format!(", x.dims->>{i}"))
-            .collect();
-        let group_cols: String = (0..plan.grouped.len())
-            .map(|k| format!(", {}", k + 3))
-            .collect();
-        let raw = !lv.raw.lo.is_empty();
-        let mut sets: BTreeMap<Group, BTreeSet<String>> = BTreeMap::new();
-        let mut counts: BTreeMap<Group, Decimal> = BTreeMap::new();
-        if !branches.is_empty() {
-            // With raw parts the values themselves are needed (to count them with the
-            // raw events'); without, the database counts.
-            let sql = if raw {
-                format!("SELECT DISTINCT x.i, {subject}{grouped}, x.value FROM ({union}) x")
-            } else {
-                format!(
-                    "SELECT x.i, {subject}{grouped}, count(DISTINCT x.value) FROM ({union}) x GROUP BY 1, 2{group_cols}"
-                )
-            };
-            let rows = client
-                .query(&sql, &params)
-                .await
-                .map_err(Error::db("querying a meter"))?;
-            let n = plan.grouped.len();
-            for r in &rows {
-                let db = || Error::db("querying a meter");
-                let w: i32 = r.try_get(0).map_err(db())?;
-                let subject: Option<String> = r.try_get(1).map_err(db())?;
-                let values = (0..n)
-                    .map(|k| r.try_get::<_, Option<String>>(2 + k))
-                    .collect::<std::result::Result<Vec<_>, _>>()
-                    .map_err(db())?;
-                let g = (usize::try_from(w).unwrap_or_default(), subject, values);
-                if raw {
-                    sets.entry(g)
-                        .or_default()
-                        .insert(r.try_get(2 + n).map_err(db())?);
-                } else {
-                    let c: i64 = r.try_get(2 + n).map_err(db())?;
-                    counts.insert(g, Decimal::from(c));
-                }
-            }
-        }
-        drop(client);
-        if raw {
-            self.read_raw(plan, &lv.raw, |g, _, _, value| {
-                if let Value::Text(v) = value {
-                    sets.entry(g).or_default().insert(v);
-                }
-                Ok(())
-            })
-            .await?;
-            counts = sets
-                .into_iter()
-                .map(|(g, s)| (g, Decimal::from(s.len())))
-                .collect();
-        }
-        Ok(counts)
-    }
-
-    async fn read_gauge(
-        &self,
-        plan: &Plan<'_>,
-        now: DateTime<Utc>,
-    ) -> Result<BTreeMap<Group, Decimal>> {
-        let (Some(first), Some(last)) = (plan.windows.first(), plan.windows.last()) else {
-            return Ok(BTreeMap::new());
-        };
-        let (from, to) = (first.from(), last.to());
-        let client = self.client("querying a meter").await?;
-        let customers = &plan.customers;
-        let filters = plan.dims_sql(5);
         let sql = format!(
-            "SELECT r.customer_id, r.dims::text, r.at, r.event_id, r.value FROM tally_meter_samples r
-             WHERE r.meter = $1 AND r.at >= $2 AND r.at < $3 AND ($4::text[] IS NULL OR r.customer_id = ANY($4)){filters}
-             UNION ALL
-             (SELECT DISTINCT ON (r.customer_id, r.dims) r.customer_id, r.dims::text, r.at, r.event_id, r.value
-              FROM tally_meter_samples r
-              WHERE r.meter = $1 AND r.at < $2 AND ($4::text[] IS NULL OR r.customer_id = ANY($4)){filters}
-              ORDER BY r.customer_id, r.dims, r.at DESC, r.event_id DESC)"
+            "SELECT w.i, r.customer_id, r.dims::text, sum(r.events)::int8, sum(r.total), min(r.lo), max(r.hi),
+                    (array_agg(r.latest_at ORDER BY r.latest_at DESC NULLS LAST, r.latest_id DESC))[1],
+                    (array_agg(r.latest_id ORDER BY r.latest_at DESC NULLS LAST, r.latest_id DESC))[1],
+                    (array_agg(r.latest_value ORDER BY r.latest_at DESC NULLS LAST, r.latest_id DESC))[1]
+             FROM unnest($2::timestamptz[], $3::timestamptz[], $4::int4[]) AS w(lo, hi, i)
+             JOIN {table} r ON r.meter = $1 AND r.bucket >= w.lo AND r.bucket < w.hi
+             WHERE ($5::text[] IS NULL OR r.customer_id = ANY($5)){}
+             GROUP BY 1, 2, 3",
+            plan.dims_sql(6)
         );
-        let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
-            vec![&plan.meter.number, &from, &to, &customers];
+        let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![
+            &plan.meter.number,
+            &pieces.lo,
+            &pieces.hi,
+            &pieces.window,
+            &customers,
+        ];
         plan.push_filters(&mut params);
         let rows = client
             .query(&sql, &params)
             .await
             .map_err(Error::db("querying a meter"))?;
-        let mut series: HashMap<(String, String), Vec<Sample>> = HashMap::new();
         for r in &rows {
             let db = || Error::db("querying a meter");
-            series
-                .entry((r.try_get(0).map_err(db())?, r.try_get(1).map_err(db())?))
-                .or_default()
-                .push(Sample {
-                    at: r.try_get(2).map_err(db())?,
-                    id: r.try_get(3).map_err(db())?,
-                    value: r.try_get::<_, Numeric>(4).map_err(db())?.0,
-                });
+            let w: i32 = r.try_get(0).map_err(db())?;
+            let customer: String = r.try_get(1).map_err(db())?;
+            let dims = dims_of(&r.try_get::<_, String>(2).map_err(db())?)?;
+            let latest = match (
+                r.try_get::<_, Option<DateTime<Utc>>>(7).map_err(db())?,
+                r.try_get::<_, Option<uuid::Uuid>>(8).map_err(db())?,
+                r.try_get::<_, Option<Numeric>>(9).map_err(db())?,
+            ) {
+                (Some(at), Some(id), Some(v)) => Some(Latest { at, id, value: v.0 }),
+                _ => None,
+            };
+            let acc = Acc {
+                events: r.try_get(3).map_err(db())?,
+                sum: r.try_get::<_, Numeric>(4).map_err(db())?.0,
+                min: r
+                    .try_get::<_, Option<Numeric>>(5)
+                    .map_err(db())?
+                    .map(|n| n.0),
+                max: r
+                    .try_get::<_, Option<Numeric>>(6)
+                    .map_err(db())?
+                    .map(|n| n.0),
+                latest,
+            };
+            let g = plan.group(usize::try_from(w).unwrap_or_default(), &customer, &dims);
+            out.entry(g).or_default().merge(&acc)?;
         }
-        let bounds: Vec<(DateTime<Utc>, DateTime<Utc>)> =
-            plan.windows.iter().map(|w| (w.from(), w.to())).collect();
-        let mut out: BTreeMap<Group, Decimal> = BTreeMap::new();
-        for ((customer, dims), samples) in series {
-            let dims = dims_of(&dims)?;
-            for (w, v) in time_weighted(&samples, &bounds, now.min(to))?
-                .into_iter()
-                .enumerate()
-            {
-                if let Some(v) = v {
-                    let slot = out.entry(plan.group(w, &customer, &dims)).or_default();
-                    *slot = tally_core::add_exact(*slot, v, "a gauge's integral")?;
-                }
+    }
+    read_raw(client, plan, &lv.raw, |g, at, id, value| {
+        if let Value::Number(_) | Value::None = value {
+            out.entry(g).or_default().add(at, id, value.number())?;
+        }
+        Ok(())
+    })
+    .await?;
+    Ok(out)
+}
+
+/// Reads the raw events of the meter's type in `pieces`, calling `f` with each
+/// reading's group (events the meter skips or filters out are not given).
+async fn read_raw(
+    client: &Client,
+    plan: &Plan<'_>,
+    pieces: &Pieces,
+    mut f: impl FnMut(Group, DateTime<Utc>, uuid::Uuid, Value) -> Result<()>,
+) -> Result<()> {
+    if pieces.lo.is_empty() {
+        return Ok(());
+    }
+    let customers = &plan.customers;
+    let rows = client
+        .query(
+            "SELECT e.event_id, e.customer_id, e.recorded_at, e.metadata::text
+             FROM unnest($2::timestamptz[], $3::timestamptz[]) AS w(lo, hi)
+             JOIN usage_events e ON e.service = $1 AND e.recorded_at >= w.lo AND e.recorded_at < w.hi
+             WHERE $4::text[] IS NULL OR e.customer_id = ANY($4)",
+            &[
+                &plan.meter.spec.event_type.as_str(),
+                &pieces.lo,
+                &pieces.hi,
+                &customers,
+            ],
+        )
+        .await
+        .map_err(Error::db("reading raw events for a meter"))?;
+    for r in &rows {
+        let db = || Error::db("reading raw events for a meter");
+        let id: uuid::Uuid = r.try_get(0).map_err(db())?;
+        let customer: String = r.try_get(1).map_err(db())?;
+        let at: DateTime<Utc> = r.try_get(2).map_err(db())?;
+        let metadata: tally_core::Metadata = r.try_get::<_, String>(3).map_err(db())?.parse()?;
+        // Stored before the meter existed and unreadable by it: skipped, as the
+        // backfill skipped it.
+        let Ok(Some(reading)) = plan.meter.spec.read(&Payload::of(&metadata), at) else {
+            continue;
+        };
+        if !plan.keep(&reading.dims) {
+            continue;
+        }
+        let Some(w) = pieces.window_of(at) else {
+            continue;
+        };
+        f(
+            plan.group(w, &customer, &reading.dims),
+            at,
+            id,
+            reading.value,
+        )?;
+    }
+    Ok(())
+}
+
+async fn read_distinct(client: &Client, plan: &Plan<'_>) -> Result<BTreeMap<Group, Decimal>> {
+    let lv = levels(&plan.windows, true);
+    let customers = &plan.customers;
+    let mut branches = Vec::new();
+    let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+        vec![&plan.meter.number, &customers];
+    for (table, pieces) in [
+        ("tally_meter_distinct_months", &lv.months),
+        ("tally_meter_distinct_days", &lv.days),
+        ("tally_meter_distinct_quarters", &lv.quarters),
+    ] {
+        if pieces.lo.is_empty() {
+            continue;
+        }
+        let n = params.len();
+        branches.push(format!(
+            "SELECT w.i, r.customer_id, r.dims, r.value
+             FROM unnest(${}::timestamptz[], ${}::timestamptz[], ${}::int4[]) AS w(lo, hi, i)
+             JOIN {table} r ON r.meter = $1 AND r.bucket >= w.lo AND r.bucket < w.hi
+             WHERE ($2::text[] IS NULL OR r.customer_id = ANY($2)){{filters}}",
+            n + 1,
+            n + 2,
+            n + 3
+        ));
+        params.extend_from_slice(&[&pieces.lo, &pieces.hi, &pieces.window]);
+    }
+    let first_filter = params.len() + 1;
+    plan.push_filters(&mut params);
+    let filters = plan.dims_sql(first_filter);
+    let union = branches
+        .iter()
+        .map(|b| b.replace("{filters}", &filters))
+        .collect::<Vec<_>>()
+        .join(" UNION ALL ");
+    let subject = if plan.by_subject {
+        "x.customer_id"
+    } else {
+        "NULL::text"
+    };
+    let grouped: String = plan
+        .grouped
+        .iter()
+        .map(|i| format!(", x.dims->>{i}"))
+        .collect();
+    let group_cols: String = (0..plan.grouped.len())
+        .map(|k| format!(", {}", k + 3))
+        .collect();
+    let raw = !lv.raw.lo.is_empty();
+    let mut sets: BTreeMap<Group, BTreeSet<String>> = BTreeMap::new();
+    let mut counts: BTreeMap<Group, Decimal> = BTreeMap::new();
+    if !branches.is_empty() {
+        // With raw parts the values themselves are needed (to count them with the
+        // raw events'); without, the database counts.
+        let sql = if raw {
+            format!("SELECT DISTINCT x.i, {subject}{grouped}, x.value FROM ({union}) x")
+        } else {
+            format!(
+                "SELECT x.i, {subject}{grouped}, count(DISTINCT x.value) FROM ({union}) x GROUP BY 1, 2{group_cols}"
+            )
+        };
+        let rows = client
+            .query(&sql, &params)
+            .await
+            .map_err(Error::db("querying a meter"))?;
+        let n = plan.grouped.len();
+        for r in &rows {
+            let db = || Error::db("querying a meter");
+            let w: i32 = r.try_get(0).map_err(db())?;
+            let subject: Option<String> = r.try_get(1).map_err(db())?;
+            let values = (0..n)
+                .map(|k| r.try_get::<_, Option<String>>(2 + k))
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(db())?;
+            let g = (usize::try_from(w).unwrap_or_default(), subject, values);
+            if raw {
+                sets.entry(g)
+                    .or_default()
+                    .insert(r.try_get(2 + n).map_err(db())?);
+            } else {
+                let c: i64 = r.try_get(2 + n).map_err(db())?;
+                counts.insert(g, Decimal::from(c));
             }
         }
-        Ok(out
-            .into_iter()
-            .map(|(g, v)| (g, tally_core::meter::value_hours(v)))
-            .collect())
     }
+    if raw {
+        read_raw(client, plan, &lv.raw, |g, _, _, value| {
+            if let Value::Text(v) = value {
+                sets.entry(g).or_default().insert(v);
+            }
+            Ok(())
+        })
+        .await?;
+        counts = sets
+            .into_iter()
+            .map(|(g, s)| (g, Decimal::from(s.len())))
+            .collect();
+    }
+    Ok(counts)
+}
+
+async fn read_gauge(
+    client: &Client,
+    plan: &Plan<'_>,
+    now: DateTime<Utc>,
+) -> Result<BTreeMap<Group, Decimal>> {
+    let (Some(first), Some(last)) = (plan.windows.first(), plan.windows.last()) else {
+        return Ok(BTreeMap::new());
+    };
+    let (from, to) = (first.from(), last.to());
+    let customers = &plan.customers;
+    let filters = plan.dims_sql(5);
+    let sql = format!(
+        "SELECT r.customer_id, r.dims::text, r.at, r.event_id, r.value FROM tally_meter_samples r
+         WHERE r.meter = $1 AND r.at >= $2 AND r.at < $3 AND ($4::text[] IS NULL OR r.customer_id = ANY($4)){filters}
+         UNION ALL
+         (SELECT DISTINCT ON (r.customer_id, r.dims) r.customer_id, r.dims::text, r.at, r.event_id, r.value
+          FROM tally_meter_samples r
+          WHERE r.meter = $1 AND r.at < $2 AND ($4::text[] IS NULL OR r.customer_id = ANY($4)){filters}
+          ORDER BY r.customer_id, r.dims, r.at DESC, r.event_id DESC)"
+    );
+    let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+        vec![&plan.meter.number, &from, &to, &customers];
+    plan.push_filters(&mut params);
+    let rows = client
+        .query(&sql, &params)
+        .await
+        .map_err(Error::db("querying a meter"))?;
+    let mut series: HashMap<(String, String), Vec<Sample>> = HashMap::new();
+    for r in &rows {
+        let db = || Error::db("querying a meter");
+        series
+            .entry((r.try_get(0).map_err(db())?, r.try_get(1).map_err(db())?))
+            .or_default()
+            .push(Sample {
+                at: r.try_get(2).map_err(db())?,
+                id: r.try_get(3).map_err(db())?,
+                value: r.try_get::<_, Numeric>(4).map_err(db())?.0,
+            });
+    }
+    let bounds: Vec<(DateTime<Utc>, DateTime<Utc>)> =
+        plan.windows.iter().map(|w| (w.from(), w.to())).collect();
+    let mut out: BTreeMap<Group, Decimal> = BTreeMap::new();
+    for ((customer, dims), samples) in series {
+        let dims = dims_of(&dims)?;
+        for (w, v) in time_weighted(&samples, &bounds, now.min(to))?
+            .into_iter()
+            .enumerate()
+        {
+            if let Some(v) = v {
+                let slot = out.entry(plan.group(w, &customer, &dims)).or_default();
+                *slot = tally_core::add_exact(*slot, v, "a gauge's integral")?;
+            }
+        }
+    }
+    Ok(out
+        .into_iter()
+        .map(|(g, v)| (g, tally_core::meter::value_hours(v)))
+        .collect())
 }

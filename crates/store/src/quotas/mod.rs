@@ -3,12 +3,12 @@
 //! quarters is core's (`TimeRange::utc_split`); levels, caching and delivery are
 //! `tally-alerts`'.
 
-use std::collections::BTreeMap;
+use std::{borrow::Cow, collections::BTreeMap};
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use tally_core::{
-    AnchorDay, BillingCycle, CustomerId, Level, Mode, Plan, PlanName, Quota, QuotaLimit,
+    AnchorDay, BillingCycle, CustomerId, Level, Measure, Mode, Plan, PlanName, Quota, QuotaLimit,
     QuotaSource, Service, Thresholds, TimeRange, Zone,
 };
 use tokio_postgres::Row;
@@ -19,11 +19,26 @@ mod outbox;
 mod usage;
 
 pub use outbox::{Claimed, DeliveryClaim};
-pub(crate) use usage::period_usage_on;
+pub(crate) use usage::{meter_usage_on, period_usage_on};
 
-/// A service name as stored: a built-in or a meter.
-fn stored_service(name: &str) -> Result<Service> {
-    Ok(name.parse().or_else(|_| Service::custom(name))?)
+/// What a quota limits, as its key column holds it: a service's name, or `#` and a
+/// meter's slug. No service name or event type has a `#`, so the two never meet, and
+/// a meter's quotas and alerts keep the tables, keys and Citus layout of a service's.
+pub(crate) fn measure_key(m: &Measure) -> Cow<'_, str> {
+    match m {
+        Measure::Service(s) => Cow::Borrowed(s.as_str()),
+        Measure::Meter(slug) => Cow::Owned(format!("{METER_MARK}{slug}")),
+    }
+}
+
+const METER_MARK: char = '#';
+
+/// A quota's key column read back (see [`measure_key`]).
+fn stored_measure(key: &str) -> Result<Measure> {
+    Ok(match key.strip_prefix(METER_MARK) {
+        Some(slug) => Measure::Meter(slug.parse()?),
+        None => Measure::Service(key.parse().or_else(|_| Service::custom(key))?),
+    })
 }
 
 fn numeric_opt(row: &Row, i: usize, ctx: &'static str) -> Result<Option<Decimal>> {
@@ -63,8 +78,8 @@ pub struct AlertFilter {
     pub since: Option<DateTime<Utc>>,
     /// Of this customer.
     pub customer: Option<CustomerId>,
-    /// Of this service.
-    pub service: Option<Service>,
+    /// Of this service or meter.
+    pub measure: Option<Measure>,
     /// Of this level.
     pub level: Option<Level>,
 }
@@ -74,8 +89,8 @@ pub struct AlertFilter {
 pub struct Reached<'a> {
     /// The customer.
     pub customer: &'a CustomerId,
-    /// The service.
-    pub service: &'a Service,
+    /// The service or meter.
+    pub measure: &'a Measure,
     /// The billing period.
     pub period: TimeRange,
     /// Usage of the period.
@@ -99,7 +114,7 @@ fn quota_of(row: &Row) -> Result<Quota> {
     let zone: Option<&str> = get(row, 7, CTX)?;
     Ok(Quota {
         customer_id: CustomerId::new(customer)?,
-        service: stored_service(get(row, 1, CTX)?)?,
+        measure: stored_measure(get(row, 1, CTX)?)?,
         limit: limit_of(numeric_opt(row, 2, CTX)?),
         mode: get::<&str>(row, 3, CTX)?.parse()?,
         source: match (from_plan, plan) {
@@ -115,11 +130,15 @@ fn quota_of(row: &Row) -> Result<Quota> {
 }
 impl Store {
     /// Creates or replaces `plan`: its mode, thresholds and exactly its limits. Every
-    /// service must be known (a built-in or a defined meter).
+    /// service must be known (a built-in or a defined custom service), every meter
+    /// defined.
     pub async fn set_plan(&self, plan: &Plan) -> Result<()> {
         let catalog = self.catalog().await?;
         for service in plan.limits.keys() {
             catalog.service(service)?;
+        }
+        for meter in plan.meters.keys() {
+            self.meter(meter.as_str()).await?;
         }
         let mut client = self.client("saving a plan").await?;
         let tx = client
@@ -142,8 +161,9 @@ impl Store {
         )
         .await
         .map_err(Error::db("saving a plan"))?;
-        let services: Vec<&str> = plan.limits.keys().map(String::as_str).collect();
-        let limits: Vec<Option<Decimal>> = plan.limits.values().map(|l| l.value()).collect();
+        let all = plan.all_limits()?;
+        let services: Vec<Cow<'_, str>> = all.iter().map(|(m, _)| measure_key(m)).collect();
+        let limits: Vec<Option<Decimal>> = all.iter().map(|(_, l)| l.value()).collect();
         tx.execute(
             "DELETE FROM tally_plan_limits WHERE plan = $1",
             &[&plan.name.as_str()],
@@ -179,15 +199,20 @@ impl Store {
             let plan = match plans.get_mut(name) {
                 Some(p) => p,
                 None => plans.entry(name.to_owned()).or_insert(Plan {
-                    name: PlanName::new(name)?,
-                    mode: get::<&str>(row, 1, CTX)?.parse()?,
-                    limits: BTreeMap::new(),
                     thresholds: thresholds_of(row, 2, CTX)?,
+                    ..Plan::new(PlanName::new(name)?, get::<&str>(row, 1, CTX)?.parse()?)
                 }),
             };
-            if let Some(service) = get::<Option<&str>>(row, 5, CTX)? {
-                plan.limits
-                    .insert(service.to_owned(), limit_of(numeric_opt(row, 6, CTX)?));
+            if let Some(key) = get::<Option<&str>>(row, 5, CTX)? {
+                let limit = limit_of(numeric_opt(row, 6, CTX)?);
+                match stored_measure(key)? {
+                    Measure::Service(s) => {
+                        plan.limits.insert(s.as_str().to_owned(), limit);
+                    }
+                    Measure::Meter(m) => {
+                        plan.meters.insert(m, limit);
+                    }
+                }
             }
         }
         Ok(plans.into_values().collect())
@@ -277,43 +302,68 @@ impl Store {
         })
     }
 
-    /// Sets `customer`'s own quota for `service` (beats their plan's). The service must
-    /// be known.
+    /// Sets `customer`'s own quota for a service or meter (beats their plan's). The
+    /// service must be known, the meter defined.
     pub async fn set_quota(
         &self,
         customer: &CustomerId,
-        service: &Service,
+        measure: &Measure,
         limit: QuotaLimit,
         mode: Mode,
     ) -> Result<()> {
         let client = self.client("setting a quota").await?;
+        // The service's or meter's row is read in the statement, so one deleted meanwhile
+        // sets nothing.
+        let (exists, field, what) = match measure {
+            Measure::Service(s) => (
+                "SELECT 1 FROM tally_meters WHERE service = $5",
+                "service",
+                s.as_str(),
+            ),
+            Measure::Meter(m) => (
+                "SELECT 1 FROM tally_meter_defs WHERE slug = $5 AND deleted_at IS NULL",
+                "meter",
+                m.as_str(),
+            ),
+        };
         let n = client
             .execute(
-                "INSERT INTO tally_quotas (customer_id, service, quota_limit, mode)
-                 SELECT $1, m.service, $3, $4 FROM tally_meters m WHERE m.service = $2
-                 ON CONFLICT (customer_id, service) DO UPDATE SET quota_limit = excluded.quota_limit, mode = excluded.mode",
-                &[&customer.as_str(), &service.as_str(), &limit.value(), &mode.as_str()],
+                &format!(
+                    "INSERT INTO tally_quotas (customer_id, service, quota_limit, mode)
+                     SELECT $1, $2, $3, $4 WHERE EXISTS ({exists})
+                     ON CONFLICT (customer_id, service) DO UPDATE SET quota_limit = excluded.quota_limit, mode = excluded.mode"
+                ),
+                &[
+                    &customer.as_str(),
+                    &measure_key(measure).as_ref(),
+                    &limit.value(),
+                    &mode.as_str(),
+                    &what,
+                ],
             )
             .await
             .map_err(Error::db("setting a quota"))?;
         if n == 0 {
             return Err(Error::invalid(
-                "service",
-                service.as_str(),
-                "unknown service; define the meter first",
+                field,
+                what,
+                match measure {
+                    Measure::Service(_) => "unknown service; define the meter first",
+                    Measure::Meter(_) => "no such meter (see `tally meter list`)",
+                },
             ));
         }
         Ok(())
     }
 
-    /// Removes `customer`'s own quota for `service` (their plan's applies again).
-    /// Returns whether there was one.
-    pub async fn remove_quota(&self, customer: &CustomerId, service: &Service) -> Result<bool> {
+    /// Removes `customer`'s own quota for a service or meter (their plan's applies
+    /// again). Returns whether there was one.
+    pub async fn remove_quota(&self, customer: &CustomerId, measure: &Measure) -> Result<bool> {
         let client = self.client("removing a quota").await?;
         let n = client
             .execute(
                 "DELETE FROM tally_quotas WHERE customer_id = $1 AND service = $2",
-                &[&customer.as_str(), &service.as_str()],
+                &[&customer.as_str(), &measure_key(measure).as_ref()],
             )
             .await
             .map_err(Error::db("removing a quota"))?;
@@ -344,21 +394,21 @@ impl Store {
         rows.iter().map(quota_of).collect()
     }
 
-    /// The quota in force for `customer` and `service`, if any: one indexed lookup
-    /// (the hot path of a quota check).
-    pub async fn quota(&self, customer: &CustomerId, service: &Service) -> Result<Option<Quota>> {
-        let key = [(customer.clone(), service.clone())];
+    /// The quota in force for `customer` and a service or meter, if any: one indexed
+    /// lookup (the hot path of a quota check).
+    pub async fn quota(&self, customer: &CustomerId, measure: &Measure) -> Result<Option<Quota>> {
+        let key = [(customer.clone(), measure.clone())];
         Ok(self.quotas_for(&key).await?.into_iter().next())
     }
 
     /// The quotas in force for each of `keys` that has one, in one statement (what an
     /// evaluation after a commit reads for the keys the batch touched).
-    pub async fn quotas_for(&self, keys: &[(CustomerId, Service)]) -> Result<Vec<Quota>> {
+    pub async fn quotas_for(&self, keys: &[(CustomerId, Measure)]) -> Result<Vec<Quota>> {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
         let customers: Vec<&str> = keys.iter().map(|(c, _)| c.as_str()).collect();
-        let services: Vec<&str> = keys.iter().map(|(_, s)| s.as_str()).collect();
+        let services: Vec<Cow<'_, str>> = keys.iter().map(|(_, m)| measure_key(m)).collect();
         let client = self.client("reading quotas").await?;
         let sql = format!(
             "SELECT {QUOTA_COLUMNS}

@@ -1,10 +1,10 @@
 //! The alerts outbox: alerts recorded once per level and period, and claimed for delivery
 //! to one sink at a time inside a transaction that commits with the acknowledgement.
 
-use tally_core::{Alert, CustomerId, Level, Service, percent_of};
+use tally_core::{Alert, CustomerId, Level, percent_of};
 use tokio_postgres::Row;
 
-use super::{AlertFilter, Reached, get, numeric_opt, stored_service};
+use super::{AlertFilter, Reached, get, measure_key, numeric_opt, stored_measure};
 use crate::{Error, Result, Store};
 
 fn alert_of(row: &Row) -> Result<Alert> {
@@ -14,7 +14,7 @@ fn alert_of(row: &Row) -> Result<Alert> {
     Ok(Alert {
         id: get(row, 0, CTX)?,
         customer_id: CustomerId::new(get::<&str>(row, 1, CTX)?)?,
-        service: stored_service(get(row, 2, CTX)?)?,
+        measure: stored_measure(get(row, 2, CTX)?)?,
         level: get::<&str>(row, 3, CTX)?.parse()?,
         usage,
         limit,
@@ -48,7 +48,7 @@ impl Store {
                 &sql,
                 &[
                     &reached.customer.as_str(),
-                    &reached.service.as_str(),
+                    &measure_key(reached.measure).as_ref(),
                     &reached.period.from(),
                     &reached.period.to(),
                     &reached.usage,
@@ -81,7 +81,7 @@ impl Store {
                 &[
                     &filter.since,
                     &filter.customer.as_ref().map(CustomerId::as_str),
-                    &filter.service.as_ref().map(Service::as_str),
+                    &filter.measure.as_ref().map(measure_key).as_deref(),
                     &filter.level.map(Level::as_str),
                 ],
             )

@@ -2,15 +2,22 @@
 //! whole UTC hours and quarter pieces (core's one decomposition), all keys summed from the
 //! rollups in one statement.
 
-use std::sync::LazyLock;
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::LazyLock,
+};
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
-use tally_core::{CustomerId, Service, TimeRange};
+use tally_core::{CustomerId, MeterSlug, Service, TimeRange};
 use tokio_postgres::types::ToSql;
 
 use super::{get, numeric_opt};
-use crate::{Error, Result, Store, rollup};
+use crate::{
+    Error, ErrorKind, MeterQuery, Result, Store,
+    meters::{MeterState, meter_on, query_defined},
+    rollup,
+};
 
 /// What a piece of a period is read from.
 #[derive(Clone, Copy)]
@@ -75,6 +82,72 @@ impl Store {
         let client = self.client("reading period usage").await?;
         period_usage_on(&client, keys).await
     }
+}
+
+impl Store {
+    /// The value of each `(customer, meter, range)` as its quota reads it: the meter's
+    /// aggregate over the range, through the meter query (zero without events; a gauge
+    /// integrated up to `now` at most). `None` where the meter is not defined or not
+    /// ready (backfilling or failed): its quotas are not evaluated until it is.
+    pub async fn meter_usage(
+        &self,
+        keys: &[(CustomerId, MeterSlug, TimeRange)],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Option<Decimal>>> {
+        let client = self.client("reading meter usage").await?;
+        meter_usage_on(&client, keys, now).await
+    }
+}
+
+/// [`Store::meter_usage`] on a given connection: inside a write's transaction it sees
+/// that transaction's own events (what an admission compares before and after).
+pub(crate) async fn meter_usage_on(
+    client: &tokio_postgres::Client,
+    keys: &[(CustomerId, MeterSlug, TimeRange)],
+    now: DateTime<Utc>,
+) -> Result<Vec<Option<Decimal>>> {
+    let mut out = vec![None; keys.len()];
+    // One query per meter and range: customers on the same cycle share it.
+    type Group<'k> = (&'k MeterSlug, DateTime<Utc>, DateTime<Utc>);
+    let mut groups: BTreeMap<Group<'_>, Vec<usize>> = BTreeMap::new();
+    for (i, (_, m, r)) in keys.iter().enumerate() {
+        groups.entry((m, r.from(), r.to())).or_default().push(i);
+    }
+    let mut defs = HashMap::new();
+    for ((slug, from, to), idx) in groups {
+        if !defs.contains_key(slug) {
+            let def = match meter_on(client, slug.as_str()).await {
+                Ok(d) if d.state == MeterState::Ready => Some(d),
+                Ok(_) => None,
+                Err(e) if e.kind() == ErrorKind::NotFound => None,
+                Err(e) => return Err(e),
+            };
+            defs.insert(slug, def);
+        }
+        let Some(Some(def)) = defs.get(slug) else {
+            continue;
+        };
+        let mut q = MeterQuery::new(TimeRange::new(from, to)?, now).group_by("subject");
+        for &i in &idx {
+            if let Some((c, _, _)) = keys.get(i)
+                && !q.customers.contains(c)
+            {
+                q.customers.push(c.clone());
+            }
+        }
+        let values: HashMap<String, Decimal> = query_defined(client, def, &q)
+            .await?
+            .data
+            .into_iter()
+            .filter_map(|row| Some((row.subject?, row.value)))
+            .collect();
+        for i in idx {
+            if let (Some(slot), Some((c, _, _))) = (out.get_mut(i), keys.get(i)) {
+                *slot = Some(values.get(c.as_str()).copied().unwrap_or_default());
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Period usage from rollups, one row per key: each piece reads one rollup only (the
