@@ -22,6 +22,10 @@ fn dec(s: &str) -> Decimal {
     s.parse().unwrap()
 }
 
+fn limited(n: &str) -> QuotaLimit {
+    QuotaLimit::Limited(dec(n))
+}
+
 fn slug(s: &str) -> MeterSlug {
     s.parse().unwrap()
 }
@@ -69,12 +73,7 @@ async fn a_hard_unique_count_quota_admits_exactly_its_limit_of_values_across_han
     .await
     .unwrap();
     one.alerts()
-        .set_quota(
-            &cust("acme"),
-            &slug("users"),
-            QuotaLimit::Limited(dec("5")),
-            Mode::Hard,
-        )
+        .set_quota(&cust("acme"), &slug("users"), limited("5"), Mode::Hard)
         .await
         .unwrap();
     // 10 users, each 4 times, from two handles at once.
@@ -139,8 +138,8 @@ async fn a_plans_meter_limit_fires_alerts_once_per_level_and_period() {
         .await
         .unwrap();
     let plan = Plan::new("team".parse().unwrap(), Mode::Soft)
-        .limit(&Service::API, QuotaLimit::Limited(dec("10")))
-        .meter_limit(&slug("tokens"), QuotaLimit::Limited(dec("1000")))
+        .limit(&Service::API, limited("10"))
+        .meter_limit(&slug("tokens"), limited("1000"))
         .meter_limit(&slug("users"), QuotaLimit::Unlimited);
     tally.alerts().set_plan(&plan).await.unwrap();
     assert_eq!(
@@ -257,19 +256,14 @@ async fn a_meter_quota_is_checked_refused_when_unknown_and_idle_when_its_meter_i
     let alerts = tally.alerts();
     // Unknown meters are refused, naming the field; nothing is written.
     let e = alerts
-        .set_quota(
-            &acme,
-            &slug("nope"),
-            QuotaLimit::Limited(dec("1")),
-            Mode::Hard,
-        )
+        .set_quota(&acme, &slug("nope"), limited("1"), Mode::Hard)
         .await
         .unwrap_err();
     assert_eq!((e.kind(), e.field()), (ErrorKind::Invalid, Some("meter")));
-    let plan = Plan::new("team".parse().unwrap(), Mode::Hard)
-        .meter_limit(&slug("nope"), QuotaLimit::Limited(dec("1")));
+    let plan =
+        Plan::new("team".parse().unwrap(), Mode::Hard).meter_limit(&slug("nope"), limited("1"));
     let e = alerts.set_plan(&plan).await.unwrap_err();
-    assert_eq!((e.kind(), e.field()), (ErrorKind::NotFound, Some("meter")));
+    assert_eq!((e.kind(), e.field()), (ErrorKind::Invalid, Some("meter")));
     assert!(alerts.quotas(None).await.unwrap().is_empty());
     assert!(
         alerts
@@ -288,12 +282,7 @@ async fn a_meter_quota_is_checked_refused_when_unknown_and_idle_when_its_meter_i
         .await
         .unwrap();
     alerts
-        .set_quota(
-            &acme,
-            &slug("users"),
-            QuotaLimit::Limited(dec("2")),
-            Mode::Hard,
-        )
+        .set_quota(&acme, &slug("users"), limited("2"), Mode::Hard)
         .await
         .unwrap();
     let now = Utc::now();

@@ -358,6 +358,11 @@ async fn one_log_file_gets_each_alert_once_however_its_path_is_spelled_and_a_fai
     );
 }
 
+/// The values of `keys` in `v`, in order.
+fn pick(v: &serde_json::Value, keys: &[&str]) -> serde_json::Value {
+    keys.iter().map(|k| v[*k].clone()).collect()
+}
+
 /// A quota on a meter from the command line: set for a customer and in a plan, listed
 /// with the meter's value over the period, alerted, refused when the meter is unknown,
 /// removed.
@@ -423,22 +428,11 @@ async fn a_quota_on_a_meter_from_the_command_line() {
     let rows = q["quotas"].as_array().unwrap();
     assert_eq!(rows.len(), 1, "{q}");
     assert_eq!(
-        (
-            &rows[0]["service"],
-            &rows[0]["meter"],
-            &rows[0]["limit"],
-            &rows[0]["mode"],
-            &rows[0]["usage"],
-            &rows[0]["percent"]
+        pick(
+            &rows[0],
+            &["service", "meter", "limit", "mode", "usage", "percent"]
         ),
-        (
-            &serde_json::Value::Null,
-            &"users".into(),
-            &"4".into(),
-            &"hard".into(),
-            &"3".into(),
-            &"75".into()
-        ),
+        serde_json::json!([null, "users", "4", "hard", "3", "75"]),
         "{q}"
     );
     assert_eq!(rows[0]["source"]["kind"], "customer");
@@ -450,18 +444,8 @@ async fn a_quota_on_a_meter_from_the_command_line() {
     let alerts = listed["alerts"].as_array().unwrap();
     assert_eq!(alerts.len(), 1, "{listed}");
     assert_eq!(
-        (
-            &alerts[0]["service"],
-            &alerts[0]["meter"],
-            &alerts[0]["level"],
-            &alerts[0]["usage"]
-        ),
-        (
-            &serde_json::Value::Null,
-            &"users".into(),
-            &"warning".into(),
-            &"3".into()
-        ),
+        pick(&alerts[0], &["service", "meter", "level", "usage"]),
+        serde_json::json!([null, "users", "warning", "3"]),
         "{listed}"
     );
     let api = json(&tally(

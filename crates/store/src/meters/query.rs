@@ -470,27 +470,7 @@ async fn read_accs(client: &Client, plan: &Plan<'_>, minute: bool) -> Result<BTr
             let w: i32 = r.try_get(0).map_err(db())?;
             let customer: String = r.try_get(1).map_err(db())?;
             let dims = dims_of(&r.try_get::<_, String>(2).map_err(db())?)?;
-            let latest = match (
-                r.try_get::<_, Option<DateTime<Utc>>>(7).map_err(db())?,
-                r.try_get::<_, Option<uuid::Uuid>>(8).map_err(db())?,
-                r.try_get::<_, Option<Numeric>>(9).map_err(db())?,
-            ) {
-                (Some(at), Some(id), Some(v)) => Some(Latest { at, id, value: v.0 }),
-                _ => None,
-            };
-            let acc = Acc {
-                events: r.try_get(3).map_err(db())?,
-                sum: r.try_get::<_, Numeric>(4).map_err(db())?.0,
-                min: r
-                    .try_get::<_, Option<Numeric>>(5)
-                    .map_err(db())?
-                    .map(|n| n.0),
-                max: r
-                    .try_get::<_, Option<Numeric>>(6)
-                    .map_err(db())?
-                    .map(|n| n.0),
-                latest,
-            };
+            let acc = acc_of(r, 3, "querying a meter")?;
             let g = plan.group(usize::try_from(w).unwrap_or_default(), &customer, &dims);
             out.entry(g).or_default().merge(&acc)?;
         }
@@ -503,6 +483,35 @@ async fn read_accs(client: &Client, plan: &Plan<'_>, minute: bool) -> Result<BTr
     })
     .await?;
     Ok(out)
+}
+
+/// The accumulator in a rollup row's columns `first..first + 7`: events, sum, min, max,
+/// and the latest value's time, event id and value (the query's and `verify`'s reads).
+pub(super) fn acc_of(r: &tokio_postgres::Row, first: usize, ctx: &'static str) -> Result<Acc> {
+    let db = || Error::db(ctx);
+    let latest = match (
+        r.try_get::<_, Option<DateTime<Utc>>>(first + 4)
+            .map_err(db())?,
+        r.try_get::<_, Option<uuid::Uuid>>(first + 5)
+            .map_err(db())?,
+        r.try_get::<_, Option<Numeric>>(first + 6).map_err(db())?,
+    ) {
+        (Some(at), Some(id), Some(v)) => Some(Latest { at, id, value: v.0 }),
+        _ => None,
+    };
+    Ok(Acc {
+        events: r.try_get(first).map_err(db())?,
+        sum: r.try_get::<_, Numeric>(first + 1).map_err(db())?.0,
+        min: r
+            .try_get::<_, Option<Numeric>>(first + 2)
+            .map_err(db())?
+            .map(|n| n.0),
+        max: r
+            .try_get::<_, Option<Numeric>>(first + 3)
+            .map_err(db())?
+            .map(|n| n.0),
+        latest,
+    })
 }
 
 /// Reads the raw events of the meter's type in `pieces`, calling `f` with each

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Duration, Utc};
-use tally_core::{Acc, Latest};
+use tally_core::Acc;
 use uuid::Uuid;
 
 use super::deltas::{LiveMeter, MeterDeltas, RowKey, dims_text, month_of};
@@ -158,27 +158,7 @@ async fn stored(tx: &deadpool_postgres::Transaction<'_>, number: i64) -> Result<
                 r.try_get(1).map_err(db())?,
                 dims(r.try_get(2).map_err(db())?)?,
             );
-            let latest = match (
-                r.try_get::<_, Option<DateTime<Utc>>>(7).map_err(db())?,
-                r.try_get::<_, Option<Uuid>>(8).map_err(db())?,
-                r.try_get::<_, Option<Numeric>>(9).map_err(db())?,
-            ) {
-                (Some(at), Some(id), Some(v)) => Some(Latest { at, id, value: v.0 }),
-                _ => None,
-            };
-            let acc = Acc {
-                events: r.try_get(3).map_err(db())?,
-                sum: r.try_get::<_, Numeric>(4).map_err(db())?.0,
-                min: r
-                    .try_get::<_, Option<Numeric>>(5)
-                    .map_err(db())?
-                    .map(|n| n.0),
-                max: r
-                    .try_get::<_, Option<Numeric>>(6)
-                    .map_err(db())?
-                    .map(|n| n.0),
-                latest,
-            };
+            let acc = super::query::acc_of(r, 3, DOING)?;
             let map = if level == 0 {
                 &mut out.quarters
             } else {

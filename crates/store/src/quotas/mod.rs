@@ -33,6 +33,8 @@ pub(crate) fn measure_key(m: &Measure) -> Cow<'_, str> {
 
 const METER_MARK: char = '#';
 
+const NO_SUCH_METER: &str = "no such meter (see `tally meter list`)";
+
 /// A quota's key column read back (see [`measure_key`]).
 fn stored_measure(key: &str) -> Result<Measure> {
     Ok(match key.strip_prefix(METER_MARK) {
@@ -138,7 +140,12 @@ impl Store {
             catalog.service(service)?;
         }
         for meter in plan.meters.keys() {
-            self.meter(meter.as_str()).await?;
+            match self.meter(meter.as_str()).await {
+                Err(e) if e.kind() == crate::ErrorKind::NotFound => {
+                    return Err(Error::invalid("meter", meter.as_str(), NO_SUCH_METER));
+                }
+                other => drop(other?),
+            }
         }
         let mut client = self.client("saving a plan").await?;
         let tx = client
@@ -349,7 +356,7 @@ impl Store {
                 what,
                 match measure {
                     Measure::Service(_) => "unknown service; define the meter first",
-                    Measure::Meter(_) => "no such meter (see `tally meter list`)",
+                    Measure::Meter(_) => NO_SUCH_METER,
                 },
             ));
         }
