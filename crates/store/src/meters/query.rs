@@ -296,19 +296,27 @@ fn dims_of(text: &str) -> Result<Vec<Option<String>>> {
         .map_err(|e| Error::corrupt("reading meter rollups", format!("dimensions {text}: {e}")))
 }
 
-/// Pieces of every window at one level, as the arrays a read joins against.
+/// Pieces of every window at one level, as the arrays a read joins against. A piece
+/// adds its rows to its window, or (sign −1, additive aggregations only) takes them
+/// away.
 #[derive(Default)]
 struct Pieces {
     lo: Vec<DateTime<Utc>>,
     hi: Vec<DateTime<Utc>>,
     window: Vec<i32>,
+    sign: Vec<i32>,
 }
 
 impl Pieces {
     fn push(&mut self, w: usize, r: TimeRange) {
+        self.push_signed(w, r, 1);
+    }
+
+    fn push_signed(&mut self, w: usize, r: TimeRange, sign: i32) {
         self.lo.push(r.from());
         self.hi.push(r.to());
         self.window.push(i32::try_from(w).unwrap_or(i32::MAX));
+        self.sign.push(sign);
     }
 
     fn window_of(&self, t: DateTime<Utc>) -> Option<usize> {
@@ -325,7 +333,48 @@ struct Levels {
     raw: Pieces,
 }
 
-fn levels(windows: &[TimeRange], distinct: bool) -> Levels {
+/// How a window's pieces are read from the rollups.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Read {
+    /// Distinct values: whole UTC months from the month buckets.
+    Distinct,
+    /// Sums and counts: a run of quarter hours longer than half a UTC day is read as
+    /// the day minus the quarters around it (a local day in Asia/Kolkata: 1 day row
+    /// and 44 quarter rows instead of 96 quarter rows).
+    Additive,
+    /// Extremes and the latest value: what the pieces say.
+    Plain,
+}
+
+/// `q` (quarter hours) added to window `w`, for an additive read as day − complement
+/// wherever it covers more than half of a UTC day.
+fn push_quarters(l: &mut Levels, w: usize, q: TimeRange, read: Read) {
+    if read != Read::Additive {
+        l.quarters.push(w, q);
+        return;
+    }
+    let day = chrono::Duration::days(1);
+    let mut t = q.from();
+    while t < q.to() {
+        let d = super::deltas::day_of(t);
+        let hi = (d + day).min(q.to());
+        if hi - t > chrono::Duration::hours(12) {
+            if let Ok(r) = TimeRange::new(d, d + day) {
+                l.days.push(w, r);
+            }
+            for (a, b) in [(d, t), (hi, d + day)] {
+                if let Ok(r) = TimeRange::new(a, b) {
+                    l.quarters.push_signed(w, r, -1);
+                }
+            }
+        } else if let Ok(r) = TimeRange::new(t, hi) {
+            l.quarters.push(w, r);
+        }
+        t = hi;
+    }
+}
+
+fn levels(windows: &[TimeRange], read: Read) -> Levels {
     let mut l = Levels {
         months: Pieces::default(),
         days: Pieces::default(),
@@ -335,7 +384,7 @@ fn levels(windows: &[TimeRange], distinct: bool) -> Levels {
     for (w, window) in windows.iter().enumerate() {
         let p = meter_pieces(*window);
         if let Some(days) = p.days {
-            if distinct {
+            if read == Read::Distinct {
                 // Whole UTC months inside read the month buckets: fewer rows to count.
                 let mut t = days.from();
                 while t < days.to() {
@@ -356,7 +405,7 @@ fn levels(windows: &[TimeRange], distinct: bool) -> Levels {
             }
         }
         for q in p.quarters {
-            l.quarters.push(w, q);
+            push_quarters(&mut l, w, q, read);
         }
         for r in p.raw {
             l.raw.push(w, r);
@@ -431,9 +480,21 @@ async fn read_accs(client: &Client, plan: &Plan<'_>, minute: bool) -> Result<BTr
             raw,
         }
     } else {
-        levels(&plan.windows, false)
+        let additive = matches!(
+            plan.meter.spec.aggregation,
+            Aggregation::Sum | Aggregation::Count | Aggregation::Avg
+        );
+        levels(
+            &plan.windows,
+            if additive {
+                Read::Additive
+            } else {
+                Read::Plain
+            },
+        )
     };
     let customers = &plan.customers;
+    let agg = plan.meter.spec.aggregation;
     let mut out: BTreeMap<Group, Acc> = BTreeMap::new();
     for (table, pieces) in [
         ("tally_meter_days", &lv.days),
@@ -442,16 +503,39 @@ async fn read_accs(client: &Client, plan: &Plan<'_>, minute: bool) -> Result<BTr
         if pieces.lo.is_empty() {
             continue;
         }
+        // Only the columns the aggregation reads: without the ordered `array_agg`s of
+        // LATEST the groups are hashed, not sorted (a customer-month of quarter rows in
+        // Asia/Kolkata: 3–5 × faster).
+        let extremes = if matches!(agg, Aggregation::Min | Aggregation::Max) {
+            "min(r.lo), max(r.hi)"
+        } else {
+            "NULL::numeric, NULL::numeric"
+        };
+        let latest = if agg == Aggregation::Latest {
+            "(array_agg(r.latest_at ORDER BY r.latest_at DESC NULLS LAST, r.latest_id DESC))[1],
+             (array_agg(r.latest_id ORDER BY r.latest_at DESC NULLS LAST, r.latest_id DESC))[1],
+             (array_agg(r.latest_value ORDER BY r.latest_at DESC NULLS LAST, r.latest_id DESC))[1]"
+        } else {
+            "NULL::timestamptz, NULL::uuid, NULL::numeric"
+        };
+        // With customers, one index range scan per piece (the fence keeps the planner
+        // from a scan of the whole meter filtered by a join); for all customers, the
+        // join (the key leads with the customer, so a piece alone is no index range).
+        let rows_of = if customers.is_some() {
+            format!(
+                "CROSS JOIN LATERAL (SELECT * FROM {table} r WHERE r.meter = $1 AND r.customer_id = ANY($5)
+                     AND r.bucket >= w.lo AND r.bucket < w.hi OFFSET 0) r"
+            )
+        } else {
+            format!("JOIN {table} r ON r.meter = $1 AND r.bucket >= w.lo AND r.bucket < w.hi")
+        };
         let sql = format!(
-            "SELECT w.i, r.customer_id, r.dims::text, sum(r.events)::int8, sum(r.total), min(r.lo), max(r.hi),
-                    (array_agg(r.latest_at ORDER BY r.latest_at DESC NULLS LAST, r.latest_id DESC))[1],
-                    (array_agg(r.latest_id ORDER BY r.latest_at DESC NULLS LAST, r.latest_id DESC))[1],
-                    (array_agg(r.latest_value ORDER BY r.latest_at DESC NULLS LAST, r.latest_id DESC))[1]
-             FROM unnest($2::timestamptz[], $3::timestamptz[], $4::int4[]) AS w(lo, hi, i)
-             JOIN {table} r ON r.meter = $1 AND r.bucket >= w.lo AND r.bucket < w.hi
+            "SELECT w.i, r.customer_id, r.dims::text, sum(r.events * w.s)::int8, sum(r.total * w.s), {extremes}, {latest}
+             FROM unnest($2::timestamptz[], $3::timestamptz[], $4::int4[], $6::int4[]) AS w(lo, hi, i, s)
+             {rows_of}
              WHERE ($5::text[] IS NULL OR r.customer_id = ANY($5)){}
-             GROUP BY 1, 2, 3",
-            plan.dims_sql(6)
+             GROUP BY w.i, r.customer_id, r.dims",
+            plan.dims_sql(7)
         );
         let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![
             &plan.meter.number,
@@ -459,6 +543,7 @@ async fn read_accs(client: &Client, plan: &Plan<'_>, minute: bool) -> Result<BTr
             &pieces.hi,
             &pieces.window,
             &customers,
+            &pieces.sign,
         ];
         plan.push_filters(&mut params);
         let rows = client
@@ -569,7 +654,7 @@ async fn read_raw(
 }
 
 async fn read_distinct(client: &Client, plan: &Plan<'_>) -> Result<BTreeMap<Group, Decimal>> {
-    let lv = levels(&plan.windows, true);
+    let lv = levels(&plan.windows, Read::Distinct);
     let customers = &plan.customers;
     let mut branches = Vec::new();
     let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
