@@ -2,7 +2,8 @@
 //! dimensions, COUNT, UNIQUE_COUNT) against the same events with no meter (the
 //! single-service path, the same-run baseline), and the reads: a customer-month grouped
 //! by 2 dimensions with DAY windows in UTC and in Asia/Kolkata, and a month's
-//! UNIQUE_COUNT of one customer. Events: 1,000 customers, 12 models × 2 types.
+//! UNIQUE_COUNT of one customer, and of one with 100 000 distinct values (the whole
+//! month, and the month cut on minutes). Events: 1,000 customers, 12 models × 2 types.
 
 use std::time::{Duration, Instant};
 
@@ -147,6 +148,46 @@ fn meters(c: &mut Criterion) {
         b.to_async(&rt)
             .iter(|| async { tally.query_meter("users", &q).await.unwrap() })
     });
+    // The issue's size: one customer with 100 000 distinct users in the month (each
+    // user once, spread over the month; a mid-month range also reads day and quarter
+    // buckets and raw edges).
+    let top: tally::CustomerId = "top".parse().unwrap();
+    let distinct: u64 = if test_mode() { 500 } else { 100_000 };
+    let span = (month().to() - month().from()).num_seconds() as u64;
+    rt.block_on(async {
+        let all: Vec<CloudEvent> = (0..distinct)
+            .map(|i| {
+                CloudEvent::new("prompt".parse().unwrap(), top.clone())
+                    .with_id("bench-top", &i.to_string())
+                    .unwrap()
+                    .at(month().from() + chrono::Duration::seconds(((i * 7919) % span) as i64))
+                    .with_data(
+                        format!(r#"{{"model": "m0", "type": "t0", "tokens": 1, "user": "v{i}"}}"#)
+                            .parse()
+                            .unwrap(),
+                    )
+            })
+            .collect();
+        for chunk in all.chunks(5_000) {
+            tally.write_cloud_events(chunk).await.unwrap();
+        }
+    });
+    let whole = MeterQuery::new(month(), Utc::now()).customer(&top);
+    let cut = MeterQuery::new(
+        TimeRange::new(
+            month().from() + chrono::Duration::minutes(7),
+            month().to() - chrono::Duration::minutes(7),
+        )
+        .unwrap(),
+        Utc::now(),
+    )
+    .customer(&top);
+    for (name, q) in [("month", whole), ("month_cut_on_minutes", cut)] {
+        group.bench_function(BenchmarkId::new("unique_count_100k_distinct", name), |b| {
+            b.to_async(&rt)
+                .iter(|| async { tally.query_meter("users", &q).await.unwrap() })
+        });
+    }
     group.finish();
 }
 

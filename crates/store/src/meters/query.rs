@@ -5,7 +5,7 @@
 //! rest, and the parts merge exactly (`tally_core::Acc`; distinct values are counted
 //! across all of a window's parts at once).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
@@ -655,10 +655,46 @@ async fn read_raw(
 
 async fn read_distinct(client: &Client, plan: &Plan<'_>) -> Result<BTreeMap<Group, Decimal>> {
     let lv = levels(&plan.windows, Read::Distinct);
+    // The raw edges first (few events: only minutes off the quarter hour); their values
+    // go to the database with the rollups', which counts them all at once, so only the
+    // counts come back (not every distinct value).
+    let n = plan.grouped.len();
+    let mut raw_w: Vec<i32> = Vec::new();
+    let mut raw_s: Vec<Option<String>> = Vec::new();
+    let mut raw_g: Vec<Vec<Option<String>>> = vec![Vec::new(); n];
+    let mut raw_v: Vec<String> = Vec::new();
+    read_raw(
+        client,
+        plan,
+        &lv.raw,
+        |(w, subject, values), _, _, value| {
+            if let Value::Text(v) = value {
+                raw_w.push(i32::try_from(w).unwrap_or(i32::MAX));
+                raw_s.push(subject);
+                for (column, g) in raw_g.iter_mut().zip(values) {
+                    column.push(g);
+                }
+                raw_v.push(v);
+            }
+            Ok(())
+        },
+    )
+    .await?;
     let customers = &plan.customers;
     let mut branches = Vec::new();
     let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
         vec![&plan.meter.number, &customers];
+    let subject = if plan.by_subject {
+        "r.customer_id"
+    } else {
+        "NULL::text"
+    };
+    let grouped: String = plan
+        .grouped
+        .iter()
+        .enumerate()
+        .map(|(k, i)| format!(", r.dims->>{i} AS g{k}"))
+        .collect();
     for (table, pieces) in [
         ("tally_meter_distinct_months", &lv.months),
         ("tally_meter_distinct_days", &lv.days),
@@ -667,88 +703,74 @@ async fn read_distinct(client: &Client, plan: &Plan<'_>) -> Result<BTreeMap<Grou
         if pieces.lo.is_empty() {
             continue;
         }
-        let n = params.len();
+        let k = params.len();
         branches.push(format!(
-            "SELECT w.i, r.customer_id, r.dims, r.value
+            "SELECT w.i AS i, {subject} AS s{grouped}, r.value AS v
              FROM unnest(${}::timestamptz[], ${}::timestamptz[], ${}::int4[]) AS w(lo, hi, i)
              JOIN {table} r ON r.meter = $1 AND r.bucket >= w.lo AND r.bucket < w.hi
              WHERE ($2::text[] IS NULL OR r.customer_id = ANY($2)){{filters}}",
-            n + 1,
-            n + 2,
-            n + 3
+            k + 1,
+            k + 2,
+            k + 3
         ));
         params.extend_from_slice(&[&pieces.lo, &pieces.hi, &pieces.window]);
     }
     let first_filter = params.len() + 1;
     plan.push_filters(&mut params);
     let filters = plan.dims_sql(first_filter);
-    let union = branches
+    let mut union: Vec<String> = branches
         .iter()
         .map(|b| b.replace("{filters}", &filters))
-        .collect::<Vec<_>>()
-        .join(" UNION ALL ");
-    let subject = if plan.by_subject {
-        "x.customer_id"
-    } else {
-        "NULL::text"
-    };
-    let grouped: String = plan
-        .grouped
-        .iter()
-        .map(|i| format!(", x.dims->>{i}"))
         .collect();
-    let group_cols: String = (0..plan.grouped.len())
-        .map(|k| format!(", {}", k + 3))
-        .collect();
-    let raw = !lv.raw.lo.is_empty();
-    let mut sets: BTreeMap<Group, BTreeSet<String>> = BTreeMap::new();
-    let mut counts: BTreeMap<Group, Decimal> = BTreeMap::new();
-    if !branches.is_empty() {
-        // With raw parts the values themselves are needed (to count them with the
-        // raw events'); without, the database counts.
-        let sql = if raw {
-            format!("SELECT DISTINCT x.i, {subject}{grouped}, x.value FROM ({union}) x")
-        } else {
-            format!(
-                "SELECT x.i, {subject}{grouped}, count(DISTINCT x.value) FROM ({union}) x GROUP BY 1, 2{group_cols}"
-            )
-        };
-        let rows = client
-            .query(&sql, &params)
-            .await
-            .map_err(Error::db("querying a meter"))?;
-        let n = plan.grouped.len();
-        for r in &rows {
-            let db = || Error::db("querying a meter");
-            let w: i32 = r.try_get(0).map_err(db())?;
-            let subject: Option<String> = r.try_get(1).map_err(db())?;
-            let values = (0..n)
-                .map(|k| r.try_get::<_, Option<String>>(2 + k))
-                .collect::<std::result::Result<Vec<_>, _>>()
-                .map_err(db())?;
-            let g = (usize::try_from(w).unwrap_or_default(), subject, values);
-            if raw {
-                sets.entry(g)
-                    .or_default()
-                    .insert(r.try_get(2 + n).map_err(db())?);
-            } else {
-                let c: i64 = r.try_get(2 + n).map_err(db())?;
-                counts.insert(g, Decimal::from(c));
-            }
+    if !raw_v.is_empty() {
+        if union.is_empty() {
+            // No rollup read: its parameters would be untyped.
+            params.clear();
         }
-    }
-    if raw {
-        read_raw(client, plan, &lv.raw, |g, _, _, value| {
-            if let Value::Text(v) = value {
-                sets.entry(g).or_default().insert(v);
-            }
-            Ok(())
-        })
-        .await?;
-        counts = sets
-            .into_iter()
-            .map(|(g, s)| (g, Decimal::from(s.len())))
+        let first = params.len() + 1;
+        let columns: String = (0..n)
+            .map(|k| format!(", ${}::text[]", first + 2 + k))
             .collect();
+        let names: String = (0..n).map(|k| format!(", g{k}")).collect();
+        union.push(format!(
+            "SELECT * FROM unnest(${first}::int4[], ${}::text[]{columns}, ${}::text[]) AS u(i, s{names}, v)",
+            first + 1,
+            first + 2 + n
+        ));
+        params.push(&raw_w);
+        params.push(&raw_s);
+        for column in &raw_g {
+            params.push(column);
+        }
+        params.push(&raw_v);
+    }
+    if union.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    let keys: String = (0..n).map(|k| format!(", g{k}")).collect();
+    // Bytewise distinct (as values compare everywhere else), which also sorts fastest.
+    let sql = format!(
+        "SELECT i, s{keys}, count(DISTINCT v COLLATE \"C\") FROM ({}) x GROUP BY i, s{keys}",
+        union.join(" UNION ALL ")
+    );
+    let rows = client
+        .query(&sql, &params)
+        .await
+        .map_err(Error::db("querying a meter"))?;
+    let mut counts: BTreeMap<Group, Decimal> = BTreeMap::new();
+    for r in &rows {
+        let db = || Error::db("querying a meter");
+        let w: i32 = r.try_get(0).map_err(db())?;
+        let subject: Option<String> = r.try_get(1).map_err(db())?;
+        let values = (0..n)
+            .map(|k| r.try_get::<_, Option<String>>(2 + k))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(db())?;
+        let c: i64 = r.try_get(2 + n).map_err(db())?;
+        counts.insert(
+            (usize::try_from(w).unwrap_or_default(), subject, values),
+            Decimal::from(c),
+        );
     }
     Ok(counts)
 }
