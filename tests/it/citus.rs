@@ -680,4 +680,44 @@ async fn meters_are_maintained_backfilled_and_queried_on_citus() {
         values(tally.query_meter("prompts", &q).await.unwrap()),
         ["1", "2"]
     );
+    // One customer, local days in Asia/Kolkata: each piece an index range on the
+    // customer's shard, the day read as the UTC day minus the quarters after 18:30.
+    let kolkata = TimeRange::new(
+        "2026-10-31T18:30:00Z".parse().unwrap(),
+        "2026-11-02T18:30:00Z".parse().unwrap(),
+    )
+    .unwrap();
+    let acme: CustomerId = "acme".parse().unwrap();
+    let q = MeterQuery::new(kolkata, t0 + tally::chrono::Duration::days(2))
+        .customer(&acme)
+        .window(tally::meters::WindowSize::Day)
+        .in_zone("Asia/Kolkata".parse().unwrap())
+        .group_by("model");
+    let rows = |r: tally::meters::MeterQueryResult| -> Vec<(String, String)> {
+        r.data
+            .iter()
+            .map(|r| (r.window_start.to_rfc3339(), r.value.to_string()))
+            .collect()
+    };
+    let first = "2026-10-31T18:30:00+00:00".to_owned();
+    assert_eq!(
+        rows(tally.query_meter("tokens", &q).await.unwrap()),
+        [
+            (first.clone(), "5".to_owned()),
+            (first.clone(), "1".to_owned())
+        ]
+    );
+    assert_eq!(
+        rows(tally.query_meter("prompts", &q).await.unwrap()),
+        [
+            (first.clone(), "1".to_owned()),
+            (first.clone(), "1".to_owned())
+        ]
+    );
+    // Customers on different shards (what a quota evaluation asks for a cycle).
+    let q = q.customer(&"globex".parse().unwrap());
+    assert_eq!(
+        rows(tally.query_meter("tokens", &q).await.unwrap()),
+        [(first.clone(), "5".to_owned()), (first, "8".to_owned())]
+    );
 }

@@ -275,9 +275,10 @@ impl Ingest {
                 .await
                 .map_err(Error::db(CTX))?;
         }
-        let before = admission_usage(client, keys).await?;
+        let distributed = self.is_distributed(client).await?;
+        let before = admission_usage(client, keys, distributed).await?;
         let outcome = tx.apply_batch(events.len(), &batch).await?;
-        let after = admission_usage(tx.client()?, keys).await?;
+        let after = admission_usage(tx.client()?, keys, distributed).await?;
         let both: Vec<Option<(Decimal, Decimal)>> = before
             .into_iter()
             .zip(after)
@@ -296,6 +297,14 @@ impl Ingest {
         Ok(Some(outcome))
     }
 
+    /// Whether the database is a Citus cluster (read once per handle).
+    pub(crate) async fn is_distributed(&self, client: &tokio_postgres::Client) -> Result<bool> {
+        Ok(*self
+            .distributed
+            .get_or_try_init(|| crate::migrate::is_citus(client))
+            .await?)
+    }
+
     /// Starts a transaction on the write path. Nothing it stages is visible until
     /// [`IngestTx::commit`]; dropping it rolls everything back.
     /// `path` is [`Path::Direct`] or [`Path::Staged`]; on Citus it is
@@ -306,10 +315,7 @@ impl Ingest {
             .get()
             .await
             .map_err(Error::pool("writing events"))?;
-        let distributed = *self
-            .distributed
-            .get_or_try_init(|| crate::migrate::is_citus(&client))
-            .await?;
+        let distributed = self.is_distributed(&client).await?;
         let tx = IngestTx {
             client: Some(client),
             ingest: self.clone(),
@@ -366,6 +372,7 @@ impl Ingest {
 async fn admission_usage(
     client: &deadpool_postgres::Client,
     keys: &[(CustomerId, Measure, TimeRange)],
+    distributed: bool,
 ) -> Result<Vec<Option<Decimal>>> {
     let mut services = Vec::new();
     let mut meters = Vec::new();
@@ -378,7 +385,7 @@ async fn admission_usage(
     let mut services = crate::quotas::period_usage_on(client, &services)
         .await?
         .into_iter();
-    let mut meters = crate::quotas::meter_usage_on(client, &meters, Utc::now())
+    let mut meters = crate::quotas::meter_usage_on(client, &meters, Utc::now(), distributed)
         .await?
         .into_iter();
     Ok(keys

@@ -434,23 +434,32 @@ impl Store {
             ));
         }
         let client = self.client("querying a meter").await?;
-        query_defined(&client, &meter, q).await
+        let distributed = self.ingest().is_distributed(&client).await?;
+        query_defined(&client, &meter, q, distributed).await
     }
 }
 
 /// Answers `q` from `meter` (ready) on `client`: inside a transaction, it sees that
 /// transaction's own writes (a quota's admission reads a meter before and after one).
+/// `distributed`: the database is a Citus cluster (some plans are not pushed down).
 pub(crate) async fn query_defined(
     client: &Client,
     meter: &DefinedMeter,
     q: &MeterQuery,
+    distributed: bool,
 ) -> Result<MeterQueryResult> {
     let plan = Plan::new(meter, q)?;
     let values: BTreeMap<Group, Decimal> = match meter.spec.aggregation {
         Aggregation::UniqueCount => read_distinct(client, &plan).await?,
         Aggregation::TimeWeighted => read_gauge(client, &plan, q.now).await?,
         a => {
-            let accs = read_accs(client, &plan, q.window == Some(WindowSize::Minute)).await?;
+            let accs = read_accs(
+                client,
+                &plan,
+                q.window == Some(WindowSize::Minute),
+                distributed,
+            )
+            .await?;
             accs.into_iter()
                 .filter_map(|(g, acc)| Some((g, acc.value(a)?)))
                 .collect()
@@ -467,7 +476,12 @@ pub(crate) async fn query_defined(
     })
 }
 
-async fn read_accs(client: &Client, plan: &Plan<'_>, minute: bool) -> Result<BTreeMap<Group, Acc>> {
+async fn read_accs(
+    client: &Client,
+    plan: &Plan<'_>,
+    minute: bool,
+    distributed: bool,
+) -> Result<BTreeMap<Group, Acc>> {
     let lv = if minute {
         let mut raw = Pieces::default();
         for (w, r) in plan.windows.iter().enumerate() {
@@ -521,7 +535,8 @@ async fn read_accs(client: &Client, plan: &Plan<'_>, minute: bool) -> Result<BTr
         // With customers, one index range scan per piece (the fence keeps the planner
         // from a scan of the whole meter filtered by a join); for all customers, the
         // join (the key leads with the customer, so a piece alone is no index range).
-        let rows_of = if customers.is_some() {
+        // Citus does not push a lateral OFFSET down to its shards: the join there.
+        let rows_of = if customers.is_some() && !distributed {
             format!(
                 "CROSS JOIN LATERAL (SELECT * FROM {table} r WHERE r.meter = $1 AND r.customer_id = ANY($5)
                      AND r.bucket >= w.lo AND r.bucket < w.hi OFFSET 0) r"

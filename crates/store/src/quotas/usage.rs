@@ -95,7 +95,8 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<Vec<Option<Decimal>>> {
         let client = self.client("reading meter usage").await?;
-        meter_usage_on(&client, keys, now).await
+        let distributed = self.ingest().is_distributed(&client).await?;
+        meter_usage_on(&client, keys, now, distributed).await
     }
 }
 
@@ -105,6 +106,7 @@ pub(crate) async fn meter_usage_on(
     client: &tokio_postgres::Client,
     keys: &[(CustomerId, MeterSlug, TimeRange)],
     now: DateTime<Utc>,
+    distributed: bool,
 ) -> Result<Vec<Option<Decimal>>> {
     let mut out = vec![None; keys.len()];
     // One query per meter and range: customers on the same cycle share it.
@@ -135,7 +137,7 @@ pub(crate) async fn meter_usage_on(
                 q.customers.push(c.clone());
             }
         }
-        let values: HashMap<String, Decimal> = query_defined(client, def, &q)
+        let values: HashMap<String, Decimal> = query_defined(client, def, &q, distributed)
             .await?
             .data
             .into_iter()
