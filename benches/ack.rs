@@ -173,13 +173,7 @@ async fn raw_copy(url: &str, n: u64) -> f64 {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let a = match args() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("error: {e}");
-            std::process::exit(2);
-        }
-    };
+    let a = tally_benches::or_exit(args());
     let db = TestDb::new().await.expect("a database to load into");
     let for_ = Duration::from_secs(a.seconds);
     for (run, &callers) in a.callers.iter().enumerate() {

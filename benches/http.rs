@@ -246,13 +246,7 @@ impl Conn {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let a = match args() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("error: {e}");
-            std::process::exit(2);
-        }
-    };
+    let a = tally_benches::or_exit(args());
     let db = TestDb::new().await.expect("a database to load into");
     let spec = MeterSpec::new(
         "tokens".parse::<MeterSlug>().unwrap(),

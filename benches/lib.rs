@@ -157,6 +157,14 @@ pub async fn bench_database(bench: &str) -> (Option<tally_testdb::TestDb>, Strin
     (Some(db), url)
 }
 
+/// A bench binary's parsed arguments, or (bad ones) the error on stderr and exit 2.
+pub fn or_exit<T>(args: Result<T, String>) -> T {
+    args.unwrap_or_else(|e| {
+        eprintln!("error: {e}");
+        std::process::exit(2);
+    })
+}
+
 /// The `p` quantile (0–1, nearest rank) of sorted microsecond latencies, in ms.
 pub fn percentile_ms(sorted_us: &[u64], p: f64) -> f64 {
     if sorted_us.is_empty() {

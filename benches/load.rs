@@ -131,13 +131,7 @@ fn args() -> Result<Args, String> {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let a = match args() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("error: {e}");
-            std::process::exit(2);
-        }
-    };
+    let a = tally_benches::or_exit(args());
     // A failure (PostgreSQL restarting mid-run, say) is reported, never a panic.
     if let Err(e) = run(a).await {
         eprintln!("error: {e}");

@@ -52,6 +52,17 @@ fn prompt(id: &str, customer: &str, user: &str, tokens: u32, at: DateTime<Utc>) 
         )
 }
 
+/// `users`: the distinct values of `$.user` of `prompt` events.
+async fn create_users(tally: &Tally) {
+    tally
+        .create_meter(
+            &meter("users", Aggregation::UniqueCount, Some("$.user")),
+            None,
+        )
+        .await
+        .unwrap();
+}
+
 /// This month and the next, wide enough for any "now" of the test's run.
 fn around_now() -> TimeRange {
     TimeRange::new(
@@ -66,12 +77,7 @@ async fn a_hard_unique_count_quota_admits_exactly_its_limit_of_values_across_han
     let db = TestDb::new().await.unwrap();
     let one = Tally::builder(db.url()).pool_size(4).build_lazy().unwrap();
     let two = Tally::builder(db.url()).pool_size(4).build_lazy().unwrap();
-    one.create_meter(
-        &meter("users", Aggregation::UniqueCount, Some("$.user")),
-        None,
-    )
-    .await
-    .unwrap();
+    create_users(&one).await;
     one.alerts()
         .set_quota(&cust("acme"), &slug("users"), limited("5"), Mode::Hard)
         .await
@@ -130,13 +136,7 @@ async fn a_plans_meter_limit_fires_alerts_once_per_level_and_period() {
         .create_meter(&meter("tokens", Aggregation::Sum, Some("$.tokens")), None)
         .await
         .unwrap();
-    tally
-        .create_meter(
-            &meter("users", Aggregation::UniqueCount, Some("$.user")),
-            None,
-        )
-        .await
-        .unwrap();
+    create_users(&tally).await;
     let plan = Plan::new("team".parse().unwrap(), Mode::Soft)
         .limit(&Service::API, limited("10"))
         .meter_limit(&slug("tokens"), limited("1000"))
@@ -274,13 +274,7 @@ async fn a_meter_quota_is_checked_refused_when_unknown_and_idle_when_its_meter_i
             .all(|p| p.name != plan.name)
     );
 
-    tally
-        .create_meter(
-            &meter("users", Aggregation::UniqueCount, Some("$.user")),
-            None,
-        )
-        .await
-        .unwrap();
+    create_users(&tally).await;
     alerts
         .set_quota(&acme, &slug("users"), limited("2"), Mode::Hard)
         .await

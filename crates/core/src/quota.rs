@@ -418,19 +418,6 @@ impl Plan {
         self.meters.insert(meter.clone(), limit);
         self
     }
-
-    /// Every limit of the plan, services first.
-    pub fn all_limits(&self) -> Result<Vec<(Measure, QuotaLimit)>> {
-        let mut out = Vec::with_capacity(self.limits.len() + self.meters.len());
-        for (name, limit) in &self.limits {
-            let service = name.parse().or_else(|_| Service::custom(name))?;
-            out.push((Measure::Service(service), *limit));
-        }
-        for (meter, limit) in &self.meters {
-            out.push((Measure::Meter(meter.clone()), *limit));
-        }
-        Ok(out)
-    }
 }
 
 /// Where a customer's quota comes from.

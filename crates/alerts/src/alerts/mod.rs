@@ -331,33 +331,16 @@ impl Alerts {
         quotas: &[Quota],
         now: DateTime<Utc>,
     ) -> Result<Vec<(TimeRange, Option<Decimal>)>> {
-        let mut services = Vec::new();
-        let mut meters = Vec::new();
-        let mut periods = Vec::with_capacity(quotas.len());
+        let mut keys = Vec::with_capacity(quotas.len());
         for q in quotas {
-            let period = q.cycle.period_at(now)?;
-            periods.push(period);
-            let c = q.customer_id.clone();
-            match &q.measure {
-                Measure::Service(s) => services.push((c, s.clone(), period)),
-                Measure::Meter(m) => meters.push((c, m.clone(), period)),
-            }
+            keys.push((
+                q.customer_id.clone(),
+                q.measure.clone(),
+                q.cycle.period_at(now)?,
+            ));
         }
-        let mut services = self.inner.store.period_usage(&services).await?.into_iter();
-        let mut meters = self
-            .inner
-            .store
-            .meter_usage(&meters, now)
-            .await?
-            .into_iter();
-        Ok(quotas
-            .iter()
-            .zip(periods)
-            .map(|(q, p)| match q.measure {
-                Measure::Service(_) => (p, services.next()),
-                Measure::Meter(_) => (p, meters.next().flatten()),
-            })
-            .collect())
+        let usage = self.inner.store.usage(&keys, now).await?;
+        Ok(keys.into_iter().map(|k| k.2).zip(usage).collect())
     }
 
     /// `customer`'s committed usage of `service` over `range`, exactly, the way quota
@@ -434,23 +417,12 @@ impl Alerts {
         let (period, usage, local) = match &quota {
             Some(q) if q.limit != QuotaLimit::Unlimited => {
                 let period = q.cycle.period_at(now)?;
-                let usage = match &key.1 {
-                    Measure::Service(s) => {
-                        let keys = [(customer.clone(), s.clone(), period)];
-                        self.inner.store.period_usage(&keys).await?.first().copied()
-                    }
-                    Measure::Meter(m) => {
-                        let keys = [(customer.clone(), m.clone(), period)];
-                        self.inner
-                            .store
-                            .meter_usage(&keys, now)
-                            .await?
-                            .first()
-                            .copied()
-                            .flatten()
-                    }
-                }
-                .unwrap_or_default();
+                let usage = self
+                    .period_usage(std::slice::from_ref(q), now)
+                    .await?
+                    .first()
+                    .and_then(|(_, u)| *u)
+                    .unwrap_or_default();
                 // The mark is void only if the ledger was pruned meanwhile; then what
                 // is pending now is all that can be missing.
                 (Some(period), usage, local_since(mark).unwrap_or_default())
@@ -501,12 +473,9 @@ impl Alerts {
     /// not hold the event back.
     pub async fn record_within_quota(&self, event: &UsageEvent) -> Result<Admission> {
         let customer = &event.customer;
-        let mut keys = vec![(customer.clone(), Measure::from(&event.service))];
-        for m in self.inner.store.meters().await? {
-            if m.spec.event_type.as_str() == event.service.as_str() {
-                keys.push((customer.clone(), Measure::Meter(m.spec.slug)));
-            }
-        }
+        let keys = self
+            .measured(&[(customer.clone(), event.service.clone())])
+            .await?;
         let quotas: Vec<Quota> = self
             .inner
             .store
@@ -583,15 +552,9 @@ impl Alerts {
         Ok(fired)
     }
 
-    async fn evaluate(
-        &self,
-        touched: &[(CustomerId, Service)],
-        now: DateTime<Utc>,
-    ) -> Result<Vec<Alert>> {
-        if touched.is_empty() {
-            return Ok(Vec::new());
-        }
-        // A commit touched services (event types); each meter of a type is touched too.
+    /// What writes of these customers and services count against: each service, and
+    /// every meter of its type (a service is an event type).
+    async fn measured(&self, touched: &[(CustomerId, Service)]) -> Result<Vec<Key>> {
         let mut by_type: HashMap<String, Vec<Measure>> = HashMap::new();
         for m in self.inner.store.meters().await? {
             by_type
@@ -606,6 +569,18 @@ impl Alerts {
                 keys.push((c.clone(), m.clone()));
             }
         }
+        Ok(keys)
+    }
+
+    async fn evaluate(
+        &self,
+        touched: &[(CustomerId, Service)],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Alert>> {
+        if touched.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys = self.measured(touched).await?;
         let mut quotas = Vec::new();
         // Bounded statements however many keys a commit touched.
         for chunk in keys.chunks(1000) {

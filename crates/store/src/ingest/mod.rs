@@ -276,9 +276,10 @@ impl Ingest {
                 .map_err(Error::db(CTX))?;
         }
         let distributed = self.is_distributed(client).await?;
-        let before = admission_usage(client, keys, distributed).await?;
+        let now = Utc::now();
+        let before = crate::quotas::usage_on(client, keys, now, distributed).await?;
         let outcome = tx.apply_batch(events.len(), &batch).await?;
-        let after = admission_usage(tx.client()?, keys, distributed).await?;
+        let after = crate::quotas::usage_on(tx.client()?, keys, now, distributed).await?;
         let both: Vec<Option<(Decimal, Decimal)>> = before
             .into_iter()
             .zip(after)
@@ -365,36 +366,6 @@ impl Ingest {
             .map_err(Error::db("storing dead letters"))?;
         Ok(())
     }
-}
-
-/// Each key's usage over its period on `client`: services from their rollups, meters
-/// through the meter query (`None`: not ready).
-async fn admission_usage(
-    client: &deadpool_postgres::Client,
-    keys: &[(CustomerId, Measure, TimeRange)],
-    distributed: bool,
-) -> Result<Vec<Option<Decimal>>> {
-    let mut services = Vec::new();
-    let mut meters = Vec::new();
-    for (c, m, r) in keys {
-        match m {
-            Measure::Service(s) => services.push((c.clone(), s.clone(), *r)),
-            Measure::Meter(slug) => meters.push((c.clone(), slug.clone(), *r)),
-        }
-    }
-    let mut services = crate::quotas::period_usage_on(client, &services)
-        .await?
-        .into_iter();
-    let mut meters = crate::quotas::meter_usage_on(client, &meters, Utc::now(), distributed)
-        .await?
-        .into_iter();
-    Ok(keys
-        .iter()
-        .map(|(_, m, _)| match m {
-            Measure::Service(_) => services.next(),
-            Measure::Meter(_) => meters.next().flatten(),
-        })
-        .collect())
 }
 
 /// The seed of the admission lock's key ("tallyq" in ASCII).

@@ -8,8 +8,8 @@ use std::{borrow::Cow, collections::BTreeMap};
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use tally_core::{
-    AnchorDay, BillingCycle, CustomerId, Level, Measure, Mode, Plan, PlanName, Quota, QuotaLimit,
-    QuotaSource, Service, Thresholds, TimeRange, Zone,
+    AnchorDay, BillingCycle, CustomerId, Level, Measure, MeterSlug, Mode, Plan, PlanName, Quota,
+    QuotaLimit, QuotaSource, Service, Thresholds, TimeRange, Zone,
 };
 use tokio_postgres::Row;
 
@@ -19,7 +19,7 @@ mod outbox;
 mod usage;
 
 pub use outbox::{Claimed, DeliveryClaim};
-pub(crate) use usage::{meter_usage_on, period_usage_on};
+pub(crate) use usage::usage_on;
 
 /// What a quota limits, as its key column holds it: a service's name, or `#` and a
 /// meter's slug. No service name or event type has a `#`, so the two never meet, and
@@ -27,8 +27,13 @@ pub(crate) use usage::{meter_usage_on, period_usage_on};
 pub(crate) fn measure_key(m: &Measure) -> Cow<'_, str> {
     match m {
         Measure::Service(s) => Cow::Borrowed(s.as_str()),
-        Measure::Meter(slug) => Cow::Owned(format!("{METER_MARK}{slug}")),
+        Measure::Meter(slug) => Cow::Owned(meter_key(slug)),
     }
+}
+
+/// A meter's key (see [`measure_key`]).
+fn meter_key(slug: &MeterSlug) -> String {
+    format!("{METER_MARK}{slug}")
 }
 
 const METER_MARK: char = '#';
@@ -168,9 +173,19 @@ impl Store {
         )
         .await
         .map_err(Error::db("saving a plan"))?;
-        let all = plan.all_limits()?;
-        let services: Vec<Cow<'_, str>> = all.iter().map(|(m, _)| measure_key(m)).collect();
-        let limits: Vec<Option<Decimal>> = all.iter().map(|(_, l)| l.value()).collect();
+        // Services by name (as the catalog checked them), meters by key.
+        let services: Vec<Cow<'_, str>> = plan
+            .limits
+            .keys()
+            .map(|s| Cow::Borrowed(s.as_str()))
+            .chain(plan.meters.keys().map(|m| Cow::Owned(meter_key(m))))
+            .collect();
+        let limits: Vec<Option<Decimal>> = plan
+            .limits
+            .values()
+            .chain(plan.meters.values())
+            .map(|l| l.value())
+            .collect();
         tx.execute(
             "DELETE FROM tally_plan_limits WHERE plan = $1",
             &[&plan.name.as_str()],

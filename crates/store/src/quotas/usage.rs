@@ -9,7 +9,7 @@ use std::{
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
-use tally_core::{CustomerId, MeterSlug, Service, TimeRange};
+use tally_core::{CustomerId, Measure, MeterSlug, Service, TimeRange};
 use tokio_postgres::types::ToSql;
 
 use super::{get, numeric_opt};
@@ -85,24 +85,53 @@ impl Store {
 }
 
 impl Store {
-    /// The value of each `(customer, meter, range)` as its quota reads it: the meter's
-    /// aggregate over the range, through the meter query (zero without events; a gauge
-    /// integrated up to `now` at most). `None` where the meter is not defined or not
-    /// ready (backfilling or failed): its quotas are not evaluated until it is.
-    pub async fn meter_usage(
+    /// The usage of each `(customer, service or meter, range)` as its quota reads it: a
+    /// service's total ([`Store::period_usage`]), or a meter's aggregate over the range
+    /// through the meter query (zero without events; a gauge integrated up to `now` at
+    /// most). `None` for a meter not defined or not ready (backfilling or failed): its
+    /// quotas are not evaluated until it is.
+    pub async fn usage(
         &self,
-        keys: &[(CustomerId, MeterSlug, TimeRange)],
+        keys: &[(CustomerId, Measure, TimeRange)],
         now: DateTime<Utc>,
     ) -> Result<Vec<Option<Decimal>>> {
-        let client = self.client("reading meter usage").await?;
+        let client = self.client("reading usage").await?;
         let distributed = self.ingest().is_distributed(&client).await?;
-        meter_usage_on(&client, keys, now, distributed).await
+        usage_on(&client, keys, now, distributed).await
     }
 }
 
-/// [`Store::meter_usage`] on a given connection: inside a write's transaction it sees
-/// that transaction's own events (what an admission compares before and after).
-pub(crate) async fn meter_usage_on(
+/// [`Store::usage`] on a given connection: inside a write's transaction it sees that
+/// transaction's own events (what an admission compares before and after).
+pub(crate) async fn usage_on(
+    client: &deadpool_postgres::Client,
+    keys: &[(CustomerId, Measure, TimeRange)],
+    now: DateTime<Utc>,
+    distributed: bool,
+) -> Result<Vec<Option<Decimal>>> {
+    let mut services = Vec::new();
+    let mut meters = Vec::new();
+    for (c, m, r) in keys {
+        match m {
+            Measure::Service(s) => services.push((c.clone(), s.clone(), *r)),
+            Measure::Meter(slug) => meters.push((c.clone(), slug.clone(), *r)),
+        }
+    }
+    let mut services = period_usage_on(client, &services).await?.into_iter();
+    let mut meters = meter_usage_on(client, &meters, now, distributed)
+        .await?
+        .into_iter();
+    Ok(keys
+        .iter()
+        .map(|(_, m, _)| match m {
+            Measure::Service(_) => services.next(),
+            Measure::Meter(_) => meters.next().flatten(),
+        })
+        .collect())
+}
+
+/// Meters' values for [`usage_on`] (`None`: not defined or not ready).
+async fn meter_usage_on(
     client: &tokio_postgres::Client,
     keys: &[(CustomerId, MeterSlug, TimeRange)],
     now: DateTime<Utc>,
@@ -190,8 +219,8 @@ static PERIOD_PIECES_SQL: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-/// [`Store::period_usage`] on a given connection (the write path's admission reads it
-/// inside its own transaction).
+/// [`Store::period_usage`] on a given connection (through [`usage_on`], the write
+/// path's admission reads it inside its own transaction).
 pub(crate) async fn period_usage_on(
     client: &deadpool_postgres::Client,
     keys: &[(CustomerId, Service, TimeRange)],
