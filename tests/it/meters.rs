@@ -233,6 +233,86 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 8, ..ProptestConfig::default() })]
+    /// A service is a built-in SUM meter: the one query answers its name from the
+    /// service rollups, equal to a brute force over the events (replays once).
+    #[test]
+    fn a_service_is_a_built_in_sum_meter_of_the_one_query(
+        events in prop::collection::vec((0u32..300, 0u8..3, 0i64..(3 * 24 * 60), 0i64..100_000), 1..100),
+        repeats in prop::collection::vec(0usize..100, 0..10),
+        zone in zones(),
+        window in prop::sample::select(vec![None, Some(WindowSize::Minute), Some(WindowSize::Hour), Some(WindowSize::Day), Some(WindowSize::Month)]),
+        from_min in 0i64..(24 * 60),
+        len_min in 1i64..(3 * 24 * 60),
+        by_subject in any::<bool>(),
+        customers in prop::collection::btree_set(0u8..4, 0..3),
+    ) {
+        let mut seen = BTreeMap::new();
+        let mut events: Vec<(u32, u8, i64, i64)> =
+            events.into_iter().filter(|e| seen.insert(e.0, ()).is_none()).collect();
+        let replays: Vec<(u32, u8, i64, i64)> =
+            repeats.iter().filter_map(|r| events.get(r % events.len()).copied()).collect();
+        let zone: Zone = zone.parse().unwrap();
+        // MINUTE covers at most a day.
+        let len_min = if window == Some(WindowSize::Minute) { len_min.min(24 * 60) } else { len_min };
+        let range = TimeRange::new(t0() + Duration::minutes(from_min), t0() + Duration::minutes(from_min + len_min)).unwrap();
+        let usage = |e: &(u32, u8, i64, i64)| {
+            tally::UsageEvent::new(format!("c{}", e.1).parse().unwrap(), Service::API, Decimal::new(e.3, 2).to_string().parse().unwrap())
+                .at(t0() + Duration::minutes(e.2))
+                .with_id(tally::EventId::from(uuid::Uuid::from_u128(u128::from(e.0) + 1)))
+        };
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let db = TestDb::new().await.unwrap();
+            let tally = db.tally();
+            tally.write(&events.iter().map(usage).collect::<Vec<_>>()).await.unwrap();
+            tally.write(&replays.iter().map(usage).collect::<Vec<_>>()).await.unwrap();
+            events.sort();
+            let mut q = MeterQuery::new(range, t0()).in_zone(zone);
+            if let Some(w) = window {
+                q = q.window(w);
+            }
+            if by_subject {
+                q = q.group_by("subject");
+            }
+            for c in &customers {
+                q = q.customer(&format!("c{c}").parse().unwrap());
+            }
+            let got: BTreeMap<(DateTime<Utc>, Option<String>), Decimal> = tally
+                .query_meter("api", &q)
+                .await
+                .unwrap()
+                .data
+                .into_iter()
+                .map(|r| ((r.window_start, r.subject), r.value.normalize()))
+                .collect();
+            let wins: Vec<TimeRange> = match window {
+                // Every zone's minutes are UTC minutes, clipped to the range.
+                Some(WindowSize::Minute) => (0..=len_min)
+                    .filter_map(|m| {
+                        let lo = t0() + Duration::minutes(from_min + m);
+                        TimeRange::new(lo, (lo + Duration::minutes(1)).min(range.to())).ok()
+                    })
+                    .collect(),
+                _ => tally_core_windows(range, window, zone),
+            };
+            let mut want: BTreeMap<(DateTime<Utc>, Option<String>), Decimal> = BTreeMap::new();
+            for e in &events {
+                let at = t0() + Duration::minutes(e.2);
+                if !customers.is_empty() && !customers.contains(&e.1) {
+                    continue;
+                }
+                if let Some(w) = wins.iter().find(|w| w.contains(at)) {
+                    *want.entry((w.from(), by_subject.then(|| format!("c{}", e.1)))).or_default() += Decimal::new(e.3, 2);
+                }
+            }
+            let want: BTreeMap<_, _> = want.into_iter().map(|(k, v)| (k, v.normalize())).collect();
+            assert_eq!(got, want, "api in {zone} by {window:?}");
+        });
+    }
+}
+
 fn tally_core_windows(range: TimeRange, size: Option<WindowSize>, zone: Zone) -> Vec<TimeRange> {
     let g = match size {
         None => return vec![range],
@@ -1110,4 +1190,70 @@ async fn lago_latest_spec() {
     assert_eq!(groups.len(), 5);
     assert!(groups.iter().all(|(_, v)| v == "12"));
     assert_eq!(groups.iter().filter(|(a, _)| a.is_none()).count(), 1);
+}
+
+#[tokio::test]
+async fn a_built_in_meter_has_no_dimensions_and_its_name_is_taken() {
+    let db = TestDb::new().await.unwrap();
+    let tally = db.tally();
+    let range = TimeRange::new(t0(), t0() + Duration::days(1)).unwrap();
+    let q = MeterQuery::new(range, t0());
+    for (q, field, value) in [
+        (q.clone().group_by("model"), "group_by", "model"),
+        (q.clone().filter("model", "m1"), "filter", "model"),
+        (
+            q.clone()
+                .exclude(&BTreeMap::from([("model".to_owned(), "m1".to_owned())])),
+            "exclude",
+            "model",
+        ),
+    ] {
+        let e = tally.query_meter("storage", &q).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Invalid, "{e}");
+        assert_eq!((e.field(), e.value()), (Some(field), Some(value)), "{e}");
+        assert!(e.to_string().contains("built-in meter storage"), "{e}");
+    }
+    // Nothing used: no rows, as for any meter.
+    assert!(
+        tally
+            .query_meter("storage", &q)
+            .await
+            .unwrap()
+            .data
+            .is_empty()
+    );
+    let e = tally.query_meter("no_such", &q).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+    // A defined meter may not take a service's name (it would hide the built-in).
+    let mut spec = spec("storage", Aggregation::Sum);
+    let e = tally.create_meter(&spec, None).await.unwrap_err();
+    assert_eq!(
+        (e.kind(), e.field()),
+        (ErrorKind::Invalid, Some("slug")),
+        "{e}"
+    );
+    spec.slug = "storage_gib".parse().unwrap();
+    tally.create_meter(&spec, None).await.unwrap();
+    // Nor may a service take a meter's slug.
+    let e = tally
+        .define_meter(&tally::Meter::new("storage_gib", "GiB").unwrap())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.kind(), e.field()),
+        (ErrorKind::Invalid, Some("service")),
+        "{e}"
+    );
+    tally
+        .define_meter(&tally::Meter::new("gpu_seconds", "s").unwrap())
+        .await
+        .unwrap();
+    assert!(
+        tally
+            .query_meter("gpu_seconds", &q)
+            .await
+            .unwrap()
+            .data
+            .is_empty()
+    );
 }

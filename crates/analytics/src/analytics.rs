@@ -1,5 +1,5 @@
 //! The reads themselves: each takes its query ([`crate::query`]) and answers from the
-//! rollups through [`totals`].
+//! built-in meters' one read, [`Store::totals`] (the meter query's, for services).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -16,7 +16,6 @@ use crate::report::{
     Aggregation, Bucket, DayLine, Invoice, InvoiceLine, LineKind, Over, Peak, ServiceLine, Stats,
     Summary, TrendDay, add_money, invalid, stats_of,
 };
-use crate::totals::totals;
 
 /// The read side of Tally: summaries, aggregation, statistics, trends, peaks and
 /// invoices, exact and served from the rollups.
@@ -128,7 +127,10 @@ impl Analytics {
             .into_iter()
             .map(|r| (r.from(), r))
             .collect();
-        let sums = totals(&self.store, &pieces, Who::One(customer), services).await?;
+        let sums = self
+            .store
+            .totals(&pieces, Who::One(customer), services)
+            .await?;
         let mut out = Vec::with_capacity(services.len());
         for (i, s) in services.iter().enumerate() {
             let mut parts = Vec::new();
@@ -196,7 +198,10 @@ impl Analytics {
             None => None,
             Some(zone) => {
                 let buckets = zone.buckets(range, Granularity::Day);
-                let t = totals(&self.store, &buckets, Who::One(customer), &services).await?;
+                let t = self
+                    .store
+                    .totals(&buckets, Who::One(customer), &services)
+                    .await?;
                 let mut days: Vec<DayLine> = t
                     .into_iter()
                     .filter_map(|((label, service), a)| {
@@ -228,11 +233,12 @@ impl Analytics {
         let (services, _) = self.services(q.service.as_ref()).await?;
         let buckets = zone.buckets(range, granularity);
         let who = customer.map_or(Who::All, Who::One);
-        let mut t: Vec<((DateTime<Utc>, usize), Totals)> =
-            totals(&self.store, &buckets, who, &services)
-                .await?
-                .into_iter()
-                .collect();
+        let mut t: Vec<((DateTime<Utc>, usize), Totals)> = self
+            .store
+            .totals(&buckets, who, &services)
+            .await?
+            .into_iter()
+            .collect();
         // Services are in catalog (name) order, so this is (bucket, service) order.
         t.sort_by_key(|(k, _)| *k);
         let customer_id = customer.map(|c| c.to_string());
@@ -286,13 +292,10 @@ impl Analytics {
                     Granularity::Day
                 };
                 let buckets = zone.buckets(window, g);
-                let t = totals(
-                    &self.store,
-                    &buckets,
-                    Who::One(customer),
-                    std::slice::from_ref(&service),
-                )
-                .await?;
+                let t = self
+                    .store
+                    .totals(&buckets, Who::One(customer), std::slice::from_ref(&service))
+                    .await?;
                 let by_label: HashMap<DateTime<Utc>, Decimal> = t
                     .into_iter()
                     .map(|((label, _), a)| (label, a.quantity))
@@ -326,7 +329,10 @@ impl Analytics {
                 TimeRange::new(lo, hi).map(|r| (lo, r))
             })
             .collect::<Result<_, _>>()?;
-        let t = totals(&self.store, &ranges, Who::One(customer), &services).await?;
+        let t = self
+            .store
+            .totals(&ranges, Who::One(customer), &services)
+            .await?;
         // With a filter, that service even without usage; otherwise the services used.
         let used: BTreeSet<usize> = match service {
             Some(_) => BTreeSet::from([0]),
@@ -379,13 +385,10 @@ impl Analytics {
         // Buckets are labelled by their start even where clipped to the extent, and
         // nothing was used outside it.
         let buckets = zone.buckets(used, by);
-        let t = totals(
-            &self.store,
-            &buckets,
-            Who::One(customer),
-            std::slice::from_ref(service),
-        )
-        .await?;
+        let t = self
+            .store
+            .totals(&buckets, Who::One(customer), std::slice::from_ref(service))
+            .await?;
         let mut all: Vec<(DateTime<Utc>, Totals)> =
             t.into_iter().map(|((label, _), t)| (label, t)).collect();
         all.sort_by(|(a, x), (b, y)| y.quantity.cmp(&x.quantity).then(a.cmp(b)));

@@ -1,11 +1,13 @@
 //! Tally's read side: usage summaries with cost, aggregation in any time zone,
-//! statistics, trends, peaks and invoice previews. Logic only: the SQL is the
-//! store's ([`tally_store::Store::rollup_rows`] and friends).
+//! statistics, trends, peaks and invoice previews. Logic only: every service is read
+//! through the built-in meters' one read, [`tally_store::Store::totals`] (what the meter
+//! query answers a service's name with), and every defined meter through
+//! [`tally_store::Store::query_meter`].
 //!
 //! Everything is exact and always current: totals come from the rollups that the write
 //! path keeps equal to the raw events — whole UTC days from the daily rollup, whole UTC
-//! hours from the hourly rollup — and only sub-hour edges of a range (and buckets of
-//! zones with half- or quarter-hour offsets) from raw events. Amounts are priced with a
+//! hours from the hourly rollup, quarter hours from the hourly rollup's detail — and
+//! only other sub-hour edges of a range from raw events. Amounts are priced with a
 //! [`tally_core::PriceBook`] and rounded once per line. Results serialize to the JSON
 //! shapes of the CLI contract (decimals as strings, instants as RFC 3339 UTC).
 //!
@@ -43,7 +45,6 @@
 mod analytics;
 mod query;
 mod report;
-mod totals;
 
 pub use analytics::Analytics;
 pub use query::{Answer, PeaksQuery, StatsQuery, SummaryQuery, TrendsQuery, UsageQuery};

@@ -23,7 +23,7 @@ use crate::{
 pub(crate) enum MeterCommand {
     /// Define a meter and count the stored events of its type (a progress bar on a terminal).
     #[command(
-        after_help = "Examples:\n  tally meter create tokens_total --type prompt --aggregation sum --value '$.tokens' --group-by model='$.model'\n  tally meter create active_users --type prompt --aggregation unique_count --value '$.user'\n  tally meter create storage --type disk --aggregation time_weighted --value '$.gib' --group-by region='$.region'"
+        after_help = "Examples:\n  tally meter create tokens_total --type prompt --aggregation sum --value '$.tokens' --group-by model='$.model'\n  tally meter create active_users --type prompt --aggregation unique_count --value '$.user'\n  tally meter create disk_gib_hours --type disk --aggregation time_weighted --value '$.gib' --group-by region='$.region'"
     )]
     Create(CreateArgs),
     /// List the meters.
@@ -113,7 +113,8 @@ pub(crate) struct CreateArgs {
 
 #[derive(Args)]
 pub(crate) struct QueryArgs {
-    /// The meter's slug or id.
+    /// The meter's slug or id, or a service's name (its built-in meter: the sum of
+    /// its quantities).
     meter: String,
     /// Start (inclusive): a date or an RFC 3339 instant; default the start of this month.
     #[arg(long)]

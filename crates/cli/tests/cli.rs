@@ -882,6 +882,32 @@ async fn an_invoice_has_a_line_per_priced_meter_combination() {
     )
     .unwrap();
     ok(&["import", events.to_str().unwrap()]);
+    // The service is a built-in SUM meter of the one query: its quantities by day.
+    let api = ok(&[
+        "meter",
+        "query",
+        "api",
+        "--from",
+        "2026-03-30",
+        "--to",
+        "2026-04-01",
+        "--window",
+        "day",
+        "--group-by",
+        "subject",
+        "--format",
+        "json",
+    ]);
+    let api: serde_json::Value = serde_json::from_str(&api).unwrap();
+    assert_eq!(
+        (
+            &api["data"][0]["value"],
+            &api["data"][0]["subject"],
+            api["data"].as_array().map(Vec::len)
+        ),
+        (&serde_json::json!("3"), &serde_json::json!("acme"), Some(1)),
+        "{api}"
+    );
     let prices = dir.path().join("prices.json");
     std::fs::write(
         &prices,

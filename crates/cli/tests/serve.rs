@@ -615,6 +615,14 @@ async fn every_error_is_a_problem_naming_what_was_refused() {
         404,
         &[("field", json!("meter"))],
     );
+    // A service is a built-in meter: queried by its name, without dimensions.
+    let api = s.get("/api/v1/meters/api/query?windowSize=DAY");
+    assert_eq!((api.status, &api.json()["data"]), (200, &json!([])));
+    assert_problem(
+        &s.get("/api/v1/meters/api/query?groupBy=model"),
+        400,
+        &[("field", json!("groupBy")), ("value", json!("model"))],
+    );
 
     // Query parameters are validated, naming the parameter.
     for (q, field) in [

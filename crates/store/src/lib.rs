@@ -68,6 +68,8 @@ pub use store::{PartitionStatus, Store, VerifyReport};
 #[doc(hidden)]
 pub use ingest::{CommitHook, LocalMark};
 #[doc(hidden)]
+pub use meters::TotalsKey;
+#[doc(hidden)]
 pub use migrate::schema_fingerprint;
 #[doc(hidden)]
 pub use quotas::{Claimed, DeliveryClaim, Reached};

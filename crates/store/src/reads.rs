@@ -354,6 +354,42 @@ impl Store {
         decode_all(&rows, |row| usage_row(row, &index))
     }
 
+    /// The customers with usage of `service` in the UTC days `range` touches (a
+    /// superset of those with usage in `range`), in name order: whom a read of every
+    /// customer, one by one, reads.
+    pub(crate) async fn customers_using(
+        &self,
+        service: &Service,
+        range: TimeRange,
+    ) -> Result<Vec<CustomerId>> {
+        static SQL: LazyLock<String> = LazyLock::new(|| {
+            format!(
+                "SELECT DISTINCT customer_id FROM {}
+                 WHERE service = $1 AND bucket >= $2 AND bucket < $3 AND events > 0
+                 ORDER BY customer_id",
+                rollup::DAILY.table
+            )
+        });
+        use chrono::DurationRound;
+        let from = range
+            .from()
+            .duration_trunc(chrono::Duration::days(1))
+            .unwrap_or(range.from());
+        let client = self.client("reading usage").await?;
+        let rows = client
+            .query(SQL.as_str(), &[&service.as_str(), &from, &range.to()])
+            .await
+            .map_err(Error::db("reading usage"))?;
+        rows.iter()
+            .map(|row| {
+                let id: &str = row.try_get(0).map_err(Error::db("reading usage"))?;
+                id.parse().map_err(|e| {
+                    Error::corrupt("reading usage", format!("a customer id {id:?}: {e}"))
+                })
+            })
+            .collect()
+    }
+
     /// The quantity of every event of `customer` and `service` in `range`, unordered.
     pub async fn event_quantities(
         &self,

@@ -269,8 +269,21 @@ impl Store {
     }
 
     /// Defines (or re-units) a user meter.
+    /// Refused (`Invalid`, field `service`) where a meter has that slug: the service
+    /// would be a built-in meter of the same name.
     pub async fn define_meter(&self, meter: &Meter) -> Result<()> {
         let client = self.client("defining a meter").await?;
+        match crate::meters::meter_on(&client, meter.service.as_str()).await {
+            Ok(_) => {
+                return Err(Error::invalid(
+                    "service",
+                    meter.service.as_str(),
+                    "is a meter's slug, and a service is a built-in meter of its own name; choose another name",
+                ));
+            }
+            Err(e) if e.kind() == crate::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
         client
             .execute(
                 "INSERT INTO tally_meters (service, unit) VALUES ($1, $2)

@@ -5,8 +5,10 @@
 //! - `deltas.rs`: what events add to the meter rollups (pure);
 //! - `write.rs`: the meter step of the ingest transaction;
 //! - `query.rs`: [`MeterQuery`], read from the rollups (and raw events at the edges);
+//! - `builtin.rs`: the built-in meters (services) and their read, [`Store::totals`];
 //! - `verify.rs`: the rollups recomputed from the raw events and compared.
 
+mod builtin;
 mod deltas;
 mod query;
 mod verify;
@@ -16,6 +18,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tally_core::{CustomerId, EventId, Metadata, MeterSpec, Progress, Quantity, UsageEvent};
 
+pub use builtin::TotalsKey;
 pub(crate) use deltas::LiveMeter;
 pub(crate) use query::query_defined;
 pub use query::{MeterQuery, MeterQueryResult, MeterRow};
@@ -205,6 +208,15 @@ impl Store {
         progress: Option<Progress>,
     ) -> Result<DefinedMeter> {
         spec.check()?;
+        // A service is a built-in meter that queries reach by its name: a defined
+        // meter of that slug would hide it.
+        if self.catalog().await?.service(spec.slug.as_str()).is_ok() {
+            return Err(Error::invalid(
+                "slug",
+                spec.slug.as_str(),
+                "is the name of a service, which is a built-in meter (query it by that name); choose another slug",
+            ));
+        }
         let text = serde_json::to_string(spec)
             .map_err(|e| Error::internal("encoding a meter", e.to_string()))?;
         let kind = spec.event_type.as_str();

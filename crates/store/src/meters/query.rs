@@ -415,11 +415,23 @@ fn levels(windows: &[TimeRange], read: Read) -> Levels {
 }
 
 impl Store {
-    /// Answers `q` from the meter with this slug or id (see the module docs).
-    /// Refuses (`Invalid`) an unknown meter, dimension or window, a `MINUTE` query
-    /// over more than a day, and a meter still backfilling or failed.
+    /// Answers `q` from the meter with this slug or id (see the module docs), or,
+    /// where no defined meter has it, from the built-in meter of the service of that
+    /// name (the sum of its quantities; docs/meters.md, "Built-in meters").
+    /// Refuses (`Invalid`) an unknown dimension or window, a `MINUTE` query over more
+    /// than a day, and a meter still backfilling or failed; `NotFound` for a name that
+    /// is neither.
     pub async fn query_meter(&self, meter: &str, q: &MeterQuery) -> Result<MeterQueryResult> {
-        let meter = self.meter(meter).await?;
+        let meter = match self.meter(meter).await {
+            Ok(m) => m,
+            Err(e) if e.kind() == crate::ErrorKind::NotFound => {
+                return match self.catalog().await?.service(meter) {
+                    Ok(service) => self.query_builtin(&service, q).await,
+                    Err(_) => Err(e),
+                };
+            }
+            Err(e) => return Err(e),
+        };
         if meter.state != super::MeterState::Ready {
             return Err(Error::invalid(
                 "meter",
