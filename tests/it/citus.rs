@@ -720,4 +720,22 @@ async fn meters_are_maintained_backfilled_and_queried_on_citus() {
         rows(tally.query_meter("tokens", &q).await.unwrap()),
         [(first.clone(), "5".to_owned()), (first, "8".to_owned())]
     );
+    // A backfill left interrupted (as by a killed process) is restarted under a new
+    // number of the reference table's identity, and counts the same.
+    db.client()
+        .await
+        .unwrap()
+        .execute(
+            "UPDATE tally_meter_defs SET state = 'backfilling' WHERE slug = 'prompts'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let restarted = tally.restart_meter("prompts", None).await.unwrap();
+    assert_eq!((restarted.backfilled, &restarted.id), (3, &m.id));
+    let q = MeterQuery::new(range, t0).group_by("model");
+    assert_eq!(
+        values(tally.query_meter("prompts", &q).await.unwrap()),
+        ["1", "2"]
+    );
 }

@@ -313,6 +313,54 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 6, ..ProptestConfig::default() })]
+    /// A unique count over whole UTC months reads the month buckets; where each group
+    /// is one customer and one combination it only counts their rows. Both ways match
+    /// the brute force (users repeat across days, models and customers).
+    #[test]
+    fn a_unique_count_over_whole_months_matches_a_brute_force(
+        events in prop::collection::vec((0u32..300, 0u8..3, 0i64..(3 * 24 * 60), 0u8..3, 0i64..10, 0u8..6), 1..80),
+        monthly in any::<bool>(),
+        by_subject in any::<bool>(),
+        by_model in any::<bool>(),
+        one_customer in any::<bool>(),
+        only_model in prop::option::of(0u8..3),
+    ) {
+        // One payload per id (a reused id with another payload is a conflict).
+        let mut seen = BTreeMap::new();
+        let events: Vec<Gen> = events.into_iter().filter(|e| seen.insert(e.0, ()).is_none()).collect();
+        let range = TimeRange::new("2026-03-01T00:00:00Z".parse().unwrap(), "2026-05-01T00:00:00Z".parse().unwrap()).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let db = TestDb::new().await.unwrap();
+            let tally = db.tally();
+            tally.create_meter(&spec("users", Aggregation::UniqueCount), None).await.unwrap();
+            tally.write_cloud_events(&events.iter().map(cloud).collect::<Vec<_>>()).await.unwrap();
+            let mut q = MeterQuery::new(range, t0());
+            let wins = if monthly {
+                q = q.window(WindowSize::Month);
+                tally_core_windows(range, Some(WindowSize::Month), Zone::UTC)
+            } else {
+                vec![range]
+            };
+            if by_subject { q = q.group_by("subject"); }
+            if by_model { q = q.group_by("model"); }
+            if let Some(m) = only_model { q = q.filter("model", &format!("m{m}")); }
+            let mut kept = events.clone();
+            if one_customer {
+                q = q.customer(&"c1".parse().unwrap());
+                kept.retain(|e| e.1 == 1);
+            }
+            let got: BTreeMap<_, _> = tally.query_meter("users", &q).await.unwrap().data.into_iter().map(|r| {
+                ((r.window_start, r.subject, r.group_by.get("model").cloned().flatten()), r.value)
+            }).collect();
+            let want = brute(Aggregation::UniqueCount, &kept, &wins, by_subject, by_model, (only_model, None), t0());
+            assert_eq!(got, want);
+        });
+    }
+}
+
 fn tally_core_windows(range: TimeRange, size: Option<WindowSize>, zone: Zone) -> Vec<TimeRange> {
     let g = match size {
         None => return vec![range],
@@ -1255,5 +1303,106 @@ async fn a_built_in_meter_has_no_dimensions_and_its_name_is_taken() {
             .unwrap()
             .data
             .is_empty()
+    );
+}
+
+/// A process killed mid-backfill leaves its meter `backfilling`; a restart counts
+/// every stored event once, with what was written meanwhile, under the same id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_backfill_is_restarted_and_counts_each_event_once() {
+    use std::sync::{Arc, mpsc};
+    let db = TestDb::new().await.unwrap();
+    let tally = db.tally().clone();
+    // More than one backfill chunk (20 000 events) of the type.
+    let gens: Vec<Gen> = (0..26_000u32)
+        .map(|i| {
+            (
+                i,
+                (i % 3) as u8,
+                i64::from(i % 4000),
+                (i % 3) as u8,
+                i64::from(i % 97),
+                0,
+            )
+        })
+        .collect();
+    for chunk in gens.chunks(6_500) {
+        tally
+            .write_cloud_events(&chunk.iter().map(cloud).collect::<Vec<_>>())
+            .await
+            .unwrap();
+    }
+    // The first chunk merged, the backfill is cancelled at its next step (its progress
+    // callback holds it until the abort is asked for).
+    let (chunked, wait_chunk) = mpsc::channel::<()>();
+    let (aborted, wait_abort) = mpsc::channel::<()>();
+    let wait_abort = std::sync::Mutex::new(wait_abort);
+    let progress: tally::Progress = Arc::new(move |_| {
+        let _ = chunked.send(());
+        let _ = wait_abort.lock().unwrap().recv();
+    });
+    let t = tally.clone();
+    let task = tokio::spawn(async move {
+        t.create_meter(&spec("sum", Aggregation::Sum), Some(progress))
+            .await
+    });
+    tokio::task::spawn_blocking(move || wait_chunk.recv().unwrap())
+        .await
+        .unwrap();
+    task.abort();
+    let _ = aborted.send(());
+    assert!(task.await.unwrap_err().is_cancelled());
+    let stuck = tally.meter("sum").await.unwrap();
+    assert_eq!(stuck.state, tally::meters::MeterState::Backfilling);
+    let range = TimeRange::new(t0(), t0() + Duration::days(5)).unwrap();
+    let q = MeterQuery::new(range, t0())
+        .group_by("subject")
+        .group_by("model");
+    let e = tally.query_meter("sum", &q).await.unwrap_err();
+    assert!(e.to_string().contains("restart"), "{e}");
+    // Written while it is stuck: metered by the write path.
+    let late: Vec<Gen> = (26_000..26_500u32)
+        .map(|i| (i, (i % 3) as u8, i64::from(i % 4000), 1, 5, 0))
+        .collect();
+    tally
+        .write_cloud_events(&late.iter().map(cloud).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    let ready = tally.restart_meter("sum", None).await.unwrap();
+    assert_eq!(
+        (ready.state, &ready.id, ready.backfilled),
+        (tally::meters::MeterState::Ready, &stuck.id, 26_500)
+    );
+    let all: Vec<Gen> = gens.into_iter().chain(late).collect();
+    let got: BTreeMap<Key, Decimal> = tally
+        .query_meter("sum", &q)
+        .await
+        .unwrap()
+        .data
+        .into_iter()
+        .map(|r| {
+            (
+                (r.window_start, r.subject, r.group_by["model"].clone()),
+                r.value,
+            )
+        })
+        .collect();
+    let want = brute(
+        Aggregation::Sum,
+        &all,
+        &[range],
+        true,
+        true,
+        (None, None),
+        t0(),
+    );
+    assert_eq!(got, want);
+    assert_eq!(tally.verify().await.unwrap().mismatches, 0);
+    // A ready meter has nothing to restart.
+    let e = tally.restart_meter("sum", None).await.unwrap_err();
+    assert_eq!(
+        (e.kind(), e.field()),
+        (ErrorKind::Invalid, Some("meter")),
+        "{e}"
     );
 }

@@ -37,6 +37,10 @@ pub(crate) enum MeterCommand {
         after_help = "Examples:\n  tally meter update tokens_total --name 'LLM tokens' --description 'input and output tokens'"
     )]
     Update(UpdateArgs),
+    /// Count a meter's stored events again from scratch, when its backfill was
+    /// interrupted (the process was killed: the meter stayed backfilling) or failed.
+    #[command(after_help = "Examples:\n  tally meter restart tokens_total")]
+    Restart(OneArg),
     /// Delete a meter (it stops being maintained; its slug is free again).
     #[command(after_help = "Examples:\n  tally meter delete tokens_total")]
     Delete(OneArg),
@@ -179,20 +183,17 @@ pub(crate) async fn meter(url: Option<String>, c: MeterCommand) -> Result<(), Fa
                 .map_err(bad)?;
             spec.check().map_err(bad)?;
             let tally = tally_for(url).await?;
-            let bar = std::io::stderr().is_terminal().then(|| {
-                let bar = indicatif::ProgressBar::new_spinner();
-                bar.set_style(
-                    indicatif::ProgressStyle::with_template(
-                        "{spinner} backfilling: {pos} stored events read, {per_sec}",
-                    )
-                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
-                );
-                bar
-            });
-            let progress = bar
-                .clone()
-                .map(|b| Arc::new(move |n: u64| b.set_position(n)) as tally::Progress);
+            let (bar, progress) = backfill_bar();
             let made = tally.create_meter(&spec, progress).await;
+            if let Some(b) = bar {
+                b.finish_and_clear();
+            }
+            emit(a.format, &Meters(vec![made?]))
+        }
+        MeterCommand::Restart(a) => {
+            let tally = tally_for(url).await?;
+            let (bar, progress) = backfill_bar();
+            let made = tally.restart_meter(&a.meter, progress).await;
             if let Some(b) = bar {
                 b.finish_and_clear();
             }
@@ -355,4 +356,22 @@ impl Tabular for Rows {
             })
             .collect()
     }
+}
+
+/// A backfill's progress bar on a terminal (none otherwise), and what feeds it.
+fn backfill_bar() -> (Option<indicatif::ProgressBar>, Option<tally::Progress>) {
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} backfilling: {pos} stored events read, {per_sec}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        );
+        bar
+    });
+    let progress = bar
+        .clone()
+        .map(|b| Arc::new(move |n: u64| b.set_position(n)) as tally::Progress);
+    (bar, progress)
 }

@@ -462,6 +462,16 @@ impl Tally {
         self.store.create_meter(spec, progress).await
     }
 
+    /// Counts a meter's stored events again from scratch when its backfill was
+    /// interrupted or failed; see [`tally_store::Store::restart_meter`].
+    pub async fn restart_meter(
+        &self,
+        slug_or_id: &str,
+        progress: Option<Progress>,
+    ) -> Result<meters::DefinedMeter> {
+        self.store.restart_meter(slug_or_id, progress).await
+    }
+
     /// Every meter, by slug.
     pub async fn meters(&self) -> Result<Vec<meters::DefinedMeter>> {
         self.store.meters().await

@@ -25,7 +25,7 @@ pub use query::{MeterQuery, MeterQueryResult, MeterRow};
 use write::TYPE_LOCK_SEED;
 pub(crate) use write::{apply_meters, apply_with, meters_of_types};
 
-use crate::{Error, Result, Store};
+use crate::{Error, Result, Store, pool::HandTx};
 
 /// Where a meter is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -192,6 +192,13 @@ pub(crate) async fn meter_on(
     }
 }
 
+/// What a backfill starts from: a new meter (its spec, and the spec as JSON), or an
+/// existing one (slug or id) whose backfill is restarted.
+enum Start<'a> {
+    Create(&'a MeterSpec, &'a str),
+    Restart(&'a str),
+}
+
 /// How many stored events a backfill reads at a time.
 const BACKFILL_CHUNK: i64 = 20_000;
 
@@ -219,7 +226,40 @@ impl Store {
         }
         let text = serde_json::to_string(spec)
             .map_err(|e| Error::internal("encoding a meter", e.to_string()))?;
-        let kind = spec.event_type.as_str();
+        self.backfilled(
+            spec.event_type.as_str(),
+            Start::Create(spec, &text),
+            progress,
+        )
+        .await
+    }
+
+    /// Restarts the backfill of a meter whose backfill was interrupted (its process
+    /// killed: the meter stayed `backfilling`) or failed: under the type's lock the meter
+    /// gets a new internal number — its id, slug, spec and quotas stay — and is
+    /// backfilled from scratch from the stored events, as [`Store::create_meter`] does.
+    /// What the interrupted backfill and the write path had counted under the old
+    /// number is left behind, as a deleted meter's rows are (a backfill still running
+    /// elsewhere only adds to those, and its call then fails). Refused (`Invalid`) for a
+    /// meter that is ready.
+    pub async fn restart_meter(
+        &self,
+        slug_or_id: &str,
+        progress: Option<Progress>,
+    ) -> Result<DefinedMeter> {
+        let meter = self.meter(slug_or_id).await?;
+        let kind = meter.spec.event_type.as_str().to_owned();
+        self.backfilled(&kind, Start::Restart(slug_or_id), progress)
+            .await
+    }
+
+    /// A meter created or restarted (`start`, under the type's lock), then backfilled.
+    async fn backfilled(
+        &self,
+        kind: &str,
+        start: Start<'_>,
+        progress: Option<Progress>,
+    ) -> Result<DefinedMeter> {
         // 1. Under the type's exclusive lock (every write of the type waits, and is
         //    waited for), the meter row; 2. the backfill's snapshot, taken while the
         //    lock is held: it holds every event written without the meter, and none
@@ -238,22 +278,66 @@ impl Store {
         )
         .await
         .map_err(Error::db("locking the event type"))?;
-        let row = tx
-            .query_one(
-                &format!(
-                    "INSERT INTO tally_meter_defs (id, slug, event_type, spec) VALUES ($1, $2, $3, $4::text::jsonb)
-                     RETURNING {COLUMNS}"
-                ),
-                &[&ulid(EventId::new().uuid()), &spec.slug.as_str(), &kind, &text],
-            )
-            .await
-            .map_err(|e| {
-                if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) {
-                    Error::invalid("slug", spec.slug.as_str(), "a meter with this slug exists")
-                } else {
-                    Error::db("creating a meter")(e)
+        let row = match start {
+            Start::Create(spec, text) => tx
+                .query_one(
+                    &format!(
+                        "INSERT INTO tally_meter_defs (id, slug, event_type, spec) VALUES ($1, $2, $3, $4::text::jsonb)
+                         RETURNING {COLUMNS}"
+                    ),
+                    &[&ulid(EventId::new().uuid()), &spec.slug.as_str(), &kind, &text],
+                )
+                .await
+                .map_err(|e| {
+                    if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) {
+                        Error::invalid("slug", spec.slug.as_str(), "a meter with this slug exists")
+                    } else {
+                        Error::db("creating a meter")(e)
+                    }
+                })?,
+            Start::Restart(slug_or_id) => {
+                // Read again under the lock: it may have been deleted or finished since.
+                let now = tx
+                    .query_opt(
+                        &format!(
+                            "SELECT {COLUMNS} FROM tally_meter_defs
+                             WHERE (slug = $1 OR id = $1) AND deleted_at IS NULL FOR UPDATE"
+                        ),
+                        &[&slug_or_id],
+                    )
+                    .await
+                    .map_err(Error::db("restarting a meter"))?
+                    .ok_or_else(|| Error::not_found("meter", slug_or_id))?;
+                let now = defined(&now)?;
+                if now.state == MeterState::Ready {
+                    return Err(Error::invalid(
+                        "meter",
+                        slug_or_id,
+                        "is ready: only an interrupted or failed backfill is restarted",
+                    ));
                 }
-            })?;
+                // A new number: the old row is retired (its id freed), a copy inserted.
+                // (An identity cannot be set in an UPDATE on Citus: `nextval` is
+                // volatile there.)
+                tx.execute(
+                    "UPDATE tally_meter_defs SET deleted_at = now(), updated_at = now(), id = id || '~' || meter::text
+                     WHERE meter = $1",
+                    &[&now.number],
+                )
+                .await
+                .map_err(Error::db("restarting a meter"))?;
+                tx.query_one(
+                    &format!(
+                        "INSERT INTO tally_meter_defs (id, slug, event_type, spec, created_at)
+                         SELECT $2, slug, event_type, spec, created_at FROM tally_meter_defs WHERE meter = $1
+                         RETURNING {COLUMNS}"
+                    ),
+                    &[&now.number, &now.id],
+                )
+                .await
+                .map_err(Error::db("restarting a meter"))?
+            }
+        };
         let meter = defined(&row)?;
         let snapshot = reader
             .build_transaction()
@@ -273,7 +357,7 @@ impl Store {
         let client = self.client("finishing a meter").await?;
         let row = match outcome {
             Ok((read, skipped)) => client
-                .query_one(
+                .query_opt(
                     &format!(
                         "UPDATE tally_meter_defs SET state = 'ready', backfilled = $2, skipped = $3, updated_at = now()
                          WHERE meter = $1 RETURNING {COLUMNS}"
@@ -281,7 +365,14 @@ impl Store {
                     &[&meter.number, &(read as i64), &(skipped as i64)],
                 )
                 .await
-                .map_err(Error::db("finishing a meter"))?,
+                .map_err(Error::db("finishing a meter"))?
+                .ok_or_else(|| {
+                    Error::invalid(
+                        "meter",
+                        meter.spec.slug.as_str(),
+                        "was restarted (or deleted) during this backfill: the restart counts it",
+                    )
+                })?,
             Err(e) => {
                 client
                     .execute(
@@ -311,7 +402,7 @@ impl Store {
         }];
         let service = meter.spec.event_type.service();
         declare_events(snapshot, &meter.spec, "backfilling a meter").await?;
-        let writer = self.client("backfilling a meter").await?;
+        let mut writer = HandTx::new(self.client("backfilling a meter").await?);
         let fetch = || async {
             snapshot
                 .query(&format!("FETCH {BACKFILL_CHUNK} FROM tally_events"), &[])
@@ -330,24 +421,14 @@ impl Store {
                 if deltas.is_empty() {
                     return Ok(());
                 }
-                writer
-                    .batch_execute("BEGIN")
-                    .await
-                    .map_err(Error::db("backfilling a meter"))?;
+                writer.begin("backfilling a meter").await?;
                 let written = async {
-                    write::check_cardinality(&writer, &live, &deltas).await?;
-                    write::write_deltas(&writer, &deltas).await
+                    let c = writer.client()?;
+                    write::check_cardinality(c, &live, &deltas).await?;
+                    write::write_deltas(c, &deltas).await
                 }
                 .await;
-                let end = if written.is_ok() {
-                    "COMMIT"
-                } else {
-                    "ROLLBACK"
-                };
-                writer
-                    .batch_execute(end)
-                    .await
-                    .map_err(Error::db("backfilling a meter"))?;
+                writer.end(written.is_ok(), "backfilling a meter").await?;
                 written
             };
             let (written, next) = futures_util::future::join(write, fetch()).await;

@@ -5,7 +5,7 @@ use tally_core::{Alert, CustomerId, Level, percent_of};
 use tokio_postgres::Row;
 
 use super::{AlertFilter, Reached, get, measure_key, numeric_opt, stored_measure};
-use crate::{Error, Result, Store};
+use crate::{Error, Result, Store, pool::HandTx};
 
 fn alert_of(row: &Row) -> Result<Alert> {
     const CTX: &str = "reading alerts";
@@ -98,13 +98,13 @@ impl Store {
         const CTX: &str = "claiming an alert for delivery";
         let client = self.client(CTX).await?;
         let mut claim = DeliveryClaim {
-            client: Some(client),
+            tx: HandTx::new(client),
             sink: sink.to_owned(),
             customer_id: String::new(),
             alert_id: 0,
         };
-        let c = claim.client()?;
-        c.batch_execute("BEGIN").await.map_err(Error::db(CTX))?;
+        claim.tx.begin(CTX).await?;
+        let c = claim.tx.client()?;
         let locked: bool = c
             .query_one(
                 "SELECT pg_try_advisory_xact_lock(hashtext('tally_alert_sink'), hashtext($1))",
@@ -147,8 +147,8 @@ impl Store {
 /// and the alert stays pending for that sink.
 #[derive(Debug)]
 pub struct DeliveryClaim {
-    // Taken when finished; still here on drop means "roll back".
-    client: Option<deadpool_postgres::Client>,
+    // Dropped open (not delivered nor released): closed, so the server rolls back.
+    tx: HandTx,
     sink: String,
     customer_id: String,
     alert_id: i64,
@@ -164,15 +164,6 @@ pub struct Claimed {
 }
 
 impl DeliveryClaim {
-    fn client(&self) -> Result<&deadpool_postgres::Client> {
-        self.client.as_ref().ok_or_else(|| {
-            Error::internal(
-                "using a delivery claim",
-                "its connection was already handed back",
-            )
-        })
-    }
-
     fn with(self, alert: Alert) -> Claimed {
         Claimed { claim: self, alert }
     }
@@ -180,13 +171,8 @@ impl DeliveryClaim {
     /// Records that the sink has the alert; it is never handed to that sink again.
     pub async fn delivered(mut self) -> Result<()> {
         const CTX: &str = "acknowledging a delivery";
-        let client = self.client.take().ok_or_else(|| {
-            Error::internal(
-                "using a delivery claim",
-                "its connection was already handed back",
-            )
-        })?;
-        client
+        self.tx
+            .client()?
             .execute(
                 "INSERT INTO usage_alert_deliveries (customer_id, alert_id, sink) VALUES ($1, $2, $3)
                  ON CONFLICT DO NOTHING",
@@ -194,30 +180,11 @@ impl DeliveryClaim {
             )
             .await
             .map_err(Error::db(CTX))?;
-        client.batch_execute("COMMIT").await.map_err(Error::db(CTX))
+        self.tx.end(true, CTX).await
     }
 
     /// Gives the claim up (the sink failed): the alert stays pending.
     pub async fn release(mut self) -> Result<()> {
-        let client = self.client.take().ok_or_else(|| {
-            Error::internal(
-                "using a delivery claim",
-                "its connection was already handed back",
-            )
-        })?;
-        client
-            .batch_execute("ROLLBACK")
-            .await
-            .map_err(Error::db("releasing a delivery claim"))
-    }
-}
-
-impl Drop for DeliveryClaim {
-    fn drop(&mut self) {
-        // Not finished: close the connection rather than pool it mid-transaction; the
-        // server rolls back and frees the sink's lock.
-        if let Some(client) = self.client.take() {
-            drop(deadpool_postgres::Object::take(client));
-        }
+        self.tx.end(false, "releasing a delivery claim").await
     }
 }
