@@ -114,6 +114,37 @@ async fn archive_keeps_reports_and_keys_and_restore_brings_back_the_original() {
         meter_july
     );
 
+    // A meter made now cannot count the archived events (their raw events are in the
+    // files): it says how many it did not count.
+    let late = MeterSpec::new(
+        "api_calls_late".parse().unwrap(),
+        "api".parse().unwrap(),
+        Aggregation::Count,
+        None,
+    )
+    .unwrap();
+    let api = |e: &&UsageEvent| e.service == Service::API;
+    let api_archived = all
+        .iter()
+        .filter(api)
+        .filter(|e| e.recorded_at < cutoff)
+        .count() as u64;
+    let made = t.create_meter(&late, None).await.unwrap();
+    assert_eq!(
+        (made.archived, made.backfilled),
+        (
+            api_archived,
+            all.iter().filter(api).count() as u64 - api_archived
+        )
+    );
+    assert!(
+        t.query_meter("api_calls_late", &by_day)
+            .await
+            .unwrap()
+            .data
+            .is_empty()
+    );
+
     // A retried event that has been archived is still counted once.
     let replay = t.write(&all[..5]).await.unwrap();
     assert_eq!((replay.inserted, replay.duplicates), (0, 5));
@@ -134,6 +165,19 @@ async fn archive_keeps_reports_and_keys_and_restore_brings_back_the_original() {
         let r = t.restore(&dir.path().join(&m.file)).await.unwrap();
         assert_eq!(r.restored, m.events as u64);
     }
+    // The late meter has not counted the restored events: verify finds it, and a
+    // restart counts them.
+    assert!(t.verify().await.unwrap().mismatches > 0);
+    let recounted = t.restart_meter("api_calls_late", None).await.unwrap();
+    assert_eq!(
+        (recounted.archived, recounted.backfilled, &recounted.id),
+        (0, all.iter().filter(api).count() as u64, &made.id)
+    );
+    let mut late_july = t.query_meter("api_calls_late", &by_day).await.unwrap();
+    late_july
+        .data
+        .sort_by(|a, b| (a.window_start, &a.subject).cmp(&(b.window_start, &b.subject)));
+    assert_eq!(late_july, meter_july);
     let restored = t.verify().await.unwrap();
     assert_eq!(restored.events, before.events);
     assert_eq!(restored.quantity, before.quantity);

@@ -1398,11 +1398,23 @@ async fn an_interrupted_backfill_is_restarted_and_counts_each_event_once() {
     );
     assert_eq!(got, want);
     assert_eq!(tally.verify().await.unwrap().mismatches, 0);
-    // A ready meter has nothing to restart.
-    let e = tally.restart_meter("sum", None).await.unwrap_err();
-    assert_eq!(
-        (e.kind(), e.field()),
-        (ErrorKind::Invalid, Some("meter")),
-        "{e}"
-    );
+    // A ready meter restarted counts the same.
+    let again = tally.restart_meter("sum", None).await.unwrap();
+    assert_eq!((again.backfilled, &again.id), (26_500, &stuck.id));
+    let same: BTreeMap<Key, Decimal> = tally
+        .query_meter("sum", &q)
+        .await
+        .unwrap()
+        .data
+        .into_iter()
+        .map(|r| {
+            (
+                (r.window_start, r.subject, r.group_by["model"].clone()),
+                r.value,
+            )
+        })
+        .collect();
+    assert_eq!(same, got);
+    let e = tally.restart_meter("nope", None).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
 }

@@ -37,8 +37,9 @@ pub(crate) enum MeterCommand {
         after_help = "Examples:\n  tally meter update tokens_total --name 'LLM tokens' --description 'input and output tokens'"
     )]
     Update(UpdateArgs),
-    /// Count a meter's stored events again from scratch, when its backfill was
-    /// interrupted (the process was killed: the meter stayed backfilling) or failed.
+    /// Count a meter's stored events again from scratch: after its backfill was
+    /// interrupted (the process was killed: the meter stayed backfilling) or failed, or
+    /// after archives of its type were restored.
     #[command(after_help = "Examples:\n  tally meter restart tokens_total")]
     Restart(OneArg),
     /// Delete a meter (it stops being maintained; its slug is free again).
@@ -188,7 +189,7 @@ pub(crate) async fn meter(url: Option<String>, c: MeterCommand) -> Result<(), Fa
             if let Some(b) = bar {
                 b.finish_and_clear();
             }
-            emit(a.format, &Meters(vec![made?]))
+            emit(a.format, &Meters(vec![archived_warning(made?)]))
         }
         MeterCommand::Restart(a) => {
             let tally = tally_for(url).await?;
@@ -197,7 +198,7 @@ pub(crate) async fn meter(url: Option<String>, c: MeterCommand) -> Result<(), Fa
             if let Some(b) = bar {
                 b.finish_and_clear();
             }
-            emit(a.format, &Meters(vec![made?]))
+            emit(a.format, &Meters(vec![archived_warning(made?)]))
         }
         MeterCommand::List(f) => {
             let tally = tally_for(url).await?;
@@ -374,4 +375,15 @@ fn backfill_bar() -> (Option<indicatif::ProgressBar>, Option<tally::Progress>) {
         .clone()
         .map(|b| Arc::new(move |n: u64| b.set_position(n)) as tally::Progress);
     (bar, progress)
+}
+
+/// The meter, after telling stderr what archived events it could not count.
+fn archived_warning(m: tally::meters::DefinedMeter) -> tally::meters::DefinedMeter {
+    if m.archived > 0 {
+        eprintln!(
+            "warning: {} archived events of type {} are not counted (their raw events are in archive files): restore the archives, then `tally meter restart {}`",
+            m.archived, m.spec.event_type, m.spec.slug
+        );
+    }
+    m
 }

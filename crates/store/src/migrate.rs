@@ -88,6 +88,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         name: "0012_meters.sql",
         sql: include_str!("../../../migrations/0012_meters.sql"),
     },
+    Migration {
+        version: 13,
+        name: "0013_meter_archived.sql",
+        sql: include_str!("../../../migrations/0013_meter_archived.sql"),
+    },
 ];
 
 /// A fingerprint of the whole embedded schema (test harnesses key template databases

@@ -58,6 +58,10 @@ pub struct DefinedMeter {
     pub backfilled: u64,
     /// Stored events its backfill could not meter (a value missing or not a number).
     pub skipped: u64,
+    /// Events of its type in complete archives when its backfill ran: their raw events
+    /// are in the archive files, so it did not count them (restore the archives, then
+    /// restart it).
+    pub archived: u64,
     /// When it was created.
     pub created_at: DateTime<Utc>,
     /// When it last changed.
@@ -69,7 +73,7 @@ pub struct DefinedMeter {
     pub(crate) number: i64,
 }
 
-const COLUMNS: &str = "meter, spec::text, id, state, state_detail, backfilled, skipped, created_at, updated_at, deleted_at";
+const COLUMNS: &str = "meter, spec::text, id, state, state_detail, backfilled, skipped, created_at, updated_at, deleted_at, archived";
 
 fn defined(row: &tokio_postgres::Row) -> Result<DefinedMeter> {
     let db = Error::db("reading meters");
@@ -100,6 +104,7 @@ fn defined(row: &tokio_postgres::Row) -> Result<DefinedMeter> {
         created_at: row.try_get(7).map_err(Error::db("reading meters"))?,
         updated_at: row.try_get(8).map_err(Error::db("reading meters"))?,
         deleted_at: row.try_get(9).map_err(Error::db("reading meters"))?,
+        archived: u64::try_from(get(10)?).unwrap_or_default(),
     })
 }
 
@@ -192,6 +197,25 @@ pub(crate) async fn meter_on(
     }
 }
 
+/// The events of the meter's type (from its `eventFrom`) in complete archives, as the
+/// backfill's snapshot sees them: what it cannot count.
+async fn archived_events(
+    snapshot: &deadpool_postgres::Transaction<'_>,
+    spec: &MeterSpec,
+) -> Result<i64> {
+    snapshot
+        .query_one(
+            "SELECT coalesce(sum(t.events), 0)::int8 FROM usage_archived_totals t
+             JOIN usage_archives a ON a.archive_id = t.archive_id
+             WHERE a.state = 'complete' AND t.service = $1 AND ($2::timestamptz IS NULL OR a.range_to > $2)",
+            &[&spec.event_type.as_str(), &spec.event_from],
+        )
+        .await
+        .map_err(Error::db("backfilling a meter"))?
+        .try_get(0)
+        .map_err(Error::db("backfilling a meter"))
+}
+
 /// What a backfill starts from: a new meter (its spec, and the spec as JSON), or an
 /// existing one (slug or id) whose backfill is restarted.
 enum Start<'a> {
@@ -234,14 +258,13 @@ impl Store {
         .await
     }
 
-    /// Restarts the backfill of a meter whose backfill was interrupted (its process
-    /// killed: the meter stayed `backfilling`) or failed: under the type's lock the meter
-    /// gets a new internal number — its id, slug, spec and quotas stay — and is
-    /// backfilled from scratch from the stored events, as [`Store::create_meter`] does.
-    /// What the interrupted backfill and the write path had counted under the old
-    /// number is left behind, as a deleted meter's rows are (a backfill still running
-    /// elsewhere only adds to those, and its call then fails). Refused (`Invalid`) for a
-    /// meter that is ready.
+    /// Counts a meter again from scratch: for a backfill that was interrupted (its
+    /// process killed: the meter stayed `backfilling`) or failed, or for a ready meter
+    /// after archives of its type were restored. Under the type's lock the meter gets a
+    /// new internal number — its id, slug, spec and quotas stay — and is backfilled from
+    /// the stored events, as [`Store::create_meter`] does. What was counted under the
+    /// old number is left behind, as a deleted meter's rows are (a backfill still
+    /// running elsewhere only adds to those, and its call then fails).
     pub async fn restart_meter(
         &self,
         slug_or_id: &str,
@@ -309,13 +332,6 @@ impl Store {
                     .map_err(Error::db("restarting a meter"))?
                     .ok_or_else(|| Error::not_found("meter", slug_or_id))?;
                 let now = defined(&now)?;
-                if now.state == MeterState::Ready {
-                    return Err(Error::invalid(
-                        "meter",
-                        slug_or_id,
-                        "is ready: only an interrupted or failed backfill is restarted",
-                    ));
-                }
                 // A new number: the old row is retired (its id freed), a copy inserted.
                 // (An identity cannot be set in an UPDATE on Citus: `nextval` is
                 // volatile there.)
@@ -352,17 +368,24 @@ impl Store {
             .map_err(Error::db("backfilling a meter"))?;
         tx.commit().await.map_err(Error::db("creating a meter"))?;
         drop(creator);
-        let outcome = self.backfill(&snapshot, &meter, progress).await;
+        let outcome = match archived_events(&snapshot, &meter.spec).await {
+            Ok(archived) => self
+                .backfill(&snapshot, &meter, progress)
+                .await
+                .map(|(read, skipped)| (read, skipped, archived)),
+            Err(e) => Err(e),
+        };
         drop(snapshot);
         let client = self.client("finishing a meter").await?;
         let row = match outcome {
-            Ok((read, skipped)) => client
+            Ok((read, skipped, archived)) => client
                 .query_opt(
                     &format!(
-                        "UPDATE tally_meter_defs SET state = 'ready', backfilled = $2, skipped = $3, updated_at = now()
-                         WHERE meter = $1 RETURNING {COLUMNS}"
+                        "UPDATE tally_meter_defs SET state = 'ready', backfilled = $2, skipped = $3, archived = $4,
+                             updated_at = now()
+                         WHERE meter = $1 AND deleted_at IS NULL RETURNING {COLUMNS}"
                     ),
-                    &[&meter.number, &(read as i64), &(skipped as i64)],
+                    &[&meter.number, &(read as i64), &(skipped as i64), &archived],
                 )
                 .await
                 .map_err(Error::db("finishing a meter"))?
@@ -376,7 +399,8 @@ impl Store {
             Err(e) => {
                 client
                     .execute(
-                        "UPDATE tally_meter_defs SET state = 'failed', state_detail = $2, updated_at = now() WHERE meter = $1",
+                        "UPDATE tally_meter_defs SET state = 'failed', state_detail = $2, updated_at = now()
+                         WHERE meter = $1 AND deleted_at IS NULL",
                         &[&meter.number, &e.to_string()],
                     )
                     .await
