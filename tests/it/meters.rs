@@ -1417,4 +1417,38 @@ async fn an_interrupted_backfill_is_restarted_and_counts_each_event_once() {
     assert_eq!(same, got);
     let e = tally.restart_meter("nope", None).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+    // What the old numbers held is gone; deleted, the meter leaves no row behind.
+    assert_eq!(meter_rows(&db, false).await, 0);
+    assert!(meter_rows(&db, true).await > 0);
+    tally.delete_meter("sum").await.unwrap();
+    assert_eq!(meter_rows(&db, true).await, 0);
+}
+
+/// Rows of the meter tables: all of them, or only those of no live meter.
+async fn meter_rows(db: &TestDb, all: bool) -> i64 {
+    let client = db.client().await.unwrap();
+    let mut n = 0;
+    for table in [
+        "tally_meter_quarters",
+        "tally_meter_days",
+        "tally_meter_distinct_quarters",
+        "tally_meter_distinct_days",
+        "tally_meter_distinct_months",
+        "tally_meter_samples",
+        "tally_meter_dimensions",
+        "tally_meter_cardinality",
+    ] {
+        let live = if all {
+            "true"
+        } else {
+            "meter NOT IN (SELECT meter FROM tally_meter_defs WHERE deleted_at IS NULL)"
+        };
+        let c: i64 = client
+            .query_one(&format!("SELECT count(*) FROM {table} WHERE {live}"), &[])
+            .await
+            .unwrap()
+            .get(0);
+        n += c;
+    }
+    n
 }

@@ -263,8 +263,8 @@ impl Store {
     /// after archives of its type were restored. Under the type's lock the meter gets a
     /// new internal number — its id, slug, spec and quotas stay — and is backfilled from
     /// the stored events, as [`Store::create_meter`] does. What was counted under the
-    /// old number is left behind, as a deleted meter's rows are (a backfill still
-    /// running elsewhere only adds to those, and its call then fails).
+    /// old number is removed (a backfill still running elsewhere for it may add a
+    /// chunk back before its call fails; nothing reads those rows).
     pub async fn restart_meter(
         &self,
         slug_or_id: &str,
@@ -301,6 +301,8 @@ impl Store {
         )
         .await
         .map_err(Error::db("locking the event type"))?;
+        // A restart's old number, whose rows go once the new one is committed.
+        let mut retired = None;
         let row = match start {
             Start::Create(spec, text) => tx
                 .query_one(
@@ -332,6 +334,7 @@ impl Store {
                     .map_err(Error::db("restarting a meter"))?
                     .ok_or_else(|| Error::not_found("meter", slug_or_id))?;
                 let now = defined(&now)?;
+                retired = Some(now.number);
                 // A new number: the old row is retired (its id freed), a copy inserted.
                 // (An identity cannot be set in an UPDATE on Citus: `nextval` is
                 // volatile there.)
@@ -367,6 +370,9 @@ impl Store {
             .await
             .map_err(Error::db("backfilling a meter"))?;
         tx.commit().await.map_err(Error::db("creating a meter"))?;
+        if let Some(old) = retired {
+            purge(&creator, old).await?;
+        }
         drop(creator);
         let outcome = match archived_events(&snapshot, &meter.spec).await {
             Ok(archived) => self
@@ -488,25 +494,65 @@ impl Store {
     }
 
     /// Deletes (retires) a meter: it is no longer maintained, listed or queried, and
-    /// its slug is free again. Its rollups stay (keyed by its number, which is never
-    /// reused). Returns it as deleted.
+    /// its slug is free again; then its rollups are removed. Taken under its type's
+    /// exclusive lock, so no write still metering it adds rows afterwards. Returns it
+    /// as deleted.
     pub async fn delete_meter(&self, slug_or_id: &str) -> Result<DefinedMeter> {
-        let client = self.client("deleting a meter").await?;
-        let row = client
+        let meter = self.meter(slug_or_id).await?;
+        let mut client = self.client("deleting a meter").await?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(Error::db("deleting a meter"))?;
+        tx.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended($1, $2))",
+            &[&meter.spec.event_type.as_str(), &TYPE_LOCK_SEED],
+        )
+        .await
+        .map_err(Error::db("locking the event type"))?;
+        let row = tx
             .query_opt(
                 &format!(
                     "UPDATE tally_meter_defs SET deleted_at = now(), updated_at = now()
-                     WHERE (slug = $1 OR id = $1) AND deleted_at IS NULL RETURNING {COLUMNS}"
+                     WHERE (slug = $1 OR id = $1) AND event_type = $2 AND deleted_at IS NULL RETURNING {COLUMNS}"
                 ),
-                &[&slug_or_id],
+                &[&slug_or_id, &meter.spec.event_type.as_str()],
             )
             .await
             .map_err(Error::db("deleting a meter"))?;
-        match row {
-            Some(r) => defined(&r),
-            None => Err(Error::not_found("meter", slug_or_id)),
-        }
+        let deleted = match row {
+            Some(r) => defined(&r)?,
+            None => return Err(Error::not_found("meter", slug_or_id)),
+        };
+        tx.commit().await.map_err(Error::db("deleting a meter"))?;
+        purge(&client, deleted.number).await?;
+        Ok(deleted)
     }
+}
+
+/// The tables holding a meter's rows by its number (beside its definition).
+const METER_TABLES: [&str; 8] = [
+    "tally_meter_quarters",
+    "tally_meter_days",
+    "tally_meter_distinct_quarters",
+    "tally_meter_distinct_days",
+    "tally_meter_distinct_months",
+    "tally_meter_samples",
+    "tally_meter_dimensions",
+    "tally_meter_cardinality",
+];
+
+/// Removes the rows of a retired meter number (deleted, or replaced by a restart):
+/// nothing reads them, and after the retirement's commit under the type's lock no
+/// write adds to them (a backfill still running elsewhere for it could; it then fails).
+async fn purge(client: &tokio_postgres::Client, number: i64) -> Result<()> {
+    for table in METER_TABLES {
+        client
+            .execute(&format!("DELETE FROM {table} WHERE meter = $1"), &[&number])
+            .await
+            .map_err(Error::db("removing a retired meter's rollups"))?;
+    }
+    Ok(())
 }
 
 impl Store {
