@@ -152,6 +152,24 @@ async fn an_application_role_with_table_privileges_records_and_reports() {
         };
         let fired = app.alerts().list(&filter).await.unwrap();
         assert!(!fired.is_empty(), "this month's 2 of 2 fires");
+        // Meters are the application's too: created, restarted (the old number's rows
+        // removed) and deleted (its rows removed).
+        let calls = tally::meters::MeterSpec::new(
+            "api_calls".parse().unwrap(),
+            "api".parse().unwrap(),
+            tally::meters::Aggregation::Count,
+            None,
+        )
+        .unwrap();
+        assert_eq!(app.create_meter(&calls, None).await.unwrap().backfilled, 2);
+        assert_eq!(
+            app.restart_meter("api_calls", None)
+                .await
+                .unwrap()
+                .backfilled,
+            2
+        );
+        app.delete_meter("api_calls").await.unwrap();
 
         // What would break the installation is refused (SQLSTATE 42501).
         let (raw, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)

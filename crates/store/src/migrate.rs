@@ -202,17 +202,18 @@ const APP_PRIVILEGES: [(&str, &str); 26] = [
     ("tally_migrations", "SELECT"),
     ("usage_archives", "SELECT"),
     ("usage_archived_totals", "SELECT"),
-    // Meters are the application's to define (OpenMeter's API creates them); their
-    // rollups merge like the service rollups. A deleted meter is marked, not removed.
+    // Meters are the application's to define, restart and delete (OpenMeter's API
+    // does); their rollups merge like the service rollups. A deleted (or restarted)
+    // meter's definition is marked, not removed; its rows under the retired number are.
     ("tally_meter_defs", "SELECT, INSERT, UPDATE"),
-    ("tally_meter_dimensions", "SELECT, INSERT"),
-    ("tally_meter_cardinality", "SELECT, INSERT, UPDATE"),
-    ("tally_meter_quarters", "SELECT, INSERT, UPDATE"),
-    ("tally_meter_days", "SELECT, INSERT, UPDATE"),
-    ("tally_meter_distinct_quarters", "SELECT, INSERT"),
-    ("tally_meter_distinct_days", "SELECT, INSERT"),
-    ("tally_meter_distinct_months", "SELECT, INSERT"),
-    ("tally_meter_samples", "SELECT, INSERT"),
+    ("tally_meter_dimensions", "SELECT, INSERT, DELETE"),
+    ("tally_meter_cardinality", "SELECT, INSERT, UPDATE, DELETE"),
+    ("tally_meter_quarters", "SELECT, INSERT, UPDATE, DELETE"),
+    ("tally_meter_days", "SELECT, INSERT, UPDATE, DELETE"),
+    ("tally_meter_distinct_quarters", "SELECT, INSERT, DELETE"),
+    ("tally_meter_distinct_days", "SELECT, INSERT, DELETE"),
+    ("tally_meter_distinct_months", "SELECT, INSERT, DELETE"),
+    ("tally_meter_samples", "SELECT, INSERT, DELETE"),
 ];
 
 /// The SQL that gives `role` exactly the privileges an application needs on Tally's
