@@ -1374,19 +1374,7 @@ async fn an_interrupted_backfill_is_restarted_and_counts_each_event_once() {
         (tally::meters::MeterState::Ready, &stuck.id, 26_500)
     );
     let all: Vec<Gen> = gens.into_iter().chain(late).collect();
-    let got: BTreeMap<Key, Decimal> = tally
-        .query_meter("sum", &q)
-        .await
-        .unwrap()
-        .data
-        .into_iter()
-        .map(|r| {
-            (
-                (r.window_start, r.subject, r.group_by["model"].clone()),
-                r.value,
-            )
-        })
-        .collect();
+    let got = sums(&tally, &q).await;
     let want = brute(
         Aggregation::Sum,
         &all,
@@ -1401,8 +1389,21 @@ async fn an_interrupted_backfill_is_restarted_and_counts_each_event_once() {
     // A ready meter restarted counts the same.
     let again = tally.restart_meter("sum", None).await.unwrap();
     assert_eq!((again.backfilled, &again.id), (26_500, &stuck.id));
-    let same: BTreeMap<Key, Decimal> = tally
-        .query_meter("sum", &q)
+    let same = sums(&tally, &q).await;
+    assert_eq!(same, got);
+    let e = tally.restart_meter("nope", None).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+    // What the old numbers held is gone; deleted, the meter leaves no row behind.
+    assert_eq!(meter_rows(&db, false).await, 0);
+    assert!(meter_rows(&db, true).await > 0);
+    tally.delete_meter("sum").await.unwrap();
+    assert_eq!(meter_rows(&db, true).await, 0);
+}
+
+/// The `sum` meter's values by window, subject and model.
+async fn sums(tally: &tally::Tally, q: &MeterQuery) -> BTreeMap<Key, Decimal> {
+    tally
+        .query_meter("sum", q)
         .await
         .unwrap()
         .data
@@ -1413,15 +1414,7 @@ async fn an_interrupted_backfill_is_restarted_and_counts_each_event_once() {
                 r.value,
             )
         })
-        .collect();
-    assert_eq!(same, got);
-    let e = tally.restart_meter("nope", None).await.unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
-    // What the old numbers held is gone; deleted, the meter leaves no row behind.
-    assert_eq!(meter_rows(&db, false).await, 0);
-    assert!(meter_rows(&db, true).await > 0);
-    tally.delete_meter("sum").await.unwrap();
-    assert_eq!(meter_rows(&db, true).await, 0);
+        .collect()
 }
 
 /// Rows of the meter tables: all of them, or only those of no live meter.

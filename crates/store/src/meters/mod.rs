@@ -216,6 +216,18 @@ async fn archived_events(
         .map_err(Error::db("backfilling a meter"))
 }
 
+/// Takes the event type's lock exclusively until `tx` ends: every write of the type
+/// (which takes it shared for its meter step) waits, and is waited for.
+async fn lock_type(tx: &deadpool_postgres::Transaction<'_>, kind: &str) -> Result<()> {
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended($1, $2))",
+        &[&kind, &TYPE_LOCK_SEED],
+    )
+    .await
+    .map_err(Error::db("locking the event type"))?;
+    Ok(())
+}
+
 /// What a backfill starts from: a new meter (its spec, and the spec as JSON), or an
 /// existing one (slug or id) whose backfill is restarted.
 enum Start<'a> {
@@ -295,12 +307,7 @@ impl Store {
             .transaction()
             .await
             .map_err(Error::db("creating a meter"))?;
-        tx.execute(
-            "SELECT pg_advisory_xact_lock(hashtextextended($1, $2))",
-            &[&kind, &TYPE_LOCK_SEED],
-        )
-        .await
-        .map_err(Error::db("locking the event type"))?;
+        lock_type(&tx, kind).await?;
         // A restart's old number, whose rows go once the new one is committed.
         let mut retired = None;
         let row = match start {
@@ -504,12 +511,7 @@ impl Store {
             .transaction()
             .await
             .map_err(Error::db("deleting a meter"))?;
-        tx.execute(
-            "SELECT pg_advisory_xact_lock(hashtextextended($1, $2))",
-            &[&meter.spec.event_type.as_str(), &TYPE_LOCK_SEED],
-        )
-        .await
-        .map_err(Error::db("locking the event type"))?;
+        lock_type(&tx, meter.spec.event_type.as_str()).await?;
         let row = tx
             .query_opt(
                 &format!(

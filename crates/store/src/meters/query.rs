@@ -686,14 +686,13 @@ async fn read_raw(
 /// and nothing else, and a group is one customer and one combination (grouped by
 /// subject or one customer asked for; grouped by every dimension). The common billing
 /// read (a customer's unique users in a month) needs no sort.
-fn distinct_rows(plan: &Plan<'_>, lv: &Levels, no_raw: bool) -> bool {
+fn distinct_rows(plan: &Plan<'_>, lv: &Levels) -> bool {
     let one_month_each = {
         let mut w = lv.months.window.clone();
         w.sort_unstable();
         w.windows(2).all(|p| p.first() != p.last())
     };
-    no_raw
-        && lv.days.lo.is_empty()
+    lv.days.lo.is_empty()
         && lv.quarters.lo.is_empty()
         && lv.raw.lo.is_empty()
         && one_month_each
@@ -802,7 +801,7 @@ async fn read_distinct(
     let keys: String = (0..n).map(|k| format!(", g{k}")).collect();
     // Bytewise distinct (as values compare everywhere else), which also sorts fastest;
     // rows already distinct are only counted.
-    let sql = match (distinct_rows(plan, &lv, raw_v.is_empty()), distributed) {
+    let sql = match (distinct_rows(plan, &lv), distributed) {
         // Counted per window where it is read, so no sort of every row by window.
         // Citus gets the plain join, as for the per-piece scans: a lateral subquery
         // over more than one shard is not pushed down.
