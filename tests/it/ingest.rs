@@ -28,6 +28,32 @@ async fn hourly(
 }
 
 #[tokio::test]
+async fn a_zero_quantity_with_decimals_is_accepted_beside_others_in_its_hour() {
+    // Was refused as an overflow: rust_decimal's 1232.9 + 0.00 keeps scale 1, which the
+    // exactness check took for rounding.
+    let db = TestDb::new().await.unwrap();
+    let events: Vec<UsageEvent> = ["639.18", "593.72", "0.00"]
+        .iter()
+        .enumerate()
+        .map(|(i, q)| {
+            event(
+                i as u128 + 1,
+                "acme",
+                Service::API,
+                q,
+                "2026-11-01T10:15:00Z",
+            )
+        })
+        .collect();
+    assert_eq!(db.tally().write(&events).await.unwrap().inserted, 3);
+    let v = db.tally().verify().await.unwrap();
+    assert_eq!(
+        (v.events, v.quantity, v.mismatches),
+        (3, "1232.9".parse().unwrap(), 0)
+    );
+}
+
+#[tokio::test]
 async fn the_same_event_twice_counts_once() {
     let db = TestDb::new().await.unwrap();
     let e = event(1, "acme", Service::API, "2", "2026-11-01T10:15:00Z");

@@ -33,10 +33,15 @@ pub struct Totals {
 }
 
 /// `a + b` when exact: `rust_decimal` rounds away fractional digits rather than
-/// overflow, which for money and usage is a silent loss.
+/// overflow, which for money and usage is a silent loss. A sum with fewer decimals
+/// than an operand is exact when that operand's dropped digits were zeros (rust_decimal
+/// returns `1232.9 + 0.00` as `1232.9`): the digits the operands need decide, checked
+/// only then (normalizing is not free on the rollup path).
 pub(crate) fn exact_add(a: Decimal, b: Decimal) -> Option<Decimal> {
     let s = a.checked_add(b)?;
-    (s.scale() >= a.scale().max(b.scale())).then_some(s)
+    let exact = s.scale() >= a.scale().max(b.scale())
+        || s.scale() >= a.normalize().scale().max(b.normalize().scale());
+    exact.then_some(s)
 }
 
 /// `a + b`, exact, or refused with an overflow error naming `what`: never rounded (as
@@ -271,6 +276,23 @@ mod tests {
         );
         // The last quarter would have a sum but no events.
         assert_eq!(Quarters::from_columns(&c, 3, whole.quantity), None);
+    }
+
+    #[test]
+    fn a_zero_with_decimals_adds_to_a_sum_of_fewer_decimals() {
+        // rust_decimal returns the other operand unchanged when one is zero, so
+        // 1232.9 + 0.00 keeps scale 1: exact, not a rounding.
+        let mut t = Totals::of("639.18".parse().unwrap());
+        t.add("593.72".parse().unwrap()).unwrap();
+        t.add("0.00".parse().unwrap()).unwrap();
+        assert_eq!((t.events, t.quantity.to_string()), (3, "1232.9".to_owned()));
+        let (a, b): (Decimal, Decimal) = ("1232.9".parse().unwrap(), "0.000".parse().unwrap());
+        assert_eq!(exact_add(a, b), Some(a));
+        assert_eq!(exact_add(b, a), Some(a));
+        // What cannot be held exactly is still refused.
+        let big: Decimal = "79228162514264.337593543950335".parse().unwrap();
+        let tiny: Decimal = "0.0000000000000001".parse().unwrap();
+        assert_eq!(exact_add(big, tiny), None);
     }
 
     #[test]
